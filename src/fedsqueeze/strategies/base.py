@@ -1,0 +1,107 @@
+"""What a federated method is: server-side state and math, plus pure client-side hooks.
+
+A method never sees bytes, clients' data or the network. The runtime calls, per round:
+
+    msg   = method.broadcast(round, client)              # server -> downlink codec -> client
+    start = method.client_receive(client_state, msg)     # client: adapter to train from
+    ... local training of the trainable tensors ...
+    upd   = method.client_upload(client_state, start, trained)   # client -> uplink codec -> server
+    method.aggregate(round, [ClientUpdate, ...])          # server: new global state
+
+`client_state` is a flat dict of tensors that the runtime keeps for that client (in memory and in
+checkpoints for the in-process runtime, in `context.state` on Flower), so the client hooks must
+keep everything they need across rounds in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ..tensors import Layout, Tensors, clone
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MethodContext:
+    layout: Layout
+    init_adapter: Tensors
+    """The adapter every participant starts from (same seed everywhere)."""
+    seed: int
+    weighting: str = "examples"
+    rounds: int = 1
+
+
+@dataclass
+class ClientUpdate:
+    client: int
+    tensors: Tensors
+    num_examples: int
+    staleness: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    pooled: ClassVar[bool] = False
+    """True: all clients' data pooled into one (centralized training)."""
+    personalized: ClassVar[bool] = False
+    """True: each client keeps its own adapter and is evaluated on its own data."""
+    default_uplink: ClassVar[str] = "fp32"
+    default_downlink: ClassVar[str] = "fp32"
+    """Codecs used when the config leaves `uplink.codec` / `downlink.codec` unset."""
+
+    def __init__(self, params: BaseModel, ctx: MethodContext):
+        self.params = params
+        self.ctx = ctx
+        self.adapter: Tensors = clone(ctx.init_adapter)
+
+    # ---- server side -------------------------------------------------------------------------
+    def global_adapter(self) -> Tensors:
+        return self.adapter
+
+    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+        """What the server sends `client` at the start of round `rnd` (1-based); None = nothing."""
+        return self.adapter
+
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        """Fold decoded client updates into the global state; returns metrics for rounds.jsonl."""
+        raise NotImplementedError
+
+    def weights(self, updates: list[ClientUpdate]) -> list[float]:
+        if self.ctx.weighting == "uniform":
+            raw = [1.0] * len(updates)
+        else:
+            raw = [float(max(u.num_examples, 1)) for u in updates]
+        total = sum(raw)
+        return [w / total for w in raw]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"adapter/{k}": v for k, v in self.adapter.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.adapter = {k: state[f"adapter/{k}"].clone() for k in self.ctx.layout.names}
+
+    # ---- client side (pure over client_state) -----------------------------------------------
+    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+        """Returns the adapter the client trains from this round."""
+        assert message is not None, f"{self.name} broadcasts every round"
+        return message
+
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | None:
+        """Default: the delta over all tensors this method trains."""
+        return {k: trained[k] - start[k] for k in trained if self.trainable(k)}
+
+    def trainable(self, name: str) -> bool:
+        return True
+
+    def eval_adapter(self, client: int, state: Tensors) -> Tensors:
+        """The adapter to evaluate on `client`'s held-out data."""
+        return self.global_adapter()

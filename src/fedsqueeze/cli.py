@@ -1,0 +1,159 @@
+"""Command line: fedsqueeze run | resume | report | data | codecs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Communication-efficient federated LoRA fine-tuning with an exact byte ledger.")
+codecs_app = typer.Typer(no_args_is_help=True, help="List and benchmark codecs.")
+app.add_typer(codecs_app, name="codecs")
+console = Console()
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _execute(cfg, out: Path, resume: bool, until: Optional[int], overwrite: bool = False) -> None:
+    from .metrics.console import RichProgress, summary_table
+    from .runtime import LocalRuntime, Session, rundir
+
+    if cfg.runtime.kind == "flower-sim":
+        from .runtime.flower import run_flower_simulation
+
+        summary = run_flower_simulation(cfg, out, overwrite=overwrite, resume=resume, log=console.print)
+        console.print(summary_table(summary))
+        return
+    if not resume:
+        rundir.prepare(out, cfg, overwrite)
+    session = Session.build(cfg, log=console.print)
+    console.print(session.federation.summary(), highlight=False)
+    console.print(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
+                  f"adapter {session.adapter.layout.numel:,} params ({session.adapter.layout.numel * 4 / 1e6:.2f} MB fp32)",
+                  highlight=False)
+    runtime = LocalRuntime(session, out, RichProgress(console))
+    if resume:
+        runtime.restore()
+        if cfg.train.rounds > runtime.done:
+            console.print(f"resuming {out} after round {runtime.done} of {cfg.train.rounds}")
+        (out / rundir.CONFIG).write_text(cfg.to_toml())
+    summary = runtime.run(until=until)
+    if summary is None:
+        console.print(f"stopped after round {runtime.done}; continue with: fedsqueeze resume {out}")
+        return
+    console.print(summary_table(summary))
+    console.print(f"run directory: {out}")
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="TOML config file."),
+        set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+        until: Optional[int] = typer.Option(None, "--until", help="Stop after this round (resume later).")):
+    """Run a federated fine-tuning job and write the run directory."""
+    from . import config as config_mod
+
+    _quiet_libraries()
+    try:
+        cfg = config_mod.load(config, set_)
+        _execute(cfg, out or Path("runs") / config.stem, resume=False, until=until, overwrite=overwrite)
+    except UserError as exc:
+        _fail(exc)
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="A run directory with a checkpoint/."),
+           set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=8 to extend."),
+           until: Optional[int] = typer.Option(None, "--until", help="Stop after this round.")):
+    """Continue an interrupted (or finished, to extend) run from its last checkpoint."""
+    from . import config as config_mod
+
+    _quiet_libraries()
+    try:
+        if not (run_dir / "checkpoint").is_dir() and not (run_dir / "checkpoint.old").is_dir():
+            raise UserError(f"{run_dir}: no checkpoint/ to resume from")
+        cfg = config_mod.load(run_dir / "config.toml", set_)
+        _execute(cfg, run_dir, resume=True, until=until)
+    except UserError as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(run_dirs: List[Path] = typer.Argument(..., help="One or more run directories."),
+           plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the PNG plots.")):
+    """Markdown table (one row per run) and plots of eval loss vs round and vs cumulative MB."""
+    from .metrics.report import report as make_report
+
+    try:
+        table, paths = make_report(run_dirs, plots)
+    except UserError as exc:
+        _fail(exc)
+    print(table)
+    for p in paths:
+        console.print(f"plot: {p}")
+
+
+@app.command()
+def data(config: Path = typer.Argument(..., help="TOML config file."),
+         set_: List[str] = typer.Option([], "--set", help="Override a key (repeatable).")):
+    """Load, tokenize and partition the data of a config, and print the partition summary."""
+    from . import config as config_mod
+    from .data import build_federation
+    from .models import load_base
+    from .strategies import METHODS
+
+    _quiet_libraries()
+    try:
+        cfg = config_mod.load(config, set_)
+        _, tok = load_base(cfg.model.name, log=console.print)
+        fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).pooled)
+        console.print(fed.summary(), highlight=False)
+    except UserError as exc:
+        _fail(exc)
+
+
+@codecs_app.command("list")
+def codecs_list():
+    """Registered codecs."""
+    from .codecs import CODECS
+
+    for name in CODECS.names():
+        doc = (CODECS.get(name).__doc__ or "").strip().splitlines()
+        console.print(f"{name:<12} {doc[0] if doc else ''}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; the last finished round is checkpointed (fedsqueeze resume DIR)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from .trainer import TrainSettings, evaluate, train_local
+
+__all__ = ["TrainSettings", "evaluate", "train_local"]

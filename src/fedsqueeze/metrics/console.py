@@ -1,0 +1,72 @@
+"""What a person sees: rich progress bars over rounds and local steps, one line per round."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+MB = 1e6
+
+
+def mb(n: int) -> str:
+    return f"{n / MB:.3f}"
+
+
+class RichProgress:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=False)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                            transient=True)
+        self.rounds = self.steps = None
+        self.steps_per_client = 0
+
+    def start(self, total_rounds: int, done: int, steps: int) -> None:
+        self.steps_per_client = steps
+        self.bar.start()
+        self.rounds = self.bar.add_task("rounds", total=total_rounds, completed=done, info="")
+        self.steps = self.bar.add_task("local steps", total=steps, info="")
+        self.console.print("[bold]round  clients        MB up   MB down  train loss  eval loss   seconds[/bold]")
+
+    def round_start(self, rnd: int, clients: list[int]) -> None:
+        self.bar.update(self.rounds, info=f"round {rnd}")
+
+    def client_start(self, rnd: int, client: int) -> None:
+        self.bar.reset(self.steps, total=self.steps_per_client, info=f"client {client}")
+
+    def step(self, loss: float) -> None:
+        self.bar.update(self.steps, advance=1, info=f"loss {loss:.3f}")
+
+    def round_end(self, r: dict) -> None:
+        self.bar.advance(self.rounds)
+        ev = f"{r['eval_loss']:.4f}" if "eval_loss" in r else "-"
+        clients = ",".join(map(str, r["clients"]))
+        self.console.print(f"{r['round']:>5}  {clients:<10} {mb(r['bytes_up']):>9} {mb(r['bytes_down']):>9}"
+                           f"  {r['train_loss']:>10.4f}  {ev:>9}  {r['seconds']:>8.1f}")
+
+    def log(self, text: str) -> None:
+        self.console.print(text)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def summary_table(summary: dict) -> Table:
+    t = Table(title=f"fedsqueeze: {summary['method']}", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("rounds", str(summary["rounds"]))
+    t.add_row("clients", str(summary.get("clients", "")))
+    t.add_row("uplink codec", summary.get("uplink_codec", ""))
+    t.add_row("downlink codec", summary.get("downlink_codec", ""))
+    t.add_row("MB up", mb(summary["bytes_up"]))
+    t.add_row("MB down", mb(summary["bytes_down"]))
+    t.add_row("MB total", mb(summary["bytes_total"]))
+    t.add_row("final eval loss", f"{summary['final_eval_loss']:.4f}")
+    for name, loss in summary["eval"].items():
+        t.add_row(f"  {name}", f"{loss:.4f}")
+    if "ood_eval_loss" in summary:
+        t.add_row("OOD eval loss", f"{summary['ood_eval_loss']:.4f}")
+    t.add_row("seconds", f"{summary['seconds']:.1f}")
+    return t

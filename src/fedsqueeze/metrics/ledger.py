@@ -1,0 +1,70 @@
+"""The byte ledger: len() of every blob that crossed the wire, per round, client and direction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tensors import Tensors
+
+UP, DOWN = "up", "down"
+
+
+def relative_error(original: Tensors, decoded: Tensors) -> float:
+    num = den = 0.0
+    for k, v in original.items():
+        v = v.float()
+        d = decoded.get(k)
+        num += float(((v - d.float()) ** 2).sum()) if d is not None else float((v ** 2).sum())
+        den += float((v ** 2).sum())
+    return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+@dataclass
+class BlobRecord:
+    round: int
+    client: int
+    direction: str
+    wire_bytes: int
+    raw_bytes: int
+    rel_error: float
+    encode_s: float
+    decode_s: float
+
+
+@dataclass
+class Ledger:
+    records: list[BlobRecord] = field(default_factory=list)
+
+    def add(self, rnd: int, client: int, direction: str, wire_bytes: int, raw_bytes: int, rel_error: float,
+            encode_s: float, decode_s: float) -> None:
+        """raw_bytes: the fp32 size of what was encoded; wire_bytes: len() of the blob sent."""
+        self.records.append(BlobRecord(rnd, client, direction, wire_bytes, raw_bytes, rel_error, encode_s, decode_s))
+
+    def round_summary(self, rnd: int) -> dict:
+        recs = [r for r in self.records if r.round == rnd]
+        out: dict = {"bytes_up": 0, "bytes_down": 0}
+        per_dir: dict[str, list[BlobRecord]] = defaultdict(list)
+        for r in recs:
+            out[f"bytes_{r.direction}"] += r.wire_bytes
+            per_dir[r.direction].append(r)
+        for d, rs in per_dir.items():
+            raw = sum(r.raw_bytes for r in rs)
+            out[f"codec_{d}"] = {
+                "blobs": len(rs),
+                "raw_bytes": raw,
+                "ratio": (sum(r.wire_bytes for r in rs) / raw) if raw else 0.0,
+                "rel_error": sum(r.rel_error for r in rs) / len(rs),
+                "encode_s": sum(r.encode_s for r in rs) / len(rs),
+                "decode_s": sum(r.decode_s for r in rs) / len(rs),
+            }
+        out["per_client"] = {
+            str(c): {d: sum(r.wire_bytes for r in recs if r.client == c and r.direction == d) for d in (UP, DOWN)}
+            for c in sorted({r.client for r in recs})
+        }
+        return out
+
+    def drop_round(self, rnd: int) -> None:
+        self.records = [r for r in self.records if r.round != rnd]

@@ -1,0 +1,131 @@
+"""The two roles of a round, written once and wired by every runtime (in-process or Flower).
+
+ServerRole: broadcast -> encode (one blob per client), decode uploads, aggregate, evaluate, record.
+ClientRole: decode the broadcast, train, build the upload, encode it (with its error feedback).
+Between them travel only bytes; the ledger counts len() of each.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..metrics import Ledger
+from ..metrics.ledger import DOWN, UP, relative_error
+from ..strategies import ClientUpdate
+from ..tensors import Tensors
+from .checkpoint import prefixed, unprefixed
+from .session import Session
+
+
+class ClientRole:
+    """One data owner. All it keeps across rounds is in `state_dict()` (Flower: context.state)."""
+
+    def __init__(self, session: Session, client: int):
+        self.s = session
+        self.client = client
+        self.state: Tensors = {}
+        self.sender = session.uplink_sender()
+        self.decoder = session.downlink_decoder()
+        self.check = None if self.sender.codec.lossless else session.uplink_decoder()  # to measure loss
+
+    def handle(self, rnd: int, down_blob: bytes | None, on_step=None) -> tuple[bytes | None, dict]:
+        s, method = self.s, self.s.method
+        t0 = time.perf_counter()
+        message = self.decoder.decode(down_blob) if down_blob is not None else None
+        decode_s = time.perf_counter() - t0
+        start = method.client_receive(self.state, message)
+        trained, losses = s.train_client(self.client, rnd, start, on_step=on_step)
+        metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s,
+                   "num_examples": s.federation.clients[self.client].num_examples}
+        upload = method.client_upload(self.state, start, trained)
+        if upload is None:
+            return None, metrics
+        t0 = time.perf_counter()
+        blob = self.sender.encode(upload)
+        metrics["up_encode_s"] = time.perf_counter() - t0
+        # What the server will see, for the ledger's error column (the blob is what it decodes).
+        metrics["up_rel_error"] = relative_error(upload, self.check.decode(blob)) if self.check else 0.0
+        metrics["up_raw_bytes"] = _raw(upload)
+        return blob, metrics
+
+    def state_dict(self) -> Tensors:
+        return {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
+
+    def load_state_dict(self, state: Tensors) -> None:
+        self.state = {k: v.clone() for k, v in unprefixed("state/", state).items()}
+        self.sender.load_state_dict(unprefixed("sender/", state))
+
+
+class ServerRole:
+    def __init__(self, session: Session):
+        self.s = session
+        self.method = session.method
+        self.senders = [session.downlink_sender() for _ in range(session.num_clients)]
+        self.decoder = session.uplink_decoder()
+        lossy = self.senders and not self.senders[0].codec.lossless
+        self.check = session.downlink_decoder() if lossy else None  # to measure what the codec lost
+        self.ledger = Ledger()
+        self.updates: list[ClientUpdate] = []
+        self.train_losses: dict[int, float] = {}
+
+    def broadcast(self, rnd: int, clients: list[int]) -> dict[int, bytes | None]:
+        blobs = {}
+        for c in clients:
+            message = self.method.broadcast(rnd, c)
+            if message is None:
+                blobs[c] = None
+                continue
+            t0 = time.perf_counter()
+            blob = self.senders[c].encode(message)
+            t1 = time.perf_counter()
+            err = relative_error(message, self.check.decode(blob)) if self.check else 0.0
+            self.ledger.add(rnd, c, DOWN, len(blob), _raw(message), err, t1 - t0, 0.0)
+            blobs[c] = blob
+        return blobs
+
+    def receive(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
+        self.train_losses[client] = metrics["train_loss"]
+        if blob is None:
+            return
+        t0 = time.perf_counter()
+        tensors = self.decoder.decode(blob)
+        decode_s = time.perf_counter() - t0
+        self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0), metrics.get("up_rel_error", 0.0),
+                        metrics.get("up_encode_s", 0.0), decode_s)
+        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"])))
+
+    def finish_round(self, rnd: int, clients: list[int], client_states: list[Tensors], seconds: float) -> dict:
+        """Aggregates what arrived (in client order, so arrival order never changes the result)."""
+        updates = sorted(self.updates, key=lambda u: u.client)
+        method_metrics = self.method.aggregate(rnd, updates)
+        record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
+        record.update(self.ledger.round_summary(rnd))
+        losses = [self.train_losses[c] for c in sorted(self.train_losses)]
+        record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
+        cfg = self.s.cfg.train
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            evals, ood = self.s.evaluate_all(client_states)
+            record["eval_loss"] = sum(evals.values()) / len(evals)
+            record["eval"] = evals
+            if ood is not None:
+                record["ood_eval_loss"] = ood
+        record.update(method_metrics or {})
+        record["seconds"] = seconds
+        self.updates, self.train_losses = [], {}
+        self.ledger.drop_round(rnd)
+        return record
+
+    def state_dict(self) -> Tensors:
+        state = prefixed("method/", self.method.state_dict())
+        for i, sender in enumerate(self.senders):
+            state.update(prefixed(f"down/{i}/", sender.state_dict()))
+        return state
+
+    def load_state_dict(self, state: Tensors) -> None:
+        self.method.load_state_dict(unprefixed("method/", state))
+        for i, sender in enumerate(self.senders):
+            sender.load_state_dict(unprefixed(f"down/{i}/", state))
+
+
+def _raw(tensors: Tensors) -> int:
+    return sum(t.numel() * 4 for t in tensors.values())

@@ -1,0 +1,134 @@
+"""Everything a run needs, built once from a Config: base model + adapter, data, method, links.
+
+The in-process runtime and the Flower apps both build a Session, so the method, codec and data
+objects are the same ones whichever runtime wires them together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..client import TrainSettings, evaluate, train_local
+from ..codecs import Sender, build_codec
+from ..config import Config
+from ..data import build_federation, sample_batches
+from ..models import LoraAdapter, attach_lora, load_base
+from ..strategies import ClientUpdate, Method, MethodContext, build_method
+from ..tensors import Tensors
+
+
+@dataclass
+class Session:
+    cfg: Config
+    model: object
+    tokenizer: object
+    adapter: LoraAdapter
+    federation: object
+    method: Method
+    uplink_spec: str
+    downlink_spec: str
+
+    @classmethod
+    def build(cls, cfg: Config, log=print) -> "Session":
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        model, tok = load_base(cfg.model.name, log=log)
+        peft_model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed)
+        adapter = LoraAdapter(peft_model)
+        method_cls_pooled = _method_pooled(cfg.method)
+        federation = build_federation(cfg.data, tok, cfg.seed, pooled=method_cls_pooled)
+        ctx = MethodContext(layout=adapter.layout, init_adapter=adapter.get(), seed=cfg.seed,
+                            weighting=cfg.train.weighting, rounds=cfg.train.rounds)
+        method = build_method(cfg.method, cfg.params, ctx)
+        return cls(cfg, peft_model, tok, adapter, federation, method,
+                   cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink)
+
+    # ---- links -------------------------------------------------------------------------------
+    def uplink_sender(self) -> Sender:
+        return Sender(build_codec(self.uplink_spec, self.adapter.layout), self.cfg.uplink.error_feedback)
+
+    def downlink_sender(self) -> Sender:
+        return Sender(build_codec(self.downlink_spec, self.adapter.layout), self.cfg.downlink.error_feedback)
+
+    def uplink_decoder(self):
+        return build_codec(self.uplink_spec, self.adapter.layout)
+
+    def downlink_decoder(self):
+        return build_codec(self.downlink_spec, self.adapter.layout)
+
+    # ---- clients -----------------------------------------------------------------------------
+    @property
+    def num_clients(self) -> int:
+        return len(self.federation.clients)
+
+    @property
+    def local_steps(self) -> int:
+        t = self.cfg.train
+        if self.method.pooled:  # centralized: the federation's total optimizer steps per round
+            return t.local_steps * (t.clients_per_round or len(self.federation.eval_sets))
+        return t.local_steps
+
+    def sample_clients(self, rnd: int) -> list[int]:
+        n = self.num_clients
+        k = self.cfg.train.clients_per_round
+        if k is None or k >= n:
+            return list(range(n))
+        rng = random.Random(f"{self.cfg.seed}/sample/{rnd}")
+        return sorted(rng.sample(range(n), k))
+
+    def train_client(self, client: int, rnd: int, start: Tensors, on_step=None) -> tuple[Tensors, list[float]]:
+        """Trains from `start` on `client`'s data for this round; deterministic in (seed, client, rnd)."""
+        t = self.cfg.train
+        data = self.federation.clients[client]
+        self.adapter.set(start)
+        params = self.adapter.trainable(self.method.trainable)
+        pad = self.tokenizer.pad_token_id
+        plan = sample_batches(len(data.train), t.batch_size, self.local_steps, self.cfg.seed, client, rnd)
+        torch.manual_seed(_seed(self.cfg.seed, "train", client, rnd))  # LoRA dropout, if any
+        settings = TrainSettings(self.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps,
+                                 t.grad_clip, t.bf16)
+        losses = train_local(self.model, params, (data.train.batch(ix, pad) for ix in plan), settings, on_step)
+        return self.adapter.get(), losses
+
+    def evaluate_set(self, adapter: Tensors, dataset, max_batch: int = 8) -> float:
+        self.adapter.set(adapter)
+        pad = self.tokenizer.pad_token_id
+        idx = list(range(len(dataset)))
+        batches = (dataset.batch(idx[i:i + max_batch], pad) for i in range(0, len(idx), max_batch))
+        return evaluate(self.model, batches, self.cfg.train.bf16)
+
+    def evaluate_all(self, client_states: list[Tensors]) -> tuple[dict[str, float], float | None]:
+        """Held-out loss per eval set (client i's set with the adapter the method shows client i),
+        and the out-of-domain loss of the global adapter if an OOD set is configured."""
+        results = {}
+        for i, (name, dataset) in enumerate(self.federation.eval_sets.items()):
+            owner = 0 if self.method.pooled else i
+            results[name] = self.evaluate_set(self.method.eval_adapter(owner, client_states[owner]), dataset)
+        ood = None
+        if self.federation.ood is not None and not self.method.personalized:
+            ood = self.evaluate_set(self.final_adapter(client_states), self.federation.ood)
+        return results, ood
+
+    def final_adapter(self, client_states: list[Tensors]) -> Tensors:
+        if self.method.pooled:
+            return self.method.eval_adapter(0, client_states[0])
+        return self.method.global_adapter()
+
+
+def _seed(*parts) -> int:
+    """A stable 32-bit seed from its parts (str hashes are salted per process, so not hash())."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _method_pooled(name: str) -> bool:
+    from ..strategies import METHODS
+
+    return METHODS.get(name).pooled
+
+
+__all__ = ["ClientUpdate", "Session"]

@@ -1,0 +1,73 @@
+"""Shared fixtures: a small synthetic multi-domain JSONL corpus and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+DOMAINS = {
+    "animals": ["cat", "dog", "owl", "fox", "eel", "yak", "bee", "ant"],
+    "colors": ["red", "blue", "green", "cyan", "pink", "gold", "gray", "teal"],
+    "numbers": ["one", "two", "three", "four", "five", "six", "seven", "eight"],
+    "tools": ["saw", "axe", "awl", "pick", "file", "vise", "drill", "plane"],
+}
+
+
+def write_corpus(path: Path, per_domain: int = 40, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for domain, words in DOMAINS.items():
+            for i in range(per_domain):
+                w = rng.choice(words)
+                f.write(json.dumps({
+                    "instruction": f"Describe the {domain[:-1]} {w}.",
+                    "input": "",
+                    "response": f"The {w} is a {domain[:-1]}; {w} {w} {rng.choice(words)}.",
+                    "domain": domain,
+                }) + "\n")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus.jsonl")
+
+
+def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Path:
+    """A fast config on the tiny model; overrides as 'section.key' -> TOML literal."""
+    body = {
+        "method": '"fedavg"', "seed": "0",
+        "model.name": '"tiny"',
+        "lora.r": "4", "lora.alpha": "8", "lora.target": '"all-linear"',
+        "data.source": f'"jsonl:{corpus}"', "data.partition": '"by-domain"', "data.clients": "4",
+        "data.max_length": "48", "data.eval_examples": "8", "data.max_examples": "32",
+        "train.rounds": "2", "train.local_steps": "3", "train.batch_size": "4", "train.lr": "3e-3",
+        "train.bf16": "false",
+    }
+    body.update(overrides)
+    sections: dict[str, list[str]] = {"": []}
+    for key, value in body.items():
+        section, _, name = key.rpartition(".")
+        sections.setdefault(section, []).append(f"{name} = {value}")
+    text = "\n".join(sections.pop("")) + "\n"
+    for section, lines in sections.items():
+        text += f"\n[{section}]\n" + "\n".join(lines) + "\n"
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def cli():
+    from fedsqueeze.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,65 @@
+"""User mistakes: one clear line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import tiny_config
+
+
+def _assert_clean_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in res.output, (n, res.output)
+
+
+def test_unknown_key(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus)
+    _assert_clean_error(cli("run", cfg, "--set", "train.lrr=1", "--out", tmp_path / "o"), "train.lrr", "local_steps")
+
+
+def test_bad_value(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus)
+    _assert_clean_error(cli("run", cfg, "--set", "train.rounds=0", "--out", tmp_path / "o"), "train.rounds")
+    _assert_clean_error(cli("run", cfg, "--set", "method=nope", "--out", tmp_path / "o"), "nope", "fedavg")
+
+
+def test_missing_data_file(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus, **{"data.source": f'"jsonl:{tmp_path}/absent.jsonl"'})
+    _assert_clean_error(cli("run", cfg, "--out", tmp_path / "o"), "absent.jsonl")
+
+
+def test_empty_partition(tmp_path, cli):
+    path = tmp_path / "one.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"q{i}", "response": f"a{i}", "domain": "x"}) + "\n"
+                            for i in range(30)))
+    cfg = tiny_config(tmp_path, path, **{"data.partition": '"by-domain"', "data.clients": "4"})
+    _assert_clean_error(cli("run", cfg, "--out", tmp_path / "o"))
+
+
+def test_no_response_tokens_left(tmp_path, cli):
+    path = tmp_path / "long.jsonl"
+    rows = [{"instruction": "x" * 400, "response": "y", "domain": "d"} for _ in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tmp_path, path, **{"data.partition": '"iid"', "data.clients": "2"})
+    res = cli("run", cfg, "--out", tmp_path / "o")
+    _assert_clean_error(res, "xxxx")
+
+
+def test_some_examples_truncated_are_skipped_and_counted(tmp_path, corpus, cli):
+    lines = corpus.read_text().splitlines()
+    lines += [json.dumps({"instruction": "z" * 400, "response": "y", "domain": "animals"})] * 3
+    corpus.write_text("\n".join(lines) + "\n")
+    cfg = tiny_config(tmp_path, corpus)
+    res = cli("data", cfg)
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output
+
+
+def test_resume_without_checkpoint(tmp_path, cli):
+    _assert_clean_error(cli("resume", tmp_path), "checkpoint")
+
+
+def test_report_on_non_run_dir(tmp_path, cli):
+    _assert_clean_error(cli("report", tmp_path), "not a fedsqueeze run directory")

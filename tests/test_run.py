@@ -1,0 +1,129 @@
+"""End-to-end runs on the tiny model: the run-directory contract, exact byte counts, resume,
+fedavg == centralized with one client, and the saved adapter reproducing the reported loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+
+from fedsqueeze import config as config_mod
+from fedsqueeze.codecs import build_codec
+from fedsqueeze.runtime import LocalRuntime, Session
+
+
+def _run(tmp_path, corpus, out_name="run", overrides=None, sets=()):
+    cfg_path = tiny_config(tmp_path, corpus, **(overrides or {}))
+    cfg = config_mod.load(cfg_path, list(sets))
+    out = tmp_path / out_name
+    from fedsqueeze.runtime import rundir
+
+    rundir.prepare(out, cfg, overwrite=True)
+    rt = LocalRuntime(Session.build(cfg, log=lambda *_: None), out)
+    return rt, rt.run(), out
+
+
+def test_cli_run_writes_contract(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus)
+    out = tmp_path / "out"
+    res = cli("run", cfg, "--set", "train.rounds=2", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "final eval loss" in res.output
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("clients", "bytes_up", "bytes_down", "train_loss", "eval_loss", "eval", "seconds"):
+            assert key in r
+        assert isinstance(r["bytes_up"], int) and isinstance(r["bytes_down"], int)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("method", "rounds", "bytes_up", "bytes_down", "bytes_total", "final_eval_loss", "eval", "seconds"):
+        assert key in summary
+    assert summary["bytes_total"] == summary["bytes_up"] + summary["bytes_down"]
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "checkpoint").is_dir()
+    assert (out / "config.toml").is_file()
+    rep = cli("report", out)
+    assert rep.exit_code == 0 and "| out | fedavg |" in rep.output
+    assert (out / "eval_loss_vs_round.png").is_file() and (out / "eval_loss_vs_mb.png").is_file()
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16"])
+def test_ledger_bytes_equal_independent_blob_sizes(tmp_path, corpus, codec):
+    rt, summary, out = _run(tmp_path, corpus, sets=[f"uplink.codec={codec}", f"downlink.codec={codec}"])
+    layout = rt.s.adapter.layout
+    # Independently: encode an adapter of this layout with a fresh codec. FedAvg sends the whole
+    # adapter down and the whole delta up, one blob per client per round; these codecs' sizes do
+    # not depend on the values.
+    blob = build_codec(codec, layout).encode({n: torch.randn(s) for n, s in zip(layout.names, layout.shapes)})
+    blobs = 4 * 2  # clients x rounds
+    assert summary["bytes_up"] == blobs * len(blob)
+    assert summary["bytes_down"] == blobs * len(blob)
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["per_client"][str(c)]["up"] == len(blob) for r in rows for c in r["clients"])
+
+
+def test_resume_is_bit_identical(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus, **{"train.rounds": "4"})
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli("run", cfg, "--out", full).exit_code == 0
+    res = cli("run", cfg, "--out", part, "--until", "2")
+    assert res.exit_code == 0 and "stopped after round 2" in res.output
+    assert not (part / "summary.json").exists()
+    res = cli("resume", part)
+    assert res.exit_code == 0, res.output
+    a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(part / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = [json.loads(x) for x in (full / "rounds.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (part / "rounds.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "codec_up", "codec_down")} for r in rows]
+    assert strip(ra) == strip(rb)
+
+
+def test_fedavg_one_client_equals_centralized(tmp_path, corpus):
+    one = {"data.partition": '"iid"', "data.clients": "1", "train.rounds": "3"}
+    fed, fs, _ = _run(tmp_path, corpus, "fed", overrides=one)
+    cen, cs, _ = _run(tmp_path, corpus, "cen", overrides={**one, "method": '"centralized"'})
+    assert cs["bytes_total"] == 0
+    rows_f = [json.loads(x) for x in (tmp_path / "fed" / "rounds.jsonl").read_text().splitlines()]
+    rows_c = [json.loads(x) for x in (tmp_path / "cen" / "rounds.jsonl").read_text().splitlines()]
+    for rf, rc in zip(rows_f, rows_c):
+        assert rf["train_loss"] == pytest.approx(rc["train_loss"], rel=1e-5, abs=1e-6)
+    a = fed.s.final_adapter(fed.client_states)
+    b = cen.s.final_adapter(cen.client_states)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert fs["final_eval_loss"] == pytest.approx(cs["final_eval_loss"], rel=1e-5)
+
+
+def test_saved_adapter_reproduces_reported_eval_loss(tmp_path, corpus):
+    from peft import PeftModel
+
+    rt, summary, out = _run(tmp_path, corpus)
+    s = rt.s
+    base, _ = __import__("fedsqueeze.models", fromlist=["load_base"]).load_base("tiny")
+    model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    from fedsqueeze.client import evaluate
+
+    pad = s.tokenizer.pad_token_id
+    for name, ds in s.federation.eval_sets.items():
+        idx = list(range(len(ds)))
+        loss = evaluate(model, (ds.batch(idx[i:i + 8], pad) for i in range(0, len(idx), 8)), bf16=False)
+        assert loss == pytest.approx(summary["eval"][name], rel=1e-5), name
+
+
+def test_local_method_keeps_per_client_adapters(tmp_path, corpus):
+    rt, summary, out = _run(tmp_path, corpus, overrides={"method": '"local"'})
+    assert summary["bytes_total"] == 0
+    names = list(rt.s.federation.eval_sets)
+    assert all((out / "adapters" / n / "adapter_config.json").is_file() for n in names)
+    a0 = rt.s.method.eval_adapter(0, rt.client_states[0])
+    a1 = rt.s.method.eval_adapter(1, rt.client_states[1])
+    assert any(not torch.equal(a0[k], a1[k]) for k in a0)

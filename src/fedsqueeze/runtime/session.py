@@ -87,7 +87,10 @@ class Session:
         self.adapter.set(start)
         params = self.adapter.trainable(self.method.trainable)
         pad = self.tokenizer.pad_token_id
-        plan = sample_batches(len(data.train), t.batch_size, self.local_steps, self.cfg.seed, client, rnd)
+        lo, hi = self.method.data_slice(rnd)
+        first, last = int(lo * len(data.train)), max(int(hi * len(data.train)), int(lo * len(data.train)) + 1)
+        plan = sample_batches(last - first, t.batch_size, self.local_steps, self.cfg.seed, client, rnd)
+        plan = [[first + i for i in batch] for batch in plan]
         torch.manual_seed(_seed(self.cfg.seed, "train", client, rnd))  # LoRA dropout, if any
         settings = TrainSettings(self.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps,
                                  t.grad_clip, t.bf16)

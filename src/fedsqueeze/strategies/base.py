@@ -102,6 +102,11 @@ class Method:
     def trainable(self, name: str) -> bool:
         return True
 
+    def data_slice(self, rnd: int) -> tuple[float, float]:
+        """Fraction [lo, hi) of each client's training examples used in round `rnd` (phased methods
+        such as CG-FedLLM pre-train on one slice and fine-tune on the rest)."""
+        return (0.0, 1.0)
+
     def eval_adapter(self, client: int, state: Tensors) -> Tensors:
         """The adapter to evaluate on `client`'s held-out data."""
         return self.global_adapter()

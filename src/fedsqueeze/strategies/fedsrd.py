@@ -1,0 +1,259 @@
+"""FedSRD (Sparsify-Reconstruct-Decompose) and FedSRD-e; DESIGN.md section 5, seed 003.
+
+Client (sparsify): from the round's start (B0, A0) it trains (B', A') and uploads dA = A' - A0,
+dB = B' - B0, each with a fraction rho of its entries zeroed, the lowest by importance
+    I_A = |dA| * ||B'[:, u]||_2 (row u),   I_B = |dB| * ||A0[v, :]||_2 (column v),
+    rho = base_ratio + min(cap, coef * ln(max(kappa, 1))),   kappa = Pearson kurtosis of I,
+and the kept entries rescaled so each matrix keeps its L1 norm.
+
+Server (reconstruct): B_i = B0 + dB_i, A_i = A0 + dA_i, W = sum_i w_i B_i A_i (full rank, kept factored).
+    fedsrd:   W_r = rank-r truncated SVD of W, through QR of the stacked factors (never a dense SVD).
+    fedsrd-e: W_r = W (no SVD).
+Server (decompose): dW = W_r - B0 A0; one factor moves per round, alternately
+    B-rounds: dB = dW pinv(A0), dA = 0;     A-rounds: dA = pinv(B0) dW, dB = 0     (pinv in fp32),
+then a random mask drops `download_drop` of the moved factor's entries (survivors x 1/(1-drop)).
+The server applies exactly that sparse delta to the global adapter and broadcasts it.
+
+Round 1 (deliberate difference from the reference code). peft starts B at 0, so the reference's
+first round, an A-round, computes pinv(0) dW = 0 and wastes the round. `start_factor = "B"` (default)
+moves B in round 1 (A0 is random and full rank, so dW pinv(A0) keeps all of dW's row-space part) and
+alternates from there: B on odd rounds, A on even rounds. `start_factor = "A"` reproduces the reference.
+
+What the clients hold. Every participant knows the initial adapter (same seed), so a client keeps
+only C = global - init (its `global_delta/*` state) and trains from init + C. The server keeps the
+same C and computes its adapter the same way, so both are bit-identical as long as the downlink codec
+is lossless (the default `sparse` codec is). Messages, told apart by their keys:
+  - None: nothing new (round 1 for everyone: the adapter is still the initial one);
+  - only the moved factor's tensors: the last round's sparse delta, C += message;
+  - every tensor of the adapter: C itself, C = message.
+A client gets the delta only when the server knows it holds the previous global (its last upload was
+trained from it and nothing was sent to it since). A client that skipped rounds, joins late, or whose
+state the server cannot vouch for gets C itself: exact, no per-round history on the server, and no
+larger than the full adapter (B = C_B; C_A covers only the entries A-rounds touched, the rest of A is
+the random init the client already has). Summing the missed deltas would often be smaller but not
+bit-identical to applying them one by one (fp32 addition is not associative).
+
+Ablation switches (Params):
+  sparsifier: importance (paper) | magnitude (|d|) | random | none. All use the same rho (from the
+    importance scores' kurtosis when adaptive_ratio), so only which entries survive changes.
+  adaptive_ratio=false: rho = base_ratio for every matrix.
+  reconstruct=false: average A and B separately (A_bar = A0 + sum w dA_i, B_bar likewise, as FedAvg),
+    then W_r = B_bar A_bar (rank r already: fedsrd and fedsrd-e coincide) and decompose as usual.
+  decompose=false: no alternating projection and no download mask: the server's new adapter is
+    (U_r S_r^(1/2), S_r^(1/2) V_r^T) of the truncated SVD of W (FlexLoRA's server; also for fedsrd-e,
+    which has no rank-r factors otherwise), or (B_bar, A_bar) without reconstruction, and every client
+    gets the whole C (dense) each round.
+  rescale: both the upload L1 rescale and the download 1/(1-drop) rescale.
+Stale updates (staleness > 0) are folded in as if trained from the current global: FedSRD has no
+staleness model.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..tensors import Tensors
+from . import lora_math as lm
+from .base import ClientUpdate, Method, MethodContext
+
+STATE_PREFIX = "global_delta/"
+
+
+class FedSRDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_ratio: float = Field(0.85, ge=0.0, le=1.0, description="alpha: upload drop ratio before the kurtosis term")
+    cap: float = Field(0.11, ge=0.0, le=1.0, description="largest kurtosis term added to base_ratio")
+    coef: float = Field(0.1, ge=0.0, description="kurtosis term = coef * ln(max(kappa, 1))")
+    download_drop: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of the broadcast delta dropped")
+    rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")
+    start_factor: Literal["A", "B"] = Field("B", description="factor moved in round 1 (B: no wasted round)")
+    sparsifier: Literal["importance", "magnitude", "random", "none"] = "importance"
+    reconstruct: bool = Field(True, description="aggregate sum w_i B_i A_i (false: average A and B apart)")
+    decompose: bool = Field(True, description="alternating one-factor sparse broadcast (false: dense SVD factors)")
+    adaptive_ratio: bool = Field(True, description="kurtosis-adaptive upload ratio (false: base_ratio)")
+
+
+class FedSRD(Method):
+    name = "fedsrd"
+    Params = FedSRDParams
+    default_uplink = "sparse"
+    default_downlink = "sparse"
+    truncate: ClassVar[bool] = True
+    """Rank-r truncated SVD of the reconstructed W (False: FedSRD-e, W_r = W)."""
+
+    def __init__(self, params: FedSRDParams, ctx: MethodContext):
+        super().__init__(params, ctx)
+        self.pairs = lm.lora_pairs(ctx.layout.names)
+        self.cumulative: Tensors = {k: torch.zeros_like(v) for k, v in ctx.init_adapter.items()}
+        self.last_delta: Tensors = {}
+        self.version = 0
+        """Aggregations applied so far; the global adapter is version `version`."""
+        self.held: dict[int, int] = {}
+        """client -> version its state is known to hold (from its last upload)."""
+        self.sent: dict[int, int] = {}
+        """client -> version its state holds if our last message reached it."""
+
+    # ---- messages ------------------------------------------------------------------------------
+    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+        """None, the last sparse delta, or the whole C (see the module docstring)."""
+        held, sent = self.held.get(client, 0), self.sent.get(client, 0)
+        self.sent[client] = self.version
+        if held == sent == self.version:
+            return None
+        if self.params.decompose and held == sent == self.version - 1:
+            return self.last_delta
+        return self.cumulative
+
+    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+        init = self.ctx.init_adapter
+        cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
+        if message is not None:
+            message = {k: v.to(init[k].dtype) for k, v in message.items()}
+            if set(message) == set(init):
+                cumulative = message
+            else:
+                cumulative = {k: cumulative[k] + message[k] if k in message else cumulative[k] for k in init}
+        for k, v in cumulative.items():
+            state[STATE_PREFIX + k] = v
+        return _plus(init, cumulative)
+
+    # ---- client: sparsify ----------------------------------------------------------------------
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+        p = self.params
+        rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "upload")
+        out: Tensors = {}
+        for pair in self.pairs:
+            d_a = trained[pair.a] - start[pair.a]
+            d_b = trained[pair.b] - start[pair.b]
+            if p.sparsifier != "none":
+                imp_a, imp_b = lm.importance_scores(d_a, d_b, trained[pair.b], start[pair.a])
+                d_a = self._sparsify(d_a, imp_a, rng)
+                d_b = self._sparsify(d_b, imp_b, rng)
+            out[pair.a], out[pair.b] = d_a, d_b
+        return out
+
+    def _sparsify(self, delta: torch.Tensor, importance: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        p = self.params
+        ratio = p.base_ratio
+        if p.adaptive_ratio:
+            ratio = lm.adaptive_ratio(lm.pearson_kurtosis(importance), p.base_ratio, p.cap, p.coef)
+        if p.sparsifier == "importance":
+            score = importance
+        elif p.sparsifier == "magnitude":
+            score = delta.abs()
+        else:  # random: same count kept, positions drawn uniformly
+            score = torch.rand(delta.shape, generator=rng)
+        kept = torch.where(lm.keep_mask(score, ratio), delta, torch.zeros((), dtype=delta.dtype))
+        return lm.l1_rescale(kept, delta) if p.rescale else kept
+
+    # ---- server: reconstruct + decompose -------------------------------------------------------
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        if not updates:
+            return {}
+        weights = self.weights(updates)
+        if self.params.decompose:
+            factor = self.moved_factor(rnd)
+            delta = self._decomposed_delta(rnd, factor, updates, weights)
+            self.cumulative = {k: self.cumulative[k] + delta[k] if k in delta else self.cumulative[k]
+                               for k in self.cumulative}
+            self.last_delta = delta
+            nonzero = sum(int(v.count_nonzero()) for v in delta.values())
+            metrics = {"factor": factor, "broadcast_nonzero": nonzero}
+        else:
+            new = self._dense_factors(updates, weights)
+            self.cumulative = {k: new[k] - self.ctx.init_adapter[k] for k in self.cumulative}
+            self.last_delta = {}
+            metrics = {}
+        self.adapter = _plus(self.ctx.init_adapter, self.cumulative)
+        for u in updates:
+            self.held[u.client] = self.version - u.staleness
+        self.version += 1
+        return metrics
+
+    def moved_factor(self, rnd: int) -> str:
+        """start_factor on odd rounds (1, 3, ...), the other factor on even rounds."""
+        other = "A" if self.params.start_factor == "B" else "B"
+        return self.params.start_factor if rnd % 2 == 1 else other
+
+    def _client_factors(self, pair: lm.LoraPair, updates: list[ClientUpdate]):
+        """B_i = B0 + dB_i and A_i = A0 + dA_i for every client (a missing tensor = no change)."""
+        b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+        bs = [b0 + u.tensors[pair.b].to(b0.dtype) if pair.b in u.tensors else b0 for u in updates]
+        as_ = [a0 + u.tensors[pair.a].to(a0.dtype) if pair.a in u.tensors else a0 for u in updates]
+        return bs, as_
+
+    def _target(self, pair: lm.LoraPair, updates, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) with L @ R = the new full-rank W_r of this layer (never formed densely)."""
+        bs, as_ = self._client_factors(pair, updates)
+        if not self.params.reconstruct:
+            b_bar = sum(w * lm.wide(b) for w, b in zip(weights, bs))
+            a_bar = sum(w * lm.wide(a) for w, a in zip(weights, as_))
+            return b_bar, a_bar
+        left, right = lm.stacked_factors(bs, as_, weights)
+        if not self.truncate:
+            return left, right
+        u, s, v = lm.truncated_svd_factored(left, right, rank=self.adapter[pair.a].shape[0])
+        return u * s[None, :], v.T
+
+    def _decomposed_delta(self, rnd: int, factor: str, updates, weights) -> Tensors:
+        """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask)."""
+        p = self.params
+        rng = lm.generator_for(self.ctx.seed, rnd, "broadcast")
+        delta: Tensors = {}
+        for pair in self.pairs:
+            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+            left, right = lm.delta_w_factored(*self._target(pair, updates, weights), b0, a0)
+            if factor == "A":
+                name, moved = pair.a, lm.project_onto_a(b0, left, right)
+            else:
+                name, moved = pair.b, lm.project_onto_b(a0, left, right)
+            moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
+            delta[name] = moved.to(self.adapter[name].dtype)
+        return delta
+
+    def _dense_factors(self, updates, weights) -> Tensors:
+        """decompose=false: the new adapter itself, (U_r S_r^(1/2), S_r^(1/2) V_r^T) or (B_bar, A_bar)."""
+        new: Tensors = {}
+        for pair in self.pairs:
+            rank = self.adapter[pair.a].shape[0]
+            left, right = self._target(pair, updates, weights)
+            if self.params.reconstruct:
+                b, a = lm.balanced_factors(*lm.truncated_svd_factored(left, right, rank))
+            else:
+                b, a = left, right
+            new[pair.b] = b.to(self.adapter[pair.b].dtype)
+            new[pair.a] = a.to(self.adapter[pair.a].dtype)
+        return new
+
+    # ---- checkpoint ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"cumulative/{k}": v for k, v in self.cumulative.items()}
+        state.update({f"last_delta/{k}": v for k, v in self.last_delta.items()})
+        state["version"] = torch.tensor(self.version)
+        state["held"] = torch.tensor(sorted(self.held.items()), dtype=torch.int64).reshape(-1, 2)
+        state["sent"] = torch.tensor(sorted(self.sent.items()), dtype=torch.int64).reshape(-1, 2)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
+        self.last_delta = {k[len("last_delta/"):]: v.clone() for k, v in state.items() if k.startswith("last_delta/")}
+        self.version = int(state["version"])
+        self.held = {int(c): int(v) for c, v in state["held"].tolist()}
+        self.sent = {int(c): int(v) for c, v in state["sent"].tolist()}
+        self.adapter = _plus(self.ctx.init_adapter, self.cumulative)
+
+
+class FedSRDe(FedSRD):
+    """FedSRD-e: no SVD; the alternating projection is applied to the full-rank W itself."""
+
+    name = "fedsrd-e"
+    truncate = False
+
+
+def _plus(init: Tensors, cumulative: Tensors) -> Tensors:
+    """init + C, in the layout's order; the one formula both the server and the clients use."""
+    return {k: init[k] + cumulative[k] for k in init}

@@ -1,0 +1,229 @@
+"""FedSRD / FedSRD-e driven through the Method API with synthetic 'trained' adapters."""
+
+import pytest
+import torch
+
+from fedsqueeze.codecs import build_codec
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
+from fedsqueeze.tensors import Layout
+
+PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
+SHAPES = {PREFIXES[0]: (12, 10), PREFIXES[1]: (16, 10)}  # (d_out, d_in)
+R = 3
+
+
+def make_ctx(seed=0, weighting="examples"):
+    g = torch.Generator().manual_seed(seed)
+    init = {}
+    for prefix in PREFIXES:
+        d_out, d_in = SHAPES[prefix]
+        init[f"{prefix}.lora_A.weight"] = torch.randn(R, d_in, generator=g) * 0.3
+        init[f"{prefix}.lora_B.weight"] = torch.zeros(d_out, R)  # peft: B starts at 0
+    return MethodContext(layout=Layout.of(init), init_adapter=init, seed=seed, weighting=weighting)
+
+
+def fake_training(start, client, rnd, scale=0.05):
+    """A deterministic stand-in for K local steps: start + a client- and round-specific step."""
+    g = torch.Generator().manual_seed(1000 * client + rnd)
+    return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in start.items()}
+
+
+def wire(message, ctx):
+    """What the other side decodes: a lossless codec's round trip."""
+    if message is None:
+        return None
+    codec = build_codec("fp32", ctx.layout)
+    return codec.decode(codec.encode(message))
+
+
+def run_rounds(method, ctx, schedule, states=None, on_receive=None):
+    """Drives broadcast -> client_receive -> (train) -> client_upload -> aggregate over `schedule`
+    (a list of client lists, round 1 first). Returns the client states."""
+    states = {} if states is None else states
+    for rnd, clients in schedule:
+        updates = []
+        for c in clients:
+            msg = method.broadcast(rnd, c)
+            state = states.setdefault(c, {})
+            start = method.client_receive(state, wire(msg, ctx))
+            if on_receive:
+                on_receive(rnd, c, msg, start)
+            trained = fake_training(start, c, rnd)
+            up = wire(method.client_upload(state, start, trained), ctx)
+            updates.append(ClientUpdate(c, up, num_examples=10 + c))
+        method.aggregate(rnd, updates)
+    return states
+
+
+SCHEDULE = list(enumerate([[0, 1, 2], [0, 1], [0, 2], [1, 3], [0, 1, 2, 3], [2], [0, 1, 2, 3]], start=1))
+VARIANTS = [
+    ("fedsrd", {}),
+    ("fedsrd-e", {}),
+    ("fedsrd", {"start_factor": "A"}),
+    ("fedsrd", {"reconstruct": False}),
+    ("fedsrd", {"decompose": False}),
+    ("fedsrd-e", {"decompose": False, "reconstruct": False}),
+    ("fedsrd", {"sparsifier": "random", "adaptive_ratio": False}),
+    ("fedsrd", {"sparsifier": "magnitude", "rescale": False}),
+    ("fedsrd-e", {"sparsifier": "none", "download_drop": 0.0}),
+]
+
+
+@pytest.mark.parametrize("name, params", VARIANTS)
+def test_server_and_clients_hold_identical_adapters(name, params):
+    ctx = make_ctx()
+    method = build_method(name, params, ctx)
+    kinds = []
+
+    def check(rnd, client, msg, start):
+        glob = method.global_adapter()
+        assert list(start) == list(ctx.layout.names)
+        for k in ctx.layout.names:
+            assert torch.equal(start[k], glob[k]), (rnd, client, k)
+        kinds.append((rnd, client, "none" if msg is None else "all" if len(msg) == len(glob) else "delta"))
+
+    run_rounds(method, ctx, SCHEDULE, on_receive=check)
+    assert all(kind == "none" for rnd, _, kind in kinds if rnd == 1)
+    if params.get("decompose", True):
+        # a client that took part in the last round gets the one-factor delta; one that skipped a
+        # round (2 in round 2, 1 in round 3, 0/1/3 in round 6) or joins late (3, version 0 < 3) gets C
+        assert (2, 0, "delta") in kinds and (3, 0, "delta") in kinds and (5, 3, "delta") in kinds
+        assert (3, 2, "all") in kinds and (4, 1, "all") in kinds and (4, 3, "all") in kinds
+        assert (6, 2, "delta") in kinds and (7, 0, "all") in kinds and (7, 2, "delta") in kinds
+    else:
+        assert all(kind == "all" for rnd, _, kind in kinds if rnd > 1)
+    # the global moved
+    glob = method.global_adapter()
+    assert any(not torch.equal(glob[k], ctx.init_adapter[k]) for k in ctx.layout.names)
+
+
+def test_broadcast_is_one_sparse_factor_and_round_one_moves_b():
+    ctx = make_ctx()
+    method = build_method("fedsrd", {}, ctx)
+    assert method.broadcast(1, 0) is None  # everyone starts from the shared init
+    run_rounds(method, ctx, [(1, [0, 1])])
+    b_names = [n for n in ctx.layout.names if n.endswith("lora_B.weight")]
+    a_names = [n for n in ctx.layout.names if n.endswith("lora_A.weight")]
+    msg = method.broadcast(2, 0)
+    assert sorted(msg) == sorted(b_names)
+    density = sum(int(v.count_nonzero()) for v in msg.values()) / sum(v.numel() for v in msg.values())
+    assert 0.05 < density < 0.4  # about 1 - download_drop = 0.2 kept
+    assert all(torch.count_nonzero(method.global_adapter()[b]) > 0 for b in b_names)  # round 1 not wasted
+    assert all(torch.equal(method.global_adapter()[a], ctx.init_adapter[a]) for a in a_names)
+    run_rounds(method, ctx, [(2, [0, 1])])
+    assert sorted(method.broadcast(3, 0)) == sorted(a_names)  # then A
+
+
+def test_reference_order_wastes_round_one():
+    """start_factor='A' reproduces the reference: pinv(B0 = 0) dW = 0, nothing moves in round 1."""
+    ctx = make_ctx()
+    method = build_method("fedsrd", {"start_factor": "A"}, ctx)
+    run_rounds(method, ctx, [(1, [0, 1])])
+    for k in ctx.layout.names:
+        assert torch.equal(method.global_adapter()[k], ctx.init_adapter[k])
+
+
+def test_broadcast_mask_and_rescale():
+    """Without the download mask the B step applies dW pinv(A0) exactly; with it, 80% is dropped and
+    the survivors are x 5."""
+    ctx = make_ctx()
+    dense = build_method("fedsrd", {"download_drop": 0.0}, ctx)
+    masked = build_method("fedsrd", {}, ctx)
+    run_rounds(dense, ctx, [(1, [0, 1])])
+    run_rounds(masked, ctx, [(1, [0, 1])])
+    for name, d in dense.broadcast(2, 0).items():
+        m = masked.broadcast(2, 0)[name]
+        kept = m != 0
+        assert torch.allclose(m[kept], 5 * d[kept], rtol=1e-5, atol=1e-7)
+
+
+def test_upload_is_sparse_and_keeps_l1_norm():
+    ctx = make_ctx()
+    method = build_method("fedsrd", {}, ctx)
+    start = fake_training(ctx.init_adapter, 9, 9, scale=1.0)  # a start with B != 0
+    trained = fake_training(start, 1, 1)
+    up = method.client_upload({}, start, trained)
+    for k, v in up.items():
+        dense = trained[k] - start[k]
+        assert 0.0 < v.count_nonzero() / v.numel() <= 0.15 + 1 / v.numel()  # rho >= 0.85
+        assert torch.allclose(v.abs().sum(), dense.abs().sum(), rtol=1e-5)
+        kept = v != 0
+        assert torch.allclose(v[kept] / dense[kept], (v[kept] / dense[kept])[0].expand(int(kept.sum())))
+    none = build_method("fedsrd", {"sparsifier": "none"}, ctx).client_upload({}, start, trained)
+    assert all(torch.equal(none[k], trained[k] - start[k]) for k in none)
+
+
+def test_fedsrd_e_without_mask_reaches_projected_full_rank_w():
+    """FedSRD-e, B round, no mask: B0 A0 + dB A0 = W pinv(A0) A0 with W = sum w_i B_i A_i."""
+    ctx = make_ctx(weighting="uniform")
+    method = build_method("fedsrd-e", {"download_drop": 0.0, "sparsifier": "none"}, ctx)
+    starts, trained = {}, {}
+
+    def keep(rnd, c, msg, start):
+        starts[c] = start
+        trained[c] = fake_training(start, c, rnd)
+
+    run_rounds(method, ctx, [(1, [0, 1, 2])], on_receive=keep)
+    for prefix in PREFIXES:
+        a, b = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
+        a0 = ctx.init_adapter[a].double()
+        w = sum(trained[c][b].double() @ trained[c][a].double() for c in range(3)) / 3
+        expected = w @ torch.linalg.pinv(a0) @ a0
+        got = method.global_adapter()[b].double() @ method.global_adapter()[a].double()
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_never_forms_a_dense_svd(monkeypatch):
+    ctx = make_ctx()
+    method = build_method("fedsrd", {}, ctx)
+    shapes = []
+    real_svd = torch.linalg.svd
+
+    def spy(x, *args, **kwargs):
+        shapes.append(tuple(x.shape))
+        return real_svd(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", spy)
+    run_rounds(method, ctx, [(1, [0, 1, 2]), (2, [0, 1, 2])])
+    assert shapes and all(max(s) <= 3 * R for s in shapes)
+
+
+def test_state_dict_resumes_exactly():
+    ctx = make_ctx()
+    first = build_method("fedsrd", {}, ctx)
+    states = run_rounds(first, ctx, SCHEDULE[:3])
+    saved = {k: v.clone() for k, v in first.state_dict().items()}
+    saved_states = {c: {k: v.clone() for k, v in s.items()} for c, s in states.items()}
+    second = build_method("fedsrd", {}, ctx)
+    second.load_state_dict(saved)
+    run_rounds(first, ctx, SCHEDULE[3:], states=states)
+    run_rounds(second, ctx, SCHEDULE[3:], states=saved_states)
+    for k in ctx.layout.names:
+        assert torch.equal(first.global_adapter()[k], second.global_adapter()[k])
+
+
+def test_lost_message_is_never_applied_twice():
+    """A broadcast whose upload never arrives: the server cannot tell whether the client applied it,
+    so it sends C next time instead of a delta."""
+    ctx = make_ctx()
+    method = build_method("fedsrd", {}, ctx)
+    states = run_rounds(method, ctx, [(1, [0, 1])])
+    method.client_receive(states[0], wire(method.broadcast(2, 0), ctx))  # 0 applies, its upload is lost
+    run_rounds(method, ctx, [(2, [1])], states=states)
+    msg = method.broadcast(3, 0)
+    assert len(msg) == len(ctx.layout.names)
+    start = method.client_receive(states[0], wire(msg, ctx))
+    assert all(torch.equal(start[k], method.global_adapter()[k]) for k in start)
+
+
+def test_params_are_validated():
+    ctx = make_ctx()
+    with pytest.raises(ConfigError, match="allowed keys"):
+        build_method("fedsrd", {"ratio": 0.9}, ctx)
+    with pytest.raises(ConfigError):
+        build_method("fedsrd", {"sparsifier": "topk"}, ctx)
+    with pytest.raises(ConfigError):
+        build_method("fedsrd-e", {"download_drop": 1.0}, ctx)
+    m = build_method("fedsrd", {"base_ratio": 0.5, "start_factor": "A"}, ctx)
+    assert m.params.base_ratio == 0.5 and m.default_uplink == m.default_downlink == "sparse"

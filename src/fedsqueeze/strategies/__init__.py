@@ -14,8 +14,12 @@ METHODS: Registry[type[Method]] = Registry("method")
 def _register() -> None:
     from .fedavg import FedAvg
     from .local import Centralized, Local
+    from .fedsrd import FedSRD, FedSRDe
+    from .ffa_lora import FFALoRA
+    from .fed_dare import FedDARE
+    from .flexlora import FlexLoRA
 
-    for cls in (FedAvg, Local, Centralized):
+    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA):
         METHODS.register(cls.name)(cls)
 
 

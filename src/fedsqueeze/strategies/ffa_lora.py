@@ -1,0 +1,28 @@
+"""FFA-LoRA: A stays frozen at its random init and never travels; only B is trained, sent and averaged.
+
+Every participant builds the same initial adapter from the seed, so the client rebuilds its adapter
+from that A and the broadcast B. B @ A then moves only in B, which also makes FedAvg of B exact:
+sum_i w_i B_i A = (sum_i w_i B_i) A. Half the traffic of FedAvg (B and A have r (d_out + d_in)
+entries between them; only d_out r travel)."""
+
+from __future__ import annotations
+
+from ..tensors import Tensors
+from .fedavg import FedAvg
+from .lora_math import A_SUFFIX
+
+
+class FFALoRA(FedAvg):
+    name = "ffa-lora"
+
+    def trainable(self, name: str) -> bool:
+        return not name.endswith(A_SUFFIX)
+
+    def broadcast(self, rnd: int, client: int) -> Tensors:
+        return {k: v for k, v in self.adapter.items() if self.trainable(k)}
+
+    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+        """The frozen tensors from the shared init, the trained ones from the message."""
+        assert message is not None, "ffa-lora broadcasts every round"
+        init = self.ctx.init_adapter
+        return {k: message[k].to(v.dtype) if self.trainable(k) else v for k, v in init.items()}

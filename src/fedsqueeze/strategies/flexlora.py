@@ -1,0 +1,34 @@
+"""FlexLoRA: average the clients' full-rank products, W = sum_i w_i B_i A_i, and split its rank-r
+truncated SVD back into B = U_r S_r^(1/2), A = S_r^(1/2) V_r^T; the new adapter is broadcast dense.
+
+Clients upload their delta (dense; as many bytes as the full adapter) and the server rebuilds
+B_i = B0 + dB_i, A_i = A0 + dA_i. The SVD goes through the stacked factors (QR + an (m r) x (m r)
+core, see lora_math.truncated_svd_factored), never a d_out x d_in matrix."""
+
+from __future__ import annotations
+
+from .base import ClientUpdate, Method, MethodContext
+from . import lora_math as lm
+
+
+class FlexLoRA(Method):
+    name = "flexlora"
+
+    def __init__(self, params, ctx: MethodContext):
+        super().__init__(params, ctx)
+        self.pairs = lm.lora_pairs(ctx.layout.names)
+
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        if not updates:
+            return {}
+        weights = self.weights(updates)
+        new = {}
+        for pair in self.pairs:
+            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+            bs = [b0 + u.tensors[pair.b].to(b0.dtype) for u in updates]
+            as_ = [a0 + u.tensors[pair.a].to(a0.dtype) for u in updates]
+            left, right = lm.stacked_factors(bs, as_, weights)
+            b, a = lm.balanced_factors(*lm.truncated_svd_factored(left, right, rank=a0.shape[0]))
+            new[pair.b], new[pair.a] = b.to(b0.dtype), a.to(a0.dtype)
+        self.adapter = {k: new[k] for k in self.ctx.layout.names}
+        return {}

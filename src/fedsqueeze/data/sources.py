@@ -1,0 +1,220 @@
+"""Data sources: turn `data.source` into a list of examples.
+
+Every example is a dict with `instruction`, `input`, `response`, `domain`, `source` (the name of the source it came
+from, so several sources joined with " + " can be split one per client with `data.label = "source"`), plus any
+extra label column (`category` for wordnet / pystdlib, or the column `data.label` names in a table).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..config import DataConfig
+from ..errors import DataError
+
+KINDS = ("jsonl", "csv", "parquet", "hf", "builtin", "dictd", "wordnet")
+BUILTINS = ("pystdlib",)
+STANDARD_KEYS = ("instruction", "input", "response", "domain", "source")
+
+
+def split_sources(spec: str) -> list[tuple[str, str]]:
+    """'jsonl:a.jsonl + builtin:pystdlib' -> [('jsonl', 'a.jsonl'), ('builtin', 'pystdlib')]."""
+    parts = [p.strip() for p in spec.split(" + ")]
+    out = []
+    for part in parts:
+        kind, sep, arg = part.partition(":")
+        if not sep or kind not in KINDS or not arg.strip():
+            raise DataError(
+                f"data.source {part!r}: expected KIND:ARG with KIND one of {', '.join(KINDS)} "
+                "(e.g. jsonl:data.jsonl, builtin:pystdlib); join several with ' + '"
+            )
+        out.append((kind, arg.strip()))
+    return out
+
+
+def _existing_file(kind: str, path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{kind}:{path}: file not found: {p}")
+    return p
+
+
+# --- tables (jsonl / csv / parquet / hf) -> raw rows --------------------------------------------------------------
+
+
+def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:
+    file = _existing_file("jsonl", path)
+    rows, columns = [], {}
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{file}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            columns.update(dict.fromkeys(row))
+            rows.append(row)
+    return list(columns), rows
+
+
+def _read_csv(path: str) -> tuple[list[str], list[dict]]:
+    file = _existing_file("csv", path)
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _read_parquet(path: str) -> tuple[list[str], list[dict]]:
+    import pyarrow.parquet as pq
+
+    file = _existing_file("parquet", path)
+    try:
+        table = pq.read_table(file)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{file}: not a readable parquet file ({exc})") from None
+    return table.column_names, table.to_pylist()
+
+
+# Local files given to hf: are read with the matching packaged `datasets` builder.
+_HF_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _read_hf(arg: str) -> tuple[list[str], list[dict]]:
+    """hf:NAME[:SPLIT] through `datasets.load_dataset` (hub id, local folder or local file). NAME holds no ':'
+    so that SPLIT can be a slice such as train[:1000]."""
+    import datasets
+
+    name, _, split = arg.partition(":")
+    split = split or "train"
+    local = Path(name).expanduser()
+    if local.is_file():
+        builder = _HF_BUILDERS.get(local.suffix.lower())
+        if builder is None:
+            raise DataError(f"hf:{arg}: cannot tell the format of {local} (known: {', '.join(_HF_BUILDERS)})")
+        call = lambda: datasets.load_dataset(builder, data_files=str(local), split=split)  # noqa: E731
+    elif ("/" in name and name.startswith((".", "/", "~"))) and not local.exists():
+        raise DataError(f"hf:{arg}: file or folder not found: {local}")
+    else:
+        call = lambda: datasets.load_dataset(str(local) if local.exists() else name, split=split)  # noqa: E731
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # our own summary says what was loaded
+    try:
+        ds = call()
+    except Exception as exc:  # hub, network, builder and split errors all mean "could not load this"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"hf:{arg}: could not load with datasets.load_dataset: {first_line}") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return list(ds.column_names), ds.to_list()
+
+
+_TABLE_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "hf": _read_hf}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
+    """Rename the configured columns to the standard keys; keep the label column when it is an extra one."""
+    for key in ("instruction_field", "response_field"):
+        column = getattr(cfg, key)
+        if column not in columns:
+            raise DataError(
+                f"{where}: no column {column!r} (data.{key}); columns present: {', '.join(map(str, columns)) or 'none'}"
+            )
+    has_input = cfg.input_field in columns
+    has_domain = cfg.domain_field in columns
+    extra = cfg.label if cfg.label not in ("domain", "source", cfg.domain_field) and cfg.label in columns else None
+    out = []
+    for row in rows:
+        ex = {
+            "instruction": _text(row.get(cfg.instruction_field)),
+            "input": _text(row.get(cfg.input_field)) if has_input else "",
+            "response": _text(row.get(cfg.response_field)),
+            "domain": (_text(row.get(cfg.domain_field)) or name) if has_domain else name,
+            "source": name,
+        }
+        if extra is not None:
+            ex[extra] = _text(row.get(extra))
+        out.append(ex)
+    return out
+
+
+def source_name(kind: str, arg: str) -> str:
+    """Short name of a source: its file stem, database name, or builtin name."""
+    if kind in ("builtin", "wordnet"):
+        return "pystdlib" if kind == "builtin" else "wordnet"
+    if kind == "hf":
+        arg = arg.partition(":")[0]
+    base = Path(arg.rstrip("/")).name
+    for suffix in (".dict.dz", ".index", ".dict", ".jsonl", ".json", ".csv", ".parquet", ".txt"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def load_one(kind: str, arg: str, name: str, cfg: DataConfig) -> list[dict]:
+    where = f"{kind}:{arg}"
+    if kind in _TABLE_READERS:
+        columns, rows = _TABLE_READERS[kind](arg)
+        examples = map_fields(rows, columns, where, name, cfg)
+    elif kind == "builtin":
+        if arg not in BUILTINS:
+            raise DataError(f"{where}: unknown builtin data set; available: {', '.join(BUILTINS)}")
+        from .builtin_pystdlib import load_pystdlib
+
+        examples = load_pystdlib()
+    elif kind == "dictd":
+        from .dictd import load_dictd
+
+        examples = load_dictd(arg)
+    else:
+        from .wordnet import load_wordnet
+
+        examples = load_wordnet(arg)
+    for ex in examples:
+        ex["source"] = name
+    if not examples:
+        raise DataError(f"{where}: no examples")
+    return examples
+
+
+def load_examples(spec: str, cfg: DataConfig) -> list[dict]:
+    """All examples of `spec` (one source or several joined with ' + '), in a deterministic order."""
+    examples: list[dict] = []
+    names: set[str] = set()
+    for kind, arg in split_sources(spec):
+        name = base = source_name(kind, arg)
+        suffix = 2
+        while name in names:  # two files both called train.jsonl stay two domains
+            name, suffix = f"{base}-{suffix}", suffix + 1
+        names.add(name)
+        examples.extend(load_one(kind, arg, name, cfg))
+    return examples
+
+
+def label_key(cfg: DataConfig) -> str:
+    """The example key the dirichlet / by-domain partitioners split on ("domain" whatever its column was called)."""
+    return "domain" if cfg.label in ("domain", cfg.domain_field) else cfg.label
+
+
+def check_label(examples: list[dict], cfg: DataConfig, spec: str) -> None:
+    key = label_key(cfg)
+    missing = next((ex for ex in examples if key not in ex), None)
+    if missing is not None:
+        present = sorted(k for k in missing if k not in ("instruction", "input", "response"))
+        raise DataError(
+            f"data.label {cfg.label!r}: source {missing['source']!r} of {spec!r} has no such column; "
+            f"labels available there: {', '.join(present)}"
+        )

@@ -10,6 +10,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .partition import _rng, eval_split, partition
 from .sources import check_label, label_key, load_examples
+from .templates import render_prompts
 from .tokenization import TokenizedSet, tokenize_examples
 
 _OOD_TAG = 1_704
@@ -63,11 +64,14 @@ def _show(example: dict, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _nothing_trainable(client: str, what: str, examples: list[dict], cfg: DataConfig) -> DataError:
+def _nothing_trainable(client: str, what: str, examples: list[dict], cfg: DataConfig, tokenizer) -> DataError:
+    example = examples[0]
+    prompt = render_prompts([example], cfg.template, tokenizer)[0]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=cfg.template == "alpaca")["input_ids"])
     return DataError(
         f"client {client!r}: none of its {len(examples)} {what} examples has a response token left after "
-        f"truncation to data.max_length={cfg.max_length} (or its response is empty), e.g. {_show(examples[0])}; "
-        "raise data.max_length or shorten the prompts"
+        f"truncation to data.max_length={cfg.max_length} (or its response is empty), e.g. {_show(example)} "
+        f"(prompt: {n_prompt} tokens); raise data.max_length or shorten the prompts"
     )
 
 
@@ -84,9 +88,9 @@ def _client(name: str, k: int, indices: list[int], examples: list[dict], cfg: Da
         train_examples, tokenizer, cfg.template, cfg.max_length, limit=cfg.max_examples
     )
     if not train_set:
-        raise _nothing_trainable(name, "training", train_examples, cfg)
+        raise _nothing_trainable(name, "training", train_examples, cfg, tokenizer)
     if not eval_set:
-        raise _nothing_trainable(name, "held-out", eval_examples, cfg)
+        raise _nothing_trainable(name, "held-out", eval_examples, cfg, tokenizer)
     labels = Counter(train_examples[i].get(key, "") for i in kept) if key else Counter()
     data = ClientData(name=name, train=train_set, eval=eval_set, num_examples=len(train_set), labels=dict(labels))
     return data, len(eval_skipped) + len(train_skipped)
@@ -98,7 +102,7 @@ def _ood(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, int]:
     sample = [examples[int(i)] for i in order]
     ood, _, skipped = tokenize_examples(sample, tokenizer, cfg.template, cfg.max_length, limit=cfg.eval_examples)
     if not ood:
-        raise _nothing_trainable("ood", "out-of-domain", sample, cfg)
+        raise _nothing_trainable("ood", "out-of-domain", sample, cfg, tokenizer)
     return ood, len(skipped)
 
 

@@ -168,6 +168,8 @@ def load_one(kind: str, arg: str, name: str, cfg: DataConfig) -> list[dict]:
     where = f"{kind}:{arg}"
     if kind in _TABLE_READERS:
         columns, rows = _TABLE_READERS[kind](arg)
+        if not rows:
+            raise DataError(f"{where}: no examples (the table is empty)")
         examples = map_fields(rows, columns, where, name, cfg)
     elif kind == "builtin":
         if arg not in BUILTINS:

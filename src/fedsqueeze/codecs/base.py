@@ -1,33 +1,155 @@
-"""Codec interface and registry (placeholder wire format: safetensors bytes; replaced by the codec library)."""
+"""The pieces every codec is made of: stage kinds, declared parameters, the registry, PayloadError.
+
+A codec is a chain of at most three stages, always in this order:
+
+    structure  what to send of each tensor: all of it (implicit), a sparse subset with positions
+               (topk, randk, sparse) or low-rank factors (lowrank). Produces float value segments
+               plus the metadata needed to put them back.
+    values     how each float is written: fp32 (implicit), fp16, bf16, quantize.
+    bytes      a lossless pass over the whole body: zstd.
+
+So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writes those values with
+8 bits, and zstd-compresses positions + codes. One stage file = one class + one `@CODECS.register`.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from ..errors import ConfigError
 from ..registry import Registry
-from ..tensors import Layout, Tensors
+
+if TYPE_CHECKING:
+    from .wire import Reader, Writer
 
 
 class PayloadError(ValueError):
     """A blob that cannot be decoded safely (truncated, corrupt, lying about sizes, wrong layout)."""
 
 
-class Codec:
+# ---- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared stage parameter: its type, default and allowed range or choices."""
+
+    kind: type  # int, float, bool or str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def parse(self, codec: str, name: str, raw: Any) -> Any:
+        value = self._convert(codec, name, raw)
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"codec {codec!r}: {name} must be one of {', '.join(self.choices)}; got {raw!r}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise ConfigError(f"codec {codec!r}: {name} must be in [{self.low}, {self.high}]; got {raw!r}")
+        return value
+
+    def _convert(self, codec: str, name: str, raw: Any) -> Any:
+        text = str(raw).strip()
+        try:
+            if self.kind is bool:
+                if isinstance(raw, bool):
+                    return raw
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            if self.kind is int:
+                if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError
+                return int(raw) if isinstance(raw, (int, float)) else int(text, 0)
+            if self.kind is float:
+                value = float(raw) if isinstance(raw, (int, float)) else float(text)
+                if not np.isfinite(value):
+                    raise ValueError
+                return value
+            return text
+        except ValueError:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(self.kind, "a string")
+            raise ConfigError(f"codec {codec!r}: {name} must be {kind}; got {raw!r}") from None
+
+    def format(self, value: Any) -> str:
+        if self.kind is bool:
+            return "true" if value else "false"
+        return repr(value) if self.kind is float else str(value)
+
+
+# ---- what stages exchange ---------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One tensor of a message. `data` (flat float32, CPU, contiguous) is set on the encoding side only."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    data: torch.Tensor | None = None
+
+    def array(self) -> np.ndarray:
+        assert self.data is not None
+        return self.data.numpy()
+
+
+@dataclass
+class Plan:
+    """What a structure stage decided for a message.
+
+    lengths: how many float values each segment holds (a structure may use several segments per
+             tensor, e.g. lowrank's two factors, so that quantization blocks never mix them).
+    values:  the flat concatenation of those segments (encoding side only).
+    rebuild: flat values (possibly lossy) -> one flat float32 array per entry, owning its memory.
+    """
+
+    lengths: np.ndarray
+    rebuild: Callable[[np.ndarray], list[np.ndarray]]
+    values: np.ndarray | None = None
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+
+class Stage:
     name: ClassVar[str]
+    kind: ClassVar[str]
     lossless: ClassVar[bool] = False
+    params: ClassVar[dict[str, Param]] = {}
 
-    def __init__(self, layout: Layout):
-        self.layout = layout
+    def __init__(self, **values: Any):
+        for key, param in self.params.items():
+            setattr(self, key, values.get(key, param.default))
+        self._given = dict(values)  # what the spec named explicitly
+        self.check()
 
-    def encode(self, tensors: Tensors) -> bytes:
-        raise NotImplementedError
+    @classmethod
+    def from_params(cls, raw: dict[str, Any]) -> "Stage":
+        unknown = [k for k in raw if k not in cls.params]
+        if unknown:
+            allowed = ", ".join(cls.params) or "none"
+            raise ConfigError(f"codec {cls.name!r}: unknown parameter {unknown[0]!r}; allowed: {allowed}")
+        return cls(**{k: cls.params[k].parse(cls.name, k, v) for k, v in raw.items()})
 
-    def decode(self, blob: bytes) -> Tensors:
-        raise NotImplementedError
+    def check(self) -> None:
+        """Cross-parameter validation (raise ConfigError)."""
+
+    def spec(self) -> str:
+        """Canonical text: the name plus every parameter that differs from its default."""
+        args = [
+            f"{k}={param.format(getattr(self, k))}"
+            for k, param in self.params.items()
+            if getattr(self, k) is not None and getattr(self, k) != param.default
+        ]
+        return f"{self.name}({','.join(args)})" if args else self.name
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
@@ -36,23 +158,44 @@ class Codec:
         pass
 
 
-CODECS: Registry[type[Codec]] = Registry("codec")
+class Structure(Stage):
+    kind = "structure"
+
+    def encode(self, entries: list[Entry], w: "Writer") -> Plan:
+        """Write this stage's metadata for all entries; return the values to send."""
+        raise NotImplementedError
+
+    def decode(self, entries: list[Entry], r: "Reader") -> Plan:
+        """Read and validate the metadata (before any allocation that the blob could inflate)."""
+        raise NotImplementedError
 
 
-@CODECS.register("fp32")
-class FP32(Codec):
-    name = "fp32"
+class Values(Stage):
+    kind = "values"
+
+    def encode(self, values: np.ndarray, lengths: np.ndarray, w: "Writer", reconstruct: bool) -> np.ndarray | None:
+        """Write `values` (flat float32 made of segments of `lengths`); return what the receiver
+        will decode when `reconstruct` is set (error feedback needs it), else None."""
+        raise NotImplementedError
+
+    def decode(self, r: "Reader", lengths: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Bytes(Stage):
+    kind = "bytes"
     lossless = True
 
-    def encode(self, tensors: Tensors) -> bytes:
-        return st_save({k: v.detach().float().contiguous() for k, v in tensors.items()})
+    def compress(self, body: bytes) -> bytes:
+        raise NotImplementedError
 
-    def decode(self, blob: bytes) -> Tensors:
-        try:
-            return dict(st_load(bytes(blob)))
-        except Exception as exc:  # safetensors raises several types
-            raise PayloadError(f"cannot decode fp32 payload: {exc}") from None
+    def decompress(self, data: memoryview, size: int) -> bytes:
+        """Exactly `size` bytes or PayloadError; never produce more than `size`."""
+        raise NotImplementedError
 
 
-def build_codec(spec: str, layout: Layout) -> Codec:
-    return CODECS.get(spec.strip())(layout)
+CODECS: Registry[type[Stage]] = Registry("codec")
+
+
+def counter_state(count: int) -> torch.Tensor:
+    return torch.tensor([count], dtype=torch.int64)

@@ -1,16 +1,25 @@
-"""The sending end of a link: a codec plus optional error-feedback memory (kept per peer)."""
+"""The sending end of a link: a codec plus optional error-feedback memory (kept per peer).
+
+As in GRACE, the memory is not part of the compressor: any lossy codec gets error feedback by being
+wrapped here, and the codec stays a pure function of its input (and its own seeded state).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from ..tensors import Tensors
-from .base import Codec
+from .chain import Codec
 
 
 class Sender:
-    """Encodes for one peer. With error feedback, what the codec lost last time is added to the
-    next input (memory = input + memory - decoded), so the sum of what arrives tracks the sum sent."""
+    """Encodes for one peer. With error feedback, what the codec lost is added to the next input
+    (memory = input + memory - decoded), so that for every tensor name
+
+        sum of inputs == sum of what the peer decoded + memory        (up to float rounding)
+
+    Memory of a name that a message leaves out is kept for the next message that carries it.
+    """
 
     def __init__(self, codec: Codec, error_feedback: bool = False):
         self.codec = codec
@@ -20,10 +29,17 @@ class Sender:
     def encode(self, tensors: Tensors) -> bytes:
         if not self.error_feedback:
             return self.codec.encode(tensors)
-        corrected = {k: v + self.memory[k] if k in self.memory else v for k, v in tensors.items()}
-        blob = self.codec.encode(corrected)
-        decoded = self.codec.decode(blob)
-        self.memory = {k: v - decoded.get(k, torch.zeros_like(v)) for k, v in corrected.items()}
+        corrected = {}
+        for name, t in tensors.items():
+            t = t.detach().to(device="cpu", dtype=torch.float32)
+            residual = self.memory.get(name)
+            if residual is not None and residual.shape != t.shape:
+                raise ValueError(f"tensor {name!r} changed shape {tuple(residual.shape)} -> {tuple(t.shape)}")
+            corrected[name] = t + residual if residual is not None else t
+        # The codec hands back what the peer will decode, so no second decode is needed.
+        blob, decoded = self.codec.encode_and_reconstruct(corrected)
+        for name, t in corrected.items():
+            self.memory[name] = t - decoded[name]
         return blob
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -32,5 +48,5 @@ class Sender:
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory = {k[len("memory/"):]: v.clone() for k, v in state.items() if k.startswith("memory/")}
-        self.codec.load_state_dict({k[len("codec/"):]: v for k, v in state.items() if k.startswith("codec/")})
+        self.memory = {k[len("memory/") :]: v.clone() for k, v in state.items() if k.startswith("memory/")}
+        self.codec.load_state_dict({k[len("codec/") :]: v for k, v in state.items() if k.startswith("codec/")})

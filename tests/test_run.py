@@ -87,9 +87,10 @@ def test_resume_is_bit_identical(tmp_path, corpus, cli):
     assert strip(ra) == strip(rb)
 
 
-def test_fedavg_one_client_equals_centralized(tmp_path, corpus):
+@pytest.mark.parametrize("upload", ["adapter", "delta"])
+def test_fedavg_one_client_equals_centralized(tmp_path, corpus, upload):
     one = {"data.partition": '"iid"', "data.clients": "1", "train.rounds": "3"}
-    fed, fs, _ = _run(tmp_path, corpus, "fed", overrides=one)
+    fed, fs, _ = _run(tmp_path, corpus, "fed", overrides=one, sets=[f"params.upload={upload}"])
     cen, cs, _ = _run(tmp_path, corpus, "cen", overrides={**one, "method": '"centralized"'})
     assert cs["bytes_total"] == 0
     rows_f = [json.loads(x) for x in (tmp_path / "fed" / "rounds.jsonl").read_text().splitlines()]
@@ -98,9 +99,13 @@ def test_fedavg_one_client_equals_centralized(tmp_path, corpus):
         assert rf["train_loss"] == pytest.approx(rc["train_loss"], rel=1e-5, abs=1e-6)
     a = fed.s.final_adapter(fed.client_states)
     b = cen.s.final_adapter(cen.client_states)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert fs["final_eval_loss"] == pytest.approx(cs["final_eval_loss"], rel=1e-5)
+    if upload == "adapter":  # the client's adapter comes back as it is: bit-identical
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert fs["final_eval_loss"] == cs["final_eval_loss"]
+    else:  # start + (trained - start) rounds in fp32; Adam amplifies it a little on tiny gradients
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+        assert fs["final_eval_loss"] == pytest.approx(cs["final_eval_loss"], rel=1e-4)
 
 
 def test_saved_adapter_reproduces_reported_eval_loss(tmp_path, corpus):

@@ -34,7 +34,7 @@ def _quiet_libraries() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

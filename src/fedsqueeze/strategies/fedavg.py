@@ -1,16 +1,33 @@
-"""FedAvg over LoRA ("FedIT"): the global adapter goes down, each client's delta comes up,
-the server adds their (example- or uniform-) weighted mean. A and B are averaged separately."""
+"""FedAvg over LoRA ("FedIT"): the global adapter goes down, each client's update comes up,
+the server takes the (example- or uniform-) weighted mean. A and B are averaged separately."""
 
 from __future__ import annotations
 
-from .base import ClientUpdate, Method
+from typing import Literal
+
+from .base import ClientUpdate, Method, NoParams
+
+
+class FedAvgParams(NoParams):
+    upload: Literal["delta", "adapter"] = "delta"
+    """delta: trained - start (what lossy codecs and error feedback want); adapter: the trained
+    adapter itself, as in FedIT (bit-exact with centralized training for a single client)."""
 
 
 class FedAvg(Method):
     name = "fedavg"
+    Params = FedAvgParams
+
+    def client_upload(self, state, start, trained):
+        if self.params.upload == "adapter":
+            return {k: v for k, v in trained.items() if self.trainable(k)}
+        return super().client_upload(state, start, trained)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
-        for w, u in zip(self.weights(updates), updates):
-            for k, delta in u.tensors.items():
-                self.adapter[k] = self.adapter[k] + w * delta
+        if not updates:
+            return {}
+        weights = self.weights(updates)
+        for k in updates[0].tensors:
+            mean = sum(w * u.tensors[k] for w, u in zip(weights, updates))
+            self.adapter[k] = mean if self.params.upload == "adapter" else self.adapter[k] + mean
         return {}

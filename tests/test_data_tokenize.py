@@ -107,3 +107,23 @@ def test_client_with_no_trainable_example_is_an_error_showing_one(tmp_path, tok)
     assert "client 'long'" in message and "data.max_length=40" in message
     assert "Please summarise this very long document" in message and "\n" not in message
     assert len(message) < 400
+
+
+def test_chat_templates_that_transform_the_content_are_rendered_one_by_one():
+    from fedsqueeze.data.templates import chat_prompts
+
+    tok = tiny_tokenizer()
+    tok.chat_template = tok.chat_template.replace("{{ m['content'] }}", "{{ m['content'] | upper }}")
+    examples = [EX, {"instruction": "b", "response": "c"}]
+    assert chat_prompts(examples, tok) == [
+        "<|im_start|>user\nNAME A COLOUR.\n\nWARM<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nB<|im_end|>\n<|im_start|>assistant\n",
+    ]
+
+
+def test_fast_token_ids_match_the_tokenizer_call(tok):
+    from fedsqueeze.data.tokenization import token_ids
+
+    texts = ["héllo wörld", "<|im_start|>user\nhi<|im_end|>", ""]
+    for special in (True, False):
+        assert token_ids(tok, texts, special) == tok(texts, add_special_tokens=special)["input_ids"]

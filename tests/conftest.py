@@ -7,7 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
+
+# The tiny model is far too small to gain from threads; one thread also keeps parallel test
+# processes from oversubscribing the cores.
+torch.set_num_threads(1)
 
 DOMAINS = {
     "animals": ["cat", "dog", "owl", "fox", "eel", "yak", "bee", "ant"],

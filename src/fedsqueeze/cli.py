@@ -137,6 +137,63 @@ def data(config: Path = typer.Argument(..., help="TOML config file."),
         _fail(exc)
 
 
+@app.command()
+def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4 domains) or tiny."),
+          methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
+          rounds: Optional[int] = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),
+          set_: List[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the run directories (default runs/bench-SUITE)."),
+          reuse: bool = typer.Option(False, "--reuse", help="Reuse rows whose run directory is complete."),
+          fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+    """Run several methods on one workload with the same seed, partition and step budget."""
+    import json
+
+    from .bench import run_suite
+    from .bench.runner import markdown
+    from .metrics.console import RichProgress
+
+    _quiet_libraries()
+    if fmt not in ("markdown", "json"):
+        _fail(UserError(f"--format {fmt!r}: allowed: markdown, json"))
+    quiet = fmt == "json"
+    log = (lambda *a, **k: None) if quiet else console.print
+    try:
+        rows = [m.strip() for m in methods.split(",")] if methods else None
+        results = run_suite(suite, rows, rounds, out, set_, None if quiet else (lambda: RichProgress(console)),
+                            log=log, reuse=reuse)
+    except UserError as exc:
+        _fail(exc)
+    print(json.dumps(results, indent=1) if quiet else markdown(results))
+
+
+@codecs_app.command("bench")
+def codecs_bench(model: str = typer.Option("tiny", "--model", help="tiny or smollm2-135m (or any model.name)."),
+                 rank: int = typer.Option(16, "--rank", help="LoRA rank of the update."),
+                 codecs: Optional[str] = typer.Option(None, "--codecs", help="Codec specs separated by ';'."),
+                 fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+    """Encode a real LoRA update (a few local steps on real data) with each codec configuration."""
+    import json
+
+    from .bench.update import real_update
+    from .codecs.bench import run_bench
+
+    _quiet_libraries()
+    try:
+        update, layout = real_update(model, r=rank, log=(lambda *a, **k: None) if fmt == "json" else console.print)
+        specs = [c.strip() for c in codecs.split(";")] if codecs else None
+        rows = run_bench(update, layout, specs)
+    except UserError as exc:
+        _fail(exc)
+    if fmt == "json":
+        print(json.dumps(rows, indent=1))
+        return
+    print("| codec | wire bytes | raw bytes | ratio | rel error | encode ms | decode ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['codec']} | {r['wire_bytes']} | {r['raw_bytes']} | {r['ratio']:.4f} | {r['rel_error']:.4f} | "
+              f"{r['encode_ms']:.1f} | {r['decode_ms']:.1f} |")
+
+
 @codecs_app.command("list")
 def codecs_list():
     """Registered codecs."""

@@ -1,0 +1,111 @@
+"""Runs a suite's rows one after another in-process and tabulates them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from .. import config as config_mod
+from ..errors import UserError
+from ..metrics.report import plot
+from ..runtime import LocalRuntime, Session, rundir
+from ..strategies import METHODS
+from .suites import SUITES
+
+MB = 1e6
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def row_configs(suite_name: str, rows: list[str] | None, rounds: int | None, sets: list[str] = ()):
+    if suite_name not in SUITES:
+        raise UserError(f"unknown suite {suite_name!r}; allowed: {', '.join(SUITES)}")
+    suite = SUITES[suite_name]
+    names = rows or suite.default_rows
+    unknown = [n for n in names if n not in suite.rows]
+    if unknown:
+        raise UserError(f"unknown bench row(s) {', '.join(unknown)}; allowed: {', '.join(suite.rows)}")
+    out = []
+    for name in names:
+        raw = _merge(suite.base, suite.rows[name])
+        if rounds:
+            raw["train"]["rounds"] = rounds
+        for item in sets:
+            config_mod.apply_override(raw, item)
+        out.append((name, raw))
+    return suite, out
+
+
+def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None = None, out: Path | None = None,
+              sets: list[str] = (), progress_factory=None, log=print, reuse: bool = False) -> list[dict]:
+    suite, configs = row_configs(suite_name, rows, rounds, sets)
+    suite.check_data(log)
+    out = out or Path("runs") / f"bench-{suite_name}"
+    results, runs = [], []
+    for name, raw in configs:
+        if raw["method"] not in METHODS:
+            log(f"skipping {name}: method {raw['method']!r} is not available in this build")
+            continue
+        cfg = config_mod.validate(raw)
+        run_dir = out / name
+        if reuse and (run_dir / rundir.SUMMARY).is_file():
+            summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+        else:
+            log(f"[bench {suite_name}] {name}")
+            rundir.prepare(run_dir, cfg, overwrite=True)
+            session = Session.build(cfg, log=log)
+            progress = progress_factory() if progress_factory else None
+            summary = LocalRuntime(session, run_dir, progress).run()
+        rows_ = rundir.read_rounds(run_dir)
+        runs.append((name, summary, rows_))
+        results.append(_result(name, summary, rows_))
+    if runs:
+        plot(runs, out)
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    (out / "bench.md").write_text(markdown(results) + "\n")
+    return results
+
+
+def _result(name: str, s: dict, rows: list[dict]) -> dict:
+    n_rounds = max(s["rounds"], 1)
+    clients = max(s.get("clients", 1), 1)
+    r = {
+        "method": name,
+        "bytes_up": s["bytes_up"],
+        "bytes_down": s["bytes_down"],
+        "bytes_total": s["bytes_total"],
+        "final_eval_loss": s["final_eval_loss"],
+        "ood_eval_loss": s.get("ood_eval_loss"),
+        "seconds_per_round": s["seconds"] / n_rounds,
+        "mb_up_per_client_round": s["bytes_up"] / MB / n_rounds / clients,
+        "mb_down_per_client_round": s["bytes_down"] / MB / n_rounds / clients,
+        "eval": s["eval"],
+    }
+    for key in ("sim_seconds", "snr_db"):
+        if key in s:
+            r[key] = s[key]
+    return r
+
+
+def markdown(results: list[dict]) -> str:
+    base = next((r for r in results if r["method"] == "fedavg"), None)
+    has_sim = any("sim_seconds" in r for r in results)
+    head = ("| method | MB up / client / round | MB down / client / round | total MB | traffic vs fedavg | "
+            "in-domain eval loss | OOD eval loss | s / round |" + (" sim s |" if has_sim else ""))
+    lines = [head, "|" + "---|" * (8 + has_sim)]
+    for r in results:
+        ratio = f"{r['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
+        ood = f"{r['ood_eval_loss']:.4f}" if r.get("ood_eval_loss") is not None else "-"
+        line = (f"| {r['method']} | {r['mb_up_per_client_round']:.3f} | {r['mb_down_per_client_round']:.3f} | "
+                f"{r['bytes_total'] / MB:.2f} | {ratio} | {r['final_eval_loss']:.4f} | {ood} | "
+                f"{r['seconds_per_round']:.1f} |")
+        if has_sim:
+            line += f" {r['sim_seconds']:.1f} |" if "sim_seconds" in r else " - |"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Benchmark suites: a base config and named rows (config overrides), run with the same seed,
+partition and step budget.
+
+`w4` is workload W4 of DESIGN.md §6: SmolLM2-135M, LoRA r=16 on all linear layers, 4 clients =
+FOLDOC, Jargon File, WordNet, Python stdlib (one domain each), 10 rounds x 10 local steps, batch 8,
+sequence <= 96, bf16 autocast; GCIDE held out as the out-of-domain eval set.
+`tiny` is the same pipeline on the tiny random model and small data (tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+DICTD = Path("/usr/share/dictd")
+WORDNET = Path("/usr/share/wordnet")
+
+# Rows shared by every suite; each is a set of config overrides on the suite's base.
+ROWS: dict[str, dict] = {
+    "fedavg": {"method": "fedavg"},
+    "centralized": {"method": "centralized"},
+    "local": {"method": "local"},
+    "ffa-lora": {"method": "ffa-lora"},
+    "fed-dare": {"method": "fed-dare"},
+    "flexlora": {"method": "flexlora"},
+    "fedsrd": {"method": "fedsrd"},
+    "fedsrd-e": {"method": "fedsrd-e"},
+    # FedSRD ablations (issue 4)
+    "fedsrd-random": {"method": "fedsrd", "params": {"sparsifier": "random"}},
+    "fedsrd-magnitude": {"method": "fedsrd", "params": {"sparsifier": "magnitude"}},
+    "fedsrd-nosparsify": {"method": "fedsrd", "params": {"sparsifier": "none"}},
+    "fedsrd-norecon": {"method": "fedsrd", "params": {"reconstruct": False}},
+    "fedsrd-nodecomp": {"method": "fedsrd", "params": {"decompose": False}},
+    "fedsrd-fixed": {"method": "fedsrd", "params": {"adaptive_ratio": False}},
+    # FedAvg with generic codecs (issue 3)
+    "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
+                                                      "error_feedback": True}},
+}
+
+DEFAULT_ROWS = ["fedavg", "centralized", "ffa-lora", "fed-dare", "flexlora", "fedsrd", "fedsrd-e"]
+ABLATION_ROWS = ["fedsrd", "fedsrd-random", "fedsrd-magnitude", "fedsrd-nosparsify", "fedsrd-norecon",
+                 "fedsrd-nodecomp", "fedsrd-fixed"]
+
+
+@dataclass
+class Suite:
+    name: str
+    base: dict
+    rows: dict[str, dict] = field(default_factory=lambda: dict(ROWS))
+    default_rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
+    needs: dict[str, str] = field(default_factory=dict)
+    """path that must exist -> Debian package that provides it."""
+
+    def check_data(self, log=print) -> None:
+        missing = {pkg for path, pkg in self.needs.items() if not Path(path).exists()}
+        if not missing:
+            return
+        if shutil.which("apt-get") and _is_root():
+            log(f"installing Debian data packages: {' '.join(sorted(missing))}")
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+            done = subprocess.run(["apt-get", "install", "-y", "-qq", *sorted(missing)], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            raise UserError(f"apt-get install {' '.join(sorted(missing))} failed: {done.stderr.strip()[-300:]}")
+        raise UserError(f"suite {self.name} needs the Debian packages {', '.join(sorted(missing))} "
+                        f"(files {', '.join(p for p, k in self.needs.items() if k in missing)}); "
+                        f"install them as root: apt-get install {' '.join(sorted(missing))}")
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+W4 = Suite(
+    name="w4",
+    base={
+        "seed": 0,
+        "model": {"name": "smollm2-135m"},
+        "lora": {"r": 16, "alpha": 32, "target": "all-linear"},
+        "data": {
+            "source": (f"dictd:{DICTD}/foldoc + dictd:{DICTD}/jargon + wordnet:{WORDNET} + builtin:pystdlib"),
+            "label": "source", "partition": "by-domain", "clients": 4, "max_length": 96,
+            "eval_examples": 32, "ood_source": f"dictd:{DICTD}/gcide",
+        },
+        "train": {"rounds": 10, "local_steps": 10, "batch_size": 8, "lr": 5e-4, "bf16": True},
+    },
+    needs={f"{DICTD}/foldoc.index": "dict-foldoc", f"{DICTD}/jargon.index": "dict-jargon",
+           f"{DICTD}/gcide.index": "dict-gcide", f"{WORDNET}/data.noun": "wordnet-base"},
+)
+
+TINY = Suite(
+    name="tiny",
+    base={
+        "seed": 0,
+        "model": {"name": "tiny"},
+        "lora": {"r": 4, "alpha": 8, "target": "all-linear"},
+        "data": {"source": "builtin:pystdlib", "partition": "by-domain", "clients": 4, "max_length": 160,
+                 "max_examples": 64, "eval_examples": 16},
+        "train": {"rounds": 3, "local_steps": 5, "batch_size": 4, "lr": 3e-3, "bf16": False, "threads": 1},
+    },
+)
+
+SUITES = {s.name: s for s in (W4, TINY)}

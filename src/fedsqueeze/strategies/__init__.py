@@ -18,8 +18,9 @@ def _register() -> None:
     from .ffa_lora import FFALoRA
     from .fed_dare import FedDARE
     from .flexlora import FlexLoRA
+    from .cg_fedllm import CGFedLLM
 
-    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA):
+    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM):
         METHODS.register(cls.name)(cls)
 
 

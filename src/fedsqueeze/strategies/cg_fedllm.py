@@ -1,0 +1,230 @@
+"""CG-FedLLM (seeds 000/001, DESIGN.md section 5): clients upload their update encoded by an
+autoencoder's encoder; the server rebuilds it with the decoder and averages as FedAvg does.
+
+Phases (by round):
+  TGAP, rounds 1..tgap_rounds: plain FedAvg on the first `tgap_fraction` of each client's data, the
+    uploads dense and exact. The server keeps every client's update of every TGAP round (the
+    snapshot pool) and, after the last TGAP round, trains the autoencoder on it (MSE, Adam, seeded).
+  FAF, the remaining rounds: training on the rest of the data; the client uploads the latent
+    message (autoencoder/compressor.py), the server decodes and averages.
+
+What travels, all of it through the link codecs and so on the ledger:
+  down, every round:   the global adapter (as FedAvg).
+  down, once per client, in its first FAF round: the encoder's weights (flat fp32) and, unless
+    ship_decoder=false, the decoder's: with it a client knows exactly what the server will rebuild,
+    which the SNR report, the adaptive mode and error feedback need.
+  up, TGAP:  the dense update.   up, FAF: the latent message, plus (with the decoder) 3 floats: the
+    client's ||G||^2, ||G - G_hat||^2 and its paper-style SNR, for the per-round SNR metrics (the
+    server cannot compute them: it never sees G).
+The default uplink codec is lossless (zstd) so that TGAP is uncompressed and the latent message
+arrives exactly as the client measured it; the message's values are small integers (compressor.py),
+which zstd packs well. The downlink must be lossless too (default fp32): a lossy one would give the
+clients a different encoder than the server's decoder expects.
+
+The autoencoder is frozen after TGAP. The server cannot adapt it during FAF on its own: it only
+ever sees reconstructions, and training on those teaches the network nothing.
+
+Architectures (`arch`): "paper" is the faithful conv network over [A^T | B] tiles (latent 1/64 of
+the padded image); "row" a linear autoencoder over chunks of the rank vectors with a nested latent
+(`latent` = the kept fraction of each chunk), which is what the adaptive mode truncates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..autoencoder import (
+    Compressor,
+    SnapshotPool,
+    build_network,
+    build_view,
+    count_params,
+    half_vector,
+    layer_snr_db,
+    load_half,
+    snr_db,
+    train_autoencoder,
+)
+from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
+from ..tensors import Tensors
+from .base import ClientUpdate, Method, MethodContext
+
+ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
+STATE_ENCODER, STATE_DECODER, EF_PREFIX = "ae/encoder", "ae/decoder", "ef/"
+
+
+class CGFedLLMParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["paper", "row"] = Field("paper", description="paper: faithful conv AE; row: linear AE on chunks")
+    tgap_rounds: int | None = Field(None, ge=1, description="TGAP rounds (default: tgap_fraction of the rounds, >= 1)")
+    tgap_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each client's data used in TGAP")
+    epochs: int = Field(30, ge=0, description="autoencoder training epochs over the pool")
+    lr: float = Field(2e-4, gt=0.0, description="Adam learning rate of the autoencoder")
+    batch_size: int = Field(32, ge=1)
+    max_samples: int | None = Field(20000, ge=1, description="cap on pool samples (seeded subsample)")
+    chunk: int = Field(64, ge=4, le=1024, description="row: chunk length (power of two)")
+    latent: float = Field(0.125, gt=0.0, le=1.0, description="row: latent values kept per chunk value")
+    latent_bits: int = Field(8, ge=0, le=16, description="latent quantization bits (0: float latent)")
+    adaptive_snr_db: float | None = Field(None, description="per-unit smallest latent keeping SNR >= this, else dense")
+    error_feedback: bool = Field(False, description="client adds what the last upload lost to the next")
+    ship_decoder: bool = Field(True, description="send the decoder to clients too (SNR, adaptive, error feedback)")
+    pca_init: bool = Field(True, description="row: start from the pool's principal basis")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.latent_bits == 1:
+            raise ValueError("latent_bits must be 0 (float) or 2..16")
+        if self.chunk & (self.chunk - 1):
+            raise ValueError("chunk must be a power of two")
+        if not self.ship_decoder and (self.adaptive_snr_db is not None or self.error_feedback):
+            raise ValueError("adaptive_snr_db and error_feedback need ship_decoder=true (the client must decode)")
+        if self.arch == "row":
+            sizes = build_network("row", self.chunk).latent_sizes
+            if round(self.latent * self.chunk) not in sizes:
+                allowed = ", ".join(f"{k / self.chunk:g}" for k in sizes)
+                raise ValueError(f"latent must be one of {allowed} for chunk={self.chunk}")
+        return self
+
+
+class CGFedLLM(Method):
+    name = "cg-fedllm"
+    Params = CGFedLLMParams
+    default_uplink = "zstd"
+    default_downlink = "fp32"
+
+    def __init__(self, params: CGFedLLMParams, ctx: MethodContext):
+        super().__init__(params, ctx)
+        p = params
+        default_tgap = max(1, round(p.tgap_fraction * ctx.rounds))
+        self.tgap_rounds = p.tgap_rounds or (min(default_tgap, ctx.rounds - 1) if ctx.rounds > 1 else 1)
+        self.view = build_view(p.arch, ctx.layout.names, ctx.layout.shapes, p.chunk)
+        self.net = self._fresh_network()
+        self.compressor = Compressor(self.net, self.view, p.latent_bits)
+        self.fixed_latent = round(p.latent * p.chunk) if p.arch == "row" else None
+        self.pool = SnapshotPool()
+        self.version = 0  # 0: not trained yet; +1 each time the weights change
+        self.holders: dict[int, int] = {}  # client -> version of the weights it was sent
+
+    def _fresh_network(self):
+        return build_network(self.params.arch, self.params.chunk, seed=self.ctx.seed)
+
+    # ---- phases --------------------------------------------------------------------------------
+    def in_tgap(self, rnd: int) -> bool:
+        return rnd <= self.tgap_rounds
+
+    def data_slice(self, rnd: int) -> tuple[float, float]:
+        f = self.params.tgap_fraction
+        return (0.0, f) if self.in_tgap(rnd) else (f, 1.0)
+
+    # ---- server --------------------------------------------------------------------------------
+    def broadcast(self, rnd: int, client: int) -> Tensors:
+        message = dict(self.adapter)
+        if self.version and self.holders.get(client) != self.version:
+            message[ENCODER] = half_vector(self.net, "encoder")
+            if self.params.ship_decoder:
+                message[DECODER] = half_vector(self.net, "decoder")
+            self.holders[client] = self.version
+        return message
+
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        metrics: dict = {"phase": "tgap" if self.in_tgap(rnd) else "faf"}
+        signal = noise = 0.0
+        paper, fractions, dense_units = [], [], 0
+        for w, u in zip(self.weights(updates), updates):
+            if SIZE in u.tensors:
+                message = {k: v for k, v in u.tensors.items() if k in MESSAGE_KEYS}
+                delta = self.compressor.decompress(message)
+                sizes = message[SIZE].tolist()
+                dense_units += sum(1 for s in sizes if s < 0)
+                sent = sum(self.view.samples_per_unit(unit) * s for unit, s in zip(self.view.units, sizes) if s > 0)
+                sent += sum(math.prod(sh) for unit, s in zip(self.view.units, sizes) if s < 0 for sh in unit.shapes)
+                fractions.append(sent / self.ctx.layout.numel)
+                if ENERGY in u.tensors:
+                    e = u.tensors[ENERGY].double().tolist()
+                    signal, noise = signal + e[0], noise + e[1]
+                    if math.isfinite(e[2]):
+                        paper.append(e[2])
+            else:
+                delta = u.tensors
+                if self.in_tgap(rnd):
+                    self.pool.add(rnd, u.client, delta)
+            for k, d in delta.items():
+                self.adapter[k] = self.adapter[k] + w * d
+        if fractions:
+            metrics["values_sent_fraction"] = sum(fractions) / len(fractions)
+            metrics["dense_units"] = dense_units
+        if signal > 0.0:
+            metrics["snr_db"] = snr_db(signal, noise)
+        if paper:
+            metrics["snr_paper_db"] = sum(paper) / len(paper)
+        if rnd == self.tgap_rounds and len(self.pool):
+            metrics.update(self._train())
+        return metrics
+
+    def _train(self) -> dict:
+        p = self.params
+        samples = self.pool.samples(self.compressor)
+        metrics = train_autoencoder(self.net, samples, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                                    seed=self.ctx.seed * 1_000_003 + 6, max_samples=p.max_samples,
+                                    pca_init=p.pca_init, eval_latent=self.fixed_latent)
+        self.pool.clear()  # TGAP's snapshots are not needed once the network has learned from them
+        self.version += 1
+        metrics["ae_encoder_params"] = count_params(self.net, "encoder")
+        metrics["ae_decoder_params"] = count_params(self.net, "decoder")
+        return metrics
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        state["cg/version"] = torch.tensor([self.version])
+        state["cg/holders"] = torch.tensor(sorted(self.holders.items()), dtype=torch.int64).reshape(-1, 2)
+        state["cg/encoder"] = half_vector(self.net, "encoder")
+        state["cg/decoder"] = half_vector(self.net, "decoder")
+        state.update({f"cg/pool/{k}": v for k, v in self.pool.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.version = int(state["cg/version"][0])
+        self.holders = {int(c): int(v) for c, v in state["cg/holders"].tolist()}
+        load_half(self.net, "encoder", state["cg/encoder"])
+        load_half(self.net, "decoder", state["cg/decoder"])
+        prefix = "cg/pool/"
+        self.pool.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    # ---- client --------------------------------------------------------------------------------
+    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+        assert message is not None, "cg-fedllm broadcasts every round"
+        if ENCODER in message:
+            state[STATE_ENCODER] = message[ENCODER].clone()
+            state.pop(STATE_DECODER, None)
+            if DECODER in message:
+                state[STATE_DECODER] = message[DECODER].clone()
+        return {k: message[k] for k in self.ctx.layout.names}
+
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+        update = {k: trained[k] - start[k] for k in trained}
+        if STATE_ENCODER not in state:  # TGAP: the exact update
+            return update
+        p = self.params
+        if p.error_feedback:
+            update = {k: v + state.get(EF_PREFIX + k, torch.zeros_like(v)) for k, v in update.items()}
+        net = self._fresh_network()
+        load_half(net, "encoder", state[STATE_ENCODER])
+        has_decoder = STATE_DECODER in state
+        if has_decoder:
+            load_half(net, "decoder", state[STATE_DECODER])
+        encoded = Compressor(net, self.view, p.latent_bits).compress(
+            update, latent=self.fixed_latent, min_snr_db=p.adaptive_snr_db, measure=has_decoder)
+        message = dict(encoded.message)
+        if has_decoder:
+            paper = layer_snr_db(update, encoded.reconstruction)
+            message[ENERGY] = torch.tensor([encoded.signal, encoded.noise, math.nan if paper is None else paper])
+        if p.error_feedback:
+            for k, v in update.items():
+                state[EF_PREFIX + k] = v - encoded.reconstruction[k]
+        return message

@@ -227,3 +227,20 @@ def test_pystdlib_has_four_sizeable_families_and_is_deterministic():
     dumps = next(e for e in examples if e["instruction"] == "Explain what `json.dumps` does.")
     assert dumps["domain"] == "text" and "JSON" in dumps["response"]
     assert load_examples("builtin:pystdlib", DataConfig()) == examples
+
+
+def test_pystdlib_ignores_what_libraries_patched_into_the_stdlib(monkeypatch):
+    import logging
+
+    from fedsqueeze.data import builtin_pystdlib
+
+    def warning_twice(self, msg):
+        """A method a third-party library added to logging.Logger."""
+
+    monkeypatch.setattr(logging.Logger, "warning_twice", warning_twice, raising=False)
+    builtin_pystdlib._built_in_clean_interpreter.cache_clear()
+    examples = builtin_pystdlib.load_pystdlib()
+    instructions = {e["instruction"] for e in examples}
+    assert "Explain what `logging.Logger.warning_once` does." not in instructions  # transformers adds it
+    assert "Explain what `logging.Logger.warning_twice` does." not in instructions
+    assert "Explain what `logging.Logger.warning` does." in instructions

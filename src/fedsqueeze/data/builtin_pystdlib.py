@@ -7,6 +7,11 @@ Why a curated module list instead of walking `sys.stdlib_module_names`: importin
 (`this` prints, `antigravity` opens a browser, `tkinter` needs a display) and families must be chosen anyway.
 Modules missing from this Python (removed in newer versions, or not built) are skipped, so the set is
 deterministic for a given Python version, not across versions.
+
+The examples are built in a fresh isolated interpreter (`python -I -S this_file.py`): libraries loaded in the
+calling process patch the standard library (torch replaces `inspect.getfile`, transformers adds
+`logging.Logger.warning_once`), which would make the data set depend on what happened to be imported. That also
+keeps ~150 stdlib imports out of the training process.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 import re
+import subprocess
+import sys
 import warnings
 
 SOURCE_NAME = "pystdlib"
@@ -149,8 +157,8 @@ def _module_examples(module_name: str, family: str, seen_objects: set[int]) -> l
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _build() -> tuple[dict, ...]:
+def build() -> list[dict]:
+    """The examples, from the modules importable in this interpreter (see the module docstring)."""
     examples: list[dict] = []
     seen_objects: set[int] = set()
     seen_responses: set[str] = set()
@@ -162,9 +170,24 @@ def _build() -> tuple[dict, ...]:
                 if ex["response"] not in seen_responses:
                     seen_responses.add(ex["response"])
                     examples.append(ex)
-    return tuple(examples)
+    return examples
+
+
+@functools.lru_cache(maxsize=1)
+def _built_in_clean_interpreter() -> str:
+    proc = subprocess.run([sys.executable, "-I", "-S", __file__], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        from ..errors import DataError
+
+        last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise DataError(f"builtin:pystdlib: building the examples in {sys.executable} failed: {last}")
+    return proc.stdout
 
 
 def load_pystdlib() -> list[dict]:
     """Examples with keys instruction, input, response, domain (family), category (module), source."""
-    return [dict(ex) for ex in _build()]
+    return json.loads(_built_in_clean_interpreter())
+
+
+if __name__ == "__main__":
+    json.dump(build(), sys.stdout)

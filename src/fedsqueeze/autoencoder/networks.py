@@ -76,6 +76,11 @@ class PaperConvAutoencoder(nn.Module):
         return self.decoder(z.reshape(z.shape[0], -1, 1, 1))
 
 
+def row_latent_sizes(chunk: int) -> tuple[int, ...]:
+    """The row network's latent ladder: chunk/32, chunk/16, ..., chunk (at least 1)."""
+    return tuple(sorted({max(1, chunk >> s) for s in range(6)}))
+
+
 class RowLinearAutoencoder(nn.Module):
     """A linear autoencoder over fixed-size chunks of the rank vectors (rows of A, columns of B).
 
@@ -91,7 +96,7 @@ class RowLinearAutoencoder(nn.Module):
         super().__init__()
         self.chunk = chunk
         self.sample_shape = (chunk,)
-        self.latent_sizes = tuple(sorted({max(1, chunk >> s) for s in range(6)}))  # C/32 .. C
+        self.latent_sizes = row_latent_sizes(chunk)
         self.encoder = nn.Linear(chunk, chunk, bias=False)
         self.decoder = nn.Linear(chunk, chunk, bias=False)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-
 from ..tensors import Tensors
 from .views import layer_units
 

@@ -9,7 +9,7 @@ Public surface used by the rest of fedsqueeze:
 """
 
 # Each stage module registers itself in CODECS on import: a new codec is one file plus its name here.
-from . import bf16, fp16, fp32, lowrank, quantize, randk, sparse, topk, zstd  # noqa: F401
+from . import autoencoder, bf16, fp16, fp32, lowrank, quantize, randk, sparse, topk, zstd  # noqa: F401
 from .base import CODECS, PayloadError
 from .chain import Codec, build_codec
 from .sender import Sender

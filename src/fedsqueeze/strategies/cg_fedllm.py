@@ -50,6 +50,7 @@ from ..autoencoder import (
     train_autoencoder,
 )
 from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
+from ..autoencoder.networks import row_latent_sizes
 from ..tensors import Tensors
 from .base import ClientUpdate, Method, MethodContext
 
@@ -84,7 +85,7 @@ class CGFedLLMParams(BaseModel):
         if not self.ship_decoder and (self.adaptive_snr_db is not None or self.error_feedback):
             raise ValueError("adaptive_snr_db and error_feedback need ship_decoder=true (the client must decode)")
         if self.arch == "row":
-            sizes = build_network("row", self.chunk).latent_sizes
+            sizes = row_latent_sizes(self.chunk)
             if round(self.latent * self.chunk) not in sizes:
                 allowed = ", ".join(f"{k / self.chunk:g}" for k in sizes)
                 raise ValueError(f"latent must be one of {allowed} for chunk={self.chunk}")

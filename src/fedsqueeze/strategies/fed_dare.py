@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..tensors import Tensors
 from . import lora_math as lm
-from .fedavg import FedAvg
+from .base import ClientUpdate, Method
 
 
 class FedDAREParams(BaseModel):
@@ -21,7 +21,7 @@ class FedDAREParams(BaseModel):
     p: float = Field(0.9, ge=0.0, lt=1.0, description="probability of dropping each uploaded entry")
 
 
-class FedDARE(FedAvg):
+class FedDARE(Method):
     name = "fed-dare"
     Params = FedDAREParams
     default_uplink = "sparse"
@@ -30,3 +30,11 @@ class FedDARE(FedAvg):
         rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "dare")
         return {k: lm.random_drop(trained[k] - start[k], self.params.p, rng)
                 for k in trained if self.trainable(k)}
+
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        """global += sum_i w_i upload_i (FedAvg of deltas; the uploads are unbiased estimates)."""
+        weights = self.weights(updates)
+        for w, u in zip(weights, updates):
+            for k, v in u.tensors.items():
+                self.adapter[k] = self.adapter[k] + w * v.to(self.adapter[k].dtype)
+        return {}

@@ -17,6 +17,8 @@ BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 
 @CODECS.register("bf16")
 class BF16(Values):
+    """bfloat16; relative error <= 2**-8."""
+
     name = "bf16"
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):

@@ -16,6 +16,8 @@ FP16_MAX = 65504.0
 
 @CODECS.register("fp16")
 class FP16(Values):
+    """IEEE half floats; relative error <= 2**-11 (saturates at 65504)."""
+
     name = "fp16"
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):

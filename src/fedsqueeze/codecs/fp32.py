@@ -10,6 +10,8 @@ from .wire import Reader, Writer
 
 @CODECS.register("fp32")
 class FP32(Values):
+    """4-byte IEEE floats; exact."""
+
     name = "fp32"
     lossless = True
 

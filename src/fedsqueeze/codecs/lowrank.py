@@ -24,6 +24,8 @@ from .wire import Reader, Writer
 
 @CODECS.register("lowrank")
 class LowRank(Structure):
+    """PowerSGD rank-r factors, warm-started; ||M - M_hat||_F <= ||M||_F, small tensors dense."""
+
     name = "lowrank"
     params = {
         "rank": Param(int, 4, low=1, high=4096),
@@ -78,7 +80,10 @@ class LowRank(Structure):
     def _start(self, name: str, m: int, r: int) -> torch.Tensor:
         q = self.warm.get(name)
         if q is not None and q.shape == (m, r) and bool(q.any()):
-            return q
+            # Only Q's span matters. Unit columns keep M @ Q near ||M|| instead of ||M||^2,
+            # which overflows fp32 for large tensors' values.
+            norms = q.norm(dim=0, keepdim=True)
+            return q / torch.where(norms > 0, norms, 1.0)
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
         return torch.randn(m, r, generator=g)
 

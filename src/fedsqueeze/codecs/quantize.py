@@ -23,6 +23,8 @@ from .wire import Reader, Writer
 
 @CODECS.register("quantize")
 class Quantize(Values):
+    """b-bit codes with per-block min/step; error <= step/2 (nearest) or < step (stochastic, unbiased)."""
+
     name = "quantize"
     params = {
         "bits": Param(int, 8, low=1, high=8),

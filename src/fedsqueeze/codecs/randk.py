@@ -93,6 +93,8 @@ def _draw_distinct(message_seed: int, numels: np.ndarray, need: np.ndarray) -> l
 
 @CODECS.register("randk")
 class RandK(Structure):
+    """k seeded random entries, positions not sent; ||x - x_hat|| <= ||x|| (scale: unbiased)."""
+
     name = "randk"
     params = {
         "fraction": Param(float, 0.1, low=0.0, high=1.0),

@@ -15,6 +15,8 @@ from .sparsify import SparseStructure
 
 @CODECS.register("sparse")
 class Sparse(SparseStructure):
+    """Exactly the non-zero entries and their positions; lossless."""
+
     name = "sparse"
     lossless = True
 

@@ -22,6 +22,8 @@ from .sparsify import SparseStructure, keep_count
 
 @CODECS.register("topk")
 class TopK(SparseStructure):
+    """k largest magnitudes per tensor or global; ||x - x_hat||^2 <= (1 - k/n) ||x||^2."""
+
     name = "topk"
     params = {
         "fraction": Param(float, 0.01, low=0.0, high=1.0, help="share of entries kept"),

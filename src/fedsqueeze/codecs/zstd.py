@@ -14,6 +14,8 @@ from .base import CODECS, Bytes, Param, PayloadError
 
 @CODECS.register("zstd")
 class Zstd(Bytes):
+    """zstd over the whole body; lossless."""
+
     name = "zstd"
     params = {"level": Param(int, 3, low=-7, high=22, help="zstd level (higher: smaller, slower)")}
 

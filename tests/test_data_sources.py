@@ -60,6 +60,8 @@ def test_hf_source_reads_a_local_file_and_folder_through_datasets(tmp_path):
     assert [core(e) for e in from_file] == [core(e) for e in from_folder] == ROWS
     with pytest.raises(DataError, match="could not load"):
         load_examples(f"hf:{folder}:validation", DataConfig())
+    with pytest.raises(DataError, match="file or folder not found"):
+        load_examples(f"hf:{tmp_path}/missing", DataConfig())
 
 
 def test_field_mapping_and_missing_columns(tmp_path):

@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 
 from ..config import DataConfig
 from ..errors import DataError
-from .partition import _rng, eval_split, partition
+from .partition import OOD_TAG, eval_split, partition, seeded_rng
 from .sources import check_label, label_key, load_examples
 from .templates import render_prompts
 from .tokenization import TokenizedSet, tokenize_examples
-
-_OOD_TAG = 1_704
 
 
 @dataclass
@@ -98,7 +96,7 @@ def _client(name: str, k: int, indices: list[int], examples: list[dict], cfg: Da
 
 def _ood(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, int]:
     examples = load_examples(cfg.ood_source, cfg)
-    order = _rng(seed, _OOD_TAG).permutation(len(examples))
+    order = seeded_rng(seed, OOD_TAG).permutation(len(examples))
     sample = [examples[int(i)] for i in order]
     ood, _, skipped = tokenize_examples(sample, tokenizer, cfg.template, cfg.max_length, limit=cfg.eval_examples)
     if not ood:

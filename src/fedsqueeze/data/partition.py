@@ -16,17 +16,19 @@ PARTITIONS = ("iid", "dirichlet", "by-domain")
 _PARTITION_TAG = 1_701  # distinct streams for partitioning, eval splits and batch sampling
 _SPLIT_TAG = 1_702
 _BATCH_TAG = 1_703
+OOD_TAG = 1_704
 _DIRICHLET_TRIES = 100
 
 
-def _rng(*key: int) -> np.random.Generator:
+def seeded_rng(*key: int) -> np.random.Generator:
+    """A generator that depends on `key` only (seed, purpose tag, client, round...)."""
     return np.random.default_rng(np.random.SeedSequence([abs(int(k)) for k in key]))
 
 
 def iid(labels: list[str], clients: int, seed: int) -> tuple[list[str], list[list[int]]]:
     if len(labels) < clients:
         raise DataError(f"iid partition: {len(labels)} examples cannot fill {clients} clients; lower data.clients")
-    order = _rng(seed, _PARTITION_TAG).permutation(len(labels))
+    order = seeded_rng(seed, _PARTITION_TAG).permutation(len(labels))
     parts = [sorted(int(i) for i in part) for part in np.array_split(order, clients)]
     return [f"client-{k}" for k in range(clients)], parts
 
@@ -37,7 +39,7 @@ def dirichlet(labels: list[str], clients: int, seed: int, alpha: float) -> tuple
     by_label: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         by_label.setdefault(label, []).append(i)
-    rng = _rng(seed, _PARTITION_TAG)
+    rng = seeded_rng(seed, _PARTITION_TAG)
     for _ in range(_DIRICHLET_TRIES):
         parts: list[list[int]] = [[] for _ in range(clients)]
         for label in sorted(by_label):
@@ -86,7 +88,7 @@ def partition(kind: str, labels: list[str], clients: int, seed: int, alpha: floa
 def eval_split(indices: list[int], fraction: float, cap: int, seed: int, client: int) -> tuple[list[int], list[int]]:
     """(train, eval) of one client's examples, shuffled: eval gets `fraction` of them (at least 1, at most `cap`)
     and train keeps at least one. Both lists are in shuffled order, so taking a prefix is a random sample."""
-    order = [indices[i] for i in _rng(seed, _SPLIT_TAG, client).permutation(len(indices))]
+    order = [indices[i] for i in seeded_rng(seed, _SPLIT_TAG, client).permutation(len(indices))]
     n_eval = min(cap, max(1, round(len(order) * fraction)), len(order) - 1)
     return order[n_eval:], order[:n_eval]
 
@@ -99,7 +101,7 @@ def sample_batches(n: int, batch_size: int, steps: int, seed: int, client: int, 
     if n <= 0:
         raise ValueError("sample_batches: empty training set")
     size = min(batch_size, n)
-    rng = _rng(seed, _BATCH_TAG, client, rnd)
+    rng = seeded_rng(seed, _BATCH_TAG, client, rnd)
     stream: list[int] = []
     batches: list[list[int]] = []
     while len(batches) < steps:

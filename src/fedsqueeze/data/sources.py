@@ -17,7 +17,6 @@ from ..errors import DataError
 
 KINDS = ("jsonl", "csv", "parquet", "hf", "builtin", "dictd", "wordnet")
 BUILTINS = ("pystdlib",)
-STANDARD_KEYS = ("instruction", "input", "response", "domain", "source")
 
 
 def split_sources(spec: str) -> list[tuple[str, str]]:
@@ -98,15 +97,17 @@ def _read_hf(arg: str) -> tuple[list[str], list[dict]]:
         builder = _HF_BUILDERS.get(local.suffix.lower())
         if builder is None:
             raise DataError(f"hf:{arg}: cannot tell the format of {local} (known: {', '.join(_HF_BUILDERS)})")
-        call = lambda: datasets.load_dataset(builder, data_files=str(local), split=split)  # noqa: E731
-    elif ("/" in name and name.startswith((".", "/", "~"))) and not local.exists():
+        args, kwargs = (builder,), {"data_files": str(local), "split": split}
+    elif local.exists():
+        args, kwargs = (str(local),), {"split": split}  # a folder of data files
+    elif name.startswith((".", "/", "~")):
         raise DataError(f"hf:{arg}: file or folder not found: {local}")
     else:
-        call = lambda: datasets.load_dataset(str(local) if local.exists() else name, split=split)  # noqa: E731
+        args, kwargs = (name,), {"split": split}  # a hub id
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # our own summary says what was loaded
     try:
-        ds = call()
+        ds = datasets.load_dataset(*args, **kwargs)
     except Exception as exc:  # hub, network, builder and split errors all mean "could not load this"
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"hf:{arg}: could not load with datasets.load_dataset: {first_line}") from None

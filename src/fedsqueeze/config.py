@@ -77,11 +77,46 @@ class TrainConfig(Section):
 class LinkConfig(Section):
     codec: str | None = None
     """None: the method's default (fp32 for most). A codec or a chain, e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd"."""
-    error_feedback: bool = False
+    error_feedback: bool | None = None
+    """None: the method's default (off for most)."""
 
 
 class RuntimeConfig(Section):
     kind: Literal["local", "flower-sim"] = "local"
+    round_timeout: float = Field(600.0, gt=0)
+    """Flower: seconds the server waits for a round's replies; clients that have not answered are left out."""
+    connect_timeout: float = Field(300.0, ge=0)
+    """Flower deployment: seconds to wait at start for a SuperNode per client (then go on with those there)."""
+    sim_workers: int = Field(1, ge=1)
+    """flower-sim: ClientApps that run at once (Ray actors, one CPU each)."""
+
+
+class NetworkConfig(Section):
+    """Simulated client speeds for the clock (`sim_seconds`): any run's bytes become projected
+    wall-clock under this network. Lists give one value per client; a scalar applies to all."""
+
+    step_seconds: float = Field(1.0, gt=0)
+    """Seconds one local step takes on a client of compute speed 1 (fixed, so the clock is deterministic)."""
+    compute: float | list[float] = 1.0
+    """Relative compute speed per client, e.g. [1, 1, 1, 0.25] makes client 3 a 4x straggler."""
+    up_mbps: float | list[float] = 20.0
+    down_mbps: float | list[float] = 100.0
+    latency_ms: float | list[float] = 50.0
+    spread: float = Field(0.0, ge=0)
+    """Sigma of a seeded log-normal factor drawn per client on compute and bandwidth (0: none)."""
+
+
+class HybridConfig(Section):
+    """Asynchronous-synchronous hybrid: a round closes when a quorum of its clients has reported
+    or a deadline passes; late updates join a later round with weight (1 + staleness)^-exponent."""
+
+    quorum: float = Field(1.0, gt=0, le=1)
+    """Fraction of the round's sampled clients to wait for (1 = synchronous)."""
+    deadline: float | None = Field(None, gt=0)
+    """Simulated seconds after which a round closes whatever has arrived."""
+    max_staleness: int = Field(3, ge=0)
+    """Late updates older than this many rounds are dropped (and logged; their bytes still count)."""
+    staleness_exponent: float = Field(0.5, ge=0)
 
 
 class Config(Section):
@@ -94,6 +129,8 @@ class Config(Section):
     uplink: LinkConfig = LinkConfig()
     downlink: LinkConfig = LinkConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    network: NetworkConfig = NetworkConfig()
+    hybrid: HybridConfig = HybridConfig()
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 

@@ -22,7 +22,15 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict)
     tmp = run_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / STATE))
+    # Unchanged tensors may be shared between states (e.g. a frozen A): safetensors wants each once.
+    seen: set[int] = set()
+    flat = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        flat[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    save_file(flat, str(tmp / STATE))
     (tmp / META).write_text(json.dumps(meta, indent=1))
     old = run_dir / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)

@@ -6,13 +6,32 @@ the ledger counts len() of each blob. Only wiring here: the round logic is in ro
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from . import rundir
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
+from .clock import NetworkModel, close_time
 from .roles import ClientRole, ServerRole
 from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InFlight:
+    """A client's upload on its way: it reaches the server at simulated time `arrival`."""
+
+    arrival: float
+    origin: int  # the round it was trained in
+    client: int
+    blob: bytes | None
+    metrics: dict
 
 
 class NullProgress:
@@ -31,6 +50,9 @@ class LocalRuntime:
         self.progress = progress or NullProgress()
         self.server = ServerRole(session)
         self.clients = [ClientRole(session, c) for c in range(session.num_clients)]
+        self.network = NetworkModel(session.cfg.network, session.num_clients, session.cfg.seed)
+        self.clock = 0.0  # simulated seconds
+        self.in_flight: list[InFlight] = []
         self.done = 0
         self.elapsed = 0.0
 
@@ -39,15 +61,45 @@ class LocalRuntime:
         return [c.state for c in self.clients]
 
     def run_round(self, rnd: int) -> dict:
+        """Clients train as soon as they are sampled; their uploads reach the server at their
+        simulated arrival time. The round closes by the hybrid rule (all of them by default);
+        what has not arrived stays in flight for a later round, with its staleness."""
         t0 = time.perf_counter()
-        sampled = self.s.sample_clients(rnd)
+        hybrid = self.s.cfg.hybrid
+        busy = {f.client for f in self.in_flight}
+        sampled = self.s.sample_clients(rnd, among=[c for c in range(self.s.num_clients) if c not in busy])
         self.progress.round_start(rnd, sampled)
         blobs = self.server.broadcast(rnd, sampled)
+        started = []
         for c in sampled:
             self.progress.client_start(rnd, c)
             up_blob, metrics = self.clients[c].handle(rnd, blobs[c], on_step=self.progress.step)
-            self.server.receive(rnd, c, up_blob, metrics)
-        return self.server.finish_round(rnd, sampled, self.client_states, time.perf_counter() - t0)
+            trip = self.network.round_trip(c, len(blobs[c] or b""), self.s.local_steps, len(up_blob or b""))
+            started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
+        self.in_flight += started
+        close = close_time(self.clock, [f.arrival for f in started],
+                           [f.arrival for f in self.in_flight if f.origin < rnd], hybrid)
+        arrived = sorted((f for f in self.in_flight if f.arrival <= close), key=lambda f: (f.arrival, f.client))
+        self.in_flight = [f for f in self.in_flight if f.arrival > close]
+        dropped = []
+        for f in arrived:
+            staleness = rnd - f.origin
+            if staleness > hybrid.max_staleness:
+                # Too old to help; its bytes crossed the wire all the same.
+                log.warning("round %d: dropped client %d's update from round %d (staleness %d > %d)",
+                            rnd, f.client, f.origin, staleness, hybrid.max_staleness)
+                dropped.append(f.client)
+                self.server.count_dropped(rnd, f.client, f.blob, f.metrics)
+                continue
+            self.server.receive(rnd, f.client, f.blob, f.metrics, staleness)
+        record = self.server.finish_round(rnd, sampled, self.client_states, time.perf_counter() - t0)
+        record["sim_seconds"] = close - self.clock
+        record["late"] = [f.client for f in self.in_flight]
+        record["stale"] = {str(f.client): rnd - f.origin for f in arrived if f.origin < rnd and f.client not in dropped}
+        if dropped:
+            record["dropped"] = dropped
+        self.clock = close
+        return record
 
     def run(self, until: int | None = None) -> dict | None:
         rounds = self.s.cfg.train.rounds
@@ -71,7 +123,14 @@ class LocalRuntime:
         state = prefixed("server/", self.server.state_dict())
         for i, c in enumerate(self.clients):
             state.update(prefixed(f"client/{i}/", c.state_dict()))
-        save_checkpoint(self.out, state, {"round": self.done, "seconds": self.elapsed})
+        flights = []
+        for i, f in enumerate(self.in_flight):
+            if f.blob is not None:
+                state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.blob, dtype=np.uint8).copy())
+            flights.append({"arrival": f.arrival, "origin": f.origin, "client": f.client, "metrics": f.metrics,
+                            "has_blob": f.blob is not None})
+        meta = {"round": self.done, "seconds": self.elapsed, "clock": self.clock, "in_flight": flights}
+        save_checkpoint(self.out, state, meta)
 
     def restore(self) -> None:
         state, meta = load_checkpoint(self.out)
@@ -80,6 +139,10 @@ class LocalRuntime:
             c.load_state_dict(unprefixed(f"client/{i}/", state))
         self.done = meta["round"]
         self.elapsed = meta["seconds"]
+        self.clock = meta.get("clock", 0.0)
+        self.in_flight = [InFlight(f["arrival"], f["origin"], f["client"],
+                                   state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, f["metrics"])
+                          for i, f in enumerate(meta.get("in_flight", []))]
         rundir.truncate_rounds(self.out, self.done)
 
 
@@ -104,6 +167,7 @@ def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: floa
         "final_eval_loss": last_eval["eval_loss"],
         "eval": last_eval["eval"],
         "seconds": elapsed,
+        "sim_seconds": sum(r.get("sim_seconds", 0.0) for r in rows),
         "uplink_codec": s.uplink_spec,
         "downlink_codec": s.downlink_spec,
         "clients": s.num_clients,

@@ -78,12 +78,14 @@ class ServerRole:
             t0 = time.perf_counter()
             blob = self.senders[c].encode(message)
             t1 = time.perf_counter()
-            err = relative_error(message, self.check.decode(blob)) if self.check else 0.0
+            received = self.check.decode(blob) if self.check else message
+            self.method.delivered(rnd, c, received)
+            err = relative_error(message, received) if self.check else 0.0
             self.ledger.add(rnd, c, DOWN, len(blob), _raw(message), err, t1 - t0, 0.0)
             blobs[c] = blob
         return blobs
 
-    def receive(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
+    def receive(self, rnd: int, client: int, blob: bytes | None, metrics: dict, staleness: int = 0) -> None:
         self.train_losses[client] = metrics["train_loss"]
         if blob is None:
             return
@@ -92,7 +94,13 @@ class ServerRole:
         decode_s = time.perf_counter() - t0
         self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0), metrics.get("up_rel_error", 0.0),
                         metrics.get("up_encode_s", 0.0), decode_s)
-        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"])))
+        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"]), staleness))
+
+    def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
+        """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
+        if blob is not None:
+            self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0),
+                            metrics.get("up_rel_error", 0.0), metrics.get("up_encode_s", 0.0), 0.0)
 
     def finish_round(self, rnd: int, clients: list[int], client_states: list[Tensors], seconds: float) -> dict:
         """Aggregates what arrived (in client order, so arrival order never changes the result)."""

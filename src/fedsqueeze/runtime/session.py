@@ -42,17 +42,20 @@ class Session:
         method_cls_pooled = _method_pooled(cfg.method)
         federation = build_federation(cfg.data, tok, cfg.seed, pooled=method_cls_pooled)
         ctx = MethodContext(layout=adapter.layout, init_adapter=adapter.get(), seed=cfg.seed,
-                            weighting=cfg.train.weighting, rounds=cfg.train.rounds)
+                            weighting=cfg.train.weighting, rounds=cfg.train.rounds,
+                            staleness_exponent=cfg.hybrid.staleness_exponent)
         method = build_method(cfg.method, cfg.params, ctx)
         return cls(cfg, peft_model, tok, adapter, federation, method,
                    cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink)
 
     # ---- links -------------------------------------------------------------------------------
     def uplink_sender(self) -> Sender:
-        return Sender(build_codec(self.uplink_spec, self.adapter.layout), self.cfg.uplink.error_feedback)
+        ef = self.cfg.uplink.error_feedback
+        ef = self.method.default_error_feedback if ef is None else ef
+        return Sender(build_codec(self.uplink_spec, self.adapter.layout), ef)
 
     def downlink_sender(self) -> Sender:
-        return Sender(build_codec(self.downlink_spec, self.adapter.layout), self.cfg.downlink.error_feedback)
+        return Sender(build_codec(self.downlink_spec, self.adapter.layout), bool(self.cfg.downlink.error_feedback))
 
     def uplink_decoder(self):
         return build_codec(self.uplink_spec, self.adapter.layout)
@@ -72,13 +75,14 @@ class Session:
             return t.local_steps * (t.clients_per_round or len(self.federation.eval_sets))
         return t.local_steps
 
-    def sample_clients(self, rnd: int) -> list[int]:
-        n = self.num_clients
+    def sample_clients(self, rnd: int, among: list[int] | None = None) -> list[int]:
+        """Seeded by (seed, round); `among` excludes clients still busy with an earlier round."""
+        pool = list(range(self.num_clients)) if among is None else sorted(among)
         k = self.cfg.train.clients_per_round
-        if k is None or k >= n:
-            return list(range(n))
+        if k is None or k >= len(pool):
+            return pool
         rng = random.Random(f"{self.cfg.seed}/sample/{rnd}")
-        return sorted(rng.sample(range(n), k))
+        return sorted(rng.sample(pool, k))
 
     def train_client(self, client: int, rnd: int, start: Tensors, on_step=None) -> tuple[Tensors, list[float]]:
         """Trains from `start` on `client`'s data for this round; deterministic in (seed, client, rnd)."""

@@ -19,8 +19,9 @@ def _register() -> None:
     from .fed_dare import FedDARE
     from .flexlora import FlexLoRA
     from .cg_fedllm import CGFedLLM
+    from .gradualdiff import GradualDiff
 
-    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM):
+    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM, GradualDiff):
         METHODS.register(cls.name)(cls)
 
 

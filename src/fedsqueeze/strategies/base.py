@@ -36,6 +36,7 @@ class MethodContext:
     seed: int
     weighting: str = "examples"
     rounds: int = 1
+    staleness_exponent: float = 0.5
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Method:
     default_uplink: ClassVar[str] = "fp32"
     default_downlink: ClassVar[str] = "fp32"
     """Codecs used when the config leaves `uplink.codec` / `downlink.codec` unset."""
+    default_error_feedback: ClassVar[bool] = False
+    """Uplink error feedback when the config leaves `uplink.error_feedback` unset."""
 
     def __init__(self, params: BaseModel, ctx: MethodContext):
         self.params = params
@@ -71,17 +74,31 @@ class Method:
         """What the server sends `client` at the start of round `rnd` (1-based); None = nothing."""
         return self.adapter
 
+    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+        """What `client` decoded from this round's message (after the downlink codec); methods that
+        track each client's copy of the global state use it, so lossy downlinks never drift."""
+
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         """Fold decoded client updates into the global state; returns metrics for rounds.jsonl."""
         raise NotImplementedError
 
-    def weights(self, updates: list[ClientUpdate]) -> list[float]:
+    def weights(self, updates: list[ClientUpdate], renormalize: bool = False) -> list[float]:
+        """Example (or uniform) weights normalized over the round's updates, each discounted by
+        (1 + staleness)^-a for late updates of the hybrid mode (so a lone stale update counts
+        less). renormalize=True makes them sum to 1 again, for methods that average adapters."""
         if self.ctx.weighting == "uniform":
             raw = [1.0] * len(updates)
         else:
             raw = [float(max(u.num_examples, 1)) for u in updates]
         total = sum(raw)
-        return [w / total for w in raw]
+        weights = [w / total for w in raw]
+        if any(u.staleness for u in updates):
+            a = self.ctx.staleness_exponent
+            weights = [w * (1.0 + u.staleness) ** -a for w, u in zip(weights, updates)]
+            if renormalize:
+                total = sum(weights)
+                weights = [w / total for w in weights]
+        return weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"adapter/{k}": v for k, v in self.adapter.items()}

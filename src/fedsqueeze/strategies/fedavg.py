@@ -26,7 +26,7 @@ class FedAvg(Method):
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:
             return {}
-        weights = self.weights(updates)
+        weights = self.weights(updates, renormalize=self.params.upload == "adapter")
         for k in updates[0].tensors:
             mean = sum(w * u.tensors[k] for w, u in zip(weights, updates))
             self.adapter[k] = mean if self.params.upload == "adapter" else self.adapter[k] + mean

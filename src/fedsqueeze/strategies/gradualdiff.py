@@ -1,0 +1,91 @@
+"""GradualDiff-Fed (FedDelta): only weight deltas travel, both ways.
+
+Up: each client sends ΔW = local - global through a sparsify + quantize chain with error feedback
+(the default uplink codec below). Down: the server sends each client the difference between the
+current global adapter and the copy that client holds — the aggregated delta of the round for a
+client that was there last round, the sum of the deltas it missed for one that was not (one
+message, never the history). The server learns exactly what each client decoded (`delivered`),
+so a lossy downlink never lets the copies drift: what was lost is in the next difference.
+When the dense adapter is smaller on the wire than the difference (a client that missed many
+rounds), that is sent instead; the ledger counts whichever was sent.
+
+Late updates from the hybrid mode are folded in with the staleness weight of Method.weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..tensors import Tensors, clone
+from .base import ClientUpdate, Method, NoParams
+
+FULL = "__full__"  # marker tensor: the message is the whole adapter, not a difference
+
+
+class GradualDiffParams(NoParams):
+    full_when_cheaper: bool = True
+    """Send the dense adapter to a client whose pending difference has more non-zeros than half of it."""
+
+
+class GradualDiff(Method):
+    name = "gradualdiff"
+    Params = GradualDiffParams
+    default_uplink = "topk(fraction=0.05) > quantize(bits=8) > zstd"
+    default_downlink = "sparse > quantize(bits=8) > zstd"
+    default_error_feedback = True
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.views: dict[int, Tensors] = {}  # client -> the adapter that client holds
+
+    def _view(self, client: int) -> Tensors:
+        return self.views.get(client, self.ctx.init_adapter)
+
+    # ---- server ---------------------------------------------------------------------------------
+    def broadcast(self, rnd: int, client: int) -> Tensors:
+        view = self._view(client)
+        diff = {k: self.adapter[k] - view[k] for k in self.adapter if not torch.equal(self.adapter[k], view[k])}
+        if self.params.full_when_cheaper and diff:
+            nnz = sum(int(torch.count_nonzero(v)) for v in diff.values())
+            if nnz > self.ctx.layout.numel // 2:
+                return {**self.adapter, FULL: torch.ones(1)}
+        return diff
+
+    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+        self.views[client] = _apply(self._view(client), received)
+
+    def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        if not updates:
+            return {}
+        weights = self.weights(updates)
+        for k in updates[0].tensors:
+            self.adapter[k] = self.adapter[k] + sum(w * u.tensors[k] for w, u in zip(weights, updates))
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        for c, view in self.views.items():
+            state.update({f"view/{c}/{k}": v for k, v in view.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.views = {}
+        for key, v in state.items():
+            if key.startswith("view/"):
+                _, c, name = key.split("/", 2)
+                self.views.setdefault(int(c), {})[name] = v.clone()
+
+    # ---- client ---------------------------------------------------------------------------------
+    def client_receive(self, state: Tensors, message: Tensors) -> Tensors:
+        held = {k: state.get(f"global/{k}", v) for k, v in self.ctx.init_adapter.items()}
+        held = _apply(held, message)
+        for k, v in held.items():
+            state[f"global/{k}"] = v
+        return clone(held)
+
+
+def _apply(held: Tensors, message: Tensors) -> Tensors:
+    if FULL in message:
+        return {k: message[k].clone() if k in message else v for k, v in held.items()}
+    return {k: held[k] + message[k] if k in message else held[k] for k in held}

@@ -40,7 +40,8 @@ class DataConfig(Section):
     clients: int = Field(4, ge=1, le=10_000)
     dirichlet_alpha: float = Field(0.5, gt=0)
     label: str = "domain"
-    """Column the dirichlet / by-domain partitioners split on."""
+    """What the dirichlet / by-domain partitioners split on: "domain", "source" (the name of each
+    joined source), "category" (WordNet lexicographer file, stdlib module) or a table column."""
     instruction_field: str = "instruction"
     input_field: str = "input"
     response_field: str = "response"

@@ -100,7 +100,8 @@ class LowRank(Structure):
                 P = values[offset : offset + n * r].reshape(n, r)
                 Q = values[offset + n * r : offset + (n + m) * r].reshape(m, r)
                 offset += (n + m) * r
-                out.append(np.ascontiguousarray(P @ Q.T, np.float32).reshape(-1))
+                with np.errstate(all="ignore"):  # inf / NaN factors (only from such input) stay quiet
+                    out.append(np.ascontiguousarray(P @ Q.T, np.float32).reshape(-1))
             return out
 
         return rebuild

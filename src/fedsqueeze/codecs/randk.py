@@ -115,16 +115,18 @@ class RandK(Structure):
         elif self.fraction <= 0:
             raise ConfigError("codec 'randk': fraction must be > 0")
 
-    def _plan(self, entries: list[Entry], message_seed: int):
-        numels = np.array([e.numel for e in entries], np.int64)
-        counts = np.array([keep_count(e.numel, self.fraction, self.k) for e in entries], np.int64)
-        return counts, sample_positions(message_seed, numels, counts)
+    def _counts(self, entries: list[Entry]) -> np.ndarray:
+        return np.array([keep_count(e.numel, self.fraction, self.k) for e in entries], np.int64)
+
+    def _positions(self, entries: list[Entry], counts: np.ndarray, message_seed: int) -> list[np.ndarray]:
+        return sample_positions(message_seed, np.array([e.numel for e in entries], np.int64), counts)
 
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
         message_seed = mix64(mix64(self.seed) + self.messages + 1)
         self.messages += 1
         w.raw(struct.pack("<Q", message_seed))
-        counts, per_entry = self._plan(entries, message_seed)
+        counts = self._counts(entries)
+        per_entry = self._positions(entries, counts, message_seed)
         values = [e.array()[p] for e, p in zip(entries, per_entry)]
         if self.scale:
             values = [v * np.float32(e.numel / max(len(v), 1)) for e, v in zip(entries, values)]
@@ -133,8 +135,14 @@ class RandK(Structure):
 
     def decode(self, entries: list[Entry], r: Reader) -> Plan:
         (message_seed,) = struct.unpack("<Q", r.take(8, "randk message seed"))
-        counts, per_entry = self._plan(entries, message_seed)
-        return Plan(counts, scatter_rebuild(entries, counts, per_entry))
+        counts = self._counts(entries)
+
+        def rebuild(values: np.ndarray) -> list[np.ndarray]:
+            # Sampling is O(n) work and memory: only once the values section has been validated.
+            per_entry = self._positions(entries, counts, message_seed)
+            return scatter_rebuild(entries, counts, per_entry)(values)
+
+        return Plan(counts, rebuild)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"messages": counter_state(self.messages)}

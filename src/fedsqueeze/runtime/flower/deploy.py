@@ -1,0 +1,136 @@
+"""Command lines for a real deployment: a SuperLink, SuperNodes with their partition ids, `flwr run`.
+
+Plain functions that return argv lists and write the two small files Flower reads, so the CLI
+helpers, the integration tests and docs/DEPLOY.md all start the same processes the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from .settings import AppSettings
+
+CONNECTION = "fedsqueeze"  # name of the SuperLink connection written into FLWR_HOME/config.toml
+
+
+@dataclass
+class Tls:
+    """PEM files. The SuperLink serves with cert + key; everyone else trusts the CA."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def executable(name: str) -> str:
+    """Flower's commands from this environment first (the one fedsqueeze is installed in)."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.is_file() else (shutil.which(name) or name)
+
+
+def flower_env(home: Path, base: dict | None = None) -> dict:
+    """Environment for Flower processes: their state under `home`, no usage reporting, no uv downloads."""
+    env = dict(os.environ if base is None else base)
+    home = Path(home).resolve()
+    # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name from PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({"FLWR_HOME": str(home), "UV_CACHE_DIR": str(home / "uv-cache"), "RAY_TMPDIR": str(home / "ray"),
+                "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False) -> list[str]:
+    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
+           # Apps run on the fedsqueeze already installed here: no per-run `uv sync` (needs the internet).
+           "--disable-runtime-dependency-installation"]
+    if tls is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+    if auth:
+        cmd.append("--enable-supernode-auth")
+    return cmd
+
+
+def supernode_command(superlink: str, partition: int, partitions: int, port: int, host: str = "127.0.0.1",
+                      root_cert: Path | None = None, auth_key: Path | None = None) -> list[str]:
+    """port: this SuperNode's own ClientApp API (one per SuperNode on a machine)."""
+    cmd = [executable("flower-supernode"), "--superlink", superlink, "--host", host, "--port", str(port),
+           "--node-config", f"partition-id={partition} num-partitions={partitions}"]
+    cmd += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    if auth_key is not None:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
+    return cmd
+
+
+def write_connection(home: Path, address: str, root_cert: Path | None = None, name: str = CONNECTION) -> None:
+    """The `flwr` CLI's SuperLink connection (FLWR_HOME/config.toml), made the default."""
+    conn: dict = {"address": address}
+    if root_cert is None:
+        conn["insecure"] = True
+    else:
+        conn["root-certificates"] = str(Path(root_cert).resolve())
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": name, name: conn}}))
+
+
+def write_run_config(path: Path, config_toml: str, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    settings = AppSettings(config_toml, Path(out).resolve(), overwrite, resume)
+    path.write_text(settings.to_run_config_toml())
+    return path
+
+
+def run_command(run_config: Path, app_dir: Path | None = None, stream: bool = True,
+                connection: str = CONNECTION) -> list[str]:
+    cmd = [executable("flwr"), "run", str(app_dir or project_dir()), connection, "--run-config", str(run_config)]
+    return cmd + ["--stream"] if stream else cmd
+
+
+def register_command(public_key: Path, connection: str = CONNECTION) -> list[str]:
+    """Registers a SuperNode's public key with a SuperLink that runs with --enable-supernode-auth."""
+    return [executable("flwr"), "supernode", "register", str(public_key), connection]
+
+
+def project_dir() -> Path:
+    """The folder whose pyproject.toml declares the Flower app (this checkout)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "src" / "fedsqueeze").is_dir():
+            return parent
+    raise FileNotFoundError("no fedsqueeze checkout with pyproject.toml above " + str(here))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc). The SuperLink starts its flower-superexec in a new
+    session, so killing the SuperLink's process group alone would leave it running."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Kills `pid` and everything it started, by their ids (children first looked up, then killed)."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass

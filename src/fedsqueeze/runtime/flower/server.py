@@ -1,0 +1,162 @@
+"""The server's loop over a Flower Grid: the very ServerRole of the in-process runtime, wired to
+messages instead of method calls, and the same run directory (rounds.jsonl, checkpoint/, finish()).
+
+Per round: ask new nodes which partition they hold, sample clients, encode one downlink blob per
+client, send them, wait up to `runtime.round_timeout` seconds, decode the uploads in client order,
+aggregate. A client whose node errors, times out or is not connected is logged and left out.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from ...errors import UserError
+from .. import rundir
+from ..checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
+from ..local import finish
+from ..roles import ServerRole
+from ..session import Session
+from . import wire
+from .client_app import NUM_PARTITIONS, PARTITION_ID
+
+
+class FlowerServer:
+    def __init__(self, session: Session, out: Path, grid: Grid, log=print):
+        method = session.method
+        if method.personalized or method.pooled:
+            raise UserError(f"method {session.cfg.method!r} sends nothing over the wire (each client keeps its "
+                            "own adapter, or all data is pooled): run it with runtime.kind = \"local\"")
+        self.s, self.out, self.grid, self.log = session, out, grid, log
+        self.rt = session.cfg.runtime
+        self.server = ServerRole(session)
+        self.nodes: dict[int, int] = {}  # partition id -> node id
+        self.ignored: set[int] = set()  # nodes whose partition does not fit this federation
+        self.done = 0
+        self.elapsed = 0.0
+        # Client state lives on the clients (context.state); the server evaluates the global adapter.
+        self.no_client_states = [{} for _ in range(session.num_clients)]
+
+    # ---- nodes -----------------------------------------------------------------------------------
+    def discover(self) -> None:
+        """Asks every node not seen yet which partition it holds."""
+        known = set(self.nodes.values()) | self.ignored
+        new = [n for n in self.grid.get_node_ids() if n not in known]
+        if not new:
+            return
+        queries = [Message(content=RecordDict(), dst_node_id=n, message_type=wire.QUERY) for n in new]
+        for reply in self.grid.send_and_receive(queries, timeout=self.rt.round_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.log(f"node {node} did not say which partition it holds: {reply.error.reason}")
+                continue
+            info = reply.content.config_records[wire.INFO]
+            partition, partitions = int(info[PARTITION_ID]), int(info[NUM_PARTITIONS])
+            if partitions != self.s.num_clients or not 0 <= partition < partitions:
+                self.log(f"node {node} holds partition {partition} of {partitions}, but this federation has "
+                         f"{self.s.num_clients} clients: ignored")
+                self.ignored.add(node)
+                continue
+            if partition in self.nodes:
+                self.log(f"partition {partition} moved from node {self.nodes[partition]} to node {node}")
+            self.nodes[partition] = node
+
+    def wait_for_nodes(self) -> None:
+        """Until every partition has a node, or runtime.connect_timeout passes (then go on with those there)."""
+        deadline = time.monotonic() + self.rt.connect_timeout
+        while True:
+            self.discover()
+            if len(self.nodes) == self.s.num_clients or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        missing = sorted(set(range(self.s.num_clients)) - set(self.nodes))
+        self.log(f"{len(self.nodes)} of {self.s.num_clients} clients connected" +
+                 (f"; missing partitions {missing}" if missing else ""))
+        if not self.nodes:
+            raise UserError(f"no SuperNode connected within runtime.connect_timeout = {self.rt.connect_timeout} s")
+
+    # ---- rounds ----------------------------------------------------------------------------------
+    def run_round(self, rnd: int) -> dict:
+        t0 = time.perf_counter()
+        self.discover()
+        sampled = self.s.sample_clients(rnd)
+        reachable = [c for c in sampled if c in self.nodes]
+        if len(reachable) < len(sampled):
+            self.log(f"round {rnd}: no node for clients {sorted(set(sampled) - set(reachable))}: left out")
+        blobs = self.server.broadcast(rnd, reachable)
+        messages = [wire.train_message(self.nodes[c], rnd, c, blobs[c]) for c in reachable]
+        client_of = {self.nodes[c]: c for c in reachable}
+        arrived: dict[int, Message] = {}
+        failed: set[int] = set()
+        for reply in self.grid.send_and_receive(messages, timeout=self.rt.round_timeout):
+            client = client_of.get(reply.metadata.src_node_id)
+            if client is None:
+                continue
+            if reply.has_error():
+                self.log(f"round {rnd}: client {client} failed ({reply.error.reason}): left out")
+                failed.add(client)
+                continue
+            arrived[client] = reply
+        silent = sorted(set(reachable) - set(arrived) - failed)
+        if silent:
+            self.log(f"round {rnd}: no answer from clients {silent} within {self.rt.round_timeout} s: left out")
+        if not arrived:
+            raise UserError(f"round {rnd}: no client answered; stopped after round {self.done} "
+                            "(the last finished round is checkpointed)")
+        for client in sorted(arrived):  # client order, so arrival order never changes the result
+            content = arrived[client].content
+            self.server.receive(rnd, client, wire.unpack(content, "up"), wire.reply_metrics(content))
+        record = self.server.finish_round(rnd, sampled, self.no_client_states, time.perf_counter() - t0)
+        record["clients"] = sorted(arrived)
+        record["left_out"] = sorted(set(sampled) - set(arrived))
+        return record
+
+    def run(self) -> dict:
+        rounds = self.s.cfg.train.rounds
+        if self.done < rounds:
+            self.wait_for_nodes()
+        for rnd in range(self.done + 1, rounds + 1):
+            record = self.run_round(rnd)
+            self.elapsed += record["seconds"]
+            self.done = rnd
+            rundir.append_round(self.out, record)
+            self.save()
+            self.log(_round_line(record))
+        return finish(self.s, self.out, self.no_client_states, self.done, self.elapsed)
+
+    # ---- checkpoints (same files as the in-process runtime, server part only) ---------------------
+    def save(self) -> None:
+        save_checkpoint(self.out, prefixed("server/", self.server.state_dict()),
+                        {"round": self.done, "seconds": self.elapsed, "runtime": "flower"})
+
+    def restore(self) -> None:
+        state, meta = load_checkpoint(self.out)
+        self.server.load_state_dict(unprefixed("server/", state))
+        if any(k.startswith("client/") for k in state):
+            self.log("resuming on Flower: the checkpoint's client state (error-feedback memory) stays behind; "
+                     "clients start from empty state")
+        self.done, self.elapsed = meta["round"], meta["seconds"]
+        rundir.truncate_rounds(self.out, self.done)
+
+
+def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
+    """Runs (or resumes) a whole fedsqueeze run over `grid`; returns the summary."""
+    session = Session.build(cfg, log=log)
+    server = FlowerServer(session, out, grid, log)
+    if resume:
+        server.restore()
+        (out / rundir.CONFIG).write_text(cfg.to_toml())
+    log(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
+        f"{session.num_clients} clients | round timeout {cfg.runtime.round_timeout} s")
+    return server.run()
+
+
+def _round_line(r: dict) -> str:
+    line = (f"round {r['round']}: clients {r['clients']} | up {r['bytes_up']:,} B | down {r['bytes_down']:,} B | "
+            f"train loss {r['train_loss']:.4f}")
+    if "eval_loss" in r:
+        line += f" | eval loss {r['eval_loss']:.4f}"
+    return line + f" | {r['seconds']:.1f} s"

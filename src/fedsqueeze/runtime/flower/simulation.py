@@ -1,0 +1,67 @@
+"""`runtime.kind = "flower-sim"`: the same ServerApp and ClientApp on Flower's simulation engine.
+
+The ServerApp runs in this process (a thread of Flower's engine) and writes the run directory
+directly; ClientApps run in Ray actors, one virtual SuperNode per client, whose node config
+carries `partition-id` / `num-partitions` exactly as a real SuperNode's would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ...config import Config
+from .. import rundir
+
+
+def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False,
+                          log=print) -> dict:
+    from flwr.simulation import run_simulation
+
+    from .client_app import make_client_app
+    from .server import serve
+    from .server_app import make_server_app
+
+    if not resume:
+        rundir.prepare(out, cfg, overwrite)
+    result: dict = {}
+
+    def main(grid, context) -> None:
+        result["summary"] = serve(grid, cfg, out, resume=resume, log=log)
+
+    # Ray keeps sockets under its temp dir; a short path keeps them under the 107-byte limit.
+    ray_tmp = tempfile.mkdtemp(prefix="fsq-ray-")
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR",)}
+    os.environ["RAY_TMPDIR"] = ray_tmp
+    workers = cfg.runtime.sim_workers
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": workers, "num_gpus": 0, "_temp_dir": ray_tmp,
+                      "object_store_memory": 256 * 1024 * 1024},
+    }
+    try:
+        run_simulation(make_server_app(main), make_client_app(cfg.to_toml()),
+                       num_supernodes=cfg.data.clients, backend_config=backend)
+    finally:
+        _shutdown_ray()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if "summary" not in result:
+        raise RuntimeError("the Flower simulation ended without finishing the run (see the log above)")
+    return result["summary"]
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass

@@ -2,7 +2,8 @@
 
 Both ends regenerate them from an 8-byte message seed (derived from `seed` and a message counter, so
 every message picks afresh: with error feedback, everything is sent eventually). The generator is
-specified here (splitmix64 hashes, not a library RNG), so any two installs agree on the positions.
+specified here (a splitmix64-keyed Feistel permutation, not a library RNG), so any two installs
+agree on the positions.
 
 Parameters: fraction (default 0.1) or k; seed; scale (multiply kept values by n/k).
 Error bound: scale=false: kept entries exact, ||x - x_hat|| <= ||x||. scale=true: unbiased
@@ -22,7 +23,6 @@ from .sparsify import keep_count, scatter_rebuild
 from .wire import Reader, Writer
 
 MASK64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
 
 
 def mix64(x: int) -> int:
@@ -41,54 +41,70 @@ def mix64_array(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+ROUNDS = 4
+SMALL = 256  # up to here, rank hashes (exactly uniform); beyond, a Feistel permutation (O(k) work)
+
+
 def sample_positions(message_seed: int, numels: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
-    """Sorted distinct positions per entry: counts[i] of range(numels[i]), from the seed alone."""
-    keep_most = counts > numels // 2  # then draw the smaller set of dropped positions instead
-    need = np.where(keep_most, numels - counts, counts)
-    drawn = _draw_distinct(message_seed, numels, need)
-    out = []
-    for i, picked in enumerate(drawn):
-        if keep_most[i]:
-            mask = np.ones(int(numels[i]), bool)
-            mask[picked] = False
-            picked = np.flatnonzero(mask)
-        out.append(picked)
+    """counts[i] distinct uniformly spread positions of range(numels[i]), from the seed alone.
+
+    Large entries: pi(0), ..., pi(k - 1) for a keyed permutation pi of range(n), a 4-round
+    Feistel network on ceil(log2 n)-bit integers, walked until it lands below n (cycle walking
+    keeps it a bijection on range(n)): distinct by construction, O(k) work, no sort. Entries of at
+    most SMALL elements, where so few bits leave a Feistel network visibly non-uniform, keep the
+    k positions with the smallest hashes instead. Pure integer arithmetic: every platform agrees.
+    """
+    n = np.asarray(numels, np.int64)
+    counts = np.asarray(counts, np.int64)
+    keys = np.array(
+        [[mix64(message_seed ^ mix64((i + 1) * ROUNDS + r)) for r in range(ROUNDS)] for i in range(len(n))],
+        np.uint64,
+    ).reshape(len(n), ROUNDS)
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(n)
+    small = np.flatnonzero((n <= SMALL) & (counts > 0))
+    large = np.flatnonzero((n > SMALL) & (counts > 0))
+    for group, sampler in ((small, _smallest_hashes), (large, _feistel)):
+        if group.size:
+            parts = sampler(n[group], counts[group], keys[group])
+            for i, part in zip(group.tolist(), np.split(parts, np.cumsum(counts[group])[:-1])):
+                out[i] = part
     return out
 
 
-def _draw_distinct(message_seed: int, numels: np.ndarray, need: np.ndarray) -> list[np.ndarray]:
-    """Per entry, the first need[i] distinct values of a hash stream mapped onto range(numels[i]).
+def _smallest_hashes(n: np.ndarray, counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    owner = np.repeat(np.arange(n.size), n)
+    position = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    # mix64 is a bijection, so distinct positions get distinct hashes: no ties to break
+    rank_key = mix64_array(keys[owner, 0] ^ position.astype(np.uint64))
+    order = np.lexsort((rank_key, owner))
+    rank = np.arange(order.size) - np.repeat(np.cumsum(n) - n, n)
+    return position[order][rank < counts[owner]]
 
-    The stream of entry i is mix64(key_i + j * GOLDEN), j = 0, 1, ...; taking its first distinct
-    values makes the answer independent of how many draws we make, so short entries simply retry
-    with more draws and get the same prefix.
-    """
-    keys = np.array([mix64(message_seed ^ mix64(i + 1)) for i in range(len(numels))], np.uint64)
-    result = [np.zeros(0, np.int64) for _ in range(len(numels))]
-    todo = np.flatnonzero(need > 0)
-    draws = need + need // 2 + 16
-    while todo.size:
-        d = draws[todo]
-        owner = np.repeat(todo, d)
-        j = np.arange(int(d.sum()), dtype=np.int64) - np.repeat(np.cumsum(d) - d, d)
-        h = mix64_array(keys[owner] + j.astype(np.uint64) * np.uint64(GOLDEN))
-        pos = (((h >> np.uint64(32)) * numels[owner].astype(np.uint64)) >> np.uint64(32)).astype(np.int64)
-        _, first = np.unique((owner << 32) | pos, return_index=True)
-        first.sort()  # back to draw order (draws are grouped by owner, owners ascending)
-        own, pos = owner[first], pos[first]
-        found = np.bincount(own, minlength=len(numels))
-        rank = np.arange(own.size) - np.repeat(np.cumsum(found[todo]) - found[todo], found[todo])
-        keep = rank < need[own]
-        own, pos = own[keep], pos[keep]
-        order = np.lexsort((pos, own))
-        own, pos = own[order], pos[order]
-        done = todo[found[todo] >= need[todo]]
-        starts = np.searchsorted(own, done)
-        for i, s in zip(done.tolist(), starts.tolist()):
-            result[i] = pos[s : s + int(need[i])]
-        todo = todo[found[todo] < need[todo]]
-        draws[todo] *= 2
-    return result
+
+def _feistel(n: np.ndarray, counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    owner = np.repeat(np.arange(n.size), counts)
+    x = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.uint64)
+    bits = np.array([max(1, (int(v) - 1).bit_length()) for v in n.tolist()], np.uint64)
+    limit = n.astype(np.uint64)[owner]
+    x = _permute(x, bits[owner], keys[owner])
+    pending = np.flatnonzero(x >= limit)
+    while pending.size:
+        x[pending] = _permute(x[pending], bits[owner[pending]], keys[owner[pending]])
+        pending = pending[x[pending] >= limit[pending]]
+    return x.astype(np.int64)
+
+
+def _permute(x: np.ndarray, bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """A bijection on [0, 2**bits) per element: each round maps (hi, lo) to (lo, hi ^ F(lo))."""
+    one = np.uint64(1)
+    high = bits - bits // np.uint64(2)
+    low = bits // np.uint64(2)
+    for r in range(ROUNDS):
+        hi, lo = x >> low, x & ((one << low) - one)
+        f = mix64_array(lo ^ keys[:, r]) & ((one << high) - one)
+        x = (lo << high) | (hi ^ f)
+        high, low = low, high
+    return x
 
 
 @CODECS.register("randk")

@@ -132,3 +132,16 @@ def test_local_method_keeps_per_client_adapters(tmp_path, corpus):
     a0 = rt.s.method.eval_adapter(0, rt.client_states[0])
     a1 = rt.s.method.eval_adapter(1, rt.client_states[1])
     assert any(not torch.equal(a0[k], a1[k]) for k in a0)
+
+
+@pytest.mark.integration
+def test_smollm2_federated_round_on_stdlib(tmp_path, cli):
+    """The quickstart pipeline on the real model, cut to one short round."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = tmp_path / "smol"
+    res = cli("run", root / "examples" / "quickstart.toml", "--out", out, "--set", "train.rounds=1",
+              "--set", "train.local_steps=2", "--set", "data.eval_examples=4", "--set", "data.max_examples=32")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] == summary["bytes_up"]
+    assert 0 < summary["final_eval_loss"] < 10

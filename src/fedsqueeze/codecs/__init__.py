@@ -1,11 +1,25 @@
 """Codecs: tensors in, bytes out, and back. They never see clients, rounds or the network.
 
 Public surface used by the rest of fedsqueeze:
-    build_codec(spec, layout) -> Codec        spec: "fp32" or a chain "topk(fraction=0.01) > quantize(bits=8) > zstd"
-    Codec.encode(tensors) -> bytes; Codec.decode(blob) -> tensors
+    build_codec(spec, layout, limits=None) -> Codec
+    Codec.encode(tensors) -> bytes; Codec.decode(blob) -> tensors (float32, CPU, exactly the keys sent)
+    Codec.encode_and_reconstruct(tensors) -> (bytes, what decode will return)
+    Codec.state_dict() / load_state_dict()    seeded counters, lowrank's warm-start Q
     Sender(codec, error_feedback)             per-peer sending end; keeps error-feedback memory
-    PayloadError                              raised by decode for any malformed blob
-    measure / blob_stats                      bytes, ratio, relative error and timings of a blob
+    PayloadError                              the one exception decode raises for a malformed blob
+    Limits(max_blob_bytes, max_elements)      ceilings a blob's declarations must stay under
+    measure(codec, tensors) / blob_stats(...) raw/wire bytes, ratio (wire / raw), rel. error, seconds
+    bench.run_bench(update, layout, configs)  one row per codec configuration
+
+Spec grammar: stages joined by ">", each `name` or `name(key=value, ...)`, in the order
+sparsifier / low-rank > value encoding > byte compression (each optional, at most one of each):
+
+    structure  topk(fraction|k, scope)  randk(fraction|k, seed, scale)  lowrank(rank, iterations, seed)
+               sparse                   (default: every value)
+    values     fp32  fp16  bf16  quantize(bits, block, rounding, seed)   (default: fp32)
+    bytes      zstd(level)
+
+e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd". Each stage's module states its error bound.
 """
 
 # Each stage module registers itself in CODECS on import: a new codec is one file plus its name here.

@@ -50,7 +50,13 @@ class Param:
         if self.choices and value not in self.choices:
             raise ConfigError(f"codec {codec!r}: {name} must be one of {', '.join(self.choices)}; got {raw!r}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise ConfigError(f"codec {codec!r}: {name} must be in [{self.low}, {self.high}]; got {raw!r}")
+            if self.high is None:
+                allowed = f">= {self.low}"
+            elif self.low is None:
+                allowed = f"<= {self.high}"
+            else:
+                allowed = f"in [{self.low}, {self.high}]"
+            raise ConfigError(f"codec {codec!r}: {name} must be {allowed}; got {raw!r}")
         return value
 
     def _convert(self, codec: str, name: str, raw: Any) -> Any:

@@ -31,7 +31,8 @@ class Codec:
     def __init__(self, stages: list[Stage], layout: Layout, limits: wire.Limits | None = None):
         self.layout = layout
         self.limits = limits or wire.Limits()
-        # name -> (index, shape), computed once: per-message lookups over ~400 tensors add up.
+        # Computed once (fingerprint hashing, name -> (index, shape)): per-message work over ~400
+        # tensors adds up.
         self._layout_ref = wire.LayoutRef.of(layout)
         self._slots = {name: (i, tuple(shape)) for i, (name, shape) in enumerate(zip(layout.names, layout.shapes))}
         structure: Structure | None = None

@@ -150,3 +150,8 @@ def test_lora_pairs():
         lm.lora_pairs(["x.q.lora_A.weight"])
     with pytest.raises(ConfigError):
         lm.lora_pairs(["x.q.lora_A.weight", "x.q.lora_B.weight", "x.q.lora_magnitude_vector"])
+
+
+def test_normalized_weights():
+    assert lm.normalized([0.2, 0.3]) == pytest.approx([0.4, 0.6])
+    assert lm.normalized([0.0, 0.0]) == [0.0, 0.0]

@@ -154,7 +154,7 @@ class FedSRD(Method):
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:
             return {}
-        weights = self.weights(updates)
+        weights = lm.normalized(self.weights(updates))  # W is an average of B_i A_i
         if self.params.decompose:
             factor = self.moved_factor(rnd)
             delta = self._decomposed_delta(rnd, factor, updates, weights)

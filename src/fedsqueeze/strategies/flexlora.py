@@ -21,7 +21,7 @@ class FlexLoRA(Method):
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:
             return {}
-        weights = self.weights(updates)
+        weights = lm.normalized(self.weights(updates))
         new = {}
         for pair in self.pairs:
             b0, a0 = self.adapter[pair.b], self.adapter[pair.a]

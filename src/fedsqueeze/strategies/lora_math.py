@@ -154,6 +154,13 @@ def random_drop(t: torch.Tensor, p: float, generator: torch.Generator, rescale: 
 
 
 # ---- reconstruct: products of factors, kept factored ------------------------------------------
+def normalized(weights: list[float]) -> list[float]:
+    """Weights scaled to sum to 1. Methods that average adapters or products (not deltas) need it:
+    the runtime's staleness discount may leave the round's weights summing to less than 1."""
+    total = sum(weights)
+    return [w / total for w in weights] if total > 0 else weights
+
+
 def stacked_factors(
     bs: list[torch.Tensor], as_: list[torch.Tensor], weights: list[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:

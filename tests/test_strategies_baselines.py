@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method

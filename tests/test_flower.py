@@ -106,17 +106,21 @@ def test_run_config_carries_the_config_text(tmp_path):
 
 # ---- the apps over an in-process Grid ----------------------------------------------------------
 class InProcessGrid:
-    """A Grid that hands each message straight to a ClientApp with that node's Context, the way a
-    SuperNode would (state kept per node). `faults[(round, partition)]` = "error" (the ClientApp
-    raises) or "silent" (no reply before the timeout)."""
+    """A Grid that hands each pushed message straight to a ClientApp with that node's Context, the
+    way a SuperNode would (state kept per node). `faults[(round, partition)]`: "error" (the
+    ClientApp raises), "silent" (no reply before the timeout) or "gone" (the SuperLink answers
+    that the node is offline, as it does for a dead SuperNode)."""
+
+    SUPERLINK = 1
 
     def __init__(self, client_app, partitions: int, faults=None):
         from flwr.app import Context, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
 
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # as a SuperLink's Grid
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, self.SUPERLINK
         self.app = client_app
         self.faults = faults or {}
+        self.replies = {}
         self.contexts = {
             1000 + p: Context(run_id=1, node_id=1000 + p, state=RecordDict(), run_config={},
                               node_config={"partition-id": p, "num-partitions": partitions})
@@ -126,28 +130,37 @@ class InProcessGrid:
     def get_node_ids(self):
         return list(self.contexts)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         from flwr.app import Error, Message
         from flwr.supercore.task_identity import TaskIdentity
 
-        replies = []
-        for msg in messages:
+        ids = []
+        for n, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.replies)}-{n}"  # as Flower's grids do
+            ids.append(msg.metadata.message_id)
             node = msg.metadata.dst_node_id
             context = self.contexts[node]
             info = msg.content.config_records.get(wire.INFO)
             fault = self.faults.get((int(info["round"]), context.node_config["partition-id"])) if info else None
-            TaskIdentity.node_id = node
+            if fault == "silent":
+                continue
+            TaskIdentity.node_id = self.SUPERLINK if fault == "gone" else node
             try:
-                if fault == "silent":
-                    continue
-                if fault == "error":
+                if fault == "gone":
+                    reply = Message(Error(code=0, reason="node unavailable"), reply_to=msg)
+                elif fault == "error":
                     raise RuntimeError("injected failure")
-                replies.append(self.app(msg, context))
+                else:
+                    reply = self.app(msg, context)
             except Exception as exc:  # what a SuperNode reports for a ClientApp that raised
-                replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg))
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             finally:
-                TaskIdentity.node_id = 1
-        return replies
+                TaskIdentity.node_id = self.SUPERLINK
+            self.replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
 def _serve_in_process(cfg_path: Path, out: Path, faults=None, sets=()) -> tuple[dict, list[str]]:
@@ -170,19 +183,21 @@ def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
     assert summary["rounds"] == 2 and (tmp_path / "grid" / "checkpoint").is_dir()
 
 
-def test_failed_and_silent_clients_are_left_out(tmp_path, corpus):
-    cfg = _config(tmp_path, corpus, **{"train.rounds": "3"})
-    summary, lines = _serve_in_process(cfg, tmp_path / "out", faults={(1, 2): "silent", (2, 0): "error"})
+def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus, **{"train.rounds": "4", "runtime.round_timeout": "0.2"})
+    faults = {(1, 2): "silent", (2, 0): "error", (3, 1): "gone"}
+    summary, lines = _serve_in_process(cfg, tmp_path / "out", faults=faults)
     rows = _rounds(tmp_path / "out")
-    assert [r["clients"] for r in rows] == [[0, 1], [1, 2], [0, 1, 2]]
-    assert [r["left_out"] for r in rows] == [[2], [0], []]
+    assert [r["clients"] for r in rows] == [[0, 1], [1, 2], [0, 2], [0, 1, 2]]
+    assert [r["left_out"] for r in rows] == [[2], [0], [1], []]
+    assert any("no answer from client 2 within 0.2 s" in line for line in lines)
     assert any("client 0 failed" in line and "injected failure" in line for line in lines)
-    assert any("no answer from clients [2]" in line for line in lines)
-    assert summary["rounds"] == 3
+    assert any("client 1 failed" in line and "node unavailable" in line for line in lines)
+    assert summary["rounds"] == 4
     # Only what arrived is on the uplink bill; the downlink blob to the failed client was sent.
-    one_up = rows[2]["bytes_up"] // 3
-    assert [r["bytes_up"] for r in rows] == [2 * one_up, 2 * one_up, 3 * one_up]
-    assert rows[0]["bytes_down"] == rows[2]["bytes_down"]
+    one_up = rows[3]["bytes_up"] // 3
+    assert [r["bytes_up"] for r in rows] == [2 * one_up] * 3 + [3 * one_up]
+    assert rows[0]["bytes_down"] == rows[3]["bytes_down"]
 
 
 def test_methods_without_traffic_are_refused(tmp_path, corpus):
@@ -190,3 +205,199 @@ def test_methods_without_traffic_are_refused(tmp_path, corpus):
 
     with pytest.raises(UserError, match="runtime.kind"):
         _serve_in_process(_config(tmp_path, corpus, method='"local"'), tmp_path / "out")
+
+
+# ---- Flower's simulation engine ---------------------------------------------------------------
+@pytest.mark.integration
+def test_flower_simulation_matches_in_process_runtime(tmp_path, corpus, cli):
+    cfg = _config(tmp_path, corpus, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    local, sim = tmp_path / "local", tmp_path / "sim"
+    assert cli("run", cfg, "--out", local).exit_code == 0
+    res = cli("run", cfg, "--out", sim, "--set", 'runtime.kind="flower-sim"')
+    assert res.exit_code == 0, res.output
+    _assert_same_run(local, sim)
+    assert (sim / "adapter" / "adapter_config.json").is_file() and (sim / "checkpoint").is_dir()
+    assert (sim / "config.toml").is_file()
+
+
+# ---- a SuperLink and SuperNodes on 127.0.0.1 --------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+class LoopbackFederation:
+    """A SuperLink and one SuperNode per partition on 127.0.0.1, with Flower's state in `tmp`.
+    Every process it starts (and everything those start) is killed on exit."""
+
+    def __init__(self, tmp: Path, partitions: int, secure: bool = False):
+        from fedsqueeze.runtime.flower import certs, deploy
+
+        self.deploy, self.certs = deploy, certs
+        self.tmp, self.partitions, self.secure = tmp, partitions, secure
+        self.home = tmp / "flwr-home"
+        self.env = deploy.flower_env(self.home)
+        self.port = _free_port()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.tls = certs.make_tls(tmp / "tls", ["127.0.0.1", "localhost"]) if secure else None
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen(cmd, env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def __enter__(self) -> "LoopbackFederation":
+        d = self.deploy
+        try:
+            self.start("superlink", d.superlink_command(self.port, tls=self.tls, auth=self.secure))
+            _wait_for_port(self.port)
+            d.write_connection(self.home, f"127.0.0.1:{self.port}", self.tls.ca if self.tls else None)
+            for p in range(self.partitions):
+                key = None
+                if self.secure:  # only registered public keys may join
+                    key, public = self.certs.make_supernode_key(self.tmp / "keys", f"supernode-{p}")
+                    reg = subprocess.run(d.register_command(public), env=self.env, cwd=self.tmp,
+                                         capture_output=True, text=True, timeout=120)
+                    assert reg.returncode == 0, reg.stdout + reg.stderr
+                self.start(f"supernode-{p}", d.supernode_command(
+                    f"127.0.0.1:{self.port}", p, self.partitions, _free_port(),
+                    root_cert=self.tls.ca if self.tls else None, auth_key=key))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def flwr_run(self, cfg_path: Path, out: Path) -> subprocess.Popen:
+        run_config = self.deploy.write_run_config(self.tmp / "run.toml", cfg_path.read_text(), out)
+        return self.start("flwr-run", self.deploy.run_command(run_config))
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{self.log(name)[-3000:]}" for name in self.procs)
+
+    def kill(self, name: str) -> None:
+        self.deploy.kill_tree(self.procs[name].pid)
+        self.procs[name].wait()
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs.values():
+            self.deploy.kill_tree(proc.pid)
+        for proc in self.procs.values():
+            proc.wait()
+
+
+def _wait(proc: subprocess.Popen, fed: LoopbackFederation, seconds: float) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flwr run did not finish in {seconds} s\n{fed.logs()}")
+
+
+def _lossy_method() -> dict:
+    """FedSRD when it is registered (sparse both ways); otherwise FedAvg with an fp16 uplink."""
+    from fedsqueeze.strategies import METHODS
+
+    if "fedsrd" in METHODS.names():
+        return {"method": '"fedsrd"'}
+    return {"uplink.codec": '"fp16"'}
+
+
+FLOWER_TIMEOUTS = {"runtime.round_timeout": "150", "runtime.connect_timeout": "120"}
+
+
+@pytest.mark.integration
+def test_deployment_with_tls_and_supernode_auth_matches_in_process(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus, **_lossy_method(), **FLOWER_TIMEOUTS)
+    out = tmp_path / "deployed"
+    with LoopbackFederation(tmp_path, partitions=3, secure=True) as fed:
+        run = fed.flwr_run(cfg, out)
+        _wait(run, fed, 420)
+        assert run.returncode == 0 and (out / "summary.json").is_file(), fed.logs()
+    rows = _rounds(out)
+    assert [r["clients"] for r in rows] == [[0, 1, 2], [0, 1, 2]]
+    _local_run(cfg, tmp_path / "local")
+    _assert_same_run(tmp_path / "local", out)
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "checkpoint").is_dir()
+
+
+@pytest.mark.integration
+def test_deployment_goes_on_when_a_supernode_dies_mid_round(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus, **{"uplink.codec": '"fp16"'}, **FLOWER_TIMEOUTS)
+    out = tmp_path / "deployed"
+    with LoopbackFederation(tmp_path, partitions=3) as fed:
+        run = fed.flwr_run(cfg, out)
+        # Kill partition 2's SuperNode once it has taken its round-2 message (its ClientApp is running).
+        deadline = time.monotonic() + 300
+        while fed.log("supernode-2").count("Receiving: train message") < 2:
+            assert time.monotonic() < deadline and run.poll() is None, fed.logs()
+            time.sleep(0.2)
+        fed.kill("supernode-2")
+        _wait(run, fed, 300)
+        assert run.returncode == 0 and (out / "summary.json").is_file(), fed.logs()
+        server_log = fed.log("flwr-run")
+    # The SuperLink reports the dead node's message as failed once the node misses its heartbeats.
+    assert "round 2: client 2 failed" in server_log or "round 2: no answer from client 2" in server_log
+    rows = _rounds(out)
+    assert [r["clients"] for r in rows] == [[0, 1, 2], [0, 1]]
+    assert rows[1]["left_out"] == [2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["bytes_up"] == rows[0]["bytes_up"] + rows[1]["bytes_up"]
+    assert rows[1]["bytes_up"] * 3 == rows[0]["bytes_up"] * 2  # fp16 blobs: same size for every client
+
+
+# ---- helpers for a deployment ----------------------------------------------------------------
+def test_flower_cli_makes_keys_that_flower_accepts(tmp_path):
+    import typer
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+    from typer.testing import CliRunner
+
+    from fedsqueeze.flower_cli import flower_app
+
+    app = typer.Typer()
+    app.add_typer(flower_app, name="flower")
+    res = CliRunner().invoke(app, ["flower", "keys", str(tmp_path), "--host", "10.0.0.5", "--host", "fl.example",
+                                   "--supernodes", "2"])
+    assert res.exit_code == 0, res.output
+    cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert san.get_values_for_type(x509.DNSName) == ["fl.example"]
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    for i in range(2):  # the formats flower-supernode and `flwr supernode register` read
+        load_ssh_private_key((tmp_path / f"supernode-{i}").read_bytes(), password=None)
+        load_ssh_public_key((tmp_path / f"supernode-{i}.pub").read_bytes())
+
+
+def test_deploy_commands_never_install_packages_and_pass_partition_ids(tmp_path):
+    from fedsqueeze.runtime.flower import deploy
+
+    link = deploy.superlink_command(9093)
+    assert "--disable-runtime-dependency-installation" in link and "--insecure" in link
+    tls = deploy.Tls(tmp_path / "ca.crt", tmp_path / "server.pem", tmp_path / "server.key")
+    secure = deploy.superlink_command(9093, tls=tls, auth=True)
+    assert "--insecure" not in secure and "--enable-supernode-auth" in secure
+    node = deploy.supernode_command("10.0.0.5:9093", 2, 4, 9100, root_cert=tls.ca, auth_key=tmp_path / "k")
+    assert node[node.index("--node-config") + 1] == "partition-id=2 num-partitions=4"
+    assert "--insecure" not in node and str(tls.ca) in node and "--allow-runtime-dependency-installation" not in node
+    env = deploy.flower_env(tmp_path / "home", base={"PATH": "/usr/bin"})
+    assert env["FLWR_HOME"] == str((tmp_path / "home").resolve()) and env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert (deploy.project_dir() / "pyproject.toml").is_file()

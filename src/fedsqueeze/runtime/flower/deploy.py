@@ -82,7 +82,8 @@ def write_connection(home: Path, address: str, root_cert: Path | None = None, na
 
 
 def write_run_config(path: Path, config_toml: str, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    settings = AppSettings(config_toml, Path(out).resolve(), overwrite, resume)
+    """`out` is a path on the SuperLink's machine (relative: to the SuperLink's working directory)."""
+    settings = AppSettings(config_toml, Path(out), overwrite, resume)
     path.write_text(settings.to_run_config_toml())
     return path
 

@@ -48,8 +48,11 @@ class FlowerServer:
         if not new:
             return
         queries = [Message(content=RecordDict(), dst_node_id=n, message_type=wire.QUERY) for n in new]
-        for reply in self.grid.send_and_receive(queries, timeout=self.rt.round_timeout):
-            node = reply.metadata.src_node_id
+        for query, reply in exchange(self.grid, queries, self.rt.round_timeout):
+            node = query.metadata.dst_node_id
+            if reply is None:
+                self.log(f"node {node} did not say which partition it holds within {self.rt.round_timeout} s")
+                continue
             if reply.has_error():
                 self.log(f"node {node} did not say which partition it holds: {reply.error.reason}")
                 continue
@@ -88,21 +91,14 @@ class FlowerServer:
             self.log(f"round {rnd}: no node for clients {sorted(set(sampled) - set(reachable))}: left out")
         blobs = self.server.broadcast(rnd, reachable)
         messages = [wire.train_message(self.nodes[c], rnd, c, blobs[c]) for c in reachable]
-        client_of = {self.nodes[c]: c for c in reachable}
         arrived: dict[int, Message] = {}
-        failed: set[int] = set()
-        for reply in self.grid.send_and_receive(messages, timeout=self.rt.round_timeout):
-            client = client_of.get(reply.metadata.src_node_id)
-            if client is None:
-                continue
-            if reply.has_error():
+        for client, (_, reply) in zip(reachable, exchange(self.grid, messages, self.rt.round_timeout)):
+            if reply is None:
+                self.log(f"round {rnd}: no answer from client {client} within {self.rt.round_timeout} s: left out")
+            elif reply.has_error():
                 self.log(f"round {rnd}: client {client} failed ({reply.error.reason}): left out")
-                failed.add(client)
-                continue
-            arrived[client] = reply
-        silent = sorted(set(reachable) - set(arrived) - failed)
-        if silent:
-            self.log(f"round {rnd}: no answer from clients {silent} within {self.rt.round_timeout} s: left out")
+            else:
+                arrived[client] = reply
         if not arrived:
             raise UserError(f"round {rnd}: no client answered; stopped after round {self.done} "
                             "(the last finished round is checkpointed)")
@@ -140,6 +136,28 @@ class FlowerServer:
                      "clients start from empty state")
         self.done, self.elapsed = meta["round"], meta["seconds"]
         rundir.truncate_rounds(self.out, self.done)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 0.5):
+    """Sends `messages` and pairs each with its reply (None if none came within `timeout` seconds).
+
+    Replies are matched by the id of the message they answer, not by sender: a SuperLink answers
+    for a node that went offline with an error message of its own. Polls every `poll` seconds
+    (Grid.send_and_receive waits 3 s between pulls, which would add seconds to every round)."""
+    returned = [str(i) for i in grid.push_messages(messages)]
+    ids = [m.metadata.message_id for m in messages]  # Flower's grids stamp each message as they push it
+    if not all(ids):
+        ids = returned
+    waiting, replies = set(ids), {}
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for reply in grid.pull_messages(list(waiting)):
+            replies[reply.metadata.reply_to_message_id] = reply
+        waiting -= replies.keys()
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return [(m, replies.get(i)) for m, i in zip(messages, ids)]
 
 
 def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:

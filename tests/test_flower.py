@@ -163,15 +163,16 @@ class InProcessGrid:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
-def _serve_in_process(cfg_path: Path, out: Path, faults=None, sets=()) -> tuple[dict, list[str]]:
+def _serve_in_process(cfg_path: Path, out: Path, faults=None, sets=(), resume=False) -> tuple[dict, list[str]]:
     from fedsqueeze.runtime.flower.client_app import make_client_app
     from fedsqueeze.runtime.flower.server import serve
 
     cfg = config_mod.load(cfg_path, list(sets))
-    rundir.prepare(out, cfg, overwrite=True)
+    if not resume:
+        rundir.prepare(out, cfg, overwrite=True)
     grid = InProcessGrid(make_client_app(cfg.to_toml()), cfg.data.clients, faults)
     lines: list[str] = []
-    return serve(grid, cfg, out, log=lines.append), lines
+    return serve(grid, cfg, out, log=lines.append, resume=resume), lines
 
 
 def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
@@ -181,6 +182,21 @@ def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
     summary, _ = _serve_in_process(cfg, tmp_path / "grid")
     _assert_same_run(tmp_path / "local", tmp_path / "grid", exact=True)
     assert summary["rounds"] == 2 and (tmp_path / "grid" / "checkpoint").is_dir()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff",
+                                    "cg-fedllm"])
+def test_every_method_runs_the_same_over_flower_messages(tmp_path, corpus, method):
+    """A method whose client hooks kept anything outside client_state would differ here."""
+    from fedsqueeze.strategies import METHODS
+
+    if method not in METHODS.names():
+        pytest.skip(f"{method} is not registered")
+    cfg = _config(tmp_path, corpus, method=f'"{method}"')
+    _local_run(cfg, tmp_path / "local")
+    _serve_in_process(cfg, tmp_path / "grid")
+    _assert_same_run(tmp_path / "local", tmp_path / "grid", exact=True)
 
 
 def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
@@ -197,7 +213,17 @@ def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
     # Only what arrived is on the uplink bill; the downlink blob to the failed client was sent.
     one_up = rows[3]["bytes_up"] // 3
     assert [r["bytes_up"] for r in rows] == [2 * one_up] * 3 + [3 * one_up]
-    assert rows[0]["bytes_down"] == rows[3]["bytes_down"]
+    assert rows[1]["bytes_down"] == rows[3]["bytes_down"]
+    assert rows[1]["per_client"]["0"]["up"] == 0 and rows[1]["per_client"]["0"]["down"] > 0
+
+
+def test_resume_extends_a_flower_run_exactly(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus)
+    _serve_in_process(cfg, tmp_path / "straight", sets=["train.rounds=3"])
+    _serve_in_process(cfg, tmp_path / "resumed", sets=["train.rounds=2"])
+    summary, _ = _serve_in_process(cfg, tmp_path / "resumed", sets=["train.rounds=3"], resume=True)
+    assert summary["rounds"] == 3 and [r["round"] for r in _rounds(tmp_path / "resumed")] == [1, 2, 3]
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed", exact=True)
 
 
 def test_methods_without_traffic_are_refused(tmp_path, corpus):

@@ -169,6 +169,9 @@ def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
         (out / rundir.CONFIG).write_text(cfg.to_toml())
     log(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
         f"{session.num_clients} clients | round timeout {cfg.runtime.round_timeout} s")
+    if cfg.hybrid.quorum < 1 or cfg.hybrid.deadline is not None:
+        log("hybrid.quorum / hybrid.deadline act on the in-process runtime's simulated clock; on Flower a round "
+            "closes when every client has answered or runtime.round_timeout has passed")
     return server.run()
 
 

@@ -104,7 +104,7 @@ class Compressor:
         recon: Tensors = {}
         signal = noise = 0.0
         latent_values = dense_values = units_dense = 0
-        for unit in self.units:
+        for index, unit in enumerate(self.units):
             parts = [update[n].detach().float() for n in unit.names]
             exps = [norm_exponent(p) for p in parts]
             norm_out += exps
@@ -115,14 +115,14 @@ class Compressor:
                 recon.update({n: torch.zeros_like(p) for n, p in zip(unit.names, parts)})
                 continue
             x = self.view.to_samples(unit, [_normalize(p, e) for p, e in zip(parts, exps)])
-            z = self.net.encode(x)
+            z = self.net.encode(x, index)
             chosen = None
             for k in ladder:
                 codes, step = quantize(z[:, :k], self.bits)
                 if not measure:
                     chosen = (k, codes, step, [], math.nan)
                     break
-                rebuilt = self._rebuild_unit(unit, exps, codes, step)
+                rebuilt = self._rebuild_unit(index, exps, codes, step)
                 unit_noise = sum(float(((p.double() - r.double()) ** 2).sum()) for p, r in zip(parts, rebuilt))
                 if ratio is None or unit_noise * ratio <= unit_signal:
                     chosen = (k, codes, step, rebuilt, unit_noise)
@@ -179,7 +179,7 @@ class Compressor:
             raise MalformedUpload(f"latent codes exceed {self.bits} bits")
         out: Tensors = {}
         pos_exp = pos_code = pos_dense = step_i = 0
-        for unit, size in zip(self.units, sizes):
+        for index, (unit, size) in enumerate(zip(self.units, sizes)):
             unit_exps = exps[pos_exp : pos_exp + len(unit.names)]
             pos_exp += len(unit.names)
             if size == ZERO:
@@ -195,26 +195,25 @@ class Compressor:
                 pos_code += count
                 step = steps[step_i] if self.bits else 0
                 step_i += 1
-                out.update(dict(zip(unit.names, self._rebuild_unit(unit, unit_exps, unit_codes, step))))
+                out.update(dict(zip(unit.names, self._rebuild_unit(index, unit_exps, unit_codes, step))))
         return out
 
-    def _rebuild_unit(self, unit: Unit, exps: list[int], codes: torch.Tensor, step: int) -> list[torch.Tensor]:
+    def _rebuild_unit(self, index: int, exps: list[int], codes: torch.Tensor, step: int) -> list[torch.Tensor]:
         z = codes * 2.0**step if self.bits else codes
-        samples = self.net.decode(z)
-        parts = self.view.from_samples(unit, samples)
+        samples = self.net.decode(z, index)
+        parts = self.view.from_samples(self.units[index], samples)
         return [p * (0.0 if e == ZERO_EXP else 2.0**e) for p, e in zip(parts, exps)]
 
     # ---- training data -------------------------------------------------------------------------
-    def samples(self, update: Tensors) -> torch.Tensor:
-        """The normalized network samples of an update (all-zero units left out): TGAP's pool."""
-        out = []
-        for unit in self.units:
+    def samples(self, update: Tensors) -> dict[int, torch.Tensor]:
+        """The normalized network samples of an update per unit index (all-zero units left out)."""
+        out = {}
+        for index, unit in enumerate(self.units):
             parts = [update[n].detach().float() for n in unit.names]
             exps = [norm_exponent(p) for p in parts]
-            if all(e == ZERO_EXP for e in exps):
-                continue
-            out.append(self.view.to_samples(unit, [_normalize(p, e) for p, e in zip(parts, exps)]))
-        return torch.cat(out) if out else torch.zeros(0, *self.net.sample_shape)
+            if any(e != ZERO_EXP for e in exps):
+                out[index] = self.view.to_samples(unit, [_normalize(p, e) for p, e in zip(parts, exps)])
+        return out
 
     def full_latent_values(self) -> int:
         return sum(self.view.samples_per_unit(u) for u in self.units) * self.net.latent_sizes[-1]

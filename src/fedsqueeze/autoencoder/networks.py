@@ -3,8 +3,9 @@
 Common surface:
     sample_shape       shape of one sample, e.g. (1, 64, 64) or (64,)
     latent_sizes       latent values per sample that decode() accepts, ascending; the last is full
-    encode(x)          (n, *sample_shape) -> (n, latent_sizes[-1])
-    decode(z)          (n, k) -> (n, *sample_shape), k in latent_sizes (the rest of the latent is zero)
+    encode(x, unit)    (n, *sample_shape) -> (n, latent_sizes[-1]); `unit` (index of the view's unit)
+                       matters only to per_unit networks, which hold one set of weights per tensor
+    decode(z, unit)    (n, k) -> (n, *sample_shape), k in latent_sizes (the rest of the latent is zero)
     nested             True when every prefix of the latent is trained to decode on its own, so a
                        sender can keep fewer latent values (the adaptive mode) without a new network
 """
@@ -69,10 +70,12 @@ class PaperConvAutoencoder(nn.Module):
         dec.append(nn.Tanh())
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    per_unit = False
+
+    def encode(self, x: torch.Tensor, unit: int | None = None) -> torch.Tensor:
         return self.encoder(x).flatten(1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, unit: int | None = None) -> torch.Tensor:
         return self.decoder(z.reshape(z.shape[0], -1, 1, 1))
 
 
@@ -91,6 +94,7 @@ class RowLinearAutoencoder(nn.Module):
     """
 
     nested = True
+    per_unit = False
 
     def __init__(self, chunk: int = 64):
         super().__init__()
@@ -100,33 +104,82 @@ class RowLinearAutoencoder(nn.Module):
         self.encoder = nn.Linear(chunk, chunk, bias=False)
         self.decoder = nn.Linear(chunk, chunk, bias=False)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, unit: int | None = None) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, unit: int | None = None) -> torch.Tensor:
         k = z.shape[1]
         return z @ self.decoder.weight[:, :k].T
 
-    def init_from_pca(self, samples: torch.Tensor) -> None:
-        """Encoder = leading right singular vectors of the samples (uncentred: no biases)."""
-        _, _, vh = torch.linalg.svd(samples.double(), full_matrices=True)
-        basis = vh[: self.chunk].float()
+    def init_from_pca(self, samples: dict[int, torch.Tensor]) -> None:
+        """Encoder = leading right singular vectors of all samples (uncentred: no biases)."""
+        basis = _principal_rows(torch.cat(list(samples.values())), self.chunk)
         with torch.no_grad():
             self.encoder.weight.copy_(basis)
             self.decoder.weight.copy_(basis.T)
 
 
-ARCHES = ("paper", "row")
+class TensorLinearAutoencoder(nn.Module):
+    """One linear autoencoder per adapter tensor over its whole rank vectors (rows of A, columns
+    of B), with tied weights: decoder = encoder^T, so only the encoder travels.
+
+    Why: a LoRA tensor's rank vectors keep moving in much the same few directions from round to
+    round (measured on SmolLM2-135M: 8 directions learned from two TGAP rounds hold half of later
+    rounds' update energy), while within a chunk the values look like noise. The latent is nested
+    (ordered by PCA, kept so by training at random truncations).
+    """
+
+    nested = True
+    per_unit = True
+
+    def __init__(self, lengths: list[int], basis: int = 8):
+        super().__init__()
+        self.basis = basis
+        self.sample_shape = None  # one vector length per unit
+        self.latent_sizes = tuple(sorted({1 << s for s in range(basis.bit_length()) if 1 << s < basis} | {basis}))
+        self.encoder = nn.ParameterList(
+            [nn.Parameter(torch.linalg.qr(torch.randn(length, basis)).Q.T.contiguous()) for length in lengths])
+        self.decoder = nn.Module()  # tied: no weights of its own
+
+    def encode(self, x: torch.Tensor, unit: int | None = None) -> torch.Tensor:
+        return x @ self.encoder[unit].T
+
+    def decode(self, z: torch.Tensor, unit: int | None = None) -> torch.Tensor:
+        return z @ self.encoder[unit][: z.shape[1]]
+
+    def init_from_pca(self, samples: dict[int, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for unit, x in samples.items():
+                self.encoder[unit].copy_(_principal_rows(x, self.basis, fill=self.encoder[unit]))
 
 
-def build_network(arch: str, chunk: int = 64, seed: int = 0) -> nn.Module:
-    """A fresh network, its initial weights drawn from `seed` without touching the global RNG."""
+def _principal_rows(x: torch.Tensor, k: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """The k leading right singular vectors of x as rows; when x has rank < k, the rest are the
+    `fill` rows (or arbitrary unit vectors) made orthogonal to them."""
+    _, s, vh = torch.linalg.svd(x.reshape(len(x), -1).double(), full_matrices=True)
+    rank = int((s > s[0] * 1e-9).sum()) if s.numel() and s[0] > 0 else 0
+    if rank >= k:
+        return vh[:k].float()
+    extra = (fill if fill is not None else torch.eye(k, vh.shape[1])).double()
+    q = torch.linalg.qr(torch.cat([vh[:rank], extra]).T).Q.T  # Gram-Schmidt keeps the leading rows
+    return q[:k].float()
+
+
+ARCHES = ("paper", "row", "tensor")
+
+
+def build_network(arch: str, chunk: int = 64, seed: int = 0, lengths: list[int] | None = None,
+                  basis: int = 8) -> nn.Module:
+    """A fresh network, its initial weights drawn from `seed` without touching the global RNG.
+    `lengths` (the rank-vector length of each unit) and `basis` are for arch="tensor"."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if arch == "paper":
             net = PaperConvAutoencoder()
         elif arch == "row":
             net = RowLinearAutoencoder(chunk)
+        elif arch == "tensor":
+            net = TensorLinearAutoencoder(lengths or [], basis)
         else:
             raise ValueError(f"unknown autoencoder architecture {arch!r}; allowed: {', '.join(ARCHES)}")
     return net.eval()
@@ -134,8 +187,8 @@ def build_network(arch: str, chunk: int = 64, seed: int = 0) -> nn.Module:
 
 def half_vector(net: nn.Module, half: str) -> torch.Tensor:
     """The encoder's or the decoder's weights as one flat fp32 vector (what travels)."""
-    module = getattr(net, half)
-    return torch.nn.utils.parameters_to_vector([p.detach() for p in module.parameters()]).float().clone()
+    params = [p.detach().reshape(-1) for p in getattr(net, half).parameters()]
+    return torch.cat(params).float().clone() if params else torch.zeros(0)
 
 
 def load_half(net: nn.Module, half: str, flat: torch.Tensor) -> None:
@@ -143,8 +196,9 @@ def load_half(net: nn.Module, half: str, flat: torch.Tensor) -> None:
     expected = sum(p.numel() for p in module.parameters())
     if flat.numel() != expected:
         raise ValueError(f"{half} weights: got {flat.numel()} values, the network has {expected}")
-    with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(flat.float().reshape(-1), module.parameters())
+    if expected:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat.float().reshape(-1), module.parameters())
 
 
 def count_params(net: nn.Module, half: str) -> int:

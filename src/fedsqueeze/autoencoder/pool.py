@@ -33,10 +33,13 @@ class SnapshotPool:
     def clear(self) -> None:
         self.snapshots.clear()
 
-    def samples(self, compressor: Compressor) -> torch.Tensor:
-        """All snapshots' normalized samples, in (round, client) order."""
-        parts = [compressor.samples(self.snapshots[key]) for key in sorted(self.snapshots)]
-        return torch.cat(parts) if parts else torch.zeros(0, *compressor.net.sample_shape)
+    def samples(self, compressor: Compressor) -> dict[int, torch.Tensor]:
+        """All snapshots' normalized samples per unit index, each in (round, client) order."""
+        per_unit: dict[int, list[torch.Tensor]] = {}
+        for key in sorted(self.snapshots):
+            for unit, x in compressor.samples(self.snapshots[key]).items():
+                per_unit.setdefault(unit, []).append(x)
+        return {unit: torch.cat(xs) for unit, xs in sorted(per_unit.items())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{rnd}/{client}/{name}": t for (rnd, client), upd in self.snapshots.items() for name, t in upd.items()}
@@ -48,48 +51,70 @@ class SnapshotPool:
             self.snapshots.setdefault((int(rnd), int(client)), {})[name] = t.clone()
 
 
-def train_autoencoder(net: torch.nn.Module, samples: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
-                      seed: int, max_samples: int | None = None, pca_init: bool = True,
+def train_autoencoder(net: torch.nn.Module, samples: dict[int, torch.Tensor], *, epochs: int, lr: float,
+                      batch_size: int, seed: int, max_samples: int | None = None, pca_init: bool = True,
                       eval_latent: int | None = None) -> dict:
-    """MSE + Adam on the samples (seeded subsample, order and nested truncation); returns metrics.
+    """MSE + Adam on the samples (per unit index, from SnapshotPool.samples); returns metrics.
 
-    A nested network (the row one) draws, per batch, the latent size it trains at, so every prefix
-    of the latent learns to decode; with pca_init it starts from the samples' principal basis.
+    Shared networks (paper, row) train on all units' samples together, a seeded subsample of at
+    most max_samples in seeded order. A per-unit network (tensor) takes one full-batch step per
+    epoch over every unit's own samples (each tensor's pool is small: rank x snapshots vectors).
+    A nested network draws the latent size it trains at per step, so every prefix of the latent
+    learns to decode; with pca_init it starts from the principal basis of the samples.
     ae_pool_snr_db: the trained network's SNR on its own training samples at `eval_latent` values
     per sample (default: the full latent), before any latent quantization."""
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    if max_samples is not None and len(samples) > max_samples:
-        samples = samples[torch.randperm(len(samples), generator=g)[:max_samples]]
-    metrics = {"ae_samples": len(samples)}
-    if len(samples) == 0:
+    sizes = net.latent_sizes
+    if not net.per_unit:
+        flat = torch.cat([samples[u] for u in sorted(samples)]) if samples else torch.zeros(0)
+        if max_samples is not None and len(flat) > max_samples:
+            flat = flat[torch.randperm(len(flat), generator=g)[:max_samples]]
+        samples = {0: flat} if len(flat) else {}
+    count = sum(len(x) for x in samples.values())
+    metrics = {"ae_samples": count}
+    if count == 0:
         return metrics
     if pca_init and hasattr(net, "init_from_pca"):
-        net.init_from_pca(samples.reshape(len(samples), -1))
+        net.init_from_pca(samples)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    sizes = net.latent_sizes
     net.train()
-    loss_sum = 0.0
+    loss_mean = 0.0
     for _ in range(epochs):
-        order = torch.randperm(len(samples), generator=g)
         loss_sum, batches = 0.0, 0
-        for start in range(0, len(samples), batch_size):
-            x = samples[order[start : start + batch_size]]
-            z = net.encode(x)
+        for unit, x_all, order in _batches(net, samples, batch_size, g):
+            x = x_all[order]
+            z = net.encode(x, unit)
             if net.nested:
                 z = z[:, : sizes[int(torch.randint(len(sizes), (1,), generator=g))]]
-            loss = torch.nn.functional.mse_loss(net.decode(z), x)
+            loss = torch.nn.functional.mse_loss(net.decode(z, unit), x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += float(loss.detach())
             batches += 1
-        loss_sum /= max(batches, 1)
+        loss_mean = loss_sum / max(batches, 1)
     net.eval()
+    signal = noise = 0.0
     with torch.no_grad():
-        x = samples
-        rebuilt = net.decode(net.encode(x)[:, : eval_latent or sizes[-1]])
-        noise = float(((x - rebuilt) ** 2).sum())
-    metrics.update({"ae_train_loss": loss_sum, "ae_pool_snr_db": snr_db(float((x**2).sum()), noise),
+        for unit, x in samples.items():
+            rebuilt = net.decode(net.encode(x, unit)[:, : eval_latent or sizes[-1]], unit)
+            signal += float((x**2).sum())
+            noise += float(((x - rebuilt) ** 2).sum())
+    metrics.update({"ae_train_loss": loss_mean, "ae_pool_snr_db": snr_db(signal, noise),
                     "ae_train_seconds": time.perf_counter() - t0})
     return metrics
+
+
+def _batches(net, samples: dict[int, torch.Tensor], batch_size: int, g: torch.Generator):
+    """(unit, samples, index batch) in seeded order: shuffled mini-batches of the one shared pool,
+    or each unit's whole pool once (per-unit networks; units in seeded order)."""
+    if net.per_unit:
+        units = sorted(samples)
+        for i in torch.randperm(len(units), generator=g).tolist():
+            yield units[i], samples[units[i]], torch.arange(len(samples[units[i]]))
+        return
+    x = samples[0]
+    order = torch.randperm(len(x), generator=g)
+    for start in range(0, len(x), batch_size):
+        yield None, x, order[start : start + batch_size]

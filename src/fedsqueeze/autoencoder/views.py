@@ -13,7 +13,8 @@ the latent is 1/64 of the padded image: on wide models that is close to 1/64 of 
 (SmolLM2-135M, r=16: 1/57.6); on the tiny test model it is about 1/8 to 1/12.
 
 RowChunks: the rank vectors of each tensor (rows of A, columns of B: the directions LoRA writes
-and reads) cut into fixed-size chunks, the last one zero-padded.
+and reads) cut into fixed-size chunks, the last one zero-padded; with chunk=None (arch=tensor)
+the whole vectors, one length per tensor.
 """
 
 from __future__ import annotations
@@ -128,11 +129,17 @@ class PaperTiles:
 
 
 class RowChunks:
-    """Units = tensors; samples = fixed-size chunks of their rank vectors."""
+    """Units = tensors; samples = fixed-size chunks of their rank vectors (chunk=None: whole vectors)."""
 
-    def __init__(self, names, shapes, chunk: int):
+    def __init__(self, names, shapes, chunk: int | None):
         self.units = tensor_units(names, shapes)
         self.chunk = chunk
+
+    def vector_length(self, unit: Unit) -> int:
+        return self._matrix_shape(unit)[1]
+
+    def _chunk(self, unit: Unit) -> int:
+        return self.chunk or self.vector_length(unit)
 
     def _matrix_shape(self, unit: Unit) -> tuple[int, int]:
         name, shape = unit.names[0], unit.shapes[0]
@@ -142,14 +149,15 @@ class RowChunks:
 
     def samples_per_unit(self, unit: Unit) -> int:
         vectors, length = self._matrix_shape(unit)
-        return vectors * math.ceil(length / self.chunk)
+        return vectors * math.ceil(length / self._chunk(unit))
 
     def to_samples(self, unit: Unit, parts: list[torch.Tensor]) -> torch.Tensor:
         m = _as_matrix(unit.names[0], parts[0])
         vectors, length = m.shape
-        padded = torch.zeros(vectors, math.ceil(length / self.chunk) * self.chunk)
+        chunk = self._chunk(unit)
+        padded = torch.zeros(vectors, math.ceil(length / chunk) * chunk)
         padded[:, :length] = m
-        return padded.reshape(-1, self.chunk)
+        return padded.reshape(-1, chunk)
 
     def from_samples(self, unit: Unit, chunks: torch.Tensor) -> list[torch.Tensor]:
         vectors, length = self._matrix_shape(unit)
@@ -158,4 +166,6 @@ class RowChunks:
 
 
 def build_view(arch: str, names, shapes, chunk: int = 64):
-    return PaperTiles(names, shapes) if arch == "paper" else RowChunks(names, shapes, chunk)
+    if arch == "paper":
+        return PaperTiles(names, shapes)
+    return RowChunks(names, shapes, None if arch == "tensor" else chunk)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..autoencoder import ARCHES, build_network, build_view, half_vector, load_half
+from ..autoencoder import build_network, build_view, half_vector, load_half
 from ..autoencoder.compressor import ZERO_EXP, norm_exponent
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
@@ -36,7 +36,9 @@ class Autoencoder(Structure):
 
     name = "autoencoder"
     params = {
-        "arch": Param(str, "paper", choices=ARCHES, help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"),
+        # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
+        "arch": Param(str, "paper", choices=("paper", "row"),
+                      help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"),
         "chunk": Param(int, 64, low=4, high=1024, help="row: chunk length (power of two)"),
         "latent": Param(float, 0.125, low=0.0, high=1.0, help="row: latent values kept per chunk value"),
         "seed": Param(int, 0, low=0, high=2**63 - 1, help="initial weights (until weights are loaded)"),

@@ -9,24 +9,41 @@ Phases (by round):
     message (autoencoder/compressor.py), the server decodes and averages.
 
 What travels, all of it through the link codecs and so on the ledger:
-  down, every round:   the global adapter (as FedAvg).
+  down, every round:   the global adapter (as FedAvg), except while it is still the initial one,
+    which every participant builds from the shared seed.
   down, once per client, in its first FAF round: the encoder's weights (flat fp32) and, unless
-    ship_decoder=false, the decoder's: with it a client knows exactly what the server will rebuild,
-    which the SNR report, the adaptive mode and error feedback need.
+    ship_decoder=false, the decoder's (tensor: tied, nothing more): with it a client knows exactly
+    what the server will rebuild, which the SNR report, the adaptive mode and error feedback need.
   up, TGAP:  the dense update.   up, FAF: the latent message, plus (with the decoder) 3 floats: the
     client's ||G||^2, ||G - G_hat||^2 and its paper-style SNR, for the per-round SNR metrics (the
     server cannot compute them: it never sees G).
 The default uplink codec is lossless (zstd) so that TGAP is uncompressed and the latent message
 arrives exactly as the client measured it; the message's values are small integers (compressor.py),
-which zstd packs well. The downlink must be lossless too (default fp32): a lossy one would give the
-clients a different encoder than the server's decoder expects.
+which zstd packs well. Over a lossy downlink the clients get perturbed weights: the server then
+keeps each client's copy (`delivered`) and decodes that client's latents with it, so what the
+client measured is still exactly what the server aggregates.
+
+Metrics (rounds.jsonl): phase; at the end of TGAP the training's ae_* numbers (ae_pool_snr_db is
+the network's SNR on its own training samples); in FAF snr_db = 10 log10(sum ||G||^2 / sum
+||G - G_hat||^2) over the round's clients, snr_paper_db = the clients' mean per-layer SNR
+(autoencoder/snr.py), values_sent_fraction (latent + dense values over the adapter's), dense_units.
+G is what the client compressed: its update, plus its error-feedback memory when that is on.
 
 The autoencoder is frozen after TGAP. The server cannot adapt it during FAF on its own: it only
 ever sees reconstructions, and training on those teaches the network nothing.
 
-Architectures (`arch`): "paper" is the faithful conv network over [A^T | B] tiles (latent 1/64 of
-the padded image); "row" a linear autoencoder over chunks of the rank vectors with a nested latent
-(`latent` = the kept fraction of each chunk), which is what the adaptive mode truncates.
+Error feedback with arch=row is nearly a no-op, and measurably so: the trained row network is close
+to an orthogonal projection P onto a fixed subspace, so the memory (I - P) G lies where P never
+looks, and only the latent quantization error comes back. It would need a subspace that changes.
+
+Architectures (`arch`), all trained on the same TGAP pool:
+  paper   the faithful conv network over [A^T | B] tiles (latent 1/64 of the padded image).
+  row     one linear autoencoder shared by all tensors, over fixed-size chunks of the rank vectors
+          (rows of A, columns of B); `latent` = the kept fraction of each chunk.
+  tensor  one linear autoencoder per tensor over its whole rank vectors, tied weights (only the
+          encoder travels); `basis` latent values per rank vector. The variant that works here:
+          LoRA rank vectors keep moving in a few per-tensor directions across rounds.
+row and tensor have nested latents, which is what the adaptive mode truncates.
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ from ..autoencoder import (
 )
 from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
 from ..autoencoder.networks import row_latent_sizes
+from ..errors import ConfigError
 from ..tensors import Tensors
 from .base import ClientUpdate, Method, MethodContext
 
@@ -61,7 +79,8 @@ STATE_ENCODER, STATE_DECODER, EF_PREFIX = "ae/encoder", "ae/decoder", "ef/"
 class CGFedLLMParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["paper", "row"] = Field("paper", description="paper: faithful conv AE; row: linear AE on chunks")
+    arch: Literal["paper", "row", "tensor"] = Field(
+        "paper", description="paper: faithful conv AE; row: shared linear AE on chunks; tensor: linear AE per tensor")
     tgap_rounds: int | None = Field(None, ge=1, description="TGAP rounds (default: tgap_fraction of the rounds, >= 1)")
     tgap_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each client's data used in TGAP")
     epochs: int = Field(30, ge=0, description="autoencoder training epochs over the pool")
@@ -70,6 +89,7 @@ class CGFedLLMParams(BaseModel):
     max_samples: int | None = Field(20000, ge=1, description="cap on pool samples (seeded subsample)")
     chunk: int = Field(64, ge=4, le=1024, description="row: chunk length (power of two)")
     latent: float = Field(0.125, gt=0.0, le=1.0, description="row: latent values kept per chunk value")
+    basis: int = Field(8, ge=1, le=1024, description="tensor: latent values per rank vector")
     latent_bits: int = Field(8, ge=0, le=16, description="latent quantization bits (0: float latent)")
     adaptive_snr_db: float | None = Field(None, description="per-unit smallest latent keeping SNR >= this, else dense")
     error_feedback: bool = Field(False, description="client adds what the last upload lost to the next")
@@ -104,15 +124,24 @@ class CGFedLLM(Method):
         default_tgap = max(1, round(p.tgap_fraction * ctx.rounds))
         self.tgap_rounds = p.tgap_rounds or (min(default_tgap, ctx.rounds - 1) if ctx.rounds > 1 else 1)
         self.view = build_view(p.arch, ctx.layout.names, ctx.layout.shapes, p.chunk)
+        if p.arch == "tensor":
+            shortest = min(self.view.vector_length(u) for u in self.view.units)
+            if p.basis > shortest:
+                raise ConfigError(f"config key 'params.basis' for method 'cg-fedllm': {p.basis} is more than the "
+                                  f"shortest rank vector of this adapter ({shortest})")
         self.net = self._fresh_network()
+        self.tied = count_params(self.net, "decoder") == 0
         self.compressor = Compressor(self.net, self.view, p.latent_bits)
-        self.fixed_latent = round(p.latent * p.chunk) if p.arch == "row" else None
+        self.fixed_latent = {"row": round(p.latent * p.chunk), "tensor": p.basis}.get(p.arch)
         self.pool = SnapshotPool()
         self.version = 0  # 0: not trained yet; +1 each time the weights change
         self.holders: dict[int, int] = {}  # client -> version of the weights it was sent
+        self.client_halves: dict[int, Tensors] = {}  # client -> its copy, where a lossy downlink changed it
 
     def _fresh_network(self):
-        return build_network(self.params.arch, self.params.chunk, seed=self.ctx.seed)
+        p = self.params
+        lengths = [self.view.vector_length(u) for u in self.view.units] if p.arch == "tensor" else None
+        return build_network(p.arch, p.chunk, seed=self.ctx.seed, lengths=lengths, basis=p.basis)
 
     # ---- phases --------------------------------------------------------------------------------
     def in_tgap(self, rnd: int) -> bool:
@@ -123,14 +152,38 @@ class CGFedLLM(Method):
         return (0.0, f) if self.in_tgap(rnd) else (f, 1.0)
 
     # ---- server --------------------------------------------------------------------------------
-    def broadcast(self, rnd: int, client: int) -> Tensors:
-        message = dict(self.adapter)
+    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+        initial = all(torch.equal(v, self.ctx.init_adapter[k]) for k, v in self.adapter.items())
+        message = {} if initial else dict(self.adapter)
         if self.version and self.holders.get(client) != self.version:
-            message[ENCODER] = half_vector(self.net, "encoder")
-            if self.params.ship_decoder:
-                message[DECODER] = half_vector(self.net, "decoder")
+            message.update(self._halves())
             self.holders[client] = self.version
-        return message
+        return message or None
+
+    def _halves(self) -> Tensors:
+        halves = {ENCODER: half_vector(self.net, "encoder")}
+        if self.params.ship_decoder and not self.tied:
+            halves[DECODER] = half_vector(self.net, "decoder")
+        return halves
+
+    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+        if ENCODER not in received:
+            return
+        own = self._halves()
+        if all(torch.equal(received[k], own[k]) for k in own):
+            self.client_halves.pop(client, None)
+        else:
+            self.client_halves[client] = {k: received[k].clone() for k in own}
+
+    def _compressor_for(self, client: int) -> Compressor:
+        """The server's decoder, or the copy a lossy downlink left this client with."""
+        halves = self.client_halves.get(client)
+        if halves is None:
+            return self.compressor
+        net = self._fresh_network()
+        load_half(net, "encoder", halves[ENCODER])
+        load_half(net, "decoder", halves.get(DECODER, half_vector(self.net, "decoder")))
+        return Compressor(net, self.view, self.params.latent_bits)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         metrics: dict = {"phase": "tgap" if self.in_tgap(rnd) else "faf"}
@@ -139,7 +192,7 @@ class CGFedLLM(Method):
         for w, u in zip(self.weights(updates), updates):
             if SIZE in u.tensors:
                 message = {k: v for k, v in u.tensors.items() if k in MESSAGE_KEYS}
-                delta = self.compressor.decompress(message)
+                delta = self._compressor_for(u.client).decompress(message)
                 sizes = message[SIZE].tolist()
                 dense_units += sum(1 for s in sizes if s < 0)
                 sent = sum(self.view.samples_per_unit(unit) * s for unit, s in zip(self.view.units, sizes) if s > 0)
@@ -152,8 +205,8 @@ class CGFedLLM(Method):
                         paper.append(e[2])
             else:
                 delta = u.tensors
-                if self.in_tgap(rnd):
-                    self.pool.add(rnd, u.client, delta)
+                if not self.version:  # TGAP's, or a late one of TGAP's arriving after it
+                    self.pool.add(rnd - u.staleness, u.client, delta)
             for k, d in delta.items():
                 self.adapter[k] = self.adapter[k] + w * d
         if fractions:
@@ -163,7 +216,7 @@ class CGFedLLM(Method):
             metrics["snr_db"] = snr_db(signal, noise)
         if paper:
             metrics["snr_paper_db"] = sum(paper) / len(paper)
-        if rnd == self.tgap_rounds and len(self.pool):
+        if rnd >= self.tgap_rounds and not self.version and len(self.pool):
             metrics.update(self._train())
         return metrics
 
@@ -186,6 +239,8 @@ class CGFedLLM(Method):
         state["cg/encoder"] = half_vector(self.net, "encoder")
         state["cg/decoder"] = half_vector(self.net, "decoder")
         state.update({f"cg/pool/{k}": v for k, v in self.pool.state_dict().items()})
+        for c, halves in self.client_halves.items():
+            state.update({f"cg/client/{c}/{k}": v for k, v in halves.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -196,15 +251,22 @@ class CGFedLLM(Method):
         load_half(self.net, "decoder", state["cg/decoder"])
         prefix = "cg/pool/"
         self.pool.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.client_halves = {}
+        for key, v in state.items():
+            if key.startswith("cg/client/"):
+                _, _, c, name = key.split("/", 3)
+                self.client_halves.setdefault(int(c), {})[name] = v.clone()
 
     # ---- client --------------------------------------------------------------------------------
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
-        assert message is not None, "cg-fedllm broadcasts every round"
+        message = message or {}
         if ENCODER in message:
             state[STATE_ENCODER] = message[ENCODER].clone()
             state.pop(STATE_DECODER, None)
             if DECODER in message:
                 state[STATE_DECODER] = message[DECODER].clone()
+        if self.ctx.layout.names[0] not in message:  # the adapter is still the initial one
+            return self.ctx.init_adapter
         return {k: message[k] for k in self.ctx.layout.names}
 
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
@@ -216,8 +278,8 @@ class CGFedLLM(Method):
             update = {k: v + state.get(EF_PREFIX + k, torch.zeros_like(v)) for k, v in update.items()}
         net = self._fresh_network()
         load_half(net, "encoder", state[STATE_ENCODER])
-        has_decoder = STATE_DECODER in state
-        if has_decoder:
+        has_decoder = self.tied or STATE_DECODER in state  # tied weights: the encoder is the decoder
+        if STATE_DECODER in state:
             load_half(net, "decoder", state[STATE_DECODER])
         encoded = Compressor(net, self.view, p.latent_bits).compress(
             update, latent=self.fixed_latent, min_snr_db=p.adaptive_snr_db, measure=has_decoder)

@@ -71,7 +71,12 @@ class Method:
         return self.adapter
 
     def broadcast(self, rnd: int, client: int) -> Tensors | None:
-        """What the server sends `client` at the start of round `rnd` (1-based); None = nothing."""
+        """What the server sends `client` at the start of round `rnd` (1-based); None = nothing.
+
+        Default: the global adapter, except while it is still the initial one, which every
+        participant builds from the shared seed: sending it would only inflate the bill."""
+        if all(torch.equal(v, self.ctx.init_adapter[k]) for k, v in self.adapter.items()):
+            return None
         return self.adapter
 
     def delivered(self, rnd: int, client: int, received: Tensors) -> None:
@@ -109,8 +114,7 @@ class Method:
     # ---- client side (pure over client_state) -----------------------------------------------
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
         """Returns the adapter the client trains from this round."""
-        assert message is not None, f"{self.name} broadcasts every round"
-        return message
+        return self.ctx.init_adapter if message is None else message
 
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | None:
         """Default: the delta over all tensors this method trains."""

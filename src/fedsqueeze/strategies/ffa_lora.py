@@ -18,11 +18,14 @@ class FFALoRA(FedAvg):
     def trainable(self, name: str) -> bool:
         return not name.endswith(A_SUFFIX)
 
-    def broadcast(self, rnd: int, client: int) -> Tensors:
+    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+        if super().broadcast(rnd, client) is None:  # still the seeded init: nothing to send
+            return None
         return {k: v for k, v in self.adapter.items() if self.trainable(k)}
 
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
         """The frozen tensors from the shared init, the trained ones from the message."""
-        assert message is not None, "ffa-lora broadcasts every round"
         init = self.ctx.init_adapter
+        if message is None:
+            return init
         return {k: message[k].to(v.dtype) if self.trainable(k) else v for k, v in init.items()}

@@ -3,7 +3,9 @@
 standard:  10 log10(||G||^2 / ||G - G_hat||^2) over the whole update (what the adaptive mode bounds).
 paper:     the mean over LoRA layers of the same ratio on the layer's normalized [A^T | B] image
            (each tensor divided by its max |x|, as the network sees it), i.e. averaged per sample
-           the way an image autoencoder is scored. The paper's exact formula was not available to us;
+           the way an image autoencoder is scored. Layers rebuilt exactly (all-zero, or sent dense
+           by the adaptive fallback) are left out: it scores the autoencoder, and one exact layer
+           would otherwise weigh in at the cap. The paper's exact formula was not available to us;
            this is our reading of it. Small layers count as much as large ones here, so the two
            numbers differ when the error is uneven across layers.
 """
@@ -34,7 +36,7 @@ def energies(update: Tensors, rebuilt: Tensors) -> tuple[float, float]:
 
 
 def layer_snr_db(update: Tensors, rebuilt: Tensors) -> float | None:
-    """The paper-style SNR: mean over layers (all-zero layers left out); None when there are none."""
+    """The paper-style SNR: mean over the layers rebuilt with some error; None when there are none."""
     names = list(update)
     values = []
     for unit in layer_units(names, [tuple(update[n].shape) for n in names]):
@@ -46,6 +48,6 @@ def layer_snr_db(update: Tensors, rebuilt: Tensors) -> float | None:
             x = update[n].double() / scale
             signal += float((x**2).sum())
             noise += float(((x - rebuilt[n].double() / scale) ** 2).sum())
-        if signal > 0.0:
+        if signal > 0.0 and noise > 0.0:
             values.append(snr_db(signal, noise))
     return sum(values) / len(values) if values else None

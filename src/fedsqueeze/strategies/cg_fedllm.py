@@ -32,9 +32,10 @@ G is what the client compressed: its update, plus its error-feedback memory when
 The autoencoder is frozen after TGAP. The server cannot adapt it during FAF on its own: it only
 ever sees reconstructions, and training on those teaches the network nothing.
 
-Error feedback with arch=row is nearly a no-op, and measurably so: the trained row network is close
-to an orthogonal projection P onto a fixed subspace, so the memory (I - P) G lies where P never
-looks, and only the latent quantization error comes back. It would need a subspace that changes.
+Error feedback with the linear networks (row, tensor) is nearly a no-op, and measurably so: a
+trained one is close to an orthogonal projection P onto a fixed subspace, so the memory (I - P) G
+lies where P never looks and only the latent quantization error comes back. It would need a
+subspace that changes from round to round.
 
 Architectures (`arch`), all trained on the same TGAP pool:
   paper   the faithful conv network over [A^T | B] tiles (latent 1/64 of the padded image).
@@ -86,7 +87,7 @@ class CGFedLLMParams(BaseModel):
     epochs: int = Field(30, ge=0, description="autoencoder training epochs over the pool")
     lr: float = Field(2e-4, gt=0.0, description="Adam learning rate of the autoencoder")
     batch_size: int = Field(32, ge=1)
-    max_samples: int | None = Field(20000, ge=1, description="cap on pool samples (seeded subsample)")
+    max_samples: int | None = Field(20000, ge=1, description="paper, row: cap on pool samples (seeded subsample)")
     chunk: int = Field(64, ge=4, le=1024, description="row: chunk length (power of two)")
     latent: float = Field(0.125, gt=0.0, le=1.0, description="row: latent values kept per chunk value")
     basis: int = Field(8, ge=1, le=1024, description="tensor: latent values per rank vector")
@@ -94,7 +95,7 @@ class CGFedLLMParams(BaseModel):
     adaptive_snr_db: float | None = Field(None, description="per-unit smallest latent keeping SNR >= this, else dense")
     error_feedback: bool = Field(False, description="client adds what the last upload lost to the next")
     ship_decoder: bool = Field(True, description="send the decoder to clients too (SNR, adaptive, error feedback)")
-    pca_init: bool = Field(True, description="row: start from the pool's principal basis")
+    pca_init: bool = Field(True, description="row, tensor: start from the pool's principal basis")
 
     @model_validator(mode="after")
     def _consistent(self):

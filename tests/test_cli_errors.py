@@ -63,3 +63,9 @@ def test_resume_without_checkpoint(tmp_path, cli):
 
 def test_report_on_non_run_dir(tmp_path, cli):
     _assert_clean_error(cli("report", tmp_path), "not a fedsqueeze run directory")
+
+
+def test_lossy_downlink_refused_where_clients_must_match_the_server(tmp_path, corpus, cli):
+    cfg = tiny_config(tmp_path, corpus, method='"fedsrd"')
+    res = cli("run", cfg, "--set", "downlink.codec=quantize(bits=8)", "--out", tmp_path / "o")
+    _assert_clean_error(res, "downlink.codec", "lossless")

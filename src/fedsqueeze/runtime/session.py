@@ -15,6 +15,7 @@ import torch
 from ..client import TrainSettings, evaluate, train_local
 from ..codecs import Sender, build_codec
 from ..config import Config
+from ..errors import ConfigError
 from ..data import build_federation, sample_batches
 from ..models import LoraAdapter, attach_lora, load_base
 from ..strategies import ClientUpdate, Method, MethodContext, build_method
@@ -45,8 +46,15 @@ class Session:
                             weighting=cfg.train.weighting, rounds=cfg.train.rounds,
                             staleness_exponent=cfg.hybrid.staleness_exponent)
         method = build_method(cfg.method, cfg.params, ctx)
-        return cls(cfg, peft_model, tok, adapter, federation, method,
-                   cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink)
+        session = cls(cfg, peft_model, tok, adapter, federation, method,
+                      cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink)
+        down = session.downlink_sender().codec  # also validates both specs before any training
+        session.uplink_sender()
+        if method.lossless_downlink and not down.lossless:
+            raise ConfigError(f"config key 'downlink.codec': {cfg.method} keeps every client's adapter identical to "
+                              f"the server's, so its downlink must be lossless (got {session.downlink_spec!r}; "
+                              f"e.g. sparse, fp32, or either > zstd)")
+        return session
 
     # ---- links -------------------------------------------------------------------------------
     def uplink_sender(self) -> Sender:

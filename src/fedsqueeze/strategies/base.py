@@ -58,6 +58,8 @@ class Method:
     default_uplink: ClassVar[str] = "fp32"
     default_downlink: ClassVar[str] = "fp32"
     """Codecs used when the config leaves `uplink.codec` / `downlink.codec` unset."""
+    lossless_downlink: ClassVar[bool] = False
+    """True: clients must decode exactly what the server holds (a lossy downlink is refused)."""
     default_error_feedback: ClassVar[bool] = False
     """Uplink error feedback when the config leaves `uplink.error_feedback` unset."""
 

@@ -82,6 +82,7 @@ class FedSRD(Method):
     Params = FedSRDParams
     default_uplink = "sparse"
     default_downlink = "sparse"
+    lossless_downlink = True
     truncate: ClassVar[bool] = True
     """Rank-r truncated SVD of the reconstructed W (False: FedSRD-e, W_r = W)."""
 

@@ -49,13 +49,14 @@ ROWS: dict[str, dict] = {
                            "hybrid": {"quorum": 0.75, "max_staleness": 3}},
     # CG-FedLLM (issue 6)
     "cg-fedllm-paper": {"method": "cg-fedllm", "params": {"arch": "paper"}},
-    "cg-fedllm-row": {"method": "cg-fedllm", "params": {"arch": "row", "error_feedback": True}},
-    "cg-fedllm-adaptive": {"method": "cg-fedllm", "params": {"arch": "row", "adaptive_snr_db": 10.0}},
+    "cg-fedllm-row": {"method": "cg-fedllm", "params": {"arch": "row"}},
+    "cg-fedllm-tensor": {"method": "cg-fedllm", "params": {"arch": "tensor"}},  # the best variant here
+    "cg-fedllm-adaptive": {"method": "cg-fedllm", "params": {"arch": "tensor", "adaptive_snr_db": 3.0}},
 }
 
 DEFAULT_ROWS = ["fedavg", "centralized", "ffa-lora", "fed-dare", "flexlora", "fedsrd", "fedsrd-e"]
 HYBRID_ROWS = ["gradualdiff", "fedavg-straggler", "gradualdiff-straggler", "gradualdiff-hybrid"]
-CG_ROWS = ["cg-fedllm-paper", "cg-fedllm-row", "cg-fedllm-adaptive"]
+CG_ROWS = ["cg-fedllm-paper", "cg-fedllm-row", "cg-fedllm-tensor", "cg-fedllm-adaptive"]
 ABLATION_ROWS = ["fedsrd", "fedsrd-random", "fedsrd-magnitude", "fedsrd-nosparsify", "fedsrd-norecon",
                  "fedsrd-nodecomp", "fedsrd-fixed"]
 

@@ -141,7 +141,8 @@ class InProcessGrid:
             node = msg.metadata.dst_node_id
             context = self.contexts[node]
             info = msg.content.config_records.get(wire.INFO)
-            fault = self.faults.get((int(info["round"]), context.node_config["partition-id"])) if info else None
+            rnd = int(info["round"]) if info else 0  # round 0: the query for the node's partition
+            fault = self.faults.get((rnd, context.node_config["partition-id"]))
             if fault == "silent":
                 continue
             TaskIdentity.node_id = self.SUPERLINK if fault == "gone" else node
@@ -215,6 +216,14 @@ def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
     assert [r["bytes_up"] for r in rows] == [2 * one_up] * 3 + [3 * one_up]
     assert rows[1]["bytes_down"] == rows[3]["bytes_down"]
     assert rows[1]["per_client"]["0"]["up"] == 0 and rows[1]["per_client"]["0"]["down"] > 0
+
+
+def test_a_node_that_cannot_say_its_partition_is_ignored(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus, **{"runtime.connect_timeout": "0"})
+    summary, lines = _serve_in_process(cfg, tmp_path / "out", faults={(0, 1): "error"})
+    assert [r["clients"] for r in _rounds(tmp_path / "out")] == [[0, 2], [0, 2]]
+    assert any("did not say which partition" in line and "ignored" in line for line in lines)
+    assert any("2 of 3 clients connected; missing partitions [1]" in line for line in lines)
 
 
 def test_resume_extends_a_flower_run_exactly(tmp_path, corpus):

@@ -50,11 +50,11 @@ class FlowerServer:
         queries = [Message(content=RecordDict(), dst_node_id=n, message_type=wire.QUERY) for n in new]
         for query, reply in exchange(self.grid, queries, self.rt.round_timeout):
             node = query.metadata.dst_node_id
-            if reply is None:
-                self.log(f"node {node} did not say which partition it holds within {self.rt.round_timeout} s")
-                continue
-            if reply.has_error():
-                self.log(f"node {node} did not say which partition it holds: {reply.error.reason}")
+            if reply is None or reply.has_error():
+                # Not asked again: a broken node would otherwise cost a timeout every round.
+                why = f"no answer within {self.rt.round_timeout} s" if reply is None else reply.error.reason
+                self.log(f"node {node} did not say which partition it holds ({why}): ignored in this run")
+                self.ignored.add(node)
                 continue
             info = reply.content.config_records[wire.INFO]
             partition, partitions = int(info[PARTITION_ID]), int(info[NUM_PARTITIONS])

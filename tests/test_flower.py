@@ -436,3 +436,31 @@ def test_deploy_commands_never_install_packages_and_pass_partition_ids(tmp_path)
     assert env["FLWR_HOME"] == str((tmp_path / "home").resolve()) and env["FLWR_TELEMETRY_ENABLED"] == "0"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert (deploy.project_dir() / "pyproject.toml").is_file()
+
+
+def test_flower_cli_run_submits_the_resolved_config(tmp_path, corpus, monkeypatch):
+    import tomllib
+
+    import typer
+    from typer.testing import CliRunner
+
+    from fedsqueeze import flower_cli
+    from fedsqueeze.runtime.flower.deploy import project_dir
+
+    calls = []
+    monkeypatch.setattr(flower_cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    app = typer.Typer()
+    app.add_typer(flower_cli.flower_app, name="flower")
+    home = tmp_path / "home"
+    res = CliRunner().invoke(app, ["flower", "run", str(_config(tmp_path, corpus)), "--superlink", "10.0.0.5:9093",
+                                   "--out", "/srv/runs/x", "--set", "train.rounds=7", "--home", str(home),
+                                   "--root-cert", str(tmp_path / "ca.crt")])
+    assert res.exit_code == 0, res.output
+    (cmd, env), = calls
+    assert cmd[1:3] == ["run", str(project_dir())] and cmd[-1] == "--stream"
+    assert env["FLWR_HOME"] == str(home.resolve())
+    run_config = tomllib.loads(Path(cmd[cmd.index("--run-config") + 1]).read_text())
+    assert run_config["out-dir"] == "/srv/runs/x" and run_config["resume"] is False
+    assert config_mod.validate(tomllib.loads(run_config["config-toml"])).train.rounds == 7
+    conn = tomllib.loads((home / "config.toml").read_text())["superlink"]
+    assert conn["fedsqueeze"] == {"address": "10.0.0.5:9093", "root-certificates": str((tmp_path / "ca.crt").resolve())}

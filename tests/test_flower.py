@@ -56,6 +56,11 @@ def _assert_same_run(a: Path, b: Path, exact: bool = False) -> None:
     for x, y in zip(ra, rb):
         assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"]) == \
                (y["clients"], y["bytes_up"], y["bytes_down"], y["per_client"])
+        for link in ("codec_up", "codec_down"):
+            assert [x.get(link, {}).get(k) for k in ("blobs", "raw_bytes")] == \
+                   [y.get(link, {}).get(k) for k in ("blobs", "raw_bytes")]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert (sa["bytes_up"], sa["bytes_down"]) == (sb["bytes_up"], sb["bytes_down"])
     wa, wb = _adapter(a), _adapter(b)

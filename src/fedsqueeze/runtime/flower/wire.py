@@ -40,16 +40,19 @@ def train_message(node_id: int, rnd: int, client: int, down_blob: bytes | None) 
 
 def train_reply(msg: Message, client: int, up_blob: bytes | None, metrics: dict) -> Message:
     content = RecordDict({INFO: ConfigRecord({"partition-id": client}),
-                          METRICS: MetricRecord({k: float(v) for k, v in metrics.items()})})
+                          METRICS: MetricRecord({k: _number(v) for k, v in metrics.items()})})
     if up_blob is not None:
         content["up"] = pack(up_blob)
     return Message(content=content, reply_to=msg)
 
 
 def reply_metrics(content: RecordDict) -> dict:
-    metrics = dict(content.metric_records[METRICS])
-    metrics["num_examples"] = int(metrics["num_examples"])
-    return metrics
+    return dict(content.metric_records[METRICS])
+
+
+def _number(value) -> int | float:
+    """Ints stay ints (byte counts, example counts), so rounds.jsonl reads the same as in-process."""
+    return int(value) if isinstance(value, int) else float(value)
 
 
 # ---- client state in context.state (safetensors bytes keep every dtype exactly) ---------------

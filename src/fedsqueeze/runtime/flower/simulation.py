@@ -33,7 +33,7 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
 
     # Ray keeps sockets under its temp dir; a short path keeps them under the 107-byte limit.
     ray_tmp = tempfile.mkdtemp(prefix="fsq-ray-")
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR",)}
+    old_tmp = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = ray_tmp
     workers = cfg.runtime.sim_workers
     backend = {
@@ -46,11 +46,10 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
                        num_supernodes=cfg.data.clients, backend_config=backend)
     finally:
         _shutdown_ray()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if old_tmp is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmp
         shutil.rmtree(ray_tmp, ignore_errors=True)
     if "summary" not in result:
         raise RuntimeError("the Flower simulation ended without finishing the run (see the log above)")

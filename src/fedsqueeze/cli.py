@@ -18,6 +18,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Communication-efficient federated LoRA fine-tuning with an exact byte ledger.")
 codecs_app = typer.Typer(no_args_is_help=True, help="List and benchmark codecs.")
 app.add_typer(codecs_app, name="codecs")
+from .flower_cli import flower_app  # noqa: E402  (a small typer app; Flower itself loads lazily)
+
+app.add_typer(flower_app, name="flower")
 console = Console()
 
 

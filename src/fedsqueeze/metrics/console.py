@@ -63,6 +63,8 @@ def summary_table(summary: dict) -> Table:
     t.add_row("MB up", mb(summary["bytes_up"]))
     t.add_row("MB down", mb(summary["bytes_down"]))
     t.add_row("MB total", mb(summary["bytes_total"]))
+    if "base_eval_loss" in summary:
+        t.add_row("eval loss before training", f"{summary['base_eval_loss']:.4f}")
     t.add_row("final eval loss", f"{summary['final_eval_loss']:.4f}")
     for name, loss in summary["eval"].items():
         t.add_row(f"  {name}", f"{loss:.4f}")

@@ -40,6 +40,7 @@ class NullProgress:
     def client_start(self, rnd: int, client: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def round_end(self, record: dict) -> None: ...
+    def log(self, text: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -55,6 +56,7 @@ class LocalRuntime:
         self.in_flight: list[InFlight] = []
         self.done = 0
         self.elapsed = 0.0
+        self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
 
     @property
     def client_states(self):
@@ -104,6 +106,10 @@ class LocalRuntime:
     def run(self, until: int | None = None) -> dict | None:
         rounds = self.s.cfg.train.rounds
         last = min(rounds, until) if until else rounds
+        if self.done == 0 and self.base_eval is None:
+            evals, ood = self.s.evaluate_all(self.client_states)
+            self.base_eval = {"eval_loss": sum(evals.values()) / len(evals), "eval": evals, "ood_eval_loss": ood}
+            self.progress.log(f"before training: eval loss {self.base_eval['eval_loss']:.4f}")
         self.progress.start(rounds, self.done, self.s.local_steps)
         try:
             for rnd in range(self.done + 1, last + 1):
@@ -117,7 +123,7 @@ class LocalRuntime:
             self.progress.stop()
         if self.done < rounds:
             return None
-        return finish(self.s, self.out, self.client_states, self.done, self.elapsed)
+        return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval)
 
     def save(self) -> None:
         state = prefixed("server/", self.server.state_dict())
@@ -129,7 +135,8 @@ class LocalRuntime:
                 state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.blob, dtype=np.uint8).copy())
             flights.append({"arrival": f.arrival, "origin": f.origin, "client": f.client, "metrics": f.metrics,
                             "has_blob": f.blob is not None})
-        meta = {"round": self.done, "seconds": self.elapsed, "clock": self.clock, "in_flight": flights}
+        meta = {"round": self.done, "seconds": self.elapsed, "clock": self.clock, "in_flight": flights,
+                "base_eval": self.base_eval}
         save_checkpoint(self.out, state, meta)
 
     def restore(self) -> None:
@@ -140,13 +147,15 @@ class LocalRuntime:
         self.done = meta["round"]
         self.elapsed = meta["seconds"]
         self.clock = meta.get("clock", 0.0)
+        self.base_eval = meta.get("base_eval")
         self.in_flight = [InFlight(f["arrival"], f["origin"], f["client"],
                                    state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, f["metrics"])
                           for i, f in enumerate(meta.get("in_flight", []))]
         rundir.truncate_rounds(self.out, self.done)
 
 
-def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: float) -> dict:
+def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: float,
+           base_eval: dict | None = None) -> dict:
     """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json."""
     rows = rundir.read_rounds(out)
     s.adapter.set(s.final_adapter(client_states))
@@ -175,5 +184,9 @@ def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: floa
     }
     if "ood_eval_loss" in last_eval:
         summary["ood_eval_loss"] = last_eval["ood_eval_loss"]
+    if base_eval is not None:
+        summary["base_eval_loss"] = base_eval["eval_loss"]
+        if base_eval.get("ood_eval_loss") is not None:
+            summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
     rundir.write_summary(out, summary)
     return summary

@@ -25,10 +25,15 @@ class Sender:
         self.codec = codec
         self.error_feedback = error_feedback and not codec.lossless
         self.memory: Tensors = {}
+        self.last_received: Tensors | None = None
+        """What the peer decodes from the last blob (lossy codecs only; None when lossless)."""
 
     def encode(self, tensors: Tensors) -> bytes:
         if not self.error_feedback:
-            return self.codec.encode(tensors)
+            if self.codec.lossless:
+                return self.codec.encode(tensors)
+            blob, self.last_received = self.codec.encode_and_reconstruct(tensors)
+            return blob
         corrected = {}
         for name, t in tensors.items():
             t = t.detach().to(device="cpu", dtype=torch.float32)
@@ -38,6 +43,7 @@ class Sender:
             corrected[name] = t + residual if residual is not None else t
         # The codec hands back what the peer will decode, so no second decode is needed.
         blob, decoded = self.codec.encode_and_reconstruct(corrected)
+        self.last_received = decoded
         for name, t in corrected.items():
             self.memory[name] = t - decoded[name]
         return blob

@@ -146,7 +146,7 @@ def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4
           rounds: Optional[int] = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),
           set_: List[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),
           out: Optional[Path] = typer.Option(None, "--out", help="Folder for the run directories (default runs/bench-SUITE)."),
-          reuse: bool = typer.Option(False, "--reuse", help="Reuse rows whose run directory is complete."),
+          reuse: bool = typer.Option(False, "--reuse", help="Reuse rows that finished with the same configuration."),
           fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
     """Run several methods on one workload with the same seed, partition and step budget."""
     import json

@@ -54,7 +54,7 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
             continue
         cfg = config_mod.validate(raw)
         run_dir = out / name
-        if reuse and (run_dir / rundir.SUMMARY).is_file():
+        if reuse and _finished_with(run_dir, cfg):
             summary = json.loads((run_dir / rundir.SUMMARY).read_text())
         else:
             log(f"[bench {suite_name}] {name}")
@@ -70,6 +70,12 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
     (out / "bench.json").write_text(json.dumps(results, indent=1))
     (out / "bench.md").write_text(markdown(results) + "\n")
     return results
+
+
+def _finished_with(run_dir: Path, cfg) -> bool:
+    """A row can be reused only if it finished with exactly this configuration."""
+    saved = run_dir / rundir.CONFIG
+    return (run_dir / rundir.SUMMARY).is_file() and saved.is_file() and saved.read_text() == cfg.to_toml()
 
 
 def _result(name: str, s: dict, rows: list[dict]) -> dict:

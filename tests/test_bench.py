@@ -1,0 +1,70 @@
+"""`fedsqueeze bench`: the tiny suite end to end, its JSON contract, and row reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedsqueeze.bench import run_suite
+from fedsqueeze.runtime import rundir
+
+JSON_KEYS = {"method", "bytes_up", "bytes_down", "bytes_total", "final_eval_loss", "ood_eval_loss",
+             "seconds_per_round"}
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    from typer.testing import CliRunner
+
+    from fedsqueeze.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--suite", "tiny", "--methods", "fedavg,centralized,fedsrd",
+                                   "--rounds", "2", "--out", str(out), "--format", "json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.output)
+
+
+def test_json_contract_and_table(tiny_bench):
+    out, results = tiny_bench
+    assert [r["method"] for r in results] == ["fedavg", "centralized", "fedsrd"]
+    for r in results:
+        assert JSON_KEYS <= set(r), r.keys()
+        assert r["bytes_total"] == r["bytes_up"] + r["bytes_down"]
+        assert r["seconds_per_round"] > 0
+    table = (out / "bench.md").read_text()
+    assert table.count("\n") == 5 and "| fedsrd |" in table and "traffic vs fedavg" in table
+    assert (out / "eval_loss_vs_round.png").stat().st_size > 0
+    assert json.loads((out / "bench.json").read_text()) == results
+
+
+def test_bytes_come_from_the_ledger(tiny_bench):
+    out, results = tiny_bench
+    by = {r["method"]: r for r in results}
+    for name, r in by.items():
+        rows = rundir.read_rounds(out / name)
+        assert r["bytes_up"] == sum(row["bytes_up"] for row in rows)
+        assert r["bytes_down"] == sum(row["bytes_down"] for row in rows)
+    assert by["centralized"]["bytes_total"] == 0
+    assert 0 < by["fedsrd"]["bytes_total"] < by["fedavg"]["bytes_total"]
+
+
+def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
+    out, results = tiny_bench
+    logs: list[str] = []
+    again = run_suite("tiny", ["fedavg"], 2, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
+    assert not any("[bench tiny] fedavg" in line for line in logs)
+    assert again[0]["final_eval_loss"] == results[0]["final_eval_loss"]
+
+    logs.clear()
+    run_suite("tiny", ["fedavg"], 1, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
+    assert any("[bench tiny] fedavg" in line for line in logs)  # fewer rounds: a different run
+    assert len(rundir.read_rounds(out / "fedavg")) == 1
+
+
+def test_unknown_row_names_the_allowed_ones(cli, tmp_path):
+    res = cli("bench", "--suite", "tiny", "--methods", "fedavg,nope", "--out", tmp_path)
+    assert res.exit_code == 2 and "nope" in res.output and "fedsrd-random" in res.output
+    res = cli("bench", "--suite", "w5", "--out", tmp_path)
+    assert res.exit_code == 2 and "w4" in res.output

@@ -15,6 +15,7 @@ Late updates from the hybrid mode are folded in with the staleness weight of Met
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..tensors import Tensors, clone
 from .base import ClientUpdate, Method, NoParams
@@ -23,8 +24,10 @@ FULL = "__full__"  # marker tensor: the message is the whole adapter, not a diff
 
 
 class GradualDiffParams(NoParams):
-    full_when_cheaper: bool = True
-    """Send the dense adapter to a client whose pending difference has more non-zeros than half of it."""
+    full_above: float = Field(0.875, gt=0, le=1)
+    """Send the whole adapter instead of a difference denser than this. With bitmap positions a
+    difference of density d costs about d + 1/8 value-bytes against 1 for the dense adapter, so
+    7/8 is where the dense message becomes the cheaper one; 1 never sends it."""
 
 
 class GradualDiff(Method):
@@ -45,9 +48,9 @@ class GradualDiff(Method):
     def broadcast(self, rnd: int, client: int) -> Tensors:
         view = self._view(client)
         diff = {k: self.adapter[k] - view[k] for k in self.adapter if not torch.equal(self.adapter[k], view[k])}
-        if self.params.full_when_cheaper and diff:
+        if diff:
             nnz = sum(int(torch.count_nonzero(v)) for v in diff.values())
-            if nnz > self.ctx.layout.numel // 2:
+            if nnz > self.params.full_above * self.ctx.layout.numel:
                 return {**self.adapter, FULL: torch.ones(1)}
         return diff
 

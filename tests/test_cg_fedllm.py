@@ -142,3 +142,36 @@ def test_default_tgap_rounds_follow_the_fraction():
     assert build_method("cg-fedllm", {}, _ctx(10)).tgap_rounds == 3
     assert build_method("cg-fedllm", {}, _ctx(2)).tgap_rounds == 1
     assert build_method("cg-fedllm", {"tgap_rounds": 4}, _ctx(10)).tgap_rounds == 4
+
+
+def test_tgap_snapshots_span_local_steps_cost_uplink_bytes_and_change_nothing_else(tmp_path, corpus):
+    """tgap_snapshots=3 over 3 local steps: the pool gets the updates after steps 1 and 2 as well
+    (3x the AE samples), TGAP's uploads carry them (3x the values, on the ledger), and the averaged
+    adapter is bit-identical to the run without them."""
+    params = {"arch": '"tensor"', "epochs": "2"}
+    rt1, _, rows1 = _run(tmp_path, corpus, params, name="one")
+    rt3, _, rows3 = _run(tmp_path, corpus, {**params, "tgap_snapshots": "3"}, name="three")
+    method = rt3.s.method
+    assert method.snapshot_steps(1, 3) == [1, 2] and method.snapshot_steps(2, 3) == []  # FAF: none
+    assert method.snapshot_steps(1, 10) == [3, 7] and method.snapshot_steps(1, 2) == [1]
+    # (zero rank vectors, such as B's rows that one step has not moved yet, make no samples)
+    assert 2 * rows1[0]["ae_samples"] < rows3[0]["ae_samples"] <= 3 * rows1[0]["ae_samples"]
+    # 3x the values; zstd packs the first steps' Adam updates (about +-lr each) tighter
+    assert 2 * rows1[0]["bytes_up"] < rows3[0]["bytes_up"] < 3.2 * rows1[0]["bytes_up"]
+    assert rows3[1]["bytes_up"] == pytest.approx(rows1[1]["bytes_up"], rel=0.2)  # FAF sends latents only
+    # capturing snapshots changes neither training nor TGAP's average (FAF then uses each run's own AE)
+    assert rows3[0]["train_loss"] == rows1[0]["train_loss"] and rows3[0]["eval_loss"] == rows1[0]["eval_loss"]
+    assert not any(k.startswith("snapshot/") for c in rt3.clients for k in c.state)
+
+
+def test_snapshot_pool_orders_by_round_client_step():
+    from fedsqueeze.autoencoder import SnapshotPool
+
+    pool = SnapshotPool()
+    for key in [(1, 1, 0), (1, 0, 2), (1, 0, 0), (1, 0, 1)]:
+        pool.add(key[0], key[1], {"x": torch.full((2,), float(sum(key)))}, step=key[2])
+    state = pool.state_dict()
+    again = SnapshotPool()
+    again.load_state_dict(state)
+    assert sorted(again.snapshots) == [(1, 0, 0), (1, 0, 1), (1, 0, 2), (1, 1, 0)]
+    assert torch.equal(again.snapshots[(1, 0, 2)]["x"], torch.full((2,), 3.0))

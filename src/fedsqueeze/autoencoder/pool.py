@@ -1,8 +1,8 @@
 """TGAP: the snapshot pool and the autoencoder's training on it.
 
 The pool holds every client's uncompressed update of every TGAP round (the "temporal ensemble":
-snapshots over rounds from all clients). The runtime hands a method one update per client per
-round, so snapshots within a round's local steps are not available; each update is instead cut
+snapshots over rounds from all clients) and, when the method asks for them, the same update at
+earlier local steps of the round (step > 0; step 0 is the round's update). Each snapshot is cut
 into many samples (tiles or chunks, views.py), which is what the network trains on.
 
 Everything here is a function of the snapshots and the seed: the same pool and seed give the same
@@ -22,10 +22,11 @@ from .snr import snr_db
 
 class SnapshotPool:
     def __init__(self) -> None:
-        self.snapshots: dict[tuple[int, int], Tensors] = {}
+        self.snapshots: dict[tuple[int, int, int], Tensors] = {}
 
-    def add(self, rnd: int, client: int, update: Tensors) -> None:
-        self.snapshots[(rnd, client)] = {k: v.detach().float().clone() for k, v in update.items()}
+    def add(self, rnd: int, client: int, update: Tensors, step: int = 0) -> None:
+        """step 0: the round's update; step > 0: the update after that many local steps."""
+        self.snapshots[(rnd, client, step)] = {k: v.detach().float().clone() for k, v in update.items()}
 
     def __len__(self) -> int:
         return len(self.snapshots)
@@ -34,7 +35,7 @@ class SnapshotPool:
         self.snapshots.clear()
 
     def samples(self, compressor: Compressor) -> dict[int, torch.Tensor]:
-        """All snapshots' normalized samples per unit index, each in (round, client) order."""
+        """All snapshots' normalized samples per unit index, each in (round, client, step) order."""
         per_unit: dict[int, list[torch.Tensor]] = {}
         for key in sorted(self.snapshots):
             for unit, x in compressor.samples(self.snapshots[key]).items():
@@ -42,13 +43,14 @@ class SnapshotPool:
         return {unit: torch.cat(xs) for unit, xs in sorted(per_unit.items())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{rnd}/{client}/{name}": t for (rnd, client), upd in self.snapshots.items() for name, t in upd.items()}
+        return {f"{rnd}/{client}/{step}/{name}": t
+                for (rnd, client, step), upd in self.snapshots.items() for name, t in upd.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.snapshots = {}
         for key, t in state.items():
-            rnd, client, name = key.split("/", 2)
-            self.snapshots.setdefault((int(rnd), int(client)), {})[name] = t.clone()
+            rnd, client, step, name = key.split("/", 3)
+            self.snapshots.setdefault((int(rnd), int(client), int(step)), {})[name] = t.clone()
 
 
 def train_autoencoder(net: torch.nn.Module, samples: dict[int, torch.Tensor], *, epochs: int, lr: float,

@@ -12,6 +12,7 @@ import time
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP, relative_error
 from ..strategies import ClientUpdate
+from ..strategies.base import SNAPSHOT
 from ..tensors import Tensors
 from .checkpoint import prefixed, unprefixed
 from .session import Session
@@ -33,10 +34,26 @@ class ClientRole:
         message = self.decoder.decode(down_blob) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
         start = method.client_receive(self.state, message)
-        trained, losses = s.train_client(self.client, rnd, start, on_step=on_step)
+        wanted = set(method.snapshot_steps(rnd, s.local_steps))
+        snapshots: Tensors = {}
+
+        def step(loss: float) -> None:
+            step.done += 1
+            if step.done in wanted:
+                snapshots.update(prefixed(f"{SNAPSHOT}{step.done}/", s.adapter.get()))
+            if on_step:
+                on_step(loss)
+
+        step.done = 0
+        trained, losses = s.train_client(self.client, rnd, start, on_step=step)
         metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s,
                    "num_examples": s.federation.clients[self.client].num_examples}
-        upload = method.client_upload(self.state, start, trained)
+        self.state.update(snapshots)  # for this call only: client_upload may also write state
+        try:
+            upload = method.client_upload(self.state, start, trained)
+        finally:
+            for key in snapshots:
+                self.state.pop(key, None)
         if upload is None:
             return None, metrics
         t0 = time.perf_counter()

@@ -10,7 +10,9 @@ A method never sees bytes, clients' data or the network. The runtime calls, per 
 
 `client_state` is a flat dict of tensors that the runtime keeps for that client (in memory and in
 checkpoints for the in-process runtime, in `context.state` on Flower), so the client hooks must
-keep everything they need across rounds in it.
+keep everything they need across rounds in it. A method that wants the adapter at intermediate
+local steps names them in `snapshot_steps`; client_upload then finds each one in the state as
+f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..tensors import Layout, Tensors, clone
+
+
+SNAPSHOT = "snapshot/"
 
 
 class NoParams(BaseModel):
@@ -121,6 +126,11 @@ class Method:
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | None:
         """Default: the delta over all tensors this method trains."""
         return {k: trained[k] - start[k] for k in trained if self.trainable(k)}
+
+    def snapshot_steps(self, rnd: int, local_steps: int) -> list[int]:
+        """Local steps (1-based, before the last) after which the client's adapter is captured for
+        client_upload (see the module docstring). Default: none."""
+        return []
 
     def trainable(self, name: str) -> bool:
         return True

@@ -5,6 +5,9 @@ Phases (by round):
   TGAP, rounds 1..tgap_rounds: plain FedAvg on the first `tgap_fraction` of each client's data, the
     uploads dense and exact. The server keeps every client's update of every TGAP round (the
     snapshot pool) and, after the last TGAP round, trains the autoencoder on it (MSE, Adam, seeded).
+    With tgap_snapshots = k > 1 each TGAP upload also carries the client's update at k - 1 earlier
+    local steps (evenly spaced), so the pool spans local steps as well as rounds; those extra
+    snapshots travel dense on the uplink and are on the bill, and only the round's update is averaged.
   FAF, the remaining rounds: training on the rest of the data; the client uploads the latent
     message (autoencoder/compressor.py), the server decodes and averages.
 
@@ -14,7 +17,7 @@ What travels, all of it through the link codecs and so on the ledger:
   down, once per client, in its first FAF round: the encoder's weights (flat fp32) and, unless
     ship_decoder=false, the decoder's (tensor: tied, nothing more): with it a client knows exactly
     what the server will rebuild, which the SNR report, the adaptive mode and error feedback need.
-  up, TGAP:  the dense update.   up, FAF: the latent message, plus (with the decoder) 3 floats: the
+  up, TGAP:  the dense update (and its snapshots).   up, FAF: the latent message, plus (with the decoder) 3 floats: the
     client's ||G||^2, ||G - G_hat||^2 and its paper-style SNR, for the per-round SNR metrics (the
     server cannot compute them: it never sees G).
 The default uplink codec is lossless (zstd) so that TGAP is uncompressed and the latent message
@@ -71,9 +74,10 @@ from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
 from ..tensors import Tensors
-from .base import ClientUpdate, Method, MethodContext
+from .base import SNAPSHOT, ClientUpdate, Method, MethodContext
 
 ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
+SNAP_UP = "cg.snapshot/"  # + f"{step}/{name}": a TGAP upload's earlier local-step snapshot
 STATE_ENCODER, STATE_DECODER, EF_PREFIX = "ae/encoder", "ae/decoder", "ef/"
 
 
@@ -84,6 +88,8 @@ class CGFedLLMParams(BaseModel):
         "paper", description="paper: faithful conv AE; row: shared linear AE on chunks; tensor: linear AE per tensor")
     tgap_rounds: int | None = Field(None, ge=1, description="TGAP rounds (default: tgap_fraction of the rounds, >= 1)")
     tgap_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each client's data used in TGAP")
+    tgap_snapshots: int = Field(1, ge=1, description="snapshots per client per TGAP round, evenly spaced over "
+                                "the local steps, the last being the round's update (the others cost uplink bytes)")
     # 10 x 4000: the paper network's training stays minutes on 2 CPU cores at W4 scale (its SNR on
     # unseen updates is ~0 dB after 10 or 200 epochs alike); the linear ones converge from PCA.
     epochs: int = Field(10, ge=0, description="autoencoder training epochs over the pool")
@@ -150,6 +156,12 @@ class CGFedLLM(Method):
     def in_tgap(self, rnd: int) -> bool:
         return rnd <= self.tgap_rounds
 
+    def snapshot_steps(self, rnd: int, local_steps: int) -> list[int]:
+        k = min(self.params.tgap_snapshots, local_steps)
+        if not self.in_tgap(rnd) or k < 2:
+            return []
+        return sorted({max(1, round(local_steps * i / k)) for i in range(1, k)} - {local_steps})
+
     def data_slice(self, rnd: int) -> tuple[float, float]:
         f = self.params.tgap_fraction
         return (0.0, f) if self.in_tgap(rnd) else (f, 1.0)
@@ -207,9 +219,11 @@ class CGFedLLM(Method):
                     if math.isfinite(e[2]):
                         paper.append(e[2])
             else:
-                delta = u.tensors
+                delta = {k: v for k, v in u.tensors.items() if not k.startswith(SNAP_UP)}
                 if not self.version:  # TGAP's, or a late one of TGAP's arriving after it
                     self.pool.add(rnd - u.staleness, u.client, delta)
+                    for step, snap in _snapshots(u.tensors, SNAP_UP).items():
+                        self.pool.add(rnd - u.staleness, u.client, snap, step)
             for k, d in delta.items():
                 self.adapter[k] = self.adapter[k] + w * d
         if fractions:
@@ -274,7 +288,9 @@ class CGFedLLM(Method):
 
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
         update = {k: trained[k] - start[k] for k in trained}
-        if STATE_ENCODER not in state:  # TGAP: the exact update
+        if STATE_ENCODER not in state:  # TGAP: the exact update, and its earlier snapshots if asked for
+            for step, snap in _snapshots(state, SNAPSHOT).items():
+                update.update({f"{SNAP_UP}{step}/{k}": v - start[k] for k, v in snap.items()})
             return update
         p = self.params
         if p.error_feedback:
@@ -294,3 +310,13 @@ class CGFedLLM(Method):
             for k, v in update.items():
                 state[EF_PREFIX + k] = v - encoded.reconstruction[k]
         return message
+
+
+def _snapshots(tensors: Tensors, prefix: str) -> dict[int, Tensors]:
+    """{step: {name: tensor}} from keys f"{prefix}{step}/{name}"."""
+    out: dict[int, Tensors] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix):
+            step, name = key[len(prefix):].split("/", 1)
+            out.setdefault(int(step), {})[name] = v
+    return dict(sorted(out.items()))

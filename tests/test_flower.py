@@ -113,8 +113,9 @@ def test_run_config_carries_the_config_text(tmp_path):
 class InProcessGrid:
     """A Grid that hands each pushed message straight to a ClientApp with that node's Context, the
     way a SuperNode would (state kept per node). `faults[(round, partition)]`: "error" (the
-    ClientApp raises), "silent" (no reply before the timeout) or "gone" (the SuperLink answers
-    that the node is offline, as it does for a dead SuperNode)."""
+    ClientApp raises), "silent" (no reply before the timeout), "gone" (the SuperLink answers
+    that the node is offline, as it does for a dead SuperNode) or ("late", k): the reply is
+    withheld from the next k pulls that ask for it (a slow client, without sleeping)."""
 
     SUPERLINK = 1
 
@@ -126,6 +127,7 @@ class InProcessGrid:
         self.app = client_app
         self.faults = faults or {}
         self.replies = {}
+        self.withheld: dict[str, int] = {}
         self.contexts = {
             1000 + p: Context(run_id=1, node_id=1000 + p, state=RecordDict(), run_config={},
                               node_config={"partition-id": p, "num-partitions": partitions})
@@ -163,10 +165,18 @@ class InProcessGrid:
             finally:
                 TaskIdentity.node_id = self.SUPERLINK
             self.replies[msg.metadata.message_id] = reply
+            if isinstance(fault, tuple) and fault[0] == "late":
+                self.withheld[msg.metadata.message_id] = fault[1]
         return ids
 
     def pull_messages(self, message_ids):
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+        out = []
+        for i in list(message_ids):
+            if self.withheld.get(i, 0) > 0:
+                self.withheld[i] -= 1
+            elif i in self.replies:
+                out.append(self.replies.pop(i))
+        return out
 
 
 def _serve_in_process(cfg_path: Path, out: Path, faults=None, sets=(), resume=False) -> tuple[dict, list[str]]:
@@ -221,6 +231,33 @@ def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
     assert [r["bytes_up"] for r in rows] == [2 * one_up] * 3 + [3 * one_up]
     assert rows[1]["bytes_down"] == rows[3]["bytes_down"]
     assert rows[1]["per_client"]["0"]["up"] == 0 and rows[1]["per_client"]["0"]["down"] > 0
+
+
+def test_hybrid_on_flower_closes_at_the_quorum_and_folds_a_late_reply_in_once(tmp_path, corpus):
+    """Quorum 2 of 3; client 2's round-1 reply shows up two pulls late (one pull per round here,
+    since the quorum answers at once), so it joins round 3 with staleness 2, and client 2 is not
+    sampled while its reply is on the way."""
+    cfg = _config(tmp_path, corpus, **{"train.rounds": "4", "hybrid.quorum": "0.6", "hybrid.max_staleness": "2"})
+    summary, lines = _serve_in_process(cfg, tmp_path / "out", faults={(1, 2): ("late", 2)})
+    rows = _rounds(tmp_path / "out")
+    assert [r["clients"] for r in rows] == [[0, 1], [0, 1], [0, 1, 2], [0, 1, 2]]
+    assert [r["late"] for r in rows] == [[2], [2], [], []]
+    assert [r["stale"] for r in rows] == [{}, {}, {"2": 2}, {}]
+    assert [r["left_out"] for r in rows] == [[]] * 4
+    assert any("quorum of 0.6" in line for line in lines)
+    # client 2 trained in rounds 1 and 4 only, and each upload is on the bill once, when it arrived
+    ups = [r["per_client"].get("2", {}).get("up", 0) for r in rows]
+    assert ups[0] == ups[1] == 0 and ups[2] > 0 and ups[3] > 0
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)
+
+
+def test_hybrid_on_flower_drops_a_reply_past_max_staleness_but_bills_it(tmp_path, corpus):
+    cfg = _config(tmp_path, corpus, **{"train.rounds": "3", "hybrid.quorum": "0.6", "hybrid.max_staleness": "1"})
+    _, lines = _serve_in_process(cfg, tmp_path / "out", faults={(1, 2): ("late", 2)})
+    rows = _rounds(tmp_path / "out")
+    assert rows[2]["clients"] == [0, 1] and rows[2]["dropped"] == [2]
+    assert rows[2]["per_client"]["2"]["up"] > 0  # it crossed the wire: it is on the bill
+    assert any("dropped client 2's update from round 1 (staleness 2 > 1)" in line for line in lines)
 
 
 def test_a_node_that_cannot_say_its_partition_is_ignored(tmp_path, corpus):

@@ -114,7 +114,7 @@ class HybridConfig(Section):
     quorum: float = Field(1.0, gt=0, le=1)
     """Fraction of the round's sampled clients to wait for (1 = synchronous)."""
     deadline: float | None = Field(None, gt=0)
-    """Simulated seconds after which a round closes whatever has arrived."""
+    """Seconds after which a round closes whatever has arrived (simulated in-process, real on Flower)."""
     max_staleness: int = Field(3, ge=0)
     """Late updates older than this many rounds are dropped (and logged; their bytes still count)."""
     staleness_exponent: float = Field(0.5, ge=0)

@@ -30,6 +30,8 @@ class BlobRecord:
     wire_bytes: int
     raw_bytes: int
     rel_error: float
+    """||x - x_hat|| / ||x||: x what the sender meant to send this round, x_hat what the receiver
+    decoded. With error feedback x_hat also carries earlier rounds' residue, so it can exceed 1."""
     encode_s: float
     decode_s: float
 

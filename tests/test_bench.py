@@ -34,7 +34,8 @@ def test_json_contract_and_table(tiny_bench):
         assert r["bytes_total"] == r["bytes_up"] + r["bytes_down"]
         assert r["seconds_per_round"] > 0
     table = (out / "bench.md").read_text()
-    assert table.count("\n") == 5 and "| fedsrd |" in table and "traffic vs fedavg" in table
+    assert table.count("\n| ") == 3 and "| fedsrd |" in table and "traffic vs fedavg" in table
+    assert "CPUs, torch" in table and "reused" not in table
     assert (out / "eval_loss_vs_round.png").stat().st_size > 0
     assert json.loads((out / "bench.json").read_text()) == results
 
@@ -56,6 +57,7 @@ def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
     again = run_suite("tiny", ["fedavg"], 2, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
     assert not any("[bench tiny] fedavg" in line for line in logs)
     assert again[0]["final_eval_loss"] == results[0]["final_eval_loss"]
+    assert "reused from earlier runs in the same folder: fedavg" in (out / "bench.md").read_text()
 
     logs.clear()
     run_suite("tiny", ["fedavg"], 1, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)

@@ -47,7 +47,7 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
     suite, configs = row_configs(suite_name, rows, rounds, sets)
     suite.check_data(log)
     out = out or Path("runs") / f"bench-{suite_name}"
-    results, runs = [], []
+    results, runs, reused = [], [], []
     for name, raw in configs:
         if raw["method"] not in METHODS:
             log(f"skipping {name}: method {raw['method']!r} is not available in this build")
@@ -56,6 +56,7 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
         run_dir = out / name
         if reuse and _finished_with(run_dir, cfg):
             summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+            reused.append(name)
         else:
             log(f"[bench {suite_name}] {name}")
             rundir.prepare(run_dir, cfg, overwrite=True)
@@ -68,8 +69,34 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
     if runs:
         plot(runs, out)
     (out / "bench.json").write_text(json.dumps(results, indent=1))
-    (out / "bench.md").write_text(markdown(results) + "\n")
+    (out / "bench.md").write_text(markdown(results) + "\n\n" + provenance(reused) + "\n")
     return results
+
+
+def provenance(reused: list[str]) -> str:
+    """Where and when the table was made: a benchmark figure means little without it."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    from .. import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"Made {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, fedsqueeze {__version__}" + (f" (git {commit})" if commit else "") +
+            f"; command: `{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`.")
+    if reused:
+        text += f" Rows reused from earlier runs in the same folder: {', '.join(reused)}."
+    return text
 
 
 def _finished_with(run_dir: Path, cfg) -> bool:

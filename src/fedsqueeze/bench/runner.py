@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
+import torch
+
+from .. import __version__
 from .. import config as config_mod
 from ..errors import UserError
 from ..metrics.report import plot
@@ -75,16 +83,6 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
 
 def provenance(reused: list[str]) -> str:
     """Where and when the table was made: a benchmark figure means little without it."""
-    import datetime
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    import torch
-
-    from .. import __version__
-
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip()

@@ -52,6 +52,11 @@ class NetworkModel:
         return seconds
 
 
+def quorum_count(hybrid: HybridConfig, sent: int) -> int:
+    """How many of a round's `sent` clients the hybrid rule waits for (all when quorum = 1)."""
+    return max(1, math.ceil(hybrid.quorum * sent - 1e-9))
+
+
 def close_time(start: float, finishes: list[float], pending: list[float], hybrid: HybridConfig) -> float:
     """When the round that started at `start` closes.
 
@@ -60,8 +65,7 @@ def close_time(start: float, finishes: list[float], pending: list[float], hybrid
     whichever is first. With nobody sampled, waits for the first pending arrival."""
     deadline = start + hybrid.deadline if hybrid.deadline is not None else math.inf
     if finishes:
-        need = max(1, math.ceil(hybrid.quorum * len(finishes) - 1e-9))
-        quorum_time = sorted(finishes)[need - 1]
+        quorum_time = sorted(finishes)[quorum_count(hybrid, len(finishes)) - 1]
     else:
         quorum_time = min(pending) if pending else start
     return min(quorum_time, deadline)

@@ -7,6 +7,7 @@ Between them travel only bytes; the ledger counts len() of each.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from ..metrics import Ledger
@@ -36,15 +37,15 @@ class ClientRole:
         start = method.client_receive(self.state, message)
         wanted = set(method.snapshot_steps(rnd, s.local_steps))
         snapshots: Tensors = {}
+        steps = itertools.count(1)
 
         def step(loss: float) -> None:
-            step.done += 1
-            if step.done in wanted:
-                snapshots.update(prefixed(f"{SNAPSHOT}{step.done}/", s.adapter.get()))
+            n = next(steps)
+            if n in wanted:
+                snapshots.update(prefixed(f"{SNAPSHOT}{n}/", s.adapter.get()))
             if on_step:
                 on_step(loss)
 
-        step.done = 0
         trained, losses = s.train_client(self.client, rnd, start, on_step=step)
         metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s,
                    "num_examples": s.federation.clients[self.client].num_examples}

@@ -14,7 +14,6 @@ is given up (logged). In-flight replies do not survive a server restart.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from flwr.serverapp import Grid
 from ...errors import UserError
 from .. import rundir
 from ..checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
+from ..clock import quorum_count
 from ..local import finish
 from ..roles import ServerRole
 from ..session import Session
@@ -163,7 +163,7 @@ class FlowerServer:
 
     def _closes(self, rnd: int, sent: int):
         """When the round may close early: all of its clients answered, or (hybrid) the quorum."""
-        need = sent if not self.asynchronous else max(1, math.ceil(self.hybrid.quorum * sent - 1e-9))
+        need = quorum_count(self.hybrid, sent)
 
         def enough(replied: set[str]) -> bool:
             if not sent:  # nobody new to wait for: close on the first late reply

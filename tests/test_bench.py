@@ -59,6 +59,17 @@ def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
     assert again[0]["final_eval_loss"] == results[0]["final_eval_loss"]
     assert "reused from earlier runs in the same folder: fedavg" in (out / "bench.md").read_text()
 
+    logs.clear()  # tabulate only: a row without a finished run is skipped, not trained
+    table = run_suite("tiny", ["fedavg", "flexlora"], 2, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))),
+                      reuse=True, train=False)
+    assert [r["method"] for r in table] == ["fedavg"] and not (out / "flexlora").exists()
+    assert any("skipping flexlora" in line for line in logs)
+
+    # a saved config that lacks a key added since (at its default) is still the same configuration
+    saved = out / "fedavg" / rundir.CONFIG
+    saved.write_text(saved.read_text().replace("partial_work = false\n", ""))
+    assert run_suite("tiny", ["fedavg"], 2, out, log=lambda *a, **k: None, reuse=True, train=False)
+
     logs.clear()
     run_suite("tiny", ["fedavg"], 1, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
     assert any("[bench tiny] fedavg" in line for line in logs)  # fewer rounds: a different run

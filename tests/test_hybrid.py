@@ -11,8 +11,10 @@ from conftest import tiny_config
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.config import HybridConfig, NetworkConfig
+from fedsqueeze.errors import ConfigError
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 from fedsqueeze.runtime.clock import NetworkModel, close_time
+from fedsqueeze.runtime.session import within_seconds
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
 from fedsqueeze.tensors import Layout
 
@@ -100,3 +102,46 @@ def test_too_stale_update_is_dropped_but_counted(tmp_path, corpus):
     assert dropped and dropped[0]["dropped"] == [3]
     assert 3 not in dropped[0]["clients"]
     assert dropped[0]["per_client"]["3"]["up"] > 0  # its bytes crossed the wire all the same
+
+
+def test_steps_that_fit_hand_computed():
+    net = NetworkModel(NetworkConfig(step_seconds=1.0, compute=[1.0, 0.25], up_mbps=8.0, down_mbps=80.0,
+                                     latency_ms=10.0), 2, seed=0)
+    # transfers take 0.11 s down (1 MB) + 0.51 s up (0.5 MB): 9.38 s of a 10 s deadline are left,
+    # 9 steps at full speed, 2.345 -> 2 at a quarter of it.
+    assert net.steps_that_fit(0, 10.0, 1_000_000, 500_000, 20) == 9
+    assert net.steps_that_fit(0, 10.0, 1_000_000, 500_000, 5) == 5  # never more than the round's steps
+    assert net.steps_that_fit(1, 10.0, 1_000_000, 500_000, 20) == 2
+    assert net.steps_that_fit(1, 0.5, 1_000_000, 500_000, 20) == 1  # at least one, even if late
+
+
+def test_within_seconds_keeps_at_least_one_step():
+    assert list(within_seconds(iter(range(5)), 0.0)) == [0]
+    assert list(within_seconds(iter(range(5)), 1e9)) == [0, 1, 2, 3, 4]
+
+
+def test_partial_work_needs_a_deadline(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="hybrid.partial_work.*hybrid.deadline"):
+        config_mod.load(tiny_config(tmp_path, corpus), ["hybrid.partial_work=true"])
+
+
+def test_partial_work_straggler_reports_in_time(tmp_path, corpus):
+    # 3 local steps of 1 s; client 3 at a quarter speed would need 12 s; the deadline of 9 s
+    # leaves it 2 steps (the transfers of the tiny adapter take ~0.1 s), so nobody is late.
+    rt = _runtime(tmp_path, corpus, "partial", ["method=gradualdiff", "network.step_seconds=1.0",
+                                                "network.compute=[1, 1, 1, 0.25]", "hybrid.deadline=9.0",
+                                                "hybrid.partial_work=true"])
+    trained = []
+    train_client = rt.s.train_client
+
+    def spy(client, rnd, start, **kw):
+        adapter, losses = train_client(client, rnd, start, **kw)
+        trained.append((rnd, client, len(losses)))
+        return adapter, losses
+
+    rt.s.train_client = spy
+    rt.run()
+    rows = [json.loads(x) for x in (rt.out / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["partial"] == {"3": 2} and r["late"] == [] and r["clients"] == [0, 1, 2, 3] for r in rows)
+    assert all(8.0 < r["sim_seconds"] <= 9.0 for r in rows)
+    assert sorted({(c, n) for _, c, n in trained}) == [(0, 3), (1, 3), (2, 3), (3, 2)]

@@ -147,6 +147,9 @@ def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4
           set_: List[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),
           out: Optional[Path] = typer.Option(None, "--out", help="Folder for the run directories (default runs/bench-SUITE)."),
           reuse: bool = typer.Option(False, "--reuse", help="Reuse rows that finished with the same configuration."),
+          no_train: bool = typer.Option(False, "--no-train",
+                                        help="Only tabulate rows that finished with the same configuration "
+                                             "(implies --reuse); skip the others instead of training them."),
           fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
     """Run several methods on one workload with the same seed, partition and step budget."""
     import json
@@ -163,7 +166,7 @@ def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4
     try:
         rows = [m.strip() for m in methods.split(",")] if methods else None
         results = run_suite(suite, rows, rounds, out, set_, None if quiet else (lambda: RichProgress(console)),
-                            log=log, reuse=reuse)
+                            log=log, reuse=reuse or no_train, train=not no_train)
     except UserError as exc:
         _fail(exc)
     print(json.dumps(results, indent=1) if quiet else markdown(results))

@@ -118,6 +118,9 @@ class HybridConfig(Section):
     max_staleness: int = Field(3, ge=0)
     """Late updates older than this many rounds are dropped (and logged; their bytes still count)."""
     staleness_exponent: float = Field(0.5, ge=0)
+    partial_work: bool = False
+    """A client that would miss the deadline trains only the local steps that fit before it (at
+    least one), so it still reports in time instead of arriving rounds late. Needs a deadline."""
 
 
 class Config(Section):
@@ -190,6 +193,9 @@ def validate(raw: dict) -> Config:
     from .strategies import METHODS
 
     METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
+    if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
+        raise ConfigError("config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size "
+                          "the work by")
     return cfg
 
 

@@ -51,7 +51,9 @@ def row_configs(suite_name: str, rows: list[str] | None, rounds: int | None, set
 
 
 def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None = None, out: Path | None = None,
-              sets: list[str] = (), progress_factory=None, log=print, reuse: bool = False) -> list[dict]:
+              sets: list[str] = (), progress_factory=None, log=print, reuse: bool = False,
+              train: bool = True) -> list[dict]:
+    """reuse: keep rows that finished with the same config; train=False: skip the others."""
     suite, configs = row_configs(suite_name, rows, rounds, sets)
     suite.check_data(log)
     out = out or Path("runs") / f"bench-{suite_name}"
@@ -65,6 +67,9 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
         if reuse and _finished_with(run_dir, cfg):
             summary = json.loads((run_dir / rundir.SUMMARY).read_text())
             reused.append(name)
+        elif not train:
+            log(f"skipping {name}: no run in {run_dir} finished with this configuration")
+            continue
         else:
             log(f"[bench {suite_name}] {name}")
             rundir.prepare(run_dir, cfg, overwrite=True)
@@ -100,7 +105,12 @@ def provenance(reused: list[str]) -> str:
 def _finished_with(run_dir: Path, cfg) -> bool:
     """A row can be reused only if it finished with exactly this configuration."""
     saved = run_dir / rundir.CONFIG
-    return (run_dir / rundir.SUMMARY).is_file() and saved.is_file() and saved.read_text() == cfg.to_toml()
+    if not ((run_dir / rundir.SUMMARY).is_file() and saved.is_file()):
+        return False
+    try:  # parsed again, so a key added since (with its default) does not count as a change
+        return config_mod.load(saved).to_toml() == cfg.to_toml()
+    except UserError:
+        return False
 
 
 def _result(name: str, s: dict, rows: list[dict]) -> dict:

@@ -51,6 +51,12 @@ class NetworkModel:
             seconds += link.latency_s + 8 * up_bytes / link.up_bps
         return seconds
 
+    def steps_that_fit(self, client: int, seconds: float, down_bytes: int, up_bytes: int, steps: int) -> int:
+        """How many of `steps` local steps let the client's round trip end within `seconds` (at least 1)."""
+        spare = seconds - self.round_trip(client, down_bytes, 0, up_bytes)
+        fit = math.floor(spare * self.links[client].compute / self.step_seconds + 1e-9)
+        return max(1, min(steps, fit))
+
 
 def quorum_count(hybrid: HybridConfig, sent: int) -> int:
     """How many of a round's `sent` clients the hybrid rule waits for (all when quorum = 1)."""

@@ -54,6 +54,7 @@ class LocalRuntime:
         self.network = NetworkModel(session.cfg.network, session.num_clients, session.cfg.seed)
         self.clock = 0.0  # simulated seconds
         self.in_flight: list[InFlight] = []
+        self.last_up: dict[int, int] = {}  # client -> bytes of its last upload (sizes partial work)
         self.done = 0
         self.elapsed = 0.0
         self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
@@ -72,11 +73,19 @@ class LocalRuntime:
         sampled = self.s.sample_clients(rnd, among=[c for c in range(self.s.num_clients) if c not in busy])
         self.progress.round_start(rnd, sampled)
         blobs = self.server.broadcast(rnd, sampled)
-        started = []
+        started, partial = [], {}
         for c in sampled:
             self.progress.client_start(rnd, c)
-            up_blob, metrics = self.clients[c].handle(rnd, blobs[c], on_step=self.progress.step)
-            trip = self.network.round_trip(c, len(blobs[c] or b""), self.s.local_steps, len(up_blob or b""))
+            down = len(blobs[c] or b"")
+            steps = self.s.local_steps
+            if hybrid.partial_work:
+                # Sized by the upload this client sent last time (its download's size before that).
+                steps = self.network.steps_that_fit(c, hybrid.deadline, down, self.last_up.get(c, down), steps)
+            up_blob, metrics = self.clients[c].handle(rnd, blobs[c], on_step=self.progress.step, steps=steps)
+            self.last_up[c] = len(up_blob or b"")
+            if steps < self.s.local_steps:
+                partial[str(c)] = steps
+            trip = self.network.round_trip(c, down, steps, self.last_up[c])
             started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
         self.in_flight += started
         close = close_time(self.clock, [f.arrival for f in started],
@@ -100,6 +109,8 @@ class LocalRuntime:
         record["stale"] = {str(f.client): rnd - f.origin for f in arrived if f.origin < rnd and f.client not in dropped}
         if dropped:
             record["dropped"] = dropped
+        if hybrid.partial_work:
+            record["partial"] = partial  # client -> local steps it had time for
         self.clock = close
         return record
 
@@ -136,7 +147,7 @@ class LocalRuntime:
             flights.append({"arrival": f.arrival, "origin": f.origin, "client": f.client, "metrics": f.metrics,
                             "has_blob": f.blob is not None})
         meta = {"round": self.done, "seconds": self.elapsed, "clock": self.clock, "in_flight": flights,
-                "base_eval": self.base_eval}
+                "base_eval": self.base_eval, "last_up": {str(c): n for c, n in self.last_up.items()}}
         save_checkpoint(self.out, state, meta)
 
     def restore(self) -> None:
@@ -148,6 +159,7 @@ class LocalRuntime:
         self.elapsed = meta["seconds"]
         self.clock = meta.get("clock", 0.0)
         self.base_eval = meta.get("base_eval")
+        self.last_up = {int(c): n for c, n in meta.get("last_up", {}).items()}
         self.in_flight = [InFlight(f["arrival"], f["origin"], f["client"],
                                    state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, f["metrics"])
                           for i, f in enumerate(meta.get("in_flight", []))]

@@ -29,7 +29,9 @@ class ClientRole:
         self.sender = session.uplink_sender()
         self.decoder = session.downlink_decoder()
 
-    def handle(self, rnd: int, down_blob: bytes | None, on_step=None) -> tuple[bytes | None, dict]:
+    def handle(self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None,
+               seconds: float | None = None) -> tuple[bytes | None, dict]:
+        """steps / seconds: the partial-work limit of the hybrid mode (Session.train_client)."""
         s, method = self.s, self.s.method
         t0 = time.perf_counter()
         message = self.decoder.decode(down_blob) if down_blob is not None else None
@@ -37,17 +39,17 @@ class ClientRole:
         start = method.client_receive(self.state, message)
         wanted = set(method.snapshot_steps(rnd, s.local_steps))
         snapshots: Tensors = {}
-        steps = itertools.count(1)
+        counter = itertools.count(1)
 
         def step(loss: float) -> None:
-            n = next(steps)
+            n = next(counter)
             if n in wanted:
                 snapshots.update(prefixed(f"{SNAPSHOT}{n}/", s.adapter.get()))
             if on_step:
                 on_step(loss)
 
-        trained, losses = s.train_client(self.client, rnd, start, on_step=step)
-        metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s,
+        trained, losses = s.train_client(self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
+        metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s, "steps": len(losses),
                    "num_examples": s.federation.clients[self.client].num_examples}
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:

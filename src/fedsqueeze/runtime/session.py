@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -92,8 +93,13 @@ class Session:
         rng = random.Random(f"{self.cfg.seed}/sample/{rnd}")
         return sorted(rng.sample(pool, k))
 
-    def train_client(self, client: int, rnd: int, start: Tensors, on_step=None) -> tuple[Tensors, list[float]]:
-        """Trains from `start` on `client`'s data for this round; deterministic in (seed, client, rnd)."""
+    def train_client(self, client: int, rnd: int, start: Tensors, on_step=None, steps: int | None = None,
+                     seconds: float | None = None) -> tuple[Tensors, list[float]]:
+        """Trains from `start` on `client`'s data for this round; deterministic in (seed, client, rnd).
+
+        steps / seconds (hybrid.partial_work): stop after that many of the round's local steps, or
+        before the step that would end past `seconds` of wall-clock (always at least one step);
+        the rest of the round's plan (and its learning-rate schedule) is simply not reached."""
         t = self.cfg.train
         data = self.federation.clients[client]
         self.adapter.set(start)
@@ -102,11 +108,14 @@ class Session:
         lo, hi = self.method.data_slice(rnd)
         first, last = int(lo * len(data.train)), max(int(hi * len(data.train)), int(lo * len(data.train)) + 1)
         plan = sample_batches(last - first, t.batch_size, self.local_steps, self.cfg.seed, client, rnd)
-        plan = [[first + i for i in batch] for batch in plan]
+        plan = [[first + i for i in batch] for batch in plan][:steps]
         torch.manual_seed(_seed(self.cfg.seed, "train", client, rnd))  # LoRA dropout, if any
         settings = TrainSettings(self.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps,
                                  t.grad_clip, t.bf16)
-        losses = train_local(self.model, params, (data.train.batch(ix, pad) for ix in plan), settings, on_step)
+        batches = (data.train.batch(ix, pad) for ix in plan)
+        if seconds is not None:
+            batches = within_seconds(batches, seconds)
+        losses = train_local(self.model, params, batches, settings, on_step)
         return self.adapter.get(), losses
 
     def evaluate_set(self, adapter: Tensors, dataset, max_batch: int = 8) -> float:
@@ -147,3 +156,13 @@ def _method_pooled(name: str) -> bool:
 
 
 __all__ = ["ClientUpdate", "Session"]
+
+
+def within_seconds(batches, seconds: float):
+    """Yields batches while one more step, at the mean pace so far, still ends within `seconds`
+    of the first; the first always comes (a client that reports something beats one that does not)."""
+    t0 = time.perf_counter()
+    for n, batch in enumerate(batches):
+        if n and (time.perf_counter() - t0) * (n + 1) / n > seconds:
+            return
+        yield batch

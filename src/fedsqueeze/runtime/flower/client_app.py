@@ -59,7 +59,9 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
             raise RuntimeError(f"message for partition {info[PARTITION_ID]} reached the node of partition {partition}")
         role = ClientRole(_session(text), partition)
         role.load_state_dict(wire.load_state(context.state))
-        up_blob, metrics = role.handle(int(info["round"]), wire.unpack(msg.content, "down"))
+        seconds = info.get(wire.TRAIN_SECONDS)
+        up_blob, metrics = role.handle(int(info["round"]), wire.unpack(msg.content, "down"),
+                                       seconds=float(seconds) if seconds is not None else None)
         wire.save_state(context.state, role.state_dict())
         return wire.train_reply(msg, partition, up_blob, metrics)
 

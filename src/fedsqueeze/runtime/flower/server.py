@@ -109,7 +109,10 @@ class FlowerServer:
         if len(reachable) < len(sampled):
             self.log(f"round {rnd}: no node for clients {sorted(set(sampled) - set(reachable))}: left out")
         blobs = self.server.broadcast(rnd, reachable)
-        messages = [wire.train_message(self.nodes[c], rnd, c, blobs[c]) for c in reachable]
+        # Partial work on the real clock: the client trains while its steps fit in 80% of the
+        # deadline; the rest is left for the transfers, which it cannot time itself.
+        budget = 0.8 * self.hybrid.deadline if self.hybrid.partial_work else None
+        messages = [wire.train_message(self.nodes[c], rnd, c, blobs[c], budget) for c in reachable]
         now = time.monotonic()
         for client, mid in zip(reachable, push(self.grid, messages)):
             self.in_flight[mid] = Pending(client, rnd, now)

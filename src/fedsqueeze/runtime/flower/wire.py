@@ -18,6 +18,7 @@ from ...tensors import Tensors
 QUERY, TRAIN = "query", "train"
 BLOB, INFO, METRICS = "blob", "info", "metrics"
 STATE = "fedsqueeze"  # key of the client's state in context.state
+TRAIN_SECONDS = "train-seconds"  # hybrid.partial_work: the wall-clock the client may train for
 
 
 def pack(blob: bytes) -> ArrayRecord:
@@ -31,8 +32,12 @@ def unpack(content: RecordDict, key: str) -> bytes | None:
     return content.array_records[key][BLOB].numpy().tobytes()
 
 
-def train_message(node_id: int, rnd: int, client: int, down_blob: bytes | None) -> Message:
-    content = RecordDict({INFO: ConfigRecord({"round": rnd, "partition-id": client})})
+def train_message(node_id: int, rnd: int, client: int, down_blob: bytes | None,
+                  train_seconds: float | None = None) -> Message:
+    info = {"round": rnd, "partition-id": client}
+    if train_seconds is not None:
+        info[TRAIN_SECONDS] = float(train_seconds)
+    content = RecordDict({INFO: ConfigRecord(info)})
     if down_blob is not None:
         content["down"] = pack(down_blob)
     return Message(content=content, dst_node_id=node_id, message_type=TRAIN)

@@ -260,6 +260,17 @@ def test_hybrid_on_flower_drops_a_reply_past_max_staleness_but_bills_it(tmp_path
     assert any("dropped client 2's update from round 1 (staleness 2 > 1)" in line for line in lines)
 
 
+def test_partial_work_on_flower_sends_the_time_budget(tmp_path, corpus):
+    """Partial work on the real clock: the server gives each client 80% of the deadline to train
+    in; a budget shorter than one step still gets one step, and the round still closes in time."""
+    cfg = _config(tmp_path, corpus, **{"hybrid.deadline": "0.001", "hybrid.partial_work": "true"})
+    summary, _ = _serve_in_process(cfg, tmp_path / "out")
+    rows = _rounds(tmp_path / "out")
+    assert [r["partial"] for r in rows] == [{"0": 1, "1": 1, "2": 1}] * 2
+    assert [r["clients"] for r in rows] == [[0, 1, 2]] * 2
+    assert summary["rounds"] == 2
+
+
 def test_a_node_that_cannot_say_its_partition_is_ignored(tmp_path, corpus):
     cfg = _config(tmp_path, corpus, **{"runtime.connect_timeout": "0"})
     summary, lines = _serve_in_process(cfg, tmp_path / "out", faults={(0, 1): "error"})

@@ -134,11 +134,13 @@ class FlowerServer:
         if not arrived and not self.in_flight:
             raise UserError(f"round {rnd}: no client answered; stopped after round {self.done} "
                             "(the last finished round is checkpointed)")
-        stale, dropped = {}, []
+        stale, dropped, partial = {}, [], {}
         for client in sorted(arrived):  # client order, so arrival order never changes the result
             origin, reply = arrived[client]
             staleness, content = rnd - origin, reply.content
             blob, metrics = wire.unpack(content, "up"), wire.reply_metrics(content)
+            if metrics.get("steps", self.s.local_steps) < self.s.local_steps:
+                partial[str(client)] = int(metrics["steps"])
             if staleness > self.hybrid.max_staleness:
                 self.log(f"round {rnd}: dropped client {client}'s update from round {origin} "
                          f"(staleness {staleness} > {self.hybrid.max_staleness})")
@@ -157,6 +159,8 @@ class FlowerServer:
             record.update(late=late, stale=stale)
             if dropped:
                 record["dropped"] = dropped
+        if self.hybrid.partial_work:
+            record["partial"] = partial  # client -> local steps it had time for
         return record
 
     def _wait(self) -> float:

@@ -81,3 +81,16 @@ def test_unknown_row_names_the_allowed_ones(cli, tmp_path):
     assert res.exit_code == 2 and "nope" in res.output and "fedsrd-random" in res.output
     res = cli("bench", "--suite", "w5", "--out", tmp_path)
     assert res.exit_code == 2 and "w4" in res.output
+
+
+def test_snr_column_is_the_mean_over_compressed_rounds():
+    from fedsqueeze.bench.runner import _result, markdown
+
+    summary = {"rounds": 3, "clients": 2, "bytes_up": 6_000_000, "bytes_down": 0, "bytes_total": 6_000_000,
+               "final_eval_loss": 3.0, "eval": {}, "seconds": 30.0}
+    rows = [{"round": 1, "phase": "tgap"}, {"round": 2, "snr_db": 1.0}, {"round": 3, "snr_db": 4.0}]
+    cg = _result("cg-fedllm-tensor", summary, rows)
+    assert cg["snr_db"] == 2.5 and cg["mb_up_per_client_round"] == 1.0
+    table = markdown([_result("fedavg", summary, rows[:1]), cg])
+    assert "mean upload SNR dB" in table
+    assert table.splitlines()[2].endswith("| - |") and table.splitlines()[3].endswith("| 2.50 |")

@@ -128,18 +128,22 @@ def _result(name: str, s: dict, rows: list[dict]) -> dict:
         "mb_down_per_client_round": s["bytes_down"] / MB / n_rounds / clients,
         "eval": s["eval"],
     }
-    for key in ("sim_seconds", "snr_db"):
-        if key in s:
-            r[key] = s[key]
+    if "sim_seconds" in s:
+        r["sim_seconds"] = s["sim_seconds"]
+    snrs = [row["snr_db"] for row in rows if "snr_db" in row]  # CG-FedLLM's compressed rounds
+    if snrs:
+        r["snr_db"] = sum(snrs) / len(snrs)
     return r
 
 
 def markdown(results: list[dict]) -> str:
     base = next((r for r in results if r["method"] == "fedavg"), None)
     has_sim = any("sim_seconds" in r for r in results)
+    has_snr = any("snr_db" in r for r in results)
     head = ("| method | MB up / client / round | MB down / client / round | total MB | traffic vs fedavg | "
-            "in-domain eval loss | OOD eval loss | s / round |" + (" sim s |" if has_sim else ""))
-    lines = [head, "|" + "---|" * (8 + has_sim)]
+            "in-domain eval loss | OOD eval loss | s / round |" + (" sim s |" if has_sim else "") +
+            (" mean upload SNR dB |" if has_snr else ""))
+    lines = [head, "|" + "---|" * (8 + has_sim + has_snr)]
     for r in results:
         ratio = f"{r['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
         ood = f"{r['ood_eval_loss']:.4f}" if r.get("ood_eval_loss") is not None else "-"
@@ -148,5 +152,7 @@ def markdown(results: list[dict]) -> str:
                 f"{r['seconds_per_round']:.1f} |")
         if has_sim:
             line += f" {r['sim_seconds']:.1f} |" if "sim_seconds" in r else " - |"
+        if has_snr:
+            line += f" {r['snr_db']:.2f} |" if "snr_db" in r else " - |"
         lines.append(line)
     return "\n".join(lines)

@@ -32,8 +32,9 @@ class RichProgress:
     def round_start(self, rnd: int, clients: list[int]) -> None:
         self.bar.update(self.rounds, info=f"round {rnd}")
 
-    def client_start(self, rnd: int, client: int) -> None:
-        self.bar.reset(self.steps, total=self.steps_per_client, info=f"client {client}")
+    def client_start(self, rnd: int, client: int, steps: int | None = None) -> None:
+        """steps: this client's local steps when fewer than the round's (hybrid partial work)."""
+        self.bar.reset(self.steps, total=steps or self.steps_per_client, info=f"client {client}")
 
     def step(self, loss: float) -> None:
         self.bar.update(self.steps, advance=1, info=f"loss {loss:.3f}")

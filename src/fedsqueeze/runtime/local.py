@@ -83,9 +83,9 @@ class LocalRuntime:
             self.progress.client_start(rnd, c, steps)
             up_blob, metrics = self.clients[c].handle(rnd, blobs[c], on_step=self.progress.step, steps=steps)
             self.last_up[c] = len(up_blob or b"")
-            if steps < self.s.local_steps:
-                partial[str(c)] = steps
-            trip = self.network.round_trip(c, down, steps, self.last_up[c])
+            if metrics["steps"] < self.s.local_steps:  # what the client reports, as on Flower
+                partial[str(c)] = metrics["steps"]
+            trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c])
             started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
         self.in_flight += started
         close = close_time(self.clock, [f.arrival for f in started],

@@ -155,9 +155,6 @@ def _method_pooled(name: str) -> bool:
     return METHODS.get(name).pooled
 
 
-__all__ = ["ClientUpdate", "Session"]
-
-
 def within_seconds(batches, seconds: float):
     """Yields batches while one more step, at the mean pace so far, still ends within `seconds`
     of the first; the first always comes (a client that reports something beats one that does not)."""
@@ -166,3 +163,7 @@ def within_seconds(batches, seconds: float):
         if n and (time.perf_counter() - t0) * (n + 1) / n > seconds:
             return
         yield batch
+
+
+__all__ = ["ClientUpdate", "Session"]
+

@@ -38,6 +38,9 @@ ROWS: dict[str, dict] = {
     "fedsrd-norecon": {"method": "fedsrd", "params": {"reconstruct": False}},
     "fedsrd-nodecomp": {"method": "fedsrd", "params": {"decompose": False}},
     "fedsrd-fixed": {"method": "fedsrd", "params": {"adaptive_ratio": False}},
+    # How much of FedSRD's loss gap is the 80% random drop of the broadcast (drop0: none dropped)
+    "fedsrd-drop70": {"method": "fedsrd", "params": {"download_drop": 0.7}},
+    "fedsrd-drop0": {"method": "fedsrd", "params": {"download_drop": 0.0}},
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
                                                       "error_feedback": True}},

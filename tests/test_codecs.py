@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +35,8 @@ LAYOUT = Layout.of(adapter())
 
 
 def test_registry_lists_every_codec():
-    assert set(CODECS.names()) >= {"fp32", "fp16", "bf16", "quantize", "topk", "randk", "lowrank", "sparse", "zstd"}
+    assert set(CODECS.names()) >= {"fp32", "fp16", "bf16", "quantize", "topk", "randk", "lowrank", "sparse", "zstd",
+                                    "narrow"}
 
 
 @pytest.mark.parametrize(
@@ -84,7 +88,8 @@ def test_spec_mistakes_are_one_line_config_errors(spec, words):
 # ---- round trips and the wire -----------------------------------------------------------------------
 
 SPECS = ["fp32", "fp16", "bf16", "quantize(bits=5)", "topk(fraction=0.2) > quantize > zstd", "randk(k=7)",
-         "lowrank(rank=2) > bf16", "sparse > zstd", "zstd", "topk(k=9, scope=global)"]
+         "lowrank(rank=2) > bf16", "sparse > zstd", "zstd", "topk(k=9, scope=global)",
+         "sparse > narrow"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -116,6 +121,23 @@ def test_fp32_blob_size_is_exactly_header_plus_values():
     body = 4 * n
     expected = 4 + 1 + 1 + 1 + len("fp32") + 8 + 1 + len(wire.varint_bytes(body)) + body + 4
     assert len(build_codec("fp32", LAYOUT).encode(tensors)) == expected
+
+
+def test_narrow_is_half_the_value_bytes_on_bf16_values_and_rejects_a_bad_width_tag():
+    tensors = {k: v.bfloat16().float() for k, v in adapter().items()}
+    n = sum(t.numel() for t in tensors.values())
+    body = 1 + 2 * n  # width tag + 2 bytes a value
+    expected = 4 + 1 + 1 + 1 + len("narrow") + 8 + 1 + len(wire.varint_bytes(body)) + body + 4
+    codec = build_codec("narrow", LAYOUT)
+    blob = codec.encode(tensors)
+    assert len(blob) == expected
+    assert len(codec.encode(adapter())) == expected + 2 * n  # not bf16-exact: fp32
+    tag_at = expected - 4 - body  # the body starts with the tag; the checksum ends the blob
+    bad = bytearray(blob)
+    bad[tag_at] = 7
+    bad[-4:] = struct.pack("<I", zlib.crc32(bad[:-4]))  # a well-formed blob with a tag nobody wrote
+    with pytest.raises(PayloadError, match="width tag"):
+        codec.decode(bytes(bad))
 
 
 def test_fingerprint_replaces_names_and_is_checked():

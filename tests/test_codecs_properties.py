@@ -64,7 +64,8 @@ def flat64(t: torch.Tensor) -> np.ndarray:
 # ---- lossless codecs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["fp32", "zstd", "zstd(level=19)", "sparse", "sparse > zstd"])
+@pytest.mark.parametrize("spec", ["fp32", "zstd", "zstd(level=19)", "sparse", "sparse > zstd", "narrow",
+                                  "sparse > narrow > zstd"])
 @SETTINGS
 @given(tensors=updates())
 def test_lossless_codecs_are_exact(spec, tensors):
@@ -73,6 +74,18 @@ def test_lossless_codecs_are_exact(spec, tensors):
     for name, t in tensors.items():
         assert torch.equal(decoded[name], t), name
     assert len(blob) == measure(build_codec(spec, Layout.of(tensors)), tensors)["wire_bytes"]
+
+
+@SETTINGS
+@given(tensors=updates())
+def test_narrow_sends_bf16_exact_values_in_two_bytes(tensors):
+    rounded = {k: v.to(torch.bfloat16).float() for k, v in tensors.items()}
+    blob, decoded = roundtrip("narrow", rounded)
+    for name, t in rounded.items():
+        assert torch.equal(decoded[name], t), name
+    if any(not torch.equal(t, rounded[k]) for k, t in tensors.items()):  # else both are the same blob
+        count = sum(t.numel() for t in tensors.values())
+        assert len(roundtrip("narrow", tensors)[0]) - len(blob) >= 2 * count
 
 
 # ---- float formats ----------------------------------------------------------------------------------

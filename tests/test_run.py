@@ -146,3 +146,24 @@ def test_smollm2_federated_round_on_stdlib(tmp_path, cli):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_up"] > 0 and summary["bytes_down"] == 0  # round 1: the seed gives the adapter
     assert 0 < summary["final_eval_loss"] < 10
+
+
+def test_fedsrd_bf16_broadcast_keeps_every_client_on_the_server_adapter(tmp_path, corpus):
+    """download_dtype=bf16 over its default `sparse > narrow` link: the one-factor deltas travel in
+    2 bytes a value, the catch-up state of a client that skipped rounds in 4, and every client still
+    rebuilds the server's adapter bit for bit."""
+    sets = ["method=fedsrd", "train.rounds=4", "train.clients_per_round=2", "params.download_drop=0.5"]
+    rt32, s32, _ = _run(tmp_path, corpus, "fp32", sets=sets)
+    rt16, s16, _ = _run(tmp_path, corpus, "bf16", sets=[*sets, "params.download_dtype=bf16"])
+    assert rt16.s.downlink_spec == "sparse > narrow"
+    assert 0 < s16["bytes_down"] < s32["bytes_down"]
+    method = rt16.server.method
+    kinds = set()
+    for client in rt16.clients:  # what each would rebuild from the server's next message
+        blob = rt16.server.broadcast(5, [client.client])[client.client]
+        message = client.decoder.decode(blob)
+        kinds.add("state" if len(message) == len(method.global_adapter()) else "delta")
+        start = method.client_receive(client.state, message)
+        for name, value in method.global_adapter().items():
+            assert torch.equal(start[name], value), (client.client, name)
+    assert kinds == {"state", "delta"}

@@ -29,11 +29,11 @@ def fake_training(start, client, rnd, scale=0.05):
     return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in start.items()}
 
 
-def wire(message, ctx):
-    """What the other side decodes: a lossless codec's round trip."""
+def wire(message, ctx, spec="sparse"):
+    """What the other side decodes: a codec's round trip (default: the lossless `sparse` link)."""
     if message is None:
         return None
-    codec = build_codec("sparse", ctx.layout)  # the methods' default link: lossless, values + positions
+    codec = build_codec(spec, ctx.layout)
     return codec.decode(codec.encode(message))
 
 
@@ -46,7 +46,7 @@ def run_rounds(method, ctx, schedule, states=None, on_receive=None):
         for c in clients:
             msg = method.broadcast(rnd, c)
             state = states.setdefault(c, {})
-            start = method.client_receive(state, wire(msg, ctx))
+            start = method.client_receive(state, wire(msg, ctx, method.default_downlink))
             if on_receive:
                 on_receive(rnd, c, msg, start)
             trained = fake_training(start, c, rnd)
@@ -67,6 +67,7 @@ VARIANTS = [
     ("fedsrd", {"sparsifier": "random", "adaptive_ratio": False}),
     ("fedsrd", {"sparsifier": "magnitude", "rescale": False}),
     ("fedsrd-e", {"sparsifier": "none", "download_drop": 0.0}),
+    ("fedsrd", {"download_dtype": "bf16", "download_drop": 0.5}),  # over `sparse > narrow`
 ]
 
 
@@ -136,6 +137,23 @@ def test_broadcast_mask_and_rescale():
         m = masked.broadcast(2, 0)[name]
         kept = m != 0
         assert torch.allclose(m[kept], 5 * d[kept], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_broadcast_is_the_rounded_fp32_one_at_half_the_value_bytes():
+    ctx = make_ctx()
+    fp32 = build_method("fedsrd", {}, ctx)
+    bf16 = build_method("fedsrd", {"download_dtype": "bf16"}, ctx)
+    assert (fp32.default_downlink, bf16.default_downlink) == ("sparse", "sparse > narrow")
+    run_rounds(fp32, ctx, [(1, [0, 1])])
+    run_rounds(bf16, ctx, [(1, [0, 1])])
+    full, half = fp32.broadcast(2, 0), bf16.broadcast(2, 0)
+    assert sorted(full) == sorted(half)
+    for name in full:
+        assert torch.equal(half[name], full[name].to(torch.bfloat16).float()), name  # same mask, rounded
+        assert torch.count_nonzero(half[name]) > 0
+    nonzero = sum(int(v.count_nonzero()) for v in full.values())
+    link = build_codec(bf16.default_downlink, ctx.layout)  # the fp32 delta is not bf16-exact: 4 bytes a value
+    assert len(link.encode(full)) - len(link.encode(half)) == 2 * nonzero
 
 
 def test_upload_is_sparse_and_keeps_l1_norm():
@@ -225,5 +243,7 @@ def test_params_are_validated():
         build_method("fedsrd", {"sparsifier": "topk"}, ctx)
     with pytest.raises(ConfigError):
         build_method("fedsrd-e", {"download_drop": 1.0}, ctx)
+    with pytest.raises(ConfigError, match="download_dtype"):
+        build_method("fedsrd", {"download_dtype": "fp16"}, ctx)
     m = build_method("fedsrd", {"base_ratio": 0.5, "start_factor": "A"}, ctx)
     assert m.params.base_ratio == 0.5 and m.default_uplink == m.default_downlink == "sparse"

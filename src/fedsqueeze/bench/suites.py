@@ -41,6 +41,9 @@ ROWS: dict[str, dict] = {
     # How much of FedSRD's loss gap is the 80% random drop of the broadcast (drop0: none dropped)
     "fedsrd-drop70": {"method": "fedsrd", "params": {"download_drop": 0.7}},
     "fedsrd-drop0": {"method": "fedsrd", "params": {"download_drop": 0.0}},
+    # Broadcast values in bf16 (2 bytes): 40% or 50% of the delta kept for ~the bytes of 30% / 25% in fp32
+    "fedsrd-bf16-drop60": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6}},
+    "fedsrd-bf16-drop50": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5}},
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
                                                       "error_feedback": True}},

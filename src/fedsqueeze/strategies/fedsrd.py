@@ -44,6 +44,10 @@ Ablation switches (Params):
     which has no rank-r factors otherwise), or (B_bar, A_bar) without reconstruction, and every client
     gets the whole C (dense) each round.
   rescale: both the upload L1 rescale and the download 1/(1-drop) rescale.
+Broadcast precision (not in the paper): download_dtype = "bf16" rounds the broadcast delta to
+bfloat16 before the server applies it, and the default downlink becomes `sparse > narrow`, which
+writes bf16-exact values in 2 bytes and anything else (the catch-up C) in 4, losslessly; clients
+stay bit-identical and a kept delta value costs half, which can buy a lower download_drop.
 Stale updates (staleness > 0) are folded in as if trained from the current global: FedSRD has no
 staleness model.
 """
@@ -60,6 +64,7 @@ from . import lora_math as lm
 from .base import ClientUpdate, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
+WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FedSRDParams(BaseModel):
@@ -69,6 +74,8 @@ class FedSRDParams(BaseModel):
     cap: float = Field(0.11, ge=0.0, le=1.0, description="largest kurtosis term added to base_ratio")
     coef: float = Field(0.1, ge=0.0, description="kurtosis term = coef * ln(max(kappa, 1))")
     download_drop: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of the broadcast delta dropped")
+    download_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)")
     rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")
     start_factor: Literal["A", "B"] = Field("B", description="factor moved in round 1 (B: no wasted round)")
     sparsifier: Literal["importance", "magnitude", "random", "none"] = "importance"
@@ -81,7 +88,6 @@ class FedSRD(Method):
     name = "fedsrd"
     Params = FedSRDParams
     default_uplink = "sparse"
-    default_downlink = "sparse"
     lossless_downlink = True
     truncate: ClassVar[bool] = True
     """Rank-r truncated SVD of the reconstructed W (False: FedSRD-e, W_r = W)."""
@@ -97,6 +103,11 @@ class FedSRD(Method):
         """client -> version its state is known to hold (from its last upload)."""
         self.sent: dict[int, int] = {}
         """client -> version its state holds if our last message reached it."""
+
+    @property
+    def default_downlink(self) -> str:  # type: ignore[override]
+        # narrow: 2 bytes per bf16-exact value, still lossless for the fp32 catch-up message
+        return "sparse > narrow" if self.params.download_dtype == "bf16" else "sparse"
 
     # ---- messages ------------------------------------------------------------------------------
     def broadcast(self, rnd: int, client: int) -> Tensors | None:
@@ -213,7 +224,8 @@ class FedSRD(Method):
             else:
                 name, moved = pair.b, lm.project_onto_b(a0, left, right)
             moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
-            delta[name] = moved.to(self.adapter[name].dtype)
+            # Rounded to the wire's precision here, so what the server applies is what clients decode.
+            delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
         return delta
 
     def _dense_factors(self, updates, weights) -> Tensors:

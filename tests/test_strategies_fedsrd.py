@@ -68,6 +68,7 @@ VARIANTS = [
     ("fedsrd", {"sparsifier": "magnitude", "rescale": False}),
     ("fedsrd-e", {"sparsifier": "none", "download_drop": 0.0}),
     ("fedsrd", {"download_dtype": "bf16", "download_drop": 0.5}),  # over `sparse > narrow`
+    ("fedsrd", {"projection_damping": 0.05, "download_drop": 0.0}),
 ]
 
 

@@ -135,6 +135,23 @@ def test_delta_w_factored():
     assert torch.allclose(l2 @ r2, left @ right - b0 @ a0, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(20, 4), (4, 15)])
+def test_damped_pinv_is_tikhonov_and_bounds_the_gain(shape):
+    g = torch.Generator().manual_seed(6)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=g, dtype=torch.float64))
+    s = torch.tensor([2.0, 0.5, 1e-3, 1e-6], dtype=torch.float64)  # ill-conditioned, like a young B
+    m = u @ torch.diag(s) @ v.T
+    assert torch.allclose(lm.damped_pinv(m, 0.0), torch.linalg.pinv(m))
+    d = 0.05
+    lam = d * 2.0
+    tikhonov = torch.linalg.solve(m.T @ m + lam**2 * torch.eye(shape[1], dtype=torch.float64), m.T)
+    damped = lm.damped_pinv(m, d)
+    assert torch.allclose(damped, tikhonov, atol=1e-10)
+    assert torch.linalg.matrix_norm(damped, ord=2) <= 1 / (2 * lam) + 1e-12  # plain pinv: 1e6
+    assert torch.count_nonzero(lm.damped_pinv(torch.zeros(shape), d)) == 0
+
+
 def test_pinv_of_zero_b_gives_zero_a_step():
     """Why FedSRD starts with the B step: with peft's B0 = 0 an A step moves nothing."""
     left, right = torch.ones(5, 2), torch.ones(2, 4)

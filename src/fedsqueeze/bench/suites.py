@@ -44,6 +44,11 @@ ROWS: dict[str, dict] = {
     # Broadcast values in bf16 (2 bytes): 40% or 50% of the delta kept for ~the bytes of 30% / 25% in fp32
     "fedsrd-bf16-drop60": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6}},
     "fedsrd-bf16-drop50": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5}},
+    # ... with the pinv damped (without the mask's noise the plain pinv diverges: fedsrd-drop0)
+    "fedsrd-bf16-drop60-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6,
+                                                                 "projection_damping": 0.02}},
+    "fedsrd-bf16-drop50-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5,
+                                                                 "projection_damping": 0.02}},
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
                                                       "error_feedback": True}},

@@ -44,6 +44,11 @@ Ablation switches (Params):
     which has no rank-r factors otherwise), or (B_bar, A_bar) without reconstruction, and every client
     gets the whole C (dense) each round.
   rescale: both the upload L1 rescale and the download 1/(1-drop) rescale.
+Damped projection (not in the paper): pinv(B0) amplifies dW along B0's weak directions by 1/s, and a
+B trained 10 steps from zero has s_min / s_max down to 1e-4 on W4; without the download mask's
+noise (download_drop = 0) the A-round then moves some rows of A by ~100x their size and training
+diverges the round after. projection_damping = d replaces 1/s by s / (s^2 + (d s_max)^2) (0: the
+paper's plain pinv); what it leaves out of an A-round, the next B-round can still carry.
 Broadcast precision (not in the paper): download_dtype = "bf16" rounds the broadcast delta to
 bfloat16 before the server applies it, and the default downlink becomes `sparse > narrow`, which
 writes bf16-exact values in 2 bytes and anything else (the catch-up C) in 4, losslessly; clients
@@ -76,6 +81,8 @@ class FedSRDParams(BaseModel):
     download_drop: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of the broadcast delta dropped")
     download_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)")
+    projection_damping: float = Field(
+        0.0, ge=0.0, description="Tikhonov damping of the pinv, relative to the factor's largest singular value")
     rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")
     start_factor: Literal["A", "B"] = Field("B", description="factor moved in round 1 (B: no wasted round)")
     sparsifier: Literal["importance", "magnitude", "random", "none"] = "importance"
@@ -220,9 +227,9 @@ class FedSRD(Method):
             b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
             left, right = lm.delta_w_factored(*self._target(pair, updates, weights), b0, a0)
             if factor == "A":
-                name, moved = pair.a, lm.project_onto_a(b0, left, right)
+                name, moved = pair.a, lm.project_onto_a(b0, left, right, p.projection_damping)
             else:
-                name, moved = pair.b, lm.project_onto_b(a0, left, right)
+                name, moved = pair.b, lm.project_onto_b(a0, left, right, p.projection_damping)
             moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
             # Rounded to the wire's precision here, so what the server applies is what clients decode.
             delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)

@@ -209,13 +209,26 @@ def delta_w_factored(
     return torch.cat([left, -wide(b0)], dim=1), torch.cat([right, wide(a0)], dim=0)
 
 
-def project_onto_a(b0: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+def damped_pinv(m: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
+    """pinv(M) (damping 0), or the Tikhonov-damped (M^T M + lam^2 I)^-1 M^T with lam = damping * s_max:
+    each singular value s becomes s / (s^2 + lam^2) instead of 1 / s, so no direction is amplified
+    more than 1 / (2 lam). In fp32 (or the input's wider dtype)."""
+    m = wide(m)
+    if damping <= 0.0:
+        return torch.linalg.pinv(m)
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    lam = damping * s.max()
+    gain = torch.where(s > 0, s / (s * s + lam * lam), torch.zeros((), dtype=s.dtype))
+    return vh.T @ (gain[:, None] * u.T)
+
+
+def project_onto_a(b0: torch.Tensor, left: torch.Tensor, right: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
     """dA = pinv(B0) @ dW with dW = L @ R, computed as (pinv(B0) @ L) @ R (r x d_in).
 
     B0 (B0 + dA) = B0 A0 + P_B0 dW: the best change of A alone, in least squares. pinv in fp32."""
-    return (torch.linalg.pinv(wide(b0)) @ left) @ right
+    return (damped_pinv(b0, damping) @ left) @ right
 
 
-def project_onto_b(a0: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+def project_onto_b(a0: torch.Tensor, left: torch.Tensor, right: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
     """dB = dW @ pinv(A0) with dW = L @ R, computed as L @ (R @ pinv(A0)) (d_out x r). pinv in fp32."""
-    return left @ (right @ torch.linalg.pinv(wide(a0)))
+    return left @ (right @ damped_pinv(a0, damping))

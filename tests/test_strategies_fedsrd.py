@@ -6,6 +6,7 @@ import torch
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
+from fedsqueeze.strategies.fedsrd import STATE_MARKER
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
@@ -69,6 +70,8 @@ VARIANTS = [
     ("fedsrd-e", {"sparsifier": "none", "download_drop": 0.0}),
     ("fedsrd", {"download_dtype": "bf16", "download_drop": 0.5}),  # over `sparse > narrow`
     ("fedsrd", {"projection_damping": 0.05, "download_drop": 0.0}),
+    ("fedsrd", {"moves": "both", "download_dtype": "bf16"}),
+    ("fedsrd-e", {"moves": "both", "start_factor": "A"}),
 ]
 
 
@@ -83,7 +86,7 @@ def test_server_and_clients_hold_identical_adapters(name, params):
         assert list(start) == list(ctx.layout.names)
         for k in ctx.layout.names:
             assert torch.equal(start[k], glob[k]), (rnd, client, k)
-        kinds.append((rnd, client, "none" if msg is None else "all" if len(msg) == len(glob) else "delta"))
+        kinds.append((rnd, client, "none" if msg is None else "all" if STATE_MARKER in msg else "delta"))
 
     run_rounds(method, ctx, SCHEDULE, on_receive=check)
     assert all(kind == "none" for rnd, _, kind in kinds if rnd == 1)
@@ -231,7 +234,7 @@ def test_lost_message_is_never_applied_twice():
     method.client_receive(states[0], wire(method.broadcast(2, 0), ctx))  # 0 applies, its upload is lost
     run_rounds(method, ctx, [(2, [1])], states=states)
     msg = method.broadcast(3, 0)
-    assert len(msg) == len(ctx.layout.names)
+    assert set(msg) == {*ctx.layout.names, STATE_MARKER}
     start = method.client_receive(states[0], wire(msg, ctx))
     assert all(torch.equal(start[k], method.global_adapter()[k]) for k in start)
 

@@ -47,6 +47,10 @@ ROWS: dict[str, dict] = {
     # ... with the pinv damped (without the mask's noise the plain pinv diverges: fedsrd-drop0)
     "fedsrd-bf16-drop60-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6,
                                                                  "projection_damping": 0.02}},
+    # Both factors every round (the second projected from what the first left), bf16 values: about
+    # the paper's broadcast bytes
+    "fedsrd-both": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16",
+                                                   "projection_damping": 0.02}},
     "fedsrd-bf16-drop50-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5,
                                                                  "projection_damping": 0.02}},
     # FedAvg with generic codecs (issue 3)

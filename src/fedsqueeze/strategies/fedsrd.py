@@ -24,14 +24,19 @@ only C = global - init (its `global_delta/*` state) and trains from init + C. Th
 same C and computes its adapter the same way, so both are bit-identical as long as the downlink codec
 is lossless (the default `sparse` codec is). Messages, told apart by their keys:
   - None: nothing new (round 1 for everyone: the adapter is still the initial one);
-  - only the moved factor's tensors: the last round's sparse delta, C += message;
-  - every tensor of the adapter: C itself, C = message.
+  - the moved factors' tensors: the last round's sparse delta, C += message;
+  - every tensor of the adapter plus the marker `fedsrd.state`: C itself, C = message.
 A client gets the delta only when the server knows it holds the previous global (its last upload was
 trained from it and nothing was sent to it since). A client that skipped rounds, joins late, or whose
 state the server cannot vouch for gets C itself: exact, no per-round history on the server, and no
 larger than the full adapter (B = C_B; C_A covers only the entries A-rounds touched, the rest of A is
 the random init the client already has). Summing the missed deltas would often be smaller but not
 bit-identical to applying them one by one (fp32 addition is not associative).
+
+Both factors per round (not in the paper): moves = "both" sends the round's factor as above and
+then the other one, projected from what the first (after its mask) left of dW, so a round carries
+dW P_A0 + P_B' dW (I - P_A0) instead of one of the two; about twice the broadcast bytes at the same
+drop rate (download_dtype = "bf16" halves them again).
 
 Ablation switches (Params):
   sparsifier: importance (paper) | magnitude (|d|) | random | none. All use the same rho (from the
@@ -69,6 +74,8 @@ from . import lora_math as lm
 from .base import ClientUpdate, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
+STATE_MARKER = "fedsrd.state"
+"""Key that marks a message as C itself (with moves="both" a delta also has every adapter tensor)."""
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -81,6 +88,8 @@ class FedSRDParams(BaseModel):
     download_drop: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of the broadcast delta dropped")
     download_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)")
+    moves: Literal["one", "both"] = Field(
+        "one", description="factors moved per round: one (alternating, the paper) or both (the round's, then the other)")
     projection_damping: float = Field(
         0.0, ge=0.0, description="Tikhonov damping of the pinv, relative to the factor's largest singular value")
     rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")
@@ -125,14 +134,15 @@ class FedSRD(Method):
             return None
         if self.params.decompose and held == sent == self.version - 1:
             return self.last_delta
-        return self.cumulative
+        return {**self.cumulative, STATE_MARKER: torch.ones(())}
 
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
         init = self.ctx.init_adapter
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
-            message = {k: v.to(init[k].dtype) for k, v in message.items()}
-            if set(message) == set(init):
+            whole = STATE_MARKER in message
+            message = {k: v.to(init[k].dtype) for k, v in message.items() if k != STATE_MARKER}
+            if whole:
                 cumulative = message
             else:
                 cumulative = {k: cumulative[k] + message[k] if k in message else cumulative[k] for k in init}
@@ -219,20 +229,28 @@ class FedSRD(Method):
         return u * s[None, :], v.T
 
     def _decomposed_delta(self, rnd: int, factor: str, updates, weights) -> Tensors:
-        """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask)."""
+        """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask); with
+        moves="both", then the other factor's, projected from what the first left of dW."""
         p = self.params
         rng = lm.generator_for(self.ctx.seed, rnd, "broadcast")
+        order = [factor] + ([{"A": "B", "B": "A"}[factor]] if p.moves == "both" else [])
         delta: Tensors = {}
         for pair in self.pairs:
-            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
-            left, right = lm.delta_w_factored(*self._target(pair, updates, weights), b0, a0)
-            if factor == "A":
-                name, moved = pair.a, lm.project_onto_a(b0, left, right, p.projection_damping)
-            else:
-                name, moved = pair.b, lm.project_onto_b(a0, left, right, p.projection_damping)
-            moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
-            # Rounded to the wire's precision here, so what the server applies is what clients decode.
-            delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
+            target = self._target(pair, updates, weights)
+            b, a = self.adapter[pair.b], self.adapter[pair.a]
+            for moved_factor in order:
+                left, right = lm.delta_w_factored(*target, b, a)  # what is still missing
+                if moved_factor == "A":
+                    name, moved = pair.a, lm.project_onto_a(b, left, right, p.projection_damping)
+                else:
+                    name, moved = pair.b, lm.project_onto_b(a, left, right, p.projection_damping)
+                moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
+                # Rounded to the wire's precision here, so what the server applies is what clients decode.
+                delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
+                if moved_factor == "A":
+                    a = a + delta[name]
+                else:
+                    b = b + delta[name]
         return delta
 
     def _dense_factors(self, updates, weights) -> Tensors:

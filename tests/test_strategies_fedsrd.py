@@ -196,6 +196,29 @@ def test_fedsrd_e_without_mask_reaches_projected_full_rank_w():
         assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_both_moves_add_the_other_factors_share_of_what_the_first_left():
+    """moves=both, no mask: B' = B0 + dW pinv(A0), then A' = A0 + pinv(B') (W - B' A0), so
+    B' A' = W P_A0 + P_B' W (I - P_A0): strictly closer to W than the B step alone."""
+    ctx = make_ctx(weighting="uniform")
+    method = build_method("fedsrd-e", {"download_drop": 0.0, "sparsifier": "none", "moves": "both"}, ctx)
+    trained = {}
+    run_rounds(method, ctx, [(1, [0, 1, 2])],
+               on_receive=lambda rnd, c, msg, start: trained.__setitem__(c, fake_training(start, c, rnd)))
+    glob = method.global_adapter()
+    for prefix in PREFIXES:
+        a, b = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
+        a0 = ctx.init_adapter[a].double()
+        w = sum(trained[c][b].double() @ trained[c][a].double() for c in range(3)) / 3
+        p_a = torch.linalg.pinv(a0) @ a0
+        b1 = glob[b].double()
+        assert torch.allclose(b1, w @ torch.linalg.pinv(a0), atol=1e-5)
+        p_b = b1 @ torch.linalg.pinv(b1)
+        expected = w @ p_a + p_b @ w @ (torch.eye(p_a.shape[0], dtype=torch.float64) - p_a)
+        got = b1 @ glob[a].double()
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert torch.dist(got, w) < 0.9 * torch.dist(w @ p_a, w)
+
+
 def test_never_forms_a_dense_svd(monkeypatch):
     ctx = make_ctx()
     method = build_method("fedsrd", {}, ctx)

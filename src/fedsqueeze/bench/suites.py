@@ -51,6 +51,7 @@ ROWS: dict[str, dict] = {
     # the paper's broadcast bytes
     "fedsrd-both": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16",
                                                    "projection_damping": 0.02}},
+    "fedsrd-both-undamped": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16"}},
     "fedsrd-bf16-drop50-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5,
                                                                  "projection_damping": 0.02}},
     # FedAvg with generic codecs (issue 3)

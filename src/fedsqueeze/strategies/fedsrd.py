@@ -33,11 +33,6 @@ larger than the full adapter (B = C_B; C_A covers only the entries A-rounds touc
 the random init the client already has). Summing the missed deltas would often be smaller but not
 bit-identical to applying them one by one (fp32 addition is not associative).
 
-Both factors per round (not in the paper): moves = "both" sends the round's factor as above and
-then the other one, projected from what the first (after its mask) left of dW, so a round carries
-dW P_A0 + P_B' dW (I - P_A0) instead of one of the two; about twice the broadcast bytes at the same
-drop rate (download_dtype = "bf16" halves them again).
-
 Ablation switches (Params):
   sparsifier: importance (paper) | magnitude (|d|) | random | none. All use the same rho (from the
     importance scores' kurtosis when adaptive_ratio), so only which entries survive changes.
@@ -49,15 +44,18 @@ Ablation switches (Params):
     which has no rank-r factors otherwise), or (B_bar, A_bar) without reconstruction, and every client
     gets the whole C (dense) each round.
   rescale: both the upload L1 rescale and the download 1/(1-drop) rescale.
-Damped projection (not in the paper): pinv(B0) amplifies dW along B0's weak directions by 1/s, and a
-B trained 10 steps from zero has s_min / s_max down to 1e-4 on W4; without the download mask's
-noise (download_drop = 0) the A-round then moves some rows of A by ~100x their size and training
-diverges the round after. projection_damping = d replaces 1/s by s / (s^2 + (d s_max)^2) (0: the
-paper's plain pinv); what it leaves out of an A-round, the next B-round can still carry.
-Broadcast precision (not in the paper): download_dtype = "bf16" rounds the broadcast delta to
-bfloat16 before the server applies it, and the default downlink becomes `sparse > narrow`, which
-writes bf16-exact values in 2 bytes and anything else (the catch-up C) in 4, losslessly; clients
-stay bit-identical and a kept delta value costs half, which can buy a lower download_drop.
+Beyond the paper (off by default; docs/BENCHMARKS.md measures them on W4):
+  moves="both": after the round's factor, the other one too, projected from what the first (after
+    its mask) left of dW, so a round carries dW P_A0 + P_B' dW (I - P_A0) instead of one of the two
+    parts; twice the broadcast values at the same drop rate. One factor a round throws away most of
+    what the clients learnt in the other (W4: FedSRD falls 1.8% behind FedAvg in its first A-round).
+  download_dtype="bf16": the server rounds the broadcast delta to bfloat16 before applying it, and
+    the default downlink becomes `sparse > narrow`, which writes bf16-exact values in 2 bytes and
+    anything else (the catch-up C) in 4, losslessly: clients stay bit-identical, a value costs half.
+  projection_damping=d: pinv(B0) amplifies dW along B0's weak directions by 1/s, and a B trained 10
+    steps from zero has s_min / s_max down to 1e-4 on W4; with no download mask (whose noise hides
+    it) the A-round moves some rows of A by ~100x their size and training diverges a round later.
+    d replaces 1/s by s / (s^2 + (d s_max)^2) (0: the paper's plain pinv).
 Stale updates (staleness > 0) are folded in as if trained from the current global: FedSRD has no
 staleness model.
 """

@@ -31,6 +31,8 @@ SPECS = [
     "sparse > zstd",
     "sparse",
     "zstd(level=5)",
+    "sparse > narrow",
+    "narrow",
 ]
 DENSE_SPECS = ["fp32", "fp16", "bf16"]  # value count = element count: any shape lie must show
 COUNTED_SPECS = ["sparse", "topk(k=3, scope=global)"]  # raw body starting with the per-tensor counts

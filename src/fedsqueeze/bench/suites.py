@@ -56,6 +56,8 @@ ROWS: dict[str, dict] = {
     "fedsrd-both-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
                          "params": {"moves": "both", "download_dtype": "bf16", "projection_damping": 0.02,
                                     "adaptive_ratio": False, "base_ratio": 0.88}},
+    "fedsrd-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
+                    "params": {"adaptive_ratio": False, "base_ratio": 0.88}},
     "fedsrd-both-undamped": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16"}},
     "fedsrd-bf16-drop50-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5,
                                                                  "projection_damping": 0.02}},

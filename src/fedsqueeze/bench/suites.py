@@ -38,29 +38,22 @@ ROWS: dict[str, dict] = {
     "fedsrd-norecon": {"method": "fedsrd", "params": {"reconstruct": False}},
     "fedsrd-nodecomp": {"method": "fedsrd", "params": {"decompose": False}},
     "fedsrd-fixed": {"method": "fedsrd", "params": {"adaptive_ratio": False}},
-    # How much of FedSRD's loss gap is the 80% random drop of the broadcast (drop0: none dropped)
+    # FedSRD's loss gap on W4 (docs/BENCHMARKS.md): the broadcast's drop rate and precision ...
     "fedsrd-drop70": {"method": "fedsrd", "params": {"download_drop": 0.7}},
-    "fedsrd-drop0": {"method": "fedsrd", "params": {"download_drop": 0.0}},
-    # Broadcast values in bf16 (2 bytes): 40% or 50% of the delta kept for ~the bytes of 30% / 25% in fp32
+    "fedsrd-drop0": {"method": "fedsrd", "params": {"download_drop": 0.0}},  # diverges: see projection_damping
     "fedsrd-bf16-drop60": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6}},
-    "fedsrd-bf16-drop50": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5}},
-    # ... with the pinv damped (without the mask's noise the plain pinv diverges: fedsrd-drop0)
     "fedsrd-bf16-drop60-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6,
                                                                  "projection_damping": 0.02}},
-    # Both factors every round (the second projected from what the first left), bf16 values: about
-    # the paper's broadcast bytes
+    # ... both factors every round (bf16 values: about the paper's broadcast bytes) ...
     "fedsrd-both": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16",
                                                    "projection_damping": 0.02}},
-    # ... with denser uploads (12% kept, bf16 values): the paper's ~7.6% kept, L1-rescaled x6.8,
-    # arrive 3.2x the client's true update in norm at cosine 0.44 (W4, round 1, client 0)
+    # ... and denser uploads (12% kept, bf16 values): the paper's ~7.6% kept, L1-rescaled x6.8,
+    # arrive 3.2x the client's true update in norm at cosine 0.44 (W4, round 1, client 0).
+    "fedsrd-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
+                    "params": {"adaptive_ratio": False, "base_ratio": 0.88}},
     "fedsrd-both-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
                          "params": {"moves": "both", "download_dtype": "bf16", "projection_damping": 0.02,
                                     "adaptive_ratio": False, "base_ratio": 0.88}},
-    "fedsrd-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
-                    "params": {"adaptive_ratio": False, "base_ratio": 0.88}},
-    "fedsrd-both-undamped": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16"}},
-    "fedsrd-bf16-drop50-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.5,
-                                                                 "projection_damping": 0.02}},
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
                                                       "error_feedback": True}},
@@ -81,7 +74,7 @@ ROWS: dict[str, dict] = {
     "cg-fedllm-adaptive": {"method": "cg-fedllm", "params": {"arch": "tensor", "adaptive_snr_db": 3.0}},
 }
 
-DEFAULT_ROWS = ["fedavg", "centralized", "ffa-lora", "fed-dare", "flexlora", "fedsrd", "fedsrd-e"]
+DEFAULT_ROWS = ["fedavg", "centralized", "ffa-lora", "fed-dare", "flexlora", "fedsrd", "fedsrd-e", "fedsrd-both-up12"]
 HYBRID_ROWS = ["gradualdiff", "fedavg-straggler", "gradualdiff-straggler", "gradualdiff-hybrid",
                "gradualdiff-hybrid-partial"]
 CG_ROWS = ["cg-fedllm-paper", "cg-fedllm-row", "cg-fedllm-tensor", "cg-fedllm-adaptive"]

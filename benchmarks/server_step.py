@@ -36,22 +36,22 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     model, _ = load_base("smollm2-135m", log=lambda *_: None)
     adapter = LoraAdapter(attach_lora(model, 16, 32, 0.0, "all-linear", 0))
     init = adapter.get()
     ctx = MethodContext(layout=Layout.of(init), init_adapter=init, seed=0, weighting="uniform")
+    start, trained = synthetic_round(init, args.clients, seed=1)  # the same round for every row
     print(f"| method | params | aggregate s (median of {args.repeat}) |")
     print("|---|---|---:|")
     for row in args.rows:
         name, *pairs = row.split()
         params = dict(pair.split("=", 1) for pair in pairs)  # the method's pydantic Params parse the text
+        uploader = build_method(name, params, ctx)
+        updates = [ClientUpdate(c, uploader.client_upload({}, start, t), 100) for c, t in enumerate(trained)]
         times = []
         for _ in range(args.repeat):
-            method = build_method(name, params, ctx)
-            start, trained = synthetic_round(init, args.clients, seed=1)
+            method = build_method(name, params, ctx)  # fresh server state: each repeat is the same round
             method.adapter = start
-            updates = [ClientUpdate(c, method.client_upload({}, start, t), 100) for c, t in enumerate(trained)]
             t0 = time.perf_counter()
             method.aggregate(2, updates)
             times.append(time.perf_counter() - t0)

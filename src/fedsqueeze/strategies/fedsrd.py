@@ -87,7 +87,7 @@ class FedSRDParams(BaseModel):
     download_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)")
     moves: Literal["one", "both"] = Field(
-        "one", description="factors moved per round: one (alternating, the paper) or both (the round's, then the other)")
+        "one", description="factors moved per round: one (alternating, the paper) or both (that one, then the other)")
     projection_damping: float = Field(
         0.0, ge=0.0, description="Tikhonov damping of the pinv, relative to the factor's largest singular value")
     rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")

@@ -51,7 +51,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Path:
         "data.source": f'"jsonl:{corpus}"', "data.partition": '"by-domain"', "data.clients": "4",
         "data.max_length": "160", "data.eval_examples": "8", "data.max_examples": "32",
         "train.rounds": "2", "train.local_steps": "3", "train.batch_size": "4", "train.lr": "3e-3",
-        "train.bf16": "false",
+        "train.precision": "\"fp32\"",
     }
     body.update(overrides)
     sections: dict[str, list[str]] = {"": []}

@@ -12,11 +12,11 @@ def test_defaults_validate():
 def test_override_types_are_parsed():
     cfg = config.validate({})
     raw = {}
-    for item in ["train.rounds=7", "train.lr=1e-3", "train.bf16=false", "model.name=tiny",
+    for item in ["train.rounds=7", "train.lr=1e-3", "train.precision=fp32", "model.name=tiny",
                  "lora.target=['q_proj','v_proj']", "uplink.codec=topk(fraction=0.01) > zstd"]:
         config.apply_override(raw, item)
     cfg = config.validate(raw)
-    assert cfg.train.rounds == 7 and cfg.train.lr == 1e-3 and cfg.train.bf16 is False
+    assert cfg.train.rounds == 7 and cfg.train.lr == 1e-3 and cfg.train.precision == "fp32"
     assert cfg.lora.target == ["q_proj", "v_proj"]
     assert cfg.uplink.codec == "topk(fraction=0.01) > zstd"
 

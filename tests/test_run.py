@@ -122,7 +122,7 @@ def test_saved_adapter_reproduces_reported_eval_loss(tmp_path, corpus):
     pad = s.tokenizer.pad_token_id
     for name, ds in s.federation.eval_sets.items():
         idx = list(range(len(ds)))
-        loss = evaluate(model, (ds.batch(idx[i:i + 8], pad) for i in range(0, len(idx), 8)), bf16=False)
+        loss = evaluate(model, (ds.batch(idx[i:i + 8], pad) for i in range(0, len(idx), 8)))
         assert loss == pytest.approx(summary["eval"][name], rel=1e-5), name
 
 

@@ -5,14 +5,18 @@ Every error names the offending key and what is allowed (see `ConfigError`).
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Section(BaseModel):
@@ -21,8 +25,15 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = "tiny"
-    """HF id, local folder, .gguf file, or an alias: `tiny`, `smollm2-135m`."""
+    """HF id, local folder, .gguf file, or an alias: `tiny`, `smollm2-135m`, and the shipped
+    architectures `llama-3.2-3b`, `qwen2-7b`, `llama-3.1-8b` (`fedsqueeze size`, `init = "random"`)."""
     revision: str | None = None
+    dtype: Precision = "auto"
+    """Frozen base weights. auto: the training precision on a GPU, fp32 on a CPU."""
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+    """QLoRA: base weights in bitsandbytes 8-bit or NF4 (double quantization); needs CUDA and the [gpu] extra."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """random: the architecture with seeded random weights (speed and memory tests, no download)."""
 
 
 class LoraConfig(Section):
@@ -66,13 +77,42 @@ class TrainConfig(Section):
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
-    bf16: bool = True
-    """bf16 autocast on CPU (about 2x faster than fp32 on this class of machine)."""
+    device: str = "auto"
+    """auto (cuda if available, else mps, else cpu) | cpu | cuda | cuda:N | mps."""
+    precision: Precision = "auto"
+    """auto: bf16 where the hardware does it natively (CPU: oneDNN's check; CUDA: is_bf16_supported),
+    else fp16 with loss scaling on CUDA, else fp32. On a CPU without native bf16 it is ~7x slower."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Gradient accumulation: each step's batch runs in chunks of this many examples (same update)."""
     clients_per_round: int | None = Field(None, ge=1)
     """None: every client every round."""
     weighting: Literal["examples", "uniform"] = "examples"
     eval_every: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bf16_alias(cls, data):
+        if isinstance(data, dict) and "bf16" in data:
+            data = dict(data)
+            value = data.pop("bf16")
+            if not isinstance(value, bool):
+                raise ValueError(f"train.bf16 (deprecated) must be true or false, got {value!r}")
+            data.setdefault("precision", "bf16" if value else "fp32")
+            log.warning("config key 'train.bf16' is deprecated: use train.precision = %r (or \"auto\")",
+                        data["precision"])
+        return data
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from .hardware import DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
+        return value
 
 
 class LinkConfig(Section):
@@ -90,6 +130,8 @@ class RuntimeConfig(Section):
     """Flower deployment: seconds to wait at start for a SuperNode per client (then go on with those there)."""
     sim_workers: int = Field(1, ge=1)
     """flower-sim: ClientApps that run at once (Ray actors, one CPU each)."""
+    sim_gpus: float = Field(0.0, ge=0, le=1)
+    """flower-sim: the fraction of a GPU each ClientApp actor reserves (0.25: four share one GPU); 0: none."""
 
 
 class NetworkConfig(Section):
@@ -193,6 +235,9 @@ def validate(raw: dict) -> Config:
     from .strategies import METHODS
 
     METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
+    if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
+        raise ConfigError(f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
+                          f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that")
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
         raise ConfigError("config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size "
                           "the work by")

@@ -1,4 +1,4 @@
-"""Local training and evaluation: a plain torch loop on the peft model."""
+"""Local training and evaluation: a plain torch loop on the peft model, on the placement's device."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ..hardware import Placement
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -18,7 +20,7 @@ class TrainSettings:
     schedule: str = "constant"
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
-    bf16: bool = True
+    micro_batch_size: int | None = None
 
     def lr_factor(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -32,28 +34,59 @@ class TrainSettings:
         return 1.0
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+def micro_batches(batch: dict, size: int | None) -> list[dict]:
+    """Row chunks of one padded batch (same padding, so the chunks add up to the batch exactly)."""
+    rows = batch["input_ids"].shape[0]
+    if size is None or size >= rows:
+        return [batch]
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, rows, size)]
+
+
+def _backward(model, batch: dict, settings: TrainSettings, placement: Placement, scaler) -> torch.Tensor:
+    """Forward + backward of one step's batch; returns its mean token loss (detached).
+
+    With micro-batches each chunk's loss is its token sum over the whole batch's token count, so
+    the accumulated gradient is the one big batch's."""
+    chunks = micro_batches(batch, settings.micro_batch_size)
+    if len(chunks) == 1:
+        with placement.autocast():
+            loss = model(**placement.batch(batch)).loss
+        (scaler.scale(loss) if scaler else loss).backward()
+        return loss.detach()
+    tokens = (batch["labels"][:, 1:] != -100).sum()
+    total = torch.zeros((), device=placement.device)
+    for chunk in chunks:
+        with placement.autocast():
+            loss = model(**placement.batch(chunk), num_items_in_batch=tokens).loss
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.detach()
+    return total
 
 
 def train_local(model, params: list[torch.nn.Parameter], batches: Iterable[dict], settings: TrainSettings,
-                on_step: Callable[[float], None] | None = None) -> list[float]:
+                on_step: Callable[[float], None] | None = None, placement: Placement | None = None) -> list[float]:
     """Runs one round of local steps with a fresh AdamW (as every federated client does) and
     returns the per-step losses."""
+    placement = placement or Placement.cpu_fp32()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    scaler = placement.grad_scaler()
     model.train()
     losses = []
     for batch in batches:
-        with _autocast(settings.bf16):
-            loss = model(**batch).loss
-        loss.backward()
+        loss = _backward(model, batch, settings, placement, scaler)
+        if scaler:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)  # skips the step (and lowers the scale) on inf/NaN gradients
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
+        value = float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value}; lower train.lr or check the data")
         losses.append(value)
@@ -64,13 +97,15 @@ def train_local(model, params: list[torch.nn.Parameter], batches: Iterable[dict]
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[dict], bf16: bool = True) -> float:
+def evaluate(model, batches: Iterable[dict], placement: Placement | None = None) -> float:
     """Mean cross-entropy over all response tokens (token-weighted, so batch size doesn't matter)."""
+    placement = placement or Placement.cpu_fp32()
     total, count = 0.0, 0
     model.eval()
     for batch in batches:
+        batch = placement.batch(batch)
         labels = batch["labels"]
-        with _autocast(bf16):
+        with placement.autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:]

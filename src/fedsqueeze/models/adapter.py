@@ -38,7 +38,8 @@ class LoraAdapter:
         self.layout = Layout.of(self.get())
 
     def get(self) -> Tensors:
-        return {k: p.detach().clone() for k, p in self.params.items()}
+        """A CPU copy: codecs, strategies and checkpoints never see the training device."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()}
 
     def set(self, tensors: Tensors) -> None:
         with torch.no_grad():

@@ -18,7 +18,8 @@ from ..codecs import Sender, build_codec
 from ..config import Config
 from ..errors import ConfigError
 from ..data import build_federation, sample_batches
-from ..models import LoraAdapter, attach_lora, load_base
+from ..hardware import Placement
+from ..models import LoraAdapter, build_model
 from ..strategies import ClientUpdate, Method, MethodContext, build_method
 from ..tensors import Tensors
 
@@ -33,13 +34,15 @@ class Session:
     method: Method
     uplink_spec: str
     downlink_spec: str
+    placement: Placement
 
     @classmethod
-    def build(cls, cfg: Config, log=print) -> "Session":
+    def build(cls, cfg: Config, log=print, caps=None) -> "Session":
+        """caps: the hardware's Capabilities (detected when None; tests inject them)."""
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        model, tok = load_base(cfg.model.name, log=log)
-        peft_model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed)
+        placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
+        peft_model, tok = build_model(cfg, placement, log)
         adapter = LoraAdapter(peft_model)
         method_cls_pooled = _method_pooled(cfg.method)
         federation = build_federation(cfg.data, tok, cfg.seed, pooled=method_cls_pooled)
@@ -48,7 +51,8 @@ class Session:
                             staleness_exponent=cfg.hybrid.staleness_exponent)
         method = build_method(cfg.method, cfg.params, ctx)
         session = cls(cfg, peft_model, tok, adapter, federation, method,
-                      cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink)
+                      cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink,
+                      placement)
         down = session.downlink_sender().codec  # also validates both specs before any training
         session.uplink_sender()
         if method.lossless_downlink and not down.lossless:
@@ -111,11 +115,11 @@ class Session:
         plan = [[first + i for i in batch] for batch in plan][:steps]
         torch.manual_seed(_seed(self.cfg.seed, "train", client, rnd))  # LoRA dropout, if any
         settings = TrainSettings(self.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps,
-                                 t.grad_clip, t.bf16)
+                                 t.grad_clip, t.micro_batch_size)
         batches = (data.train.batch(ix, pad) for ix in plan)
         if seconds is not None:
             batches = within_seconds(batches, seconds)
-        losses = train_local(self.model, params, batches, settings, on_step)
+        losses = train_local(self.model, params, batches, settings, on_step, self.placement)
         return self.adapter.get(), losses
 
     def evaluate_set(self, adapter: Tensors, dataset, max_batch: int = 8) -> float:
@@ -123,7 +127,7 @@ class Session:
         pad = self.tokenizer.pad_token_id
         idx = list(range(len(dataset)))
         batches = (dataset.batch(idx[i:i + max_batch], pad) for i in range(0, len(idx), max_batch))
-        return evaluate(self.model, batches, self.cfg.train.bf16)
+        return evaluate(self.model, batches, self.placement)
 
     def evaluate_all(self, client_states: list[Tensors]) -> tuple[dict[str, float], float | None]:
         """Held-out loss per eval set (client i's set with the adapter the method shows client i),

@@ -14,6 +14,9 @@ from typer.testing import CliRunner
 # processes from oversubscribing the cores.
 torch.set_num_threads(1)
 
+# Record fields that measure this machine (time, memory) rather than the run's numerics.
+MEASURED = ("seconds", "codec_up", "codec_down", "peak_rss_mb", "peak_gpu_mb")
+
 DOMAINS = {
     "animals": ["cat", "dog", "owl", "fox", "eel", "yak", "bee", "ant"],
     "colors": ["red", "blue", "green", "cyan", "pink", "gold", "gray", "teal"],

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import MEASURED, tiny_config
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.autoencoder import count_params
@@ -79,7 +79,7 @@ def test_resume_across_the_tgap_faf_boundary_is_bit_identical(tmp_path, corpus, 
     a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(part / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "codec_up", "codec_down")
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in MEASURED
                         and not k.endswith("_seconds")} for x in (p / "rounds.jsonl").read_text().splitlines()]
     assert strip(full) == strip(part)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import MEASURED, tiny_config
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.config import HybridConfig, NetworkConfig
@@ -159,7 +159,7 @@ def test_resume_with_partial_work_and_late_updates_is_exact(tmp_path, corpus):
     again = LocalRuntime(Session.build(part.s.cfg, log=lambda *a: None), part.out)
     again.restore()
     again.run()
-    strip = lambda out: [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "codec_up", "codec_down")}
+    strip = lambda out: [{k: v for k, v in json.loads(x).items() if k not in MEASURED}
                          for x in (out / "rounds.jsonl").read_text().splitlines()]
     rows = strip(full.out)
     assert rows == strip(again.out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import MEASURED, tiny_config
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.codecs import build_codec
@@ -85,7 +85,7 @@ def test_resume_is_bit_identical(tmp_path, corpus, cli):
         assert torch.equal(a[k], b[k]), k
     ra = [json.loads(x) for x in (full / "rounds.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (part / "rounds.jsonl").read_text().splitlines()]
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "codec_up", "codec_down")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
     assert strip(ra) == strip(rb)
 
 

@@ -58,6 +58,7 @@ def _execute(cfg, out: Path, resume: bool, until: Optional[int], overwrite: bool
     console.print(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
                   f"adapter {session.adapter.layout.numel:,} params ({session.adapter.layout.numel * 4 / 1e6:.2f} MB fp32)",
                   highlight=False)
+    console.print(session.placement.describe(), highlight=False)
     runtime = LocalRuntime(session, out, RichProgress(console))
     if resume:
         runtime.restore()

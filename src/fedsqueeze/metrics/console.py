@@ -72,4 +72,9 @@ def summary_table(summary: dict) -> Table:
     if "ood_eval_loss" in summary:
         t.add_row("OOD eval loss", f"{summary['ood_eval_loss']:.4f}")
     t.add_row("seconds", f"{summary['seconds']:.1f}")
+    if "device" in summary:
+        t.add_row("device / precision", f"{summary['device']} / {summary['precision']}")
+    for key, label in (("peak_rss_mb", "peak RSS MB"), ("peak_gpu_mb", "peak GPU MB")):
+        if key in summary:
+            t.add_row(label, f"{summary[key]:,.0f}")
     return t

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..metrics.memory import merge_peaks
 from . import rundir
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed
 from .clock import NetworkModel, close_time
@@ -147,7 +148,8 @@ class LocalRuntime:
             flights.append({"arrival": f.arrival, "origin": f.origin, "client": f.client, "metrics": f.metrics,
                             "has_blob": f.blob is not None})
         meta = {"round": self.done, "seconds": self.elapsed, "clock": self.clock, "in_flight": flights,
-                "base_eval": self.base_eval, "last_up": {str(c): n for c, n in self.last_up.items()}}
+                "base_eval": self.base_eval, "last_up": {str(c): n for c, n in self.last_up.items()},
+                "placement": self.server.recorded_placement}
         save_checkpoint(self.out, state, meta)
 
     def restore(self) -> None:
@@ -159,6 +161,7 @@ class LocalRuntime:
         self.elapsed = meta["seconds"]
         self.clock = meta.get("clock", 0.0)
         self.base_eval = meta.get("base_eval")
+        self.server.recorded_placement = meta.get("placement")
         self.last_up = {int(c): n for c, n in meta.get("last_up", {}).items()}
         self.in_flight = [InFlight(f["arrival"], f["origin"], f["client"],
                                    state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, f["metrics"])
@@ -193,7 +196,12 @@ def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: floa
         "downlink_codec": s.downlink_spec,
         "clients": s.num_clients,
         "adapter_params": s.adapter.layout.numel,
+        "device": str(s.placement.device),
+        "precision": s.placement.precision,
     }
+    peak = merge_peaks(*rows)
+    if peak:
+        summary.update(peak)
     if "ood_eval_loss" in last_eval:
         summary["ood_eval_loss"] = last_eval["ood_eval_loss"]
     if base_eval is not None:

@@ -12,6 +12,7 @@ import time
 
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP, relative_error
+from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT
 from ..tensors import Tensors
@@ -33,6 +34,7 @@ class ClientRole:
                seconds: float | None = None) -> tuple[bytes | None, dict]:
         """steps / seconds: the partial-work limit of the hybrid mode (Session.train_client)."""
         s, method = self.s, self.s.method
+        reset_peaks(s.placement.device)
         t0 = time.perf_counter()
         message = self.decoder.decode(down_blob) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
@@ -50,7 +52,7 @@ class ClientRole:
 
         trained, losses = s.train_client(self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
         metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s, "steps": len(losses),
-                   "num_examples": s.federation.clients[self.client].num_examples}
+                   "num_examples": s.federation.clients[self.client].num_examples, **peaks(s.placement.device)}
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
             upload = method.client_upload(self.state, start, trained)
@@ -85,8 +87,14 @@ class ServerRole:
         self.ledger = Ledger()
         self.updates: list[ClientUpdate] = []
         self.train_losses: dict[int, float] = {}
+        self.client_peaks: list[dict] = []
+        # Device and precision go into the first record, and again where a resume changed them.
+        self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
+        self.recorded_placement: dict | None = None
 
     def broadcast(self, rnd: int, clients: list[int]) -> dict[int, bytes | None]:
+        """The round's downlink; every round starts here, so the round's memory peak starts here too."""
+        reset_peaks(self.s.placement.device)
         blobs = {}
         for c in clients:
             message = self.method.broadcast(rnd, c)
@@ -106,6 +114,7 @@ class ServerRole:
 
     def receive(self, rnd: int, client: int, blob: bytes | None, metrics: dict, staleness: int = 0) -> None:
         self.train_losses[client] = metrics["train_loss"]
+        self.client_peaks.append(metrics)
         if blob is None:
             return
         t0 = time.perf_counter()
@@ -138,7 +147,11 @@ class ServerRole:
                 record["ood_eval_loss"] = ood
         record.update(method_metrics or {})
         record["seconds"] = seconds
-        self.updates, self.train_losses = [], {}
+        record.update(merge_peaks(peaks(self.s.placement.device), *self.client_peaks))
+        if self.recorded_placement != self.placement:
+            record.update(self.placement)
+            self.recorded_placement = self.placement
+        self.updates, self.train_losses, self.client_peaks = [], {}, []
         self.ledger.drop_round(rnd)
         return record
 

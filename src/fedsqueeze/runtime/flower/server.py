@@ -195,7 +195,7 @@ class FlowerServer:
     def save(self) -> None:
         save_checkpoint(self.out, prefixed("server/", self.server.state_dict()),
                         {"round": self.done, "seconds": self.elapsed, "runtime": "flower",
-                         "in_flight": len(self.in_flight)})
+                         "in_flight": len(self.in_flight), "placement": self.server.recorded_placement})
 
     def restore(self) -> None:
         state, meta = load_checkpoint(self.out)
@@ -206,6 +206,7 @@ class FlowerServer:
             self.log("resuming on Flower: the checkpoint's client state (error-feedback memory) stays behind; "
                      "clients start from empty state")
         self.done, self.elapsed = meta["round"], meta["seconds"]
+        self.server.recorded_placement = meta.get("placement")
         rundir.truncate_rounds(self.out, self.done)
 
 
@@ -249,6 +250,7 @@ def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
         (out / rundir.CONFIG).write_text(cfg.to_toml())
     log(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
         f"{session.num_clients} clients | round timeout {cfg.runtime.round_timeout} s")
+    log(f"server: {session.placement.describe()} (each client resolves train.device on its own machine)")
     if server.asynchronous:
         log(f"hybrid: a round closes at a quorum of {cfg.hybrid.quorum:g} of its clients"
             + (f" or after {cfg.hybrid.deadline:g} s" if cfg.hybrid.deadline is not None else "")

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ...config import Config
+from ...errors import ConfigError
 from .. import rundir
 
 
@@ -24,6 +25,7 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     from .server import serve
     from .server_app import make_server_app
 
+    gpus = _gpus_for(cfg)
     if not resume:
         rundir.prepare(out, cfg, overwrite)
     result: dict = {}
@@ -37,8 +39,9 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     os.environ["RAY_TMPDIR"] = ray_tmp
     workers = cfg.runtime.sim_workers
     backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": workers, "num_gpus": 0, "_temp_dir": ray_tmp,
+        # Ray runs as many ClientApps at once as both resources allow: sim_gpus 0.25 puts four on a GPU.
+        "client_resources": {"num_cpus": 1, "num_gpus": cfg.runtime.sim_gpus},
+        "init_args": {"num_cpus": workers, "num_gpus": gpus, "_temp_dir": ray_tmp,
                       "object_store_memory": 256 * 1024 * 1024},
     }
     try:
@@ -54,6 +57,19 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     if "summary" not in result:
         raise RuntimeError("the Flower simulation ended without finishing the run (see the log above)")
     return result["summary"]
+
+
+def _gpus_for(cfg: Config) -> int:
+    """GPUs handed to Ray: all of this machine's when ClientApps ask for a share of one."""
+    if cfg.runtime.sim_gpus == 0:
+        return 0
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"config key 'runtime.sim_gpus': {cfg.runtime.sim_gpus:g} GPU per ClientApp, but this "
+                          "machine has no CUDA GPU; use runtime.sim_gpus = 0")
+    return count
 
 
 def _shutdown_ray() -> None:

@@ -1,4 +1,4 @@
-"""Command line: fedsqueeze run | resume | report | data | codecs."""
+"""Command line: fedsqueeze run | resume | report | data | bench | size | codecs | flower."""
 
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def _execute(cfg, out: Path, resume: bool, until: Optional[int], overwrite: bool
         console.print(summary_table(summary))
         return
     if not resume:
+        rundir.check_free(out, overwrite)
+    session = Session.build(cfg, log=console.print)  # before the run directory: a bad device writes nothing
+    if not resume:
         rundir.prepare(out, cfg, overwrite)
-    session = Session.build(cfg, log=console.print)
     console.print(session.federation.summary(), highlight=False)
     console.print(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
                   f"adapter {session.adapter.layout.numel:,} params ({session.adapter.layout.numel * 4 / 1e6:.2f} MB fp32)",
@@ -171,6 +173,29 @@ def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4
     except UserError as exc:
         _fail(exc)
     print(json.dumps(results, indent=1) if quiet else markdown(results))
+
+
+@app.command()
+def size(config: Optional[Path] = typer.Argument(None, help="TOML config file (optional)."),
+         model: Optional[str] = typer.Option(None, "--model", help="model.name: a shipped architecture "
+                                             "(llama-3.2-3b, qwen2-7b, llama-3.1-8b, smollm2-135m), a folder or an id."),
+         set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set lora.r=64 (repeatable)."),
+         fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+    """LoRA parameters and the bytes of one round's messages per method, from shapes alone (no weights)."""
+    import json
+
+    from . import config as config_mod
+    from .sizing import describe, size_report
+
+    _quiet_libraries()
+    try:
+        if fmt not in ("markdown", "json"):
+            raise UserError(f"--format {fmt!r}: allowed: markdown, json")
+        cfg = config_mod.load(config, ([f"model.name={model}"] if model else []) + list(set_))
+        report = size_report(cfg)
+    except UserError as exc:
+        _fail(exc)
+    print(json.dumps(report, indent=1) if fmt == "json" else describe(report))
 
 
 @codecs_app.command("bench")

@@ -213,7 +213,7 @@ def _describe(err: dict) -> str:
         allowed = _allowed_keys(section)
         return f"unknown config key {key!r}; allowed here: {', '.join(allowed)}"
     got = err.get("input")
-    return f"config key {key!r}: {err['msg']} (got {got!r})"
+    return f"config key {key!r}: {err['msg'].removeprefix('Value error, ')} (got {got!r})"
 
 
 def _allowed_keys(section: tuple) -> list[str]:

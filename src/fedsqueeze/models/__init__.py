@@ -78,12 +78,7 @@ def _random(name: str, dtype: torch.dtype, device, log):
     """The architecture with seeded random weights; its tokenizer where one is there, else bytes."""
     from .tiny import tiny_tokenizer
 
-    try:
-        config = architecture_config(name)
-    except OSError as exc:
-        raise UserError(f"model.name {name!r}: no architecture config ({str(exc).splitlines()[0]}); allowed with "
-                        f"model.init = \"random\": a folder with config.json, a hub id, or one of "
-                        f"{', '.join(HUB_IDS)}") from None
+    config = architecture_config(name)
     tok = None
     if not shipped(name):
         try:

@@ -24,17 +24,19 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int):
     return peft_model
 
 
+def lora_parameters(peft_model) -> dict[str, torch.nn.Parameter]:
+    """The adapter's parameters by state-dict name (peft's adapter-name segment removed)."""
+    suffix = f".{ADAPTER}"
+    return {name.replace(suffix, ""): p for name, p in peft_model.named_parameters() if "lora_" in name}
+
+
 class LoraAdapter:
     """The adapter's parameters keyed by their peft state-dict names
     (e.g. ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``)."""
 
     def __init__(self, peft_model):
         self.model = peft_model
-        self.params: dict[str, torch.nn.Parameter] = {}
-        suffix = f".{ADAPTER}"
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                self.params[name.replace(suffix, "")] = p
+        self.params = lora_parameters(peft_model)
         self.layout = Layout.of(self.get())
 
     def get(self) -> Tensors:

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from ..errors import UserError
+
 CONFIGS = Path(__file__).with_name("configs")
 HUB_IDS = {
     "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
@@ -28,11 +30,20 @@ def shipped(name: str) -> bool:
 
 
 def architecture_config(name: str) -> PretrainedConfig:
-    """A shipped alias's config, or any config.json AutoConfig finds (folder or hub id)."""
+    """A shipped alias's config, the tiny model's, or any config.json AutoConfig finds (folder or hub id)."""
+    if name == "tiny":
+        from .tiny import tiny_config, tiny_tokenizer
+
+        return tiny_config(len(tiny_tokenizer()))
     if shipped(name):
         raw = json.loads((CONFIGS / f"{name}.json").read_text())
         return AutoConfig.for_model(raw.pop("model_type"), **raw)
-    return AutoConfig.from_pretrained(name)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name {name!r}: no architecture config ({str(exc).strip().splitlines()[0]}); "
+                        f"allowed: a folder with config.json, a Hugging Face id, tiny, or one of "
+                        f"{', '.join(sorted(HUB_IDS))}") from None
 
 
 def random_model(config: PretrainedConfig, dtype: torch.dtype, device: torch.device | str = "cpu"):

@@ -30,7 +30,18 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(vocab_size: int, seed: int = 1234) -> LlamaForCausalLM:
-    config = LlamaConfig(
+    config = tiny_config(vocab_size)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model.eval()
+
+
+def tiny_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -40,10 +51,3 @@ def tiny_model(vocab_size: int, seed: int = 1234) -> LlamaForCausalLM:
         max_position_embeddings=512,
         tie_word_embeddings=True,
     )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return model.eval()

@@ -12,12 +12,17 @@ SUMMARY = "summary.json"
 CONFIG = "config.toml"
 
 
-def prepare(out: Path, cfg: Config, overwrite: bool) -> None:
+def check_free(out: Path, overwrite: bool) -> None:
+    """Fails before any work if `out` holds a run and --overwrite was not given."""
     from ..errors import UserError
 
+    if not overwrite and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: use --overwrite, another --out, or `fedsqueeze resume {out}`")
+
+
+def prepare(out: Path, cfg: Config, overwrite: bool) -> None:
+    check_free(out, overwrite)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty: use --overwrite, another --out, or `fedsqueeze resume {out}`")
         for name in (ROUNDS, SUMMARY, CONFIG):
             (out / name).unlink(missing_ok=True)
         import shutil

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...config import Config
 from ...errors import ConfigError
+from ...hardware import Placement
 from .. import rundir
 
 
@@ -26,6 +27,7 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     from .server_app import make_server_app
 
     gpus = _gpus_for(cfg)
+    Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype)  # a bad device fails here, once
     if not resume:
         rundir.prepare(out, cfg, overwrite)
     result: dict = {}

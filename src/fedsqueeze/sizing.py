@@ -1,0 +1,94 @@
+"""What one round's messages weigh for any architecture, from its shapes alone (`fedsqueeze size`).
+
+The model is built on the meta device (no memory, no weights), the run's LoRA attached, and each
+message whose size does not depend on the data is built from that layout and encoded by the real
+codec: the figures are len() of real blobs, headers included. Messages whose size follows from the
+data (top-k, importance masks, entropy coding) are not sized here; run them (`fedsqueeze bench`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .codecs import build_codec
+from .config import Config
+from .models.adapter import attach_lora, lora_parameters
+from .models.architectures import architecture_config, random_model
+from .strategies.lora_math import A_SUFFIX, B_SUFFIX, random_drop
+from .tensors import Layout, Tensors
+
+MiB = 2**20
+
+
+@dataclass
+class MessageSize:
+    method: str
+    up: int | None  # bytes per client per round; None: nothing travels or it depends on the data
+    down: int | None
+    note: str
+
+
+def size_report(cfg: Config) -> dict:
+    config = architecture_config(cfg.model.name)
+    model = random_model(config, torch.float32, "meta")
+    base = sum(p.numel() for p in model.parameters())
+    params = lora_parameters(attach_lora(model, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.target, cfg.seed))
+    layout = Layout(tuple(params), tuple(tuple(p.shape) for p in params.values()))
+    return {
+        "model": cfg.model.name,
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "base_params": base,
+        "lora_r": cfg.lora.r,
+        "lora_target": cfg.lora.target,
+        "lora_params": layout.numel,
+        "lora_tensors": len(layout.names),
+        "messages": [asdict(m) for m in message_sizes(layout, cfg.seed)],
+    }
+
+
+def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
+    """One message per client per round, each direction, for the methods with data-independent sizes."""
+    ones = {n: torch.ones(s) for n, s in zip(layout.names, layout.shapes)}  # any non-zero value
+    b_only = {n: t for n, t in ones.items() if n.endswith(B_SUFFIX)}
+    a_only = {n: t for n, t in ones.items() if n.endswith(A_SUFFIX)}
+    rng = torch.Generator().manual_seed(seed)
+
+    def blob(spec: str, tensors: Tensors) -> int:
+        return len(build_codec(spec, layout).encode(tensors))
+
+    def dropped(tensors: Tensors, p: float) -> Tensors:
+        return {n: random_drop(t, p, rng) for n, t in tensors.items()}
+
+    dense, dense16 = blob("fp32", ones), blob("bf16", ones)
+    srd_a, srd_b = blob("sparse", dropped(a_only, 0.8)), blob("sparse", dropped(b_only, 0.8))
+    return [
+        MessageSize("fedavg", dense, dense, "the whole adapter (or its delta), fp32"),
+        MessageSize("fedavg, bf16 values", dense16, dense16, "codec bf16 both ways"),
+        MessageSize("ffa-lora", blob("fp32", b_only), blob("fp32", b_only), "B only, fp32"),
+        MessageSize("flexlora", dense, dense, "dense delta up, SVD-truncated adapter down"),
+        MessageSize("fed-dare", blob("sparse", dropped(ones, 0.9)), dense, "10% of the delta kept (random), sparse"),
+        MessageSize("fedsrd (broadcast)", None, (srd_a + srd_b) // 2,
+                    f"one factor, 20% kept (random): A rounds {srd_a:,} B, B rounds {srd_b:,} B; "
+                    "uploads follow the data"),
+    ]
+
+
+def describe(report: dict) -> str:
+    def size(n: int | None) -> str:
+        return "-" if n is None else f"{n / MiB:,.1f} MiB ({n:,} B)"
+
+    lines = [
+        f"{report['model']}: {report['architecture']}, {report['base_params'] / 1e9:.2f}B base parameters "
+        "(built on the meta device: shapes only)",
+        f"LoRA r={report['lora_r']} on {report['lora_target']}: {report['lora_params']:,} parameters "
+        f"({report['lora_params'] / 1e6:.1f}M) in {report['lora_tensors']} tensors",
+        "",
+        "One message per client per round (len() of the blob the real codec writes):",
+        "",
+        "| method | uplink | downlink | what travels |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {m['method']} | {size(m['up'])} | {size(m['down'])} | {m['note']} |" for m in report["messages"]]
+    return "\n".join(lines)

@@ -30,15 +30,21 @@ class MessageSize:
     note: str
 
 
-def size_report(cfg: Config) -> dict:
+def lora_layout(cfg: Config) -> tuple[Layout, int, str]:
+    """The run's adapter layout, the base model's parameter count and its class, with no memory."""
     config = architecture_config(cfg.model.name)
     model = random_model(config, torch.float32, "meta")
     base = sum(p.numel() for p in model.parameters())
     params = lora_parameters(attach_lora(model, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.target, cfg.seed))
     layout = Layout(tuple(params), tuple(tuple(p.shape) for p in params.values()))
+    return layout, base, (config.architectures or [type(model).__name__])[0]
+
+
+def size_report(cfg: Config) -> dict:
+    layout, base, architecture = lora_layout(cfg)
     return {
         "model": cfg.model.name,
-        "architecture": (config.architectures or [type(model).__name__])[0],
+        "architecture": architecture,
         "base_params": base,
         "lora_r": cfg.lora.r,
         "lora_target": cfg.lora.target,

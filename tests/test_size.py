@@ -1,0 +1,92 @@
+"""Paper-scale sizing from shapes alone: LoRA parameter counts computed by hand from each shipped
+config.json, and the FedSRD paper's FedAvg figure for Llama-3.2-3B (371 MiB per message)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedsqueeze import config as config_mod
+from fedsqueeze.models import load_base
+from fedsqueeze.sizing import lora_layout, message_sizes
+
+
+def _lora(d_in: int, d_out: int, r: int) -> int:
+    return r * (d_in + d_out)
+
+
+def _llama_layer(hidden: int, kv: int, inter: int, r: int, mlp: bool = True) -> int:
+    attn = 2 * _lora(hidden, hidden, r) + 2 * _lora(hidden, kv, r)
+    return attn + (3 * _lora(hidden, inter, r) if mlp else 0)
+
+
+@pytest.mark.parametrize("name, r, target, expected", [
+    ("llama-3.2-3b", 64, "all-linear", 28 * _llama_layer(3072, 8 * 128, 8192, 64)),  # 97,255,424
+    ("llama-3.1-8b", 16, "all-linear", 32 * _llama_layer(4096, 8 * 128, 14336, 16)),
+    ("qwen2-7b", 8, ["q_proj", "k_proj", "v_proj", "o_proj"], 28 * _llama_layer(3584, 4 * 128, 18944, 8, mlp=False)),
+    ("smollm2-135m", 16, "all-linear", 30 * _llama_layer(576, 3 * 64, 1536, 16)),  # W4's adapter
+])
+def test_lora_parameter_counts_from_shapes(name, r, target, expected):
+    cfg = config_mod.validate({"model": {"name": name}, "lora": {"r": r, "target": target}})
+    layout, base, _ = lora_layout(cfg)
+    assert layout.numel == expected
+    if name == "llama-3.2-3b":
+        assert expected == 97_255_424 and 3.2e9 < base < 3.25e9
+
+
+def test_llama_3b_fedavg_message_is_the_papers_371_mib(cli):
+    res = cli("size", "--model", "llama-3.2-3b", "--set", "lora.r=64", "--set", "lora.target=all-linear",
+              "--format", "json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["lora_params"] == 97_255_424
+    rows = {m["method"]: m for m in report["messages"]}
+    fedavg = rows["fedavg"]["up"]
+    assert fedavg == rows["fedavg"]["down"] and round(fedavg / 2**20, 1) == 371.0
+    assert 0 < fedavg - 4 * 97_255_424 < 128  # fp32 values plus the blob's header and checksum
+    assert 0 < rows["fedavg, bf16 values"]["up"] - 2 * 97_255_424 < 128
+    assert rows["ffa-lora"]["up"] < fedavg / 1.9  # B holds d_out * r of r (d_in + d_out) per layer
+    text = cli("size", "--model", "llama-3.2-3b", "--set", "lora.r=64", "--set", "lora.target=all-linear").output
+    assert "97,255,424 parameters (97.3M)" in text and "| fedavg | 371.0 MiB" in text
+
+
+def test_message_sizes_are_real_blobs_of_the_layout():
+    """On a small layout: the rows are len() of what the real codecs write for those messages."""
+    from fedsqueeze.codecs import build_codec
+
+    cfg = config_mod.validate({"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}})
+    layout, _, _ = lora_layout(cfg)
+    rows = {m.method: m for m in message_sizes(layout)}
+    ones = {n: torch.ones(s) for n, s in zip(layout.names, layout.shapes)}
+    assert rows["fedavg"].up == len(build_codec("fp32", layout).encode(ones))
+    b_only = {n: t for n, t in ones.items() if n.endswith("lora_B.weight")}
+    assert rows["ffa-lora"].down == len(build_codec("fp32", layout).encode(b_only))
+    kept = rows["fed-dare"].up
+    assert 0.05 * rows["fedavg"].up < kept < 0.3 * rows["fedavg"].up  # ~10% of values + positions
+
+
+def test_size_of_an_unknown_model_is_a_clean_error(cli, tmp_path):
+    res = cli("size", "--model", str(tmp_path / "absent"))
+    assert res.exit_code == 2 and "Traceback" not in res.output and "model.name" in res.output
+
+
+def test_random_init_builds_a_shipped_architecture_the_same_in_every_process():
+    """model.init = random: seeded weights from the shipped config, a byte tokenizer when no
+    tokenizer ships with it (speed and memory tests without a download)."""
+    a, tok = load_base("smollm2-135m", init="random", log=lambda *_: None)
+    b, _ = load_base("smollm2-135m", init="random", log=lambda *_: None)
+    assert sum(p.numel() for p in a.parameters()) == 134_515_008  # the real model's count
+    assert len(tok) == 258 and tok.pad_token is not None
+    name, weight = next(iter(a.state_dict().items()))
+    assert torch.equal(weight, b.state_dict()[name]) and float(weight.std()) > 0
+
+
+def test_random_init_of_a_folder_uses_its_tokenizer(tmp_path):
+    model, tok = load_base("tiny")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    again, tok2 = load_base(str(tmp_path / "m"), init="random", dtype=torch.bfloat16)
+    assert next(again.parameters()).dtype == torch.bfloat16
+    assert tok2("abc")["input_ids"] == tok("abc")["input_ids"]

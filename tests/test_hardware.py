@@ -78,53 +78,53 @@ def _session(tmp_path, corpus, caps=AVX2, **sets):
     return Session.build(cfg, log=lambda *_: None, caps=caps)
 
 
-@pytest.mark.parametrize("micro", [1, 3])
-def test_micro_batches_accumulate_the_big_batch_gradient(tmp_path, corpus, micro):
-    """One step's gradient, 8 rows at once vs chunks of `micro` rows (token-weighted): the same up
-    to float rounding (fp32)."""
+@pytest.mark.parametrize("knob", [{"train.micro_batch_size": "1"}, {"train.micro_batch_size": "3"},
+                                  {"train.micro_batch_size": "4"}, {"train.gradient_checkpointing": "true"}])
+def test_memory_knobs_accumulate_the_big_batch_gradient(tmp_path, corpus, knob):
+    """One step's gradient, 8 rows at once vs token-weighted chunks (or recomputed activations):
+    equal to float rounding in fp32 (a chunk-mean bug would be off by ~1e-2 of the scale)."""
     from fedsqueeze.client.trainer import TrainSettings, _backward
 
-    s = _session(tmp_path, corpus, **{"train.batch_size": "8"})
-    params = s.adapter.trainable(s.method.trainable)
-    s.adapter.set({k: torch.randn_like(v) * 0.02 for k, v in s.adapter.get().items()})  # B != 0: A gets gradients
-    batch = s.federation.clients[1].train.batch(list(range(8)), s.tokenizer.pad_token_id)
+    one = _session(tmp_path, corpus, **{"train.batch_size": "8"})
+    other = _session(tmp_path, corpus, **{"train.batch_size": "8", **knob})
+    noisy = {k: torch.randn_like(v) * 0.02 for k, v in one.adapter.get().items()}  # B != 0: A gets gradients
+    batch = one.federation.clients[1].train.batch(list(range(8)), one.tokenizer.pad_token_id)
     assert len(set((batch["labels"] != -100).sum(1).tolist())) > 1  # rows of different lengths
 
-    def gradients(size):
-        for p in params:
-            p.grad = None
-        loss = _backward(s.model, batch, TrainSettings(1, 1e-3, micro_batch_size=size), s.placement, None)
+    def gradients(s):
+        s.adapter.set(noisy)
+        params = s.adapter.trainable(s.method.trainable)
+        s.model.train()
+        loss = _backward(s.model, batch, TrainSettings(1, 1e-3, micro_batch_size=s.cfg.train.micro_batch_size),
+                         s.placement, None)
         return float(loss), [p.grad.clone() for p in params]
 
-    (l1, g1), (l2, g2) = gradients(None), gradients(micro)
+    (l1, g1), (l2, g2) = gradients(one), gradients(other)
     scale = max(float(g.abs().max()) for g in g1)
     assert l1 == pytest.approx(l2, rel=1e-6)
-    assert max(float((a - b).abs().max()) for a, b in zip(g1, g2)) <= 1e-6 * scale
+    assert max(float((a - b).abs().max()) for a, b in zip(g1, g2)) <= 5e-6 * scale
 
 
-@pytest.mark.parametrize("knob, bound", [
-    ({"train.micro_batch_size": "3"}, 1e-6),
-    ({"train.gradient_checkpointing": "true"}, 1e-6),
-    ({"train.micro_batch_size": "3", "train.gradient_checkpointing": "true"}, 1e-6),
-    ({"train.micro_batch_size": "1"}, 1e-2 * 5e-4),
-    ({"train.micro_batch_size": "2"}, 1e-2 * 5e-4),
-    ({"train.micro_batch_size": "4"}, 1e-2 * 5e-4),
-])
-def test_memory_knobs_train_the_same_adapter_as_one_big_batch(tmp_path, corpus, knob, bound):
-    """Four AdamW steps at the default lr (5e-4) from one big batch of 8 vs micro-batches or
-    recomputed activations. Recomputing is exact; the 3 + 3 + 2 split stays within 1e-6 (7.5e-7
-    measured). Adam divides each gradient by its own magnitude, so the ~6e-7 relative rounding
-    noise of a split (previous test) moves entries whose gradient is near Adam's eps by up to a
-    fraction of lr in one step: splits of 1, 2 and 4 rows measured 2.1e-6, 3.2e-6 and 2.2e-6,
-    i.e. under 1% of lr, which is the bound for them."""
-    base = {"train.batch_size": "8", "train.local_steps": "4", "train.lr": "5e-4"}
+@pytest.mark.parametrize("knob", [{"train.micro_batch_size": "1"}, {"train.micro_batch_size": "2"},
+                                  {"train.micro_batch_size": "3"}, {"train.micro_batch_size": "4"},
+                                  {"train.gradient_checkpointing": "true"},
+                                  {"train.micro_batch_size": "3", "train.gradient_checkpointing": "true"}])
+def test_memory_knobs_train_the_same_adapter_as_one_big_batch(tmp_path, corpus, knob):
+    """Four AdamW steps at the default lr, one big batch of 8 vs micro-batches or recomputed
+    activations. The gradients agree to rounding (previous test), but Adam divides each gradient
+    by its own magnitude, so that rounding moves entries whose gradient is near Adam's eps by a
+    fraction of lr: measured 6e-8 to 3.2e-6 at lr 5e-4 (0.7% of lr) over these splits, on AVX-512
+    and AVX2 kernels; not a bound of 1e-6 that holds everywhere. The bound is 2% of lr; a chunk
+    weighting bug turns the update's direction and shows at ~10% of lr."""
+    lr = 5e-4
+    base = {"train.batch_size": "8", "train.local_steps": "4", "train.lr": str(lr)}
     one = _session(tmp_path, corpus, **base)
     split = _session(tmp_path, corpus, **base, **knob)
     start = one.method.global_adapter()
     a, la = one.train_client(1, 1, start)
     b, lb = split.train_client(1, 1, start)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= bound
-    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3  # it did train
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 0.02 * lr
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 2 * lr  # it did train
     assert la == pytest.approx(lb, abs=1e-6)
 
 

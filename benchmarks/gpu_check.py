@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fedsqueeze import config as config_mod
+from fedsqueeze.client import train_client
 from fedsqueeze.models.smollm2 import cache_root
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 
@@ -107,10 +108,10 @@ def llama_3b_step() -> dict:
     session = Session.build(cfg, log=lambda *_: None)
     counter = TokenCounter(session.model)
     start = session.method.global_adapter()
-    session.train_client(0, 1, start, steps=1)  # warm-up: kernels, allocator
+    train_client(session, 0, 1, start, steps=1)  # warm-up: kernels, allocator
     torch.cuda.synchronize()
     counter.tokens, t0 = 0, time.perf_counter()
-    session.train_client(0, 1, start, steps=2)
+    train_client(session, 0, 1, start, steps=2)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"row": "llama-3.2-3b step", "precision": session.placement.precision,

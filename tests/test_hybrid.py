@@ -13,8 +13,9 @@ from fedsqueeze import config as config_mod
 from fedsqueeze.config import HybridConfig, NetworkConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
-from fedsqueeze.runtime.clock import NetworkModel, close_time
-from fedsqueeze.runtime.session import within_seconds
+from fedsqueeze.runtime.clock import NetworkModel
+from fedsqueeze.runtime.driver import CloseRule
+from fedsqueeze.client import within_seconds
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
 from fedsqueeze.tensors import Layout
 
@@ -26,6 +27,10 @@ def test_round_trip_hand_computed():
     # = 0.5 s; one latency each way = 0.02 s.
     assert net.round_trip(1, 1_000_000, 10, 500_000) == pytest.approx(20.62)
     assert net.round_trip(0, 0, 10, 0) == pytest.approx(10.0)  # nothing sent: no latency either
+
+
+def close_time(start, finishes, pending, hybrid):
+    return CloseRule.of(hybrid).close_time(start, finishes, pending)
 
 
 def test_close_time_rules():
@@ -132,15 +137,20 @@ def test_partial_work_straggler_reports_in_time(tmp_path, corpus):
                                                 "network.compute=[1, 1, 1, 0.25]", "hybrid.deadline=9.0",
                                                 "hybrid.partial_work=true"])
     trained = []
-    train_client = rt.s.train_client
+    from fedsqueeze.runtime import roles
 
-    def spy(client, rnd, start, **kw):
-        adapter, losses = train_client(client, rnd, start, **kw)
+    train_client = roles.train_client
+
+    def spy(s, client, rnd, start, **kw):
+        adapter, losses = train_client(s, client, rnd, start, **kw)
         trained.append((rnd, client, len(losses)))
         return adapter, losses
 
-    rt.s.train_client = spy
-    rt.run()
+    roles.train_client = spy
+    try:
+        rt.run()
+    finally:
+        roles.train_client = train_client
     rows = [json.loads(x) for x in (rt.out / "rounds.jsonl").read_text().splitlines()]
     assert all(r["partial"] == {"3": 2} and r["late"] == [] and r["clients"] == [0, 1, 2, 3] for r in rows)
     assert all(8.0 < r["sim_seconds"] <= 9.0 for r in rows)

@@ -99,8 +99,8 @@ def test_fedavg_one_client_equals_centralized(tmp_path, corpus, upload):
     rows_c = [json.loads(x) for x in (tmp_path / "cen" / "rounds.jsonl").read_text().splitlines()]
     for rf, rc in zip(rows_f, rows_c):
         assert rf["train_loss"] == pytest.approx(rc["train_loss"], rel=1e-5, abs=1e-6)
-    a = fed.s.final_adapter(fed.client_states)
-    b = cen.s.final_adapter(cen.client_states)
+    a = fed.s.method.final_adapter(fed.client_states)
+    b = cen.s.method.final_adapter(cen.client_states)
     if upload == "adapter":  # the client's adapter comes back as it is: bit-identical
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert fs["final_eval_loss"] == cs["final_eval_loss"]
@@ -160,7 +160,7 @@ def test_fedsrd_bf16_broadcast_keeps_every_client_on_the_server_adapter(tmp_path
     assert 0 < s16["bytes_down"] < s32["bytes_down"]
     method = rt16.server.method
     kinds = set()
-    for client in rt16.clients:  # what each would rebuild from the server's next message
+    for client in rt16.transport.clients:  # what each would rebuild from the server's next message
         blob = rt16.server.broadcast(5, [client.client])[client.client]
         message = client.decoder.decode(blob)
         kinds.add("state" if STATE_MARKER in message else "delta")

@@ -43,36 +43,14 @@ def _fail(exc: Exception) -> None:
 
 def _execute(cfg, out: Path, resume: bool, until: Optional[int], overwrite: bool = False) -> None:
     from .metrics.console import RichProgress, summary_table
-    from .runtime import LocalRuntime, Session, rundir
+    from .runtime import RUNTIMES
 
-    if cfg.runtime.kind == "flower-sim":
-        from .runtime.flower import run_flower_simulation
-
-        summary = run_flower_simulation(cfg, out, overwrite=overwrite, resume=resume, log=console.print)
+    execute = RUNTIMES.get(cfg.runtime.kind)
+    summary = execute(cfg, out, resume=resume, until=until, overwrite=overwrite, progress=RichProgress(console),
+                      log=lambda text: console.print(text, highlight=False))
+    if summary is not None:
         console.print(summary_table(summary))
-        return
-    if not resume:
-        rundir.check_free(out, overwrite)
-    session = Session.build(cfg, log=console.print)  # before the run directory: a bad device writes nothing
-    if not resume:
-        rundir.prepare(out, cfg, overwrite)
-    console.print(session.federation.summary(), highlight=False)
-    console.print(f"method {cfg.method} | uplink {session.uplink_spec} | downlink {session.downlink_spec} | "
-                  f"adapter {session.adapter.layout.numel:,} params ({session.adapter.layout.numel * 4 / 1e6:.2f} MB fp32)",
-                  highlight=False)
-    console.print(session.placement.describe(), highlight=False)
-    runtime = LocalRuntime(session, out, RichProgress(console))
-    if resume:
-        runtime.restore()
-        if cfg.train.rounds > runtime.done:
-            console.print(f"resuming {out} after round {runtime.done} of {cfg.train.rounds}")
-        (out / rundir.CONFIG).write_text(cfg.to_toml())
-    summary = runtime.run(until=until)
-    if summary is None:
-        console.print(f"stopped after round {runtime.done}; continue with: fedsqueeze resume {out}")
-        return
-    console.print(summary_table(summary))
-    console.print(f"run directory: {out}")
+        console.print(f"run directory: {out}")
 
 
 @app.command()
@@ -137,7 +115,7 @@ def data(config: Path = typer.Argument(..., help="TOML config file."),
     try:
         cfg = config_mod.load(config, set_)
         _, tok = load_base(cfg.model.name, log=console.print)
-        fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).pooled)
+        fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).mode.pooled)
         console.print(fed.summary(), highlight=False)
     except UserError as exc:
         _fail(exc)

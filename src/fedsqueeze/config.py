@@ -123,7 +123,8 @@ class LinkConfig(Section):
 
 
 class RuntimeConfig(Section):
-    kind: Literal["local", "flower-sim"] = "local"
+    kind: str = "local"
+    """local (in-process simulation), flower-sim, or any runtime registered in runtime/registry.py."""
     round_timeout: float = Field(600.0, gt=0)
     """Flower: seconds the server waits for a round's replies; clients that have not answered are left out."""
     connect_timeout: float = Field(300.0, ge=0)
@@ -234,7 +235,10 @@ def validate(raw: dict) -> Config:
     # Imported here: the registries import modules that import this one.
     from .strategies import METHODS
 
+    from .runtime.registry import RUNTIMES
+
     METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
+    RUNTIMES.get(cfg.runtime.kind)
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
         raise ConfigError(f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
                           f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that")

@@ -8,8 +8,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, key: str | None = None):
+        """key: the config key that names an entry, for the error message."""
         self.kind = kind
+        self.key = key
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -27,9 +29,8 @@ class Registry(Generic[T]):
         except KeyError:
             from .errors import ConfigError
 
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}"
-            ) from None
+            where = f"config key {self.key!r}: " if self.key else ""
+            raise ConfigError(f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

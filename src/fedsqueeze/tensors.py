@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,17 +63,30 @@ def clone(tensors: Tensors) -> Tensors:
     return {k: v.detach().clone() for k, v in tensors.items()}
 
 
-def add(a: Tensors, b: Tensors, scale: float = 1.0) -> Tensors:
-    """a + scale * b over b's keys (a's other keys are kept)."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = a[k] + scale * v
-    return out
+def prefixed(prefix: str, tensors: Tensors) -> Tensors:
+    """Nests a state dict under `prefix` (e.g. "server/"), for flat checkpoints and client states."""
+    return {f"{prefix}{k}": v for k, v in tensors.items()}
 
 
-def sub(a: Tensors, b: Tensors) -> Tensors:
-    return {k: a[k] - b[k] for k in a}
+def unprefixed(prefix: str, tensors: Tensors) -> Tensors:
+    """The entries under `prefix`, with it removed (the inverse of `prefixed`)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def nbytes(tensors: Tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+def fp32_bytes(tensors: Tensors) -> int:
+    """What `tensors` weigh as dense fp32: the reference every compression ratio is taken against."""
+    return 4 * sum(t.numel() for t in tensors.values())
+
+
+def relative_error(original: Tensors, decoded: Tensors) -> float:
+    """||x - x_hat|| / ||x|| over all tensors of `original` (a missing tensor decodes as zeros), in
+    float64. 0.0 when both are zero; inf when only the original is zero."""
+    err = norm = 0.0
+    for name, x in original.items():
+        x = x.detach().double()
+        y = decoded[name].detach().double() if name in decoded else torch.zeros_like(x)
+        err += float(torch.sum((x - y) ** 2))
+        norm += float(torch.sum(x**2))
+    if norm == 0.0:
+        return 0.0 if err == 0.0 else math.inf
+    return math.sqrt(err / norm)

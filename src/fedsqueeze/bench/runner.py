@@ -1,4 +1,4 @@
-"""Runs a suite's rows one after another in-process and tabulates them."""
+"""Runs a suite's rows one after another on the configured runtime and tabulates them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .. import __version__
 from .. import config as config_mod
 from ..errors import UserError
 from ..metrics.report import plot
-from ..runtime import LocalRuntime, Session, rundir
+from ..runtime import RUNTIMES, rundir
 from ..strategies import METHODS
 from .suites import SUITES
 
@@ -72,10 +72,8 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
             continue
         else:
             log(f"[bench {suite_name}] {name}")
-            rundir.prepare(run_dir, cfg, overwrite=True)
-            session = Session.build(cfg, log=log)
             progress = progress_factory() if progress_factory else None
-            summary = LocalRuntime(session, run_dir, progress).run()
+            summary = RUNTIMES.get(cfg.runtime.kind)(cfg, run_dir, overwrite=True, progress=progress, log=log)
         rows_ = rundir.read_rounds(run_dir)
         runs.append((name, summary, rows_))
         results.append(_result(name, summary, rows_))

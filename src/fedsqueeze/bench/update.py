@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import config as config_mod
+from ..client import train_client
 from ..runtime import Session
 from ..tensors import Layout, Tensors
 
@@ -18,5 +19,5 @@ def real_update(model: str, r: int = 16, target: str = "all-linear", steps: int 
     })
     session = Session.build(cfg, log=log)
     start = session.method.global_adapter()
-    trained, _ = session.train_client(0, 1, start)
+    trained, _ = train_client(session, 0, 1, start)
     return {k: trained[k] - start[k] for k in start}, session.adapter.layout

@@ -10,9 +10,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from ..tensors import Layout, Tensors
+from ..tensors import Layout, Tensors, fp32_bytes, relative_error
 from .chain import build_codec
-from .stats import relative_error
 
 DEFAULT_CONFIGS = [
     "fp32",
@@ -38,7 +37,7 @@ KEYS = ("codec", "wire_bytes", "raw_bytes", "ratio", "rel_error", "encode_ms", "
 def run_bench(update: Tensors, layout: Layout, configs: list[str] | None = None, repeats: int = 5) -> list[dict]:
     """One dict per configuration with exactly KEYS; times are medians over `repeats` runs (after
     one warm-up), ratio = wire_bytes / raw_bytes (raw = the update as fp32)."""
-    raw = 4 * sum(t.numel() for t in update.values())
+    raw = fp32_bytes(update)
     rows = []
     for spec in configs or DEFAULT_CONFIGS:
         build_codec(spec, layout).decode(build_codec(spec, layout).encode(update))  # warm-up

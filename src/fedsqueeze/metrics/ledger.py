@@ -5,21 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import torch
-
-from ..tensors import Tensors
-
 UP, DOWN = "up", "down"
-
-
-def relative_error(original: Tensors, decoded: Tensors) -> float:
-    num = den = 0.0
-    for k, v in original.items():
-        v = v.float()
-        d = decoded.get(k)
-        num += float(((v - d.float()) ** 2).sum()) if d is not None else float((v ** 2).sum())
-        den += float((v ** 2).sum())
-    return (num / den) ** 0.5 if den > 0 else 0.0
 
 
 @dataclass

@@ -46,11 +46,3 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
         old = run_dir / "checkpoint.old"  # crash between the two renames
         final = old if (old / META).is_file() else final
     return load_file(str(final / STATE)), json.loads((final / META).read_text())
-
-
-def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}{k}": v for k, v in state.items()}
-
-
-def unprefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

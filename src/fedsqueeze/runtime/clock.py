@@ -1,5 +1,5 @@
-"""The simulated clock: how long each client's round trip takes under the configured network,
-and when a round closes under the hybrid (quorum / deadline) rule."""
+"""The simulated clock: how long each client's round trip takes under the configured network
+(the in-process transport turns these into arrival times; the driver's CloseRule decides)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from ..config import HybridConfig, NetworkConfig
+from ..config import NetworkConfig
 from ..errors import ConfigError
 
 
@@ -56,22 +56,3 @@ class NetworkModel:
         spare = seconds - self.round_trip(client, down_bytes, 0, up_bytes)
         fit = math.floor(spare * self.links[client].compute / self.step_seconds + 1e-9)
         return max(1, min(steps, fit))
-
-
-def quorum_count(hybrid: HybridConfig, sent: int) -> int:
-    """How many of a round's `sent` clients the hybrid rule waits for (all when quorum = 1)."""
-    return max(1, math.ceil(hybrid.quorum * sent - 1e-9))
-
-
-def close_time(start: float, finishes: list[float], pending: list[float], hybrid: HybridConfig) -> float:
-    """When the round that started at `start` closes.
-
-    finishes: arrival times of this round's clients; pending: arrival times of late updates from
-    earlier rounds. Waits for ceil(quorum * len(finishes)) of this round's clients, or the deadline,
-    whichever is first. With nobody sampled, waits for the first pending arrival."""
-    deadline = start + hybrid.deadline if hybrid.deadline is not None else math.inf
-    if finishes:
-        quorum_time = sorted(finishes)[quorum_count(hybrid, len(finishes)) - 1]
-    else:
-        quorum_time = min(pending) if pending else start
-    return min(quorum_time, deadline)

@@ -1,6 +1,6 @@
 """The two roles of a round, written once and wired by every runtime (in-process or Flower).
 
-ServerRole: broadcast -> encode (one blob per client), decode uploads, aggregate, evaluate, record.
+ServerRole: broadcast -> encode (one blob per client), decode uploads, aggregate, the round's base record.
 ClientRole: decode the broadcast, train, build the upload, encode it (with its error feedback).
 Between them travel only bytes; the ledger counts len() of each.
 """
@@ -11,12 +11,12 @@ import itertools
 import time
 
 from ..metrics import Ledger
-from ..metrics.ledger import DOWN, UP, relative_error
+from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT
-from ..tensors import Tensors
-from .checkpoint import prefixed, unprefixed
+from ..client import train_client
+from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unprefixed
 from .session import Session
 
 
@@ -32,7 +32,7 @@ class ClientRole:
 
     def handle(self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None,
                seconds: float | None = None) -> tuple[bytes | None, dict]:
-        """steps / seconds: the partial-work limit of the hybrid mode (Session.train_client)."""
+        """steps / seconds: the partial-work limit of the round's close rule (client.train_client)."""
         s, method = self.s, self.s.method
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
@@ -50,7 +50,7 @@ class ClientRole:
             if on_step:
                 on_step(loss)
 
-        trained, losses = s.train_client(self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
+        trained, losses = train_client(s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
         metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s, "steps": len(losses),
                    "num_examples": s.federation.clients[self.client].num_examples, **peaks(s.placement.device)}
         self.state.update(snapshots)  # for this call only: client_upload may also write state
@@ -67,7 +67,7 @@ class ClientRole:
         # What the server will see, for the ledger's error column (the blob is what it decodes).
         received = self.sender.last_received  # the codec's own reconstruction: no second decode
         metrics["up_rel_error"] = relative_error(upload, received) if received is not None else 0.0
-        metrics["up_raw_bytes"] = _raw(upload)
+        metrics["up_raw_bytes"] = fp32_bytes(upload)
         return blob, metrics
 
     def state_dict(self) -> Tensors:
@@ -88,7 +88,6 @@ class ServerRole:
         self.updates: list[ClientUpdate] = []
         self.train_losses: dict[int, float] = {}
         self.client_peaks: list[dict] = []
-        # Device and precision go into the first record, and again where a resume changed them.
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
 
@@ -108,7 +107,7 @@ class ServerRole:
             received = self.senders[c].last_received if lossy else message
             self.method.delivered(rnd, c, received)
             err = relative_error(message, received) if lossy else 0.0
-            self.ledger.add(rnd, c, DOWN, len(blob), _raw(message), err, t1 - t0, 0.0)
+            self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(message), err, t1 - t0, 0.0)
             blobs[c] = blob
         return blobs
 
@@ -130,30 +129,32 @@ class ServerRole:
             self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0),
                             metrics.get("up_rel_error", 0.0), metrics.get("up_encode_s", 0.0), 0.0)
 
-    def finish_round(self, rnd: int, clients: list[int], client_states: list[Tensors], seconds: float) -> dict:
-        """Aggregates what arrived (in client order, so arrival order never changes the result)."""
+    def close_round(self, rnd: int) -> dict:
+        """Aggregates what arrived (in client order, so arrival order never changes the result) and
+        returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
         method_metrics = self.method.aggregate(rnd, updates)
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]
         record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
-        cfg = self.s.cfg.train
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            evals, ood = self.s.evaluate_all(client_states)
-            record["eval_loss"] = sum(evals.values()) / len(evals)
-            record["eval"] = evals
-            if ood is not None:
-                record["ood_eval_loss"] = ood
         record.update(method_metrics or {})
-        record["seconds"] = seconds
-        record.update(merge_peaks(peaks(self.s.placement.device), *self.client_peaks))
-        if self.recorded_placement != self.placement:
-            record.update(self.placement)
-            self.recorded_placement = self.placement
-        self.updates, self.train_losses, self.client_peaks = [], {}, []
+        self.updates, self.train_losses = [], {}
         self.ledger.drop_round(rnd)
         return record
+
+    def round_peaks(self) -> dict:
+        """The round's memory peaks: this process's since broadcast and what its clients reported."""
+        found = merge_peaks(peaks(self.s.placement.device), *self.client_peaks)
+        self.client_peaks = []
+        return found
+
+    def placement_if_new(self) -> dict:
+        """Device and precision for the first record, and again where a resume changed them."""
+        if self.recorded_placement == self.placement:
+            return {}
+        self.recorded_placement = self.placement
+        return dict(self.placement)
 
     def state_dict(self) -> Tensors:
         state = prefixed("method/", self.method.state_dict())
@@ -165,7 +166,3 @@ class ServerRole:
         self.method.load_state_dict(unprefixed("method/", state))
         for i, sender in enumerate(self.senders):
             sender.load_state_dict(unprefixed(f"down/{i}/", state))
-
-
-def _raw(tensors: Tensors) -> int:
-    return sum(t.numel() * 4 for t in tensors.values())

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import ClientUpdate, Method, MethodContext
+from .base import ClientUpdate, Method, MethodContext, RunMode
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -40,4 +40,4 @@ def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
     return cls(p, ctx)
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "ClientUpdate", "build_method"]
+__all__ = ["METHODS", "Method", "MethodContext", "ClientUpdate", "RunMode", "build_method"]

@@ -44,6 +44,36 @@ class MethodContext:
     staleness_exponent: float = 0.5
 
 
+@dataclass(frozen=True)
+class RunMode:
+    """How a method runs, asked by the runtime in this one place instead of branching on flags.
+
+    pooled: all clients' data pooled into one client (centralized training), trained for the
+    federation's total optimizer steps per round. personalized: each client keeps and is
+    evaluated with its own adapter. Either way nothing crosses the wire."""
+
+    pooled: bool = False
+    personalized: bool = False
+
+    @property
+    def federated(self) -> bool:
+        return not (self.pooled or self.personalized)
+
+    def local_steps(self, steps: int, clients_per_round: int) -> int:
+        return steps * clients_per_round if self.pooled else steps
+
+    def eval_owner(self, eval_set: int) -> int:
+        """The client whose adapter is evaluated on eval set `eval_set` (the pooled client for all)."""
+        return 0 if self.pooled else eval_set
+
+    @property
+    def has_global_adapter(self) -> bool:
+        return not self.personalized
+
+
+FEDERATED = RunMode()
+
+
 @dataclass
 class ClientUpdate:
     client: int
@@ -56,10 +86,7 @@ class ClientUpdate:
 class Method:
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
-    pooled: ClassVar[bool] = False
-    """True: all clients' data pooled into one (centralized training)."""
-    personalized: ClassVar[bool] = False
-    """True: each client keeps its own adapter and is evaluated on its own data."""
+    mode: ClassVar[RunMode] = FEDERATED
     default_uplink: ClassVar[str] = "fp32"
     default_downlink: ClassVar[str] = "fp32"
     """Codecs used when the config leaves `uplink.codec` / `downlink.codec` unset."""
@@ -142,4 +169,8 @@ class Method:
 
     def eval_adapter(self, client: int, state: Tensors) -> Tensors:
         """The adapter to evaluate on `client`'s held-out data."""
+        return self.global_adapter()
+
+    def final_adapter(self, client_states: list[Tensors]) -> Tensors:
+        """What the run saves as adapter/ (and judges on the out-of-domain set)."""
         return self.global_adapter()

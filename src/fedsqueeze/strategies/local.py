@@ -8,12 +8,12 @@ client equals `fedavg` with one client step for step.
 from __future__ import annotations
 
 from ..tensors import Tensors
-from .base import ClientUpdate, Method
+from .base import ClientUpdate, Method, RunMode
 
 
 class Local(Method):
     name = "local"
-    personalized = True
+    mode = RunMode(personalized=True)
 
     def broadcast(self, rnd: int, client: int) -> None:
         return None
@@ -38,5 +38,7 @@ class Centralized(Local):
     The runtime evaluates (and saves) that client's adapter for every eval set."""
 
     name = "centralized"
-    pooled = True
-    personalized = False
+    mode = RunMode(pooled=True)
+
+    def final_adapter(self, client_states: list[Tensors]) -> Tensors:
+        return self.eval_adapter(0, client_states[0])

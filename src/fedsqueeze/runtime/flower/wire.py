@@ -18,7 +18,7 @@ from ...tensors import Tensors
 QUERY, TRAIN = "query", "train"
 BLOB, INFO, METRICS = "blob", "info", "metrics"
 STATE = "fedsqueeze"  # key of the client's state in context.state
-TRAIN_SECONDS = "train-seconds"  # hybrid.partial_work: the wall-clock the client may train for
+TRAIN_SECONDS = "train-seconds"  # partial work: the wall-clock the client may train for
 
 
 def pack(blob: bytes) -> ArrayRecord:

@@ -1,0 +1,303 @@
+"""The one round loop of every runtime.
+
+Per round the driver samples clients (busy ones skipped), has the ServerRole encode their
+downlink blobs, hands them to a Transport, and takes back the uploads that arrived by the round's
+close; it applies the close rule's consequences (staleness, dropping, partial work, who is late
+or left out), aggregates, evaluates, writes the record and the checkpoint. `finish` writes
+adapter/ and summary.json. A Transport only moves blobs and says when each arrived: the
+in-process simulation on its simulated clock (local.py), Flower's Grid on the real one
+(flower/server.py), or anything registered in runtime/registry.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..config import HybridConfig
+from ..errors import UserError
+from ..evaluation import evaluate_all, summarize
+from ..metrics.memory import merge_peaks
+from ..tensors import Tensors, prefixed, unprefixed
+from . import rundir
+from .checkpoint import load_checkpoint, save_checkpoint
+from .roles import ServerRole
+from .session import Session
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A client's reply as a transport delivers it."""
+
+    client: int
+    origin: int  # the round it trained in
+    blob: bytes | None
+    metrics: dict
+    error: str | None = None  # the client failed: nothing to use, and it is left out
+
+
+@dataclass(frozen=True)
+class CloseRule:
+    """When a round closes (the asynchronous-synchronous hybrid), from `[hybrid]`.
+
+    A round waits for `need(sent)` of its own clients or `deadline` seconds, whichever is first;
+    uploads that miss it stay in flight when `keep_late`, and join a later round with their
+    staleness. `work_seconds`: the budget a client may spend training (partial work), else None."""
+
+    quorum: float = 1.0
+    deadline: float | None = None
+    work_seconds: float | None = None
+
+    @classmethod
+    def of(cls, hybrid: HybridConfig) -> "CloseRule":
+        return cls(hybrid.quorum, hybrid.deadline, hybrid.deadline if hybrid.partial_work else None)
+
+    @property
+    def keep_late(self) -> bool:
+        return self.quorum < 1 or self.deadline is not None
+
+    def need(self, sent: int) -> int:
+        """How many of a round's `sent` clients it waits for (all when quorum = 1)."""
+        return max(1, math.ceil(self.quorum * sent - 1e-9))
+
+    def close_time(self, start: float, finishes: list[float], pending: list[float]) -> float:
+        """On a simulated clock: when the round that started at `start` closes. finishes: arrival
+        times of this round's clients; pending: those of late uploads from earlier rounds. With
+        nobody sampled, the round waits for the first pending arrival."""
+        deadline = start + self.deadline if self.deadline is not None else math.inf
+        if finishes:
+            quorum_time = sorted(finishes)[self.need(len(finishes)) - 1]
+        else:
+            quorum_time = min(pending) if pending else start
+        return min(quorum_time, deadline)
+
+
+class Transport(Protocol):
+    """Moves one round's blobs between the server and its clients; holds no round logic."""
+
+    remote: bool
+    """True: clients run elsewhere and only messages reach them (a method that sends nothing
+    cannot run on it)."""
+
+    def start(self) -> None:
+        """Before the first round of this process (e.g. wait for the clients to connect)."""
+
+    def reachable(self, clients: list[int]) -> list[int]:
+        """Of the sampled clients, those a message can reach now."""
+
+    def in_flight(self) -> set[int]:
+        """Clients whose upload has not arrived yet."""
+
+    def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule,
+                 progress) -> tuple[list[Upload], float | None]:
+        """Delivers the blobs, lets the clients train and returns the uploads that arrived by the
+        close (late ones from earlier rounds included) in the order they are to be applied, and the
+        simulated seconds the round took (None on a real clock)."""
+
+    def client_states(self) -> list[Tensors]:
+        """What the server may evaluate personalized adapters with (empty dicts where clients keep
+        their state themselves)."""
+
+    def state_dict(self) -> tuple[Tensors, dict]:
+        """Tensors and JSON metadata for the checkpoint."""
+
+    def load_state_dict(self, tensors: Tensors, meta: dict) -> None: ...
+
+
+class NullProgress:
+    def start(self, total_rounds: int, done: int, steps: int) -> None: ...
+    def round_start(self, rnd: int, clients: list[int]) -> None: ...
+    def client_start(self, rnd: int, client: int, steps: int | None = None) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def round_end(self, record: dict) -> None: ...
+    def log(self, text: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class LogProgress(NullProgress):
+    """One line per round through `log` (Flower's logger, a test's list)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def round_end(self, r: dict) -> None:
+        line = (f"round {r['round']}: clients {r['clients']} | up {r['bytes_up']:,} B | down {r['bytes_down']:,} B | "
+                f"train loss {r['train_loss']:.4f}")
+        if "eval_loss" in r:
+            line += f" | eval loss {r['eval_loss']:.4f}"
+        self.log(line + f" | {r['seconds']:.1f} s")
+
+
+class Driver:
+    def __init__(self, session: Session, transport: Transport, out: Path, progress=None):
+        if transport.remote and not session.method.mode.federated:
+            raise UserError(f"method {session.cfg.method!r} sends nothing over the wire (each client keeps its "
+                            "own adapter, or all data is pooled): run it with runtime.kind = \"local\"")
+        self.s = session
+        self.transport = transport
+        self.out = out
+        self.progress = progress or NullProgress()
+        self.server = ServerRole(session)
+        self.rule = CloseRule.of(session.cfg.hybrid)
+        self.done = 0
+        self.elapsed = 0.0
+        self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
+
+    @property
+    def client_states(self) -> list[Tensors]:
+        return self.transport.client_states()
+
+    def sample(self, rnd: int) -> list[int]:
+        """Seeded by (seed, round), among the clients not busy with an earlier round's upload."""
+        busy = self.transport.in_flight()
+        pool = [c for c in range(self.s.num_clients) if c not in busy]
+        k = self.s.cfg.train.clients_per_round
+        if k is None or k >= len(pool):
+            return pool
+        return sorted(random.Random(f"{self.s.cfg.seed}/sample/{rnd}").sample(pool, k))
+
+    def run_round(self, rnd: int) -> dict:
+        t0 = time.perf_counter()
+        sampled = self.sample(rnd)
+        self.progress.round_start(rnd, sampled)
+        reachable = self.transport.reachable(sampled)
+        blobs = self.server.broadcast(rnd, reachable)
+        uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
+        late = sorted(self.transport.in_flight())
+        arrived, stale, dropped, partial = [], {}, [], {}
+        for up in uploads:
+            if up.error is not None:
+                self.progress.log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
+                continue
+            arrived.append(up.client)
+            if up.metrics.get("steps", self.s.local_steps) < self.s.local_steps:
+                partial[str(up.client)] = int(up.metrics["steps"])  # the steps it had time for
+            staleness = rnd - up.origin
+            if staleness > self.s.cfg.hybrid.max_staleness:
+                # Too old to help; its bytes crossed the wire all the same.
+                self.progress.log(f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
+                                  f"(staleness {staleness} > {self.s.cfg.hybrid.max_staleness})")
+                self.server.count_dropped(rnd, up.client, up.blob, up.metrics)
+                dropped.append(up.client)
+                continue
+            if staleness:
+                stale[str(up.client)] = staleness
+            self.server.receive(rnd, up.client, up.blob, up.metrics, staleness)
+        if not arrived and not late:
+            raise UserError(f"round {rnd}: no client answered; stopped after round {self.done} "
+                            "(the last finished round is checkpointed)")
+        seconds = time.perf_counter() - t0
+        record = self.server.close_round(rnd)
+        cfg = self.s.cfg.train
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            record.update(summarize(*evaluate_all(self.s, self.client_states)))
+        record["seconds"] = seconds
+        record.update(self.server.round_peaks())
+        record.update(self.server.placement_if_new())
+        if sim_seconds is not None:
+            record["sim_seconds"] = sim_seconds
+        record.update(late=late, stale=stale, left_out=sorted(set(sampled) - set(arrived) - set(late)))
+        if dropped:
+            record["dropped"] = dropped
+        if self.rule.work_seconds is not None:
+            record["partial"] = partial
+        return record
+
+    def run(self, until: int | None = None) -> dict | None:
+        rounds = self.s.cfg.train.rounds
+        last = min(rounds, until) if until else rounds
+        if self.done < rounds:
+            self.transport.start()
+        if self.done == 0 and self.base_eval is None:
+            self.base_eval = summarize(*evaluate_all(self.s, self.client_states))
+            self.progress.log(f"before training: eval loss {self.base_eval['eval_loss']:.4f}")
+        self.progress.start(rounds, self.done, self.s.local_steps)
+        try:
+            for rnd in range(self.done + 1, last + 1):
+                record = self.run_round(rnd)
+                self.elapsed += record["seconds"]
+                self.done = rnd
+                rundir.append_round(self.out, record)
+                self.save()
+                self.progress.round_end(record)
+        finally:
+            self.progress.stop()
+        if self.done < rounds:
+            return None
+        return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> None:
+        tensors, meta = self.transport.state_dict()
+        state = {**prefixed("server/", self.server.state_dict()), **tensors}
+        meta = {"round": self.done, "seconds": self.elapsed, "base_eval": self.base_eval,
+                "placement": self.server.recorded_placement, **meta}
+        save_checkpoint(self.out, state, meta)
+
+    def restore(self) -> None:
+        state, meta = load_checkpoint(self.out)
+        self.server.load_state_dict(unprefixed("server/", state))
+        self.transport.load_state_dict(state, meta)
+        self.done, self.elapsed = meta["round"], meta["seconds"]
+        self.base_eval = meta.get("base_eval")
+        self.server.recorded_placement = meta.get("placement")
+        rundir.truncate_rounds(self.out, self.done)
+
+
+def describe(s: Session, log) -> None:
+    """The console header every runtime prints before its first round."""
+    log(s.federation.summary())
+    numel = s.adapter.layout.numel
+    log(f"method {s.cfg.method} | uplink {s.uplink_spec} | downlink {s.downlink_spec} | "
+        f"adapter {numel:,} params ({numel * 4 / 1e6:.2f} MB fp32)")
+    log(s.placement.describe())
+    rule = CloseRule.of(s.cfg.hybrid)
+    if rule.keep_late:
+        log(f"a round closes at a quorum of {rule.quorum:g} of its clients"
+            + (f" or after {rule.deadline:g} s" if rule.deadline is not None else "")
+            + "; late uploads join the round in which they arrive")
+
+
+def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: float,
+           base_eval: dict | None = None) -> dict:
+    """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json."""
+    rows = rundir.read_rounds(out)
+    s.adapter.set(s.method.final_adapter(client_states))
+    s.model.save_pretrained(str(out / "adapter"))
+    if s.method.mode.personalized:
+        for i, name in enumerate(s.federation.eval_sets):
+            s.adapter.set(s.method.eval_adapter(i, client_states[i]))
+            s.model.save_pretrained(str(out / "adapters" / name))
+    last_eval = next(r for r in reversed(rows) if "eval_loss" in r)
+    up = sum(r["bytes_up"] for r in rows)
+    down = sum(r["bytes_down"] for r in rows)
+    summary = {
+        "method": s.cfg.method,
+        "rounds": rounds_done,
+        "bytes_up": up,
+        "bytes_down": down,
+        "bytes_total": up + down,
+        "final_eval_loss": last_eval["eval_loss"],
+        "eval": last_eval["eval"],
+        "seconds": elapsed,
+        "sim_seconds": sum(r.get("sim_seconds", 0.0) for r in rows),
+        "uplink_codec": s.uplink_spec,
+        "downlink_codec": s.downlink_spec,
+        "clients": s.num_clients,
+        "adapter_params": s.adapter.layout.numel,
+        "device": str(s.placement.device),
+        "precision": s.placement.precision,
+        **merge_peaks(*rows),
+    }
+    if "ood_eval_loss" in last_eval:
+        summary["ood_eval_loss"] = last_eval["ood_eval_loss"]
+    if base_eval is not None:
+        summary["base_eval_loss"] = base_eval["eval_loss"]
+        if base_eval.get("ood_eval_loss") is not None:
+            summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
+    rundir.write_summary(out, summary)
+    return summary

@@ -1,0 +1,112 @@
+"""The round driver with a transport written here alone: clients run in threads on the real clock,
+each with a Session of its own (as a Flower ClientApp would), registered as a runtime and run
+through the same code path as `fedsqueeze run` — the hybrid rule included."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import pytest
+import torch
+
+from conftest import tiny_config
+
+from fedsqueeze import config as config_mod
+from fedsqueeze.runtime import RUNTIMES, Session, in_process
+from fedsqueeze.runtime.driver import Upload
+from fedsqueeze.runtime.roles import ClientRole
+
+STRAGGLER = 3  # trains only once round 2 has begun: late on the real clock, deterministically
+
+
+class ThreadTransport:
+    remote = True  # only blobs reach the clients
+
+    def __init__(self, session):
+        self.cfg = session.cfg
+        self.pool = ThreadPoolExecutor(max_workers=session.num_clients)
+        self.roles: dict[int, ClientRole] = {}
+        self.futures = {}  # future -> (client, round it was sent in)
+        self.lock = threading.Lock()  # Session.build is not re-entrant (torch RNG state)
+        self.gate = threading.Event()
+
+    def _role(self, client: int) -> ClientRole:
+        with self.lock:
+            if client not in self.roles:
+                self.roles[client] = ClientRole(Session.build(self.cfg, log=lambda *_: None), client)
+            return self.roles[client]
+
+    def _work(self, client: int, rnd: int, blob):
+        if client == STRAGGLER:
+            self.gate.wait(timeout=60)
+        return self._role(client).handle(rnd, blob)
+
+    def start(self) -> None:
+        for c in range(self.cfg.data.clients):
+            self._role(c)
+
+    def reachable(self, clients):
+        return clients
+
+    def in_flight(self):
+        return {c for c, _ in self.futures.values()}
+
+    def client_states(self):
+        return [{} for _ in range(self.cfg.data.clients)]
+
+    def exchange(self, rnd, blobs, rule, progress):
+        for c, blob in blobs.items():
+            self.futures[self.pool.submit(self._work, c, rnd, blob)] = (c, rnd)
+        if rnd >= 2:
+            self.gate.set()  # the straggler starts; its reply is awaited in this round
+        need, t_end = rule.need(len(blobs)), time.monotonic() + (rule.deadline or 60.0)
+        while time.monotonic() < t_end:
+            done = [f for f in self.futures if f.done()]
+            quorum = sum(1 for f in done if self.futures[f][1] == rnd) >= need
+            earlier = all(f.done() for f, (_, origin) in self.futures.items() if origin < rnd)
+            if quorum and (rnd < 2 or earlier):
+                break
+            wait(list(self.futures), timeout=0.05, return_when=FIRST_COMPLETED)
+        done = [f for f in self.futures if f.done()]
+        uploads = []
+        for f in done:
+            client, origin = self.futures.pop(f)
+            blob, metrics = f.result()
+            uploads.append(Upload(client, origin, blob, metrics))
+        return sorted(uploads, key=lambda u: u.client), None
+
+    def state_dict(self):
+        return {}, {}
+
+    def load_state_dict(self, state, meta):
+        pass
+
+
+RUNTIMES.register("threads-test")(in_process(ThreadTransport))
+
+
+def test_a_transport_registered_in_a_test_runs_a_hybrid_round_through_the_driver(tmp_path, corpus):
+    overrides = {"train.rounds": "3", "runtime.kind": '"threads-test"', "hybrid.quorum": "0.75",
+                 "hybrid.max_staleness": "2", "method": '"gradualdiff"'}
+    cfg = config_mod.load(tiny_config(tmp_path, corpus, **overrides))
+    out = tmp_path / "run"
+    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, log=lambda *_: None)
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    # Round 1 closes at 3 of 4 without the straggler; it is not sampled while its upload is in
+    # flight, and its update joins a later round with its staleness.
+    assert rows[0]["clients"] == [0, 1, 2] and rows[0]["late"] == [3] and rows[0]["left_out"] == []
+    assert rows[1]["clients"] == [0, 1, 2, 3] and rows[1]["stale"] == {"3": 1} and rows[1]["late"] == []
+    assert sum(r["per_client"].get("3", {}).get("up", 0) for r in rows) > 0
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows) and "sim_seconds" not in rows[0]
+    adapter = json.loads((out / "summary.json").read_text())
+    assert adapter["rounds"] == 3 and torch.isfinite(torch.tensor(adapter["final_eval_loss"]))
+
+
+def test_unknown_runtime_names_the_key_and_the_registered_ones(tmp_path, corpus):
+    from fedsqueeze.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime.kind.*threads-test"):
+        config_mod.load(tiny_config(tmp_path, corpus, **{"runtime.kind": '"nope"'}))

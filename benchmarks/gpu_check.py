@@ -39,10 +39,22 @@ def base(device: str, **extra) -> dict:
         "seed": 0,
         "model": {"name": "smollm2-135m", "init": "pretrained" if REAL else "random"},
         "lora": {"r": 16, "alpha": 32, "target": "all-linear"},
-        "data": {"source": "builtin:pystdlib", "partition": "by-domain", "clients": 4, "max_length": 96,
-                 "max_examples": 240, "eval_examples": 32},
-        "train": {"rounds": 3, "local_steps": 10, "batch_size": 8, "lr": 5e-4, "device": device,
-                  "precision": "auto" if device != "cpu" else "fp32"},
+        "data": {
+            "source": "builtin:pystdlib",
+            "partition": "by-domain",
+            "clients": 4,
+            "max_length": 96,
+            "max_examples": 240,
+            "eval_examples": 32,
+        },
+        "train": {
+            "rounds": 3,
+            "local_steps": 10,
+            "batch_size": 8,
+            "lr": 5e-4,
+            "device": device,
+            "precision": "auto" if device != "cpu" else "fp32",
+        },
     }
     for section, values in extra.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
@@ -74,11 +86,19 @@ def run_row(name: str, raw: dict) -> dict:
     summary = LocalRuntime(session, out).run()
     seconds = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
-    return {"row": name, "device": summary["device"], "precision": summary["precision"],
-            "bytes_up": summary["bytes_up"], "bytes_down": summary["bytes_down"],
-            "per_round_up": [r["bytes_up"] for r in rows], "final_eval_loss": summary["final_eval_loss"],
-            "seconds": round(seconds, 1), "tokens_per_s": round(counter.tokens / seconds),
-            "peak_gpu_mb": summary.get("peak_gpu_mb"), "peak_rss_mb": summary.get("peak_rss_mb")}
+    return {
+        "row": name,
+        "device": summary["device"],
+        "precision": summary["precision"],
+        "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"],
+        "per_round_up": [r["bytes_up"] for r in rows],
+        "final_eval_loss": summary["final_eval_loss"],
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(counter.tokens / seconds),
+        "peak_gpu_mb": summary.get("peak_gpu_mb"),
+        "peak_rss_mb": summary.get("peak_rss_mb"),
+    }
 
 
 def qlora_round() -> dict:
@@ -95,14 +115,18 @@ def qlora_round() -> dict:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
         name = str(folder)
-    raw = base("cuda", model={"name": name, "init": "pretrained", "quantize": "4bit"},
-               train={"rounds": 1})
+    raw = base("cuda", model={"name": name, "init": "pretrained", "quantize": "4bit"}, train={"rounds": 1})
     return run_row("qlora", raw)
 
 
 def llama_3b_step() -> dict:
-    raw = base("cuda", model={"name": "llama-3.2-3b", "init": "random"}, lora={"r": 64, "alpha": 128},
-               data={"clients": 1, "partition": "iid", "max_examples": 64}, train={"rounds": 1, "local_steps": 3})
+    raw = base(
+        "cuda",
+        model={"name": "llama-3.2-3b", "init": "random"},
+        lora={"r": 64, "alpha": 128},
+        data={"clients": 1, "partition": "iid", "max_examples": 64},
+        train={"rounds": 1, "local_steps": 3},
+    )
     cfg = config_mod.validate(raw)
     torch.cuda.reset_peak_memory_stats()
     session = Session.build(cfg, log=lambda *_: None)
@@ -114,22 +138,36 @@ def llama_3b_step() -> dict:
     train_client(session, 0, 1, start, steps=2)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"row": "llama-3.2-3b step", "precision": session.placement.precision,
-            "lora_params": session.adapter.layout.numel, "seconds_per_step": round(seconds / 2, 3),
-            "tokens_per_s": round(counter.tokens / seconds), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+    return {
+        "row": "llama-3.2-3b step",
+        "precision": session.placement.precision,
+        "lora_params": session.adapter.layout.numel,
+        "seconds_per_step": round(seconds / 2, 3),
+        "tokens_per_s": round(counter.tokens / seconds),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
+    }
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         sys.exit("gpu_check: torch sees no CUDA device")
-    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-               "bf16": torch.cuda.is_bf16_supported(), "weights": "pretrained" if REAL else "random", "rows": []}
-    steps = [lambda: run_row("fedavg-cuda", base("cuda", method="fedavg")),
-             lambda: run_row("fedsrd-cuda", base("cuda", method="fedsrd")),
-             lambda: run_row("fedavg-cpu", base("cpu", method="fedavg")),
-             lambda: run_row("fedsrd-cpu", base("cpu", method="fedsrd")),
-             qlora_round, llama_3b_step]
+    results = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "bf16": torch.cuda.is_bf16_supported(),
+        "weights": "pretrained" if REAL else "random",
+        "rows": [],
+    }
+    steps = [
+        lambda: run_row("fedavg-cuda", base("cuda", method="fedavg")),
+        lambda: run_row("fedsrd-cuda", base("cuda", method="fedsrd")),
+        lambda: run_row("fedavg-cpu", base("cpu", method="fedavg")),
+        lambda: run_row("fedsrd-cpu", base("cpu", method="fedsrd")),
+        qlora_round,
+        llama_3b_step,
+    ]
     for step in steps:
         try:
             results["rows"].append(step())
@@ -142,8 +180,10 @@ def main() -> None:
         gpu, cpu = by.get(f"{method}-cuda", {}), by.get(f"{method}-cpu", {})
         if "bytes_up" in gpu and "bytes_up" in cpu:
             same = (gpu["bytes_up"], gpu["bytes_down"]) == (cpu["bytes_up"], cpu["bytes_down"])
-            print(f"{method}: bytes on cuda {'==' if same else '!='} cpu "
-                  f"({gpu['bytes_up'] + gpu['bytes_down']:,} vs {cpu['bytes_up'] + cpu['bytes_down']:,})")
+            print(
+                f"{method}: bytes on cuda {'==' if same else '!='} cpu "
+                f"({gpu['bytes_up'] + gpu['bytes_down']:,} vs {cpu['bytes_up'] + cpu['bytes_down']:,})"
+            )
     (OUT / "gpu_check.json").write_text(json.dumps(results, indent=1))
 
 

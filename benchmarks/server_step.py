@@ -31,8 +31,12 @@ def synthetic_round(init: dict, clients: int, seed: int) -> tuple[dict, list[dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("rows", nargs="*", default=["fedavg", "flexlora", "fedsrd", "fedsrd-e"],
-                    help='a method name, optionally followed by its parameters: "fedsrd moves=both"')
+    ap.add_argument(
+        "rows",
+        nargs="*",
+        default=["fedavg", "flexlora", "fedsrd", "fedsrd-e"],
+        help='a method name, optionally followed by its parameters: "fedsrd moves=both"',
+    )
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()

@@ -29,14 +29,19 @@ def write_corpus(path: Path, per_domain: int = 40, seed: int = 0) -> Path:
     rng = random.Random(seed)
     with open(path, "w") as f:
         for domain, words in DOMAINS.items():
-            for i in range(per_domain):
+            for _i in range(per_domain):
                 w = rng.choice(words)
-                f.write(json.dumps({
-                    "instruction": f"Describe the {domain[:-1]} {w}.",
-                    "input": "",
-                    "response": f"The {w} is a {domain[:-1]}; {w} {w} {rng.choice(words)}.",
-                    "domain": domain,
-                }) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "instruction": f"Describe the {domain[:-1]} {w}.",
+                            "input": "",
+                            "response": f"The {w} is a {domain[:-1]}; {w} {w} {rng.choice(words)}.",
+                            "domain": domain,
+                        }
+                    )
+                    + "\n"
+                )
     return path
 
 
@@ -48,13 +53,23 @@ def corpus(tmp_path) -> Path:
 def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Path:
     """A fast config on the tiny model; overrides as 'section.key' -> TOML literal."""
     body = {
-        "method": '"fedavg"', "seed": "0",
+        "method": '"fedavg"',
+        "seed": "0",
         "model.name": '"tiny"',
-        "lora.r": "4", "lora.alpha": "8", "lora.target": '"all-linear"',
-        "data.source": f'"jsonl:{corpus}"', "data.partition": '"by-domain"', "data.clients": "4",
-        "data.max_length": "160", "data.eval_examples": "8", "data.max_examples": "32",
-        "train.rounds": "2", "train.local_steps": "3", "train.batch_size": "4", "train.lr": "3e-3",
-        "train.precision": "\"fp32\"",
+        "lora.r": "4",
+        "lora.alpha": "8",
+        "lora.target": '"all-linear"',
+        "data.source": f'"jsonl:{corpus}"',
+        "data.partition": '"by-domain"',
+        "data.clients": "4",
+        "data.max_length": "160",
+        "data.eval_examples": "8",
+        "data.max_examples": "32",
+        "train.rounds": "2",
+        "train.local_steps": "3",
+        "train.batch_size": "4",
+        "train.lr": "3e-3",
+        "train.precision": '"fp32"',
     }
     body.update(overrides)
     sections: dict[str, list[str]] = {"": []}

@@ -42,7 +42,7 @@ def lora_layout(d_in=64, d_out=64, r=4, layers=2, modules=("q_proj", "up_proj"))
 def random_update(layout: Layout, seed: int, zero: str | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for i, (n, s) in enumerate(zip(layout.names, layout.shapes)):
+    for _i, (n, s) in enumerate(zip(layout.names, layout.shapes)):
         scale = 10.0 ** (-4 + 3 * torch.rand(1, generator=g).item())  # tensors of very different sizes
         out[n] = scale * torch.randn(s, generator=g).sign() * torch.rand(s, generator=g)  # LoRA-like: flat-ish
     if zero:
@@ -86,8 +86,9 @@ def test_paper_latent_is_one_64th_of_a_layers_update_when_dims_fill_the_tiles():
 
 @pytest.mark.parametrize("arch", ["paper", "row", "tensor"])
 def test_views_are_exact_inverses(arch):
-    layout = Layout(("x.lora_A.weight", "x.lora_B.weight", "lone.bias", "y.lora_B.weight"),
-                    ((3, 70), (130, 3), (10,), (5, 2)))
+    layout = Layout(
+        ("x.lora_A.weight", "x.lora_B.weight", "lone.bias", "y.lora_B.weight"), ((3, 70), (130, 3), (10,), (5, 2))
+    )
     upd = random_update(layout, 1)
     view = build_view(arch, layout.names, layout.shapes, 64)
     for unit in view.units:
@@ -144,14 +145,19 @@ def test_malformed_messages_raise_one_error_type():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), threshold=st.floats(-5.0, 45.0), arch=st.sampled_from(["row", "tensor", "paper"]),
-       bits=st.sampled_from([0, 3, 8]))
+@given(
+    seed=st.integers(0, 10_000),
+    threshold=st.floats(-5.0, 45.0),
+    arch=st.sampled_from(["row", "tensor", "paper"]),
+    bits=st.sampled_from([0, 3, 8]),
+)
 def test_adaptive_mode_never_sends_below_the_threshold(seed, threshold, arch, bits):
     layout = lora_layout(d_in=64, d_out=32, layers=1)
     comp = compressor(arch, layout, bits, seed=seed % 3)
     if arch != "paper":  # a network that knows something, so the ladder is exercised
-        train_autoencoder(comp.net, comp.samples(random_update(layout, seed + 1)), epochs=1, lr=2e-4,
-                          batch_size=16, seed=0)
+        train_autoencoder(
+            comp.net, comp.samples(random_update(layout, seed + 1)), epochs=1, lr=2e-4, batch_size=16, seed=0
+        )
     upd = random_update(layout, seed, zero=layout.names[random.Random(seed).randrange(len(layout.names))])
     enc = comp.compress(upd, min_snr_db=threshold)
     codec = build_codec("zstd", layout)
@@ -179,9 +185,10 @@ def test_adaptive_mode_takes_the_smallest_latent_that_meets_the_threshold():
         assert k in ladder
         if k == ladder[0]:
             continue
-        smaller = comp.compress({n: upd[n] for n in unit.names} | {n: torch.zeros_like(upd[n]) for n in upd
-                                                                     if n not in unit.names},
-                                latent=ladder[ladder.index(k) - 1])
+        smaller = comp.compress(
+            {n: upd[n] for n in unit.names} | {n: torch.zeros_like(upd[n]) for n in upd if n not in unit.names},
+            latent=ladder[ladder.index(k) - 1],
+        )
         assert snr_db(smaller.signal, smaller.noise) < 0.5  # the next smaller latent would not have done
 
 
@@ -227,7 +234,11 @@ def test_pool_state_round_trip():
 
 # ---- the codec stage -------------------------------------------------------------------------
 
-CODEC_SPECS = ["autoencoder", "autoencoder > fp16 > zstd", "autoencoder(arch=row, latent=0.25) > quantize(bits=8) > zstd"]
+CODEC_SPECS = [
+    "autoencoder",
+    "autoencoder > fp16 > zstd",
+    "autoencoder(arch=row, latent=0.25) > quantize(bits=8) > zstd",
+]
 
 
 @pytest.mark.parametrize("spec", CODEC_SPECS)
@@ -274,8 +285,9 @@ def test_codec_rejects_corrupt_blobs(spec):
             codec.decode(m)
 
 
-@pytest.mark.parametrize("spec", ["autoencoder(arch=row, latent=0.3)", "autoencoder(arch=row, chunk=48)",
-                                  "autoencoder(arch=conv)"])
+@pytest.mark.parametrize(
+    "spec", ["autoencoder(arch=row, latent=0.3)", "autoencoder(arch=row, chunk=48)", "autoencoder(arch=conv)"]
+)
 def test_codec_rejects_bad_parameters(spec):
     with pytest.raises(ConfigError):
         build_codec(spec, lora_layout())

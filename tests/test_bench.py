@@ -9,8 +9,7 @@ import pytest
 from fedsqueeze.bench import run_suite
 from fedsqueeze.runtime import rundir
 
-JSON_KEYS = {"method", "bytes_up", "bytes_down", "bytes_total", "final_eval_loss", "ood_eval_loss",
-             "seconds_per_round"}
+JSON_KEYS = {"method", "bytes_up", "bytes_down", "bytes_total", "final_eval_loss", "ood_eval_loss", "seconds_per_round"}
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,23 @@ def tiny_bench(tmp_path_factory):
 
     from fedsqueeze.cli import app
 
-    res = CliRunner().invoke(app, ["bench", "--suite", "tiny", "--methods", "fedavg,centralized,fedsrd",
-                                   "--rounds", "2", "--out", str(out), "--format", "json"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--suite",
+            "tiny",
+            "--methods",
+            "fedavg,centralized,fedsrd",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--format",
+            "json",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     return out, json.loads(res.output)
 
@@ -60,8 +74,15 @@ def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
     assert "reused from earlier runs in the same folder: fedavg" in (out / "bench.md").read_text()
 
     logs.clear()  # tabulate only: a row without a finished run is skipped, not trained
-    table = run_suite("tiny", ["fedavg", "flexlora"], 2, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))),
-                      reuse=True, train=False)
+    table = run_suite(
+        "tiny",
+        ["fedavg", "flexlora"],
+        2,
+        out,
+        log=lambda *a, **k: logs.append(" ".join(map(str, a))),
+        reuse=True,
+        train=False,
+    )
     assert [r["method"] for r in table] == ["fedavg"] and not (out / "flexlora").exists()
     assert any("skipping flexlora" in line for line in logs)
 
@@ -86,8 +107,16 @@ def test_unknown_row_names_the_allowed_ones(cli, tmp_path):
 def test_snr_column_is_the_mean_over_compressed_rounds():
     from fedsqueeze.bench.runner import _result, markdown
 
-    summary = {"rounds": 3, "clients": 2, "bytes_up": 6_000_000, "bytes_down": 0, "bytes_total": 6_000_000,
-               "final_eval_loss": 3.0, "eval": {}, "seconds": 30.0}
+    summary = {
+        "rounds": 3,
+        "clients": 2,
+        "bytes_up": 6_000_000,
+        "bytes_down": 0,
+        "bytes_total": 6_000_000,
+        "final_eval_loss": 3.0,
+        "eval": {},
+        "seconds": 30.0,
+    }
     rows = [{"round": 1, "phase": "tgap"}, {"round": 2, "snr_db": 1.0}, {"round": 3, "snr_db": 4.0}]
     cg = _result("cg-fedllm-tensor", summary, rows)
     assert cg["snr_db"] == 2.5 and cg["mb_up_per_client_round"] == 1.0

@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MEASURED, tiny_config
-
 from fedsqueeze import config as config_mod
 from fedsqueeze.autoencoder import count_params
+from fedsqueeze.codecs import build_codec
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
-from fedsqueeze.codecs import build_codec
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
 from fedsqueeze.tensors import Layout
+
+from conftest import MEASURED, tiny_config
 
 FAST = {"method": '"cg-fedllm"', "train.rounds": "3", "params.tgap_rounds": "1"}
 
@@ -69,8 +69,17 @@ def test_paper_variant_with_adaptive_fallback_end_to_end(tmp_path, corpus):
 
 
 def test_resume_across_the_tgap_faf_boundary_is_bit_identical(tmp_path, corpus, cli):
-    cfg = tiny_config(tmp_path, corpus, **FAST, **{"params.arch": '"tensor"', "params.epochs": "2",
-                                                   "params.error_feedback": "true", "params.adaptive_snr_db": "2.0"})
+    cfg = tiny_config(
+        tmp_path,
+        corpus,
+        **FAST,
+        **{
+            "params.arch": '"tensor"',
+            "params.epochs": "2",
+            "params.error_feedback": "true",
+            "params.adaptive_snr_db": "2.0",
+        },
+    )
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli("run", cfg, "--out", full).exit_code == 0
     assert cli("run", cfg, "--out", part, "--until", "1").exit_code == 0
@@ -79,8 +88,10 @@ def test_resume_across_the_tgap_faf_boundary_is_bit_identical(tmp_path, corpus, 
     a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(part / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in MEASURED
-                        and not k.endswith("_seconds")} for x in (p / "rounds.jsonl").read_text().splitlines()]
+    strip = lambda p: [
+        {k: v for k, v in json.loads(x).items() if k not in MEASURED and not k.endswith("_seconds")}
+        for x in (p / "rounds.jsonl").read_text().splitlines()
+    ]
     assert strip(full) == strip(part)
 
 
@@ -108,31 +119,41 @@ def test_lossy_downlink_server_decodes_with_the_clients_copy_and_keeps_the_snr_f
         rebuilt = method._compressor_for(u.client).decompress({k: v for k, v in u.tensors.items() if k != "cg.energy"})
         signal = sum(float((sent[u.client][n].double() ** 2).sum()) for n in names)
         noise = sum(float(((sent[u.client][n] - rebuilt[n]).double() ** 2).sum()) for n in names)
-        assert noise * 10 ** 0.4 <= signal * (1 + 1e-12)
+        assert noise * 10**0.4 <= signal * (1 + 1e-12)
         assert u.tensors["cg.energy"][1].item() == pytest.approx(noise, rel=1e-6, abs=1e-30)
     metrics = method.aggregate(2, updates)
     assert metrics["snr_db"] >= 4.0
     copy = build_method("cg-fedllm", {"arch": "row", "tgap_rounds": 1, "adaptive_snr_db": 4.0}, ctx)
     copy.load_state_dict(method.state_dict())
-    assert all(torch.equal(copy.client_halves[c][k], method.client_halves[c][k]) for c in range(3)
-               for k in method.client_halves[c])
+    assert all(
+        torch.equal(copy.client_halves[c][k], method.client_halves[c][k])
+        for c in range(3)
+        for k in method.client_halves[c]
+    )
 
 
 def _ctx(rounds=10):
     layout = Layout(("l.q.lora_A.weight", "l.q.lora_B.weight"), ((4, 64), (64, 4)))
-    return MethodContext(layout=layout, init_adapter={n: torch.zeros(s) for n, s in zip(layout.names, layout.shapes)},
-                         seed=0, rounds=rounds)
+    return MethodContext(
+        layout=layout,
+        init_adapter={n: torch.zeros(s) for n, s in zip(layout.names, layout.shapes)},
+        seed=0,
+        rounds=rounds,
+    )
 
 
-@pytest.mark.parametrize("params", [
-    {"adaptive_snr_db": 6.0, "ship_decoder": False},
-    {"error_feedback": True, "ship_decoder": False},
-    {"arch": "row", "latent": 0.3},
-    {"latent_bits": 1},
-    {"tgap_fraction": 1.0},
-    {"arch": "tensor", "basis": 65},  # more than the tiny layout's shortest rank vector (64)
-    {"unknown": 1},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"adaptive_snr_db": 6.0, "ship_decoder": False},
+        {"error_feedback": True, "ship_decoder": False},
+        {"arch": "row", "latent": 0.3},
+        {"latent_bits": 1},
+        {"tgap_fraction": 1.0},
+        {"arch": "tensor", "basis": 65},  # more than the tiny layout's shortest rank vector (64)
+        {"unknown": 1},
+    ],
+)
 def test_bad_params_are_config_errors(params):
     with pytest.raises(ConfigError):
         build_method("cg-fedllm", params, _ctx())

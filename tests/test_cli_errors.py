@@ -32,8 +32,9 @@ def test_missing_data_file(tmp_path, corpus, cli):
 
 def test_empty_partition(tmp_path, cli):
     path = tmp_path / "one.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"q{i}", "response": f"a{i}", "domain": "x"}) + "\n"
-                            for i in range(30)))
+    path.write_text(
+        "".join(json.dumps({"instruction": f"q{i}", "response": f"a{i}", "domain": "x"}) + "\n" for i in range(30))
+    )
     cfg = tiny_config(tmp_path, path, **{"data.partition": '"by-domain"', "data.clients": "4"})
     _assert_clean_error(cli("run", cfg, "--out", tmp_path / "o"))
 

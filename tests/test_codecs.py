@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsqueeze.codecs import CODECS, Limits, PayloadError, Sender, blob_stats, build_codec, measure
-from fedsqueeze.codecs import positions, wire
+from fedsqueeze.codecs import CODECS, Limits, PayloadError, Sender, blob_stats, build_codec, measure, positions, wire
 from fedsqueeze.codecs.base import Entry
 from fedsqueeze.codecs.bench import DEFAULT_CONFIGS, KEYS, run_bench
 from fedsqueeze.errors import ConfigError
@@ -35,16 +34,28 @@ LAYOUT = Layout.of(adapter())
 
 
 def test_registry_lists_every_codec():
-    assert set(CODECS.names()) >= {"fp32", "fp16", "bf16", "quantize", "topk", "randk", "lowrank", "sparse", "zstd",
-                                    "narrow"}
+    assert set(CODECS.names()) >= {
+        "fp32",
+        "fp16",
+        "bf16",
+        "quantize",
+        "topk",
+        "randk",
+        "lowrank",
+        "sparse",
+        "zstd",
+        "narrow",
+    }
 
 
 @pytest.mark.parametrize(
     "spec, canonical",
     [
         ("fp32", "fp32"),
-        ("  topk( fraction = 0.05 )>quantize(bits=4,rounding='stochastic') >  zstd(level=9) ",
-         "topk(fraction=0.05) > quantize(bits=4,rounding=stochastic) > zstd(level=9)"),
+        (
+            "  topk( fraction = 0.05 )>quantize(bits=4,rounding='stochastic') >  zstd(level=9) ",
+            "topk(fraction=0.05) > quantize(bits=4,rounding=stochastic) > zstd(level=9)",
+        ),
         ("topk(fraction=0.01) > quantize(bits=8) > zstd", "topk > quantize > zstd"),  # defaults left out
         ("randk(k=10, scale=True)", "randk(k=10,scale=true)"),
         ("quantize(block=0x40)", "quantize(block=64)"),
@@ -87,9 +98,19 @@ def test_spec_mistakes_are_one_line_config_errors(spec, words):
 
 # ---- round trips and the wire -----------------------------------------------------------------------
 
-SPECS = ["fp32", "fp16", "bf16", "quantize(bits=5)", "topk(fraction=0.2) > quantize > zstd", "randk(k=7)",
-         "lowrank(rank=2) > bf16", "sparse > zstd", "zstd", "topk(k=9, scope=global)",
-         "sparse > narrow"]
+SPECS = [
+    "fp32",
+    "fp16",
+    "bf16",
+    "quantize(bits=5)",
+    "topk(fraction=0.2) > quantize > zstd",
+    "randk(k=7)",
+    "lowrank(rank=2) > bf16",
+    "sparse > zstd",
+    "zstd",
+    "topk(k=9, scope=global)",
+    "sparse > narrow",
+]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -151,7 +172,9 @@ def test_fingerprint_replaces_names_and_is_checked():
     with pytest.raises(PayloadError, match="fingerprint"):
         build_codec("topk(fraction=0.1) > quantize > zstd", other).decode(by_fingerprint)
     # by-name blobs do not depend on the receiver's layout
-    assert set(build_codec("topk(fraction=0.1) > quantize > zstd", other).decode(by_name)) == set(tensors) | {"not.in.layout"}
+    assert set(build_codec("topk(fraction=0.1) > quantize > zstd", other).decode(by_name)) == set(tensors) | {
+        "not.in.layout"
+    }
 
 
 def test_blob_of_another_codec_is_refused():
@@ -202,7 +225,11 @@ def test_positions_pick_the_cheapest_mode_and_count_it():
 def test_int32_positions_decode_and_are_validated():
     # int32 only wins past 2**28 elements; build its section by hand to cover the decoder.
     entries = [Entry("a", (50,), 50)]
-    good = bytes(wire.encode_varints(np.array([3 * 4 + positions.INT32]))) + b"\x00" + np.array([1, 7, 49], "<u4").tobytes()
+    good = (
+        bytes(wire.encode_varints(np.array([3 * 4 + positions.INT32])))
+        + b"\x00"
+        + np.array([1, 7, 49], "<u4").tobytes()
+    )
     counts, decoded = positions.read(wire.Reader(good), entries)
     assert decoded[0].tolist() == [1, 7, 49]
     for bad in ([7, 1, 49], [1, 7, 50], [1, 1, 2]):
@@ -317,8 +344,18 @@ def test_measure_and_blob_stats():
 
 
 def test_bench_rows_have_exactly_the_promised_keys():
-    for required in ["fp32", "fp16", "bf16", "quantize(bits=8)", "quantize(bits=4)", "topk(fraction=0.1)",
-                     "topk(fraction=0.01) > quantize(bits=8) > zstd", "randk(fraction=0.1)", "lowrank(rank=4)", "zstd"]:
+    for required in [
+        "fp32",
+        "fp16",
+        "bf16",
+        "quantize(bits=8)",
+        "quantize(bits=4)",
+        "topk(fraction=0.1)",
+        "topk(fraction=0.01) > quantize(bits=8) > zstd",
+        "randk(fraction=0.1)",
+        "lowrank(rank=4)",
+        "zstd",
+    ]:
         assert required in DEFAULT_CONFIGS
     rows = run_bench(adapter(), LAYOUT, ["fp32", "topk(fraction=0.1) > quantize > zstd"], repeats=2)
     assert [r["codec"] for r in rows] == ["fp32", "topk(fraction=0.1) > quantize > zstd"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
-
-from conftest import tiny_config
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
+
+from conftest import tiny_config
 
 TOPK_EF = ["uplink.codec=topk(fraction=0.05) > quantize(bits=8) > zstd", "uplink.error_feedback=true"]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"

@@ -64,8 +64,9 @@ def flat64(t: torch.Tensor) -> np.ndarray:
 # ---- lossless codecs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["fp32", "zstd", "zstd(level=19)", "sparse", "sparse > zstd", "narrow",
-                                  "sparse > narrow > zstd"])
+@pytest.mark.parametrize(
+    "spec", ["fp32", "zstd", "zstd(level=19)", "sparse", "sparse > zstd", "narrow", "sparse > narrow > zstd"]
+)
 @SETTINGS
 @given(tensors=updates())
 def test_lossless_codecs_are_exact(spec, tensors):
@@ -273,7 +274,12 @@ nonzero = st.floats(-(2.0**20), 2.0**20, width=32).filter(lambda v: v != 0)
 
 
 @SETTINGS
-@given(tensors=updates(elements=nonzero, max_magnitude=1e6).map(lambda ts: {k: torch.where(v == 0, 1.0, v) for k, v in ts.items()}), bits=st.sampled_from([2, 4, 8]))
+@given(
+    tensors=updates(elements=nonzero, max_magnitude=1e6).map(
+        lambda ts: {k: torch.where(v == 0, 1.0, v) for k, v in ts.items()}
+    ),
+    bits=st.sampled_from([2, 4, 8]),
+)
 def test_topk_then_quantize_composes_both_bounds(tensors, bits):
     """Chained, the quantizer's bound applies to exactly the values topk keeps."""
     layout = Layout.of(tensors)
@@ -336,7 +342,9 @@ def test_wire_bytes_determinism_and_reconstruction(spec, tensors):
 )
 @settings(max_examples=15, deadline=None)
 @given(
-    messages=st.lists(updates(max_tensors=3, elements=st.floats(-1024.0, 1024.0, width=32), max_magnitude=1e3), min_size=1, max_size=4),
+    messages=st.lists(
+        updates(max_tensors=3, elements=st.floats(-1024.0, 1024.0, width=32), max_magnitude=1e3), min_size=1, max_size=4
+    ),
     data=st.data(),
 )
 def test_error_feedback_invariant(spec, messages, data):

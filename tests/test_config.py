@@ -12,8 +12,14 @@ def test_defaults_validate():
 def test_override_types_are_parsed():
     cfg = config.validate({})
     raw = {}
-    for item in ["train.rounds=7", "train.lr=1e-3", "train.precision=fp32", "model.name=tiny",
-                 "lora.target=['q_proj','v_proj']", "uplink.codec=topk(fraction=0.01) > zstd"]:
+    for item in [
+        "train.rounds=7",
+        "train.lr=1e-3",
+        "train.precision=fp32",
+        "model.name=tiny",
+        "lora.target=['q_proj','v_proj']",
+        "uplink.codec=topk(fraction=0.01) > zstd",
+    ]:
         config.apply_override(raw, item)
     cfg = config.validate(raw)
     assert cfg.train.rounds == 7 and cfg.train.lr == 1e-3 and cfg.train.precision == "fp32"

@@ -60,8 +60,11 @@ def test_by_domain_one_client_per_value_and_count_mismatch_lists_them():
     names, parts = by_domain(LABELS, 4, "domain")
     assert names == ["label0", "label1", "label2", "label3"]
     assert all({LABELS[i] for i in part} == {name} for name, part in zip(names, parts))
-    with pytest.raises(DataError, match=r"data.clients = 3 but 'domain' has 4 distinct values: "
-                                        r"label0 \(100\), label1 \(100\), label2 \(100\), label3 \(100\)"):
+    with pytest.raises(
+        DataError,
+        match=r"data.clients = 3 but 'domain' has 4 distinct values: "
+        r"label0 \(100\), label1 \(100\), label2 \(100\), label3 \(100\)",
+    ):
         by_domain(LABELS, 3, "domain")
 
 
@@ -75,8 +78,14 @@ def test_eval_split_fraction_cap_and_at_least_one_each():
 
 
 @settings(max_examples=50, deadline=None)
-@given(n=st.integers(1, 40), batch=st.integers(1, 9), steps=st.integers(1, 12), seed=st.integers(0, 2**31),
-       client=st.integers(0, 5), rnd=st.integers(0, 50))
+@given(
+    n=st.integers(1, 40),
+    batch=st.integers(1, 9),
+    steps=st.integers(1, 12),
+    seed=st.integers(0, 2**31),
+    client=st.integers(0, 5),
+    rnd=st.integers(0, 50),
+)
 def test_sample_batches_is_a_pure_function_of_its_arguments(n, batch, steps, seed, client, rnd):
     plan = sample_batches(n, batch, steps, seed, client, rnd)
     assert plan == sample_batches(n, batch, steps, seed, client, rnd)
@@ -97,8 +106,11 @@ def test_sample_batches_differ_across_client_and_round():
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("fed") / "domains.jsonl"
-    rows = [{"instruction": f"Q{d}{i}", "response": f"A{i}", "domain": d, "topic": f"t{i % 3}"}
-            for d, n in (("art", 30), ("law", 40), ("math", 50)) for i in range(n)]
+    rows = [
+        {"instruction": f"Q{d}{i}", "response": f"A{i}", "domain": d, "topic": f"t{i % 3}"}
+        for d, n in (("art", 30), ("law", 40), ("math", 50))
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f"jsonl:{path}"
 

@@ -142,7 +142,8 @@ FOLDOC_LIKE = {
     "00-database-url": "00-database-url\n   nowhere\n",
     "uart": "UART\nuniversal asynchronous receiver-transmitter\n\n   <hardware> A chip that turns {parallel} data\n"
     "   into serial data.\n\n   See also {16550}.\n\n   (2003-07-05)\n\n",
-    "kludge": "kludge\n /kluhj/ n.\n\n    [common] A clever programming trick intended to solve\n    a particular nasty case.\n\n",
+    "kludge": "kludge\n /kluhj/ n.\n\n    [common] A clever programming trick intended to solve\n"
+    "    a particular nasty case.\n\n",
 }
 
 
@@ -170,7 +171,9 @@ def test_dictd_aliases_share_one_example_and_missing_files_error(tmp_path):
     write_dictd(tmp_path / "mini", FOLDOC_LIKE)
     index = tmp_path / "mini.index"
     first = index.read_text().splitlines()[-1]  # "uart\t..."
-    index.write_text(index.read_text() + "universal asynchronous receiver-transmitter\t" + first.split("\t", 1)[1] + "\n")
+    index.write_text(
+        index.read_text() + "universal asynchronous receiver-transmitter\t" + first.split("\t", 1)[1] + "\n"
+    )
     assert len(load_examples(f"dictd:{tmp_path}/mini", DataConfig())) == 2
     with pytest.raises(DataError, match="index file not found"):
         load_examples(f"dictd:{tmp_path}/other", DataConfig())
@@ -180,8 +183,10 @@ def test_dictd_aliases_share_one_example_and_missing_files_error(tmp_path):
 
 
 def test_dictd_webster_style_header_is_dropped():
-    text = 'Floriculture \\Flo"ri*cul`ture\\ (? or ?; 135), n. [L. flos,\n   floris, flower.]\n' \
-           "   The cultivation of flowering plants.\n   [1913 Webster]\n"
+    text = (
+        'Floriculture \\Flo"ri*cul`ture\\ (? or ?; 135), n. [L. flos,\n   floris, flower.]\n'
+        "   The cultivation of flowering plants.\n   [1913 Webster]\n"
+    )
     assert clean_entry("Floriculture", text) == ("Floriculture", "The cultivation of flowering plants.")
 
 
@@ -202,8 +207,11 @@ def test_wordnet_glosses_with_lexicographer_categories(tmp_path):
     (tmp_path / "data.adj").write_text(WORDNET_ADJ)
     examples = load_examples(f"wordnet:{tmp_path}", DataConfig())
     assert [(e["instruction"], e["response"], e["category"]) for e in examples] == [
-        ("Define the word entity (noun).", "that which is perceived or known or inferred to have its own distinct "
-         "existence (living or nonliving)", "noun.Tops"),
+        (
+            "Define the word entity (noun).",
+            "that which is perceived or known or inferred to have its own distinct existence (living or nonliving)",
+            "noun.Tops",
+        ),
         ("Define the word dog (noun).", 'a member of the genus Canis; "the dog barked all night"', "noun.animal"),
         ("Define the word galore (adjective).", "in great numbers", "adj.all"),
     ]
@@ -211,7 +219,10 @@ def test_wordnet_glosses_with_lexicographer_categories(tmp_path):
     # A lexnames file in the folder wins over the built-in WordNet 3.0 list.
     (tmp_path / "lexnames").write_text("00\tadj.custom\t3\n03\tnoun.custom\t1\n05\tnoun.beasts\t1\n")
     assert [e["category"] for e in load_examples(f"wordnet:{tmp_path}", DataConfig())] == [
-        "noun.custom", "noun.beasts", "adj.custom"]
+        "noun.custom",
+        "noun.beasts",
+        "adj.custom",
+    ]
     with pytest.raises(DataError, match="no WordNet data files"):
         load_examples(f"wordnet:{tmp_path}/missing", DataConfig())
 

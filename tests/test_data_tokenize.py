@@ -55,7 +55,8 @@ def test_tokenizer_bos_stays_in_the_prompt():
     tok = tiny_tokenizer()
     bos = tok.convert_tokens_to_ids("<|im_start|>")
     tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)]
+    )
     ((ids, labels),) = encode([EX], tok, "alpaca", max_length=512)
     assert ids[0] == bos and labels[0] == IGNORE_INDEX
     assert response_part(tok, ids, labels) == "red<|im_end|>"
@@ -99,7 +100,9 @@ def test_federation_counts_skipped_examples_and_never_keeps_zero_label_ones(tmp_
 
 def test_client_with_no_trainable_example_is_an_error_showing_one(tmp_path, tok):
     ok = [{"instruction": "Hi", "response": "there", "domain": "fine"}] * 10
-    bad = [{"instruction": "Please summarise this very long document " + "y" * 100, "response": "no", "domain": "long"}] * 10
+    bad = [
+        {"instruction": "Please summarise this very long document " + "y" * 100, "response": "no", "domain": "long"}
+    ] * 10
     path = write_rows(tmp_path / "d.jsonl", ok + bad)
     with pytest.raises(DataError) as err:
         build_federation(DataConfig(source=f"jsonl:{path}", clients=2, max_length=40), tok, seed=0)

@@ -12,12 +12,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import pytest
 import torch
 
-from conftest import tiny_config
-
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import RUNTIMES, Session, in_process
 from fedsqueeze.runtime.driver import Upload
 from fedsqueeze.runtime.roles import ClientRole
+
+from conftest import tiny_config
 
 STRAGGLER = 3  # trains only once round 2 has begun: late on the real clock, deterministically
 
@@ -89,8 +89,13 @@ RUNTIMES.register("threads-test")(in_process(ThreadTransport))
 
 
 def test_a_transport_registered_in_a_test_runs_a_hybrid_round_through_the_driver(tmp_path, corpus):
-    overrides = {"train.rounds": "3", "runtime.kind": '"threads-test"', "hybrid.quorum": "0.75",
-                 "hybrid.max_staleness": "2", "method": '"gradualdiff"'}
+    overrides = {
+        "train.rounds": "3",
+        "runtime.kind": '"threads-test"',
+        "hybrid.quorum": "0.75",
+        "hybrid.max_staleness": "2",
+        "method": '"gradualdiff"',
+    }
     cfg = config_mod.load(tiny_config(tmp_path, corpus, **overrides))
     out = tmp_path / "run"
     summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, log=lambda *_: None)

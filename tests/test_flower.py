@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 from fedsqueeze.runtime.flower import wire
 from fedsqueeze.runtime.flower.settings import AppSettings
+
+from conftest import tiny_config
 
 THREE_CLIENTS = {"data.clients": "3", "data.partition": '"iid"'}
 
@@ -54,11 +54,16 @@ def _assert_same_run(a: Path, b: Path, exact: bool = False) -> None:
     ra, rb = _rounds(a), _rounds(b)
     assert [r["round"] for r in ra] == [r["round"] for r in rb]
     for x, y in zip(ra, rb):
-        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"]) == \
-               (y["clients"], y["bytes_up"], y["bytes_down"], y["per_client"])
+        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"]) == (
+            y["clients"],
+            y["bytes_up"],
+            y["bytes_down"],
+            y["per_client"],
+        )
         for link in ("codec_up", "codec_down"):
-            assert [x.get(link, {}).get(k) for k in ("blobs", "raw_bytes")] == \
-                   [y.get(link, {}).get(k) for k in ("blobs", "raw_bytes")]
+            assert [x.get(link, {}).get(k) for k in ("blobs", "raw_bytes")] == [
+                y.get(link, {}).get(k) for k in ("blobs", "raw_bytes")
+            ]
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
@@ -89,8 +94,11 @@ def test_client_state_round_trips_through_context_state():
 
     state = RecordDict()
     assert wire.load_state(state) == {}
-    tensors = {"state/a": torch.randn(3, 4), "sender/memory/b": torch.arange(5), "sender/codec/rng": torch.tensor([7],
-                                                                                                    dtype=torch.uint8)}
+    tensors = {
+        "state/a": torch.randn(3, 4),
+        "sender/memory/b": torch.arange(5),
+        "sender/codec/rng": torch.tensor([7], dtype=torch.uint8),
+    }
     wire.save_state(state, tensors)
     back = wire.load_state(state)
     assert back.keys() == tensors.keys()
@@ -129,8 +137,13 @@ class InProcessGrid:
         self.replies = {}
         self.withheld: dict[str, int] = {}
         self.contexts = {
-            1000 + p: Context(run_id=1, node_id=1000 + p, state=RecordDict(), run_config={},
-                              node_config={"partition-id": p, "num-partitions": partitions})
+            1000 + p: Context(
+                run_id=1,
+                node_id=1000 + p,
+                state=RecordDict(),
+                run_config={},
+                node_config={"partition-id": p, "num-partitions": partitions},
+            )
             for p in reversed(range(partitions))  # node order unrelated to partition order
         }
 
@@ -201,8 +214,9 @@ def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff",
-                                    "cg-fedllm"])
+@pytest.mark.parametrize(
+    "method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm"]
+)
 def test_every_method_runs_the_same_over_flower_messages(tmp_path, corpus, method):
     """A method whose client hooks kept anything outside client_state would differ here."""
     from fedsqueeze.strategies import METHODS
@@ -342,12 +356,13 @@ class LoopbackFederation:
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=self.env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
-    def __enter__(self) -> "LoopbackFederation":
+    def __enter__(self) -> LoopbackFederation:
         d = self.deploy
         try:
             self.start("superlink", d.superlink_command(self.port, tls=self.tls, auth=self.secure))
@@ -357,12 +372,26 @@ class LoopbackFederation:
                 key = None
                 if self.secure:  # only registered public keys may join
                     key, public = self.certs.make_supernode_key(self.tmp / "keys", f"supernode-{p}")
-                    reg = subprocess.run(d.register_command(public), env=self.env, cwd=self.tmp,
-                                         capture_output=True, text=True, timeout=120)
+                    reg = subprocess.run(
+                        d.register_command(public),
+                        env=self.env,
+                        cwd=self.tmp,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
                     assert reg.returncode == 0, reg.stdout + reg.stderr
-                self.start(f"supernode-{p}", d.supernode_command(
-                    f"127.0.0.1:{self.port}", p, self.partitions, _free_port(),
-                    root_cert=self.tls.ca if self.tls else None, auth_key=key))
+                self.start(
+                    f"supernode-{p}",
+                    d.supernode_command(
+                        f"127.0.0.1:{self.port}",
+                        p,
+                        self.partitions,
+                        _free_port(),
+                        root_cert=self.tls.ca if self.tls else None,
+                        auth_key=key,
+                    ),
+                )
         except BaseException:
             self.__exit__()
             raise
@@ -460,8 +489,9 @@ def test_flower_cli_makes_keys_that_flower_accepts(tmp_path):
 
     app = typer.Typer()
     app.add_typer(flower_app, name="flower")
-    res = CliRunner().invoke(app, ["flower", "keys", str(tmp_path), "--host", "10.0.0.5", "--host", "fl.example",
-                                   "--supernodes", "2"])
+    res = CliRunner().invoke(
+        app, ["flower", "keys", str(tmp_path), "--host", "10.0.0.5", "--host", "fl.example", "--supernodes", "2"]
+    )
     assert res.exit_code == 0, res.output
     cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -493,7 +523,6 @@ def test_deploy_commands_never_install_packages_and_pass_partition_ids(tmp_path)
 
 def test_flower_cli_run_submits_the_resolved_config(tmp_path, corpus, monkeypatch):
     import tomllib
-
     import typer
     from typer.testing import CliRunner
 
@@ -505,11 +534,26 @@ def test_flower_cli_run_submits_the_resolved_config(tmp_path, corpus, monkeypatc
     app = typer.Typer()
     app.add_typer(flower_cli.flower_app, name="flower")
     home = tmp_path / "home"
-    res = CliRunner().invoke(app, ["flower", "run", str(_config(tmp_path, corpus)), "--superlink", "10.0.0.5:9093",
-                                   "--out", "/srv/runs/x", "--set", "train.rounds=7", "--home", str(home),
-                                   "--root-cert", str(tmp_path / "ca.crt")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "flower",
+            "run",
+            str(_config(tmp_path, corpus)),
+            "--superlink",
+            "10.0.0.5:9093",
+            "--out",
+            "/srv/runs/x",
+            "--set",
+            "train.rounds=7",
+            "--home",
+            str(home),
+            "--root-cert",
+            str(tmp_path / "ca.crt"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    (cmd, env), = calls
+    ((cmd, env),) = calls
     assert cmd[1:3] == ["run", str(project_dir())] and cmd[-1] == "--stream"
     assert env["FLWR_HOME"] == str(home.resolve())
     run_config = tomllib.loads(Path(cmd[cmd.index("--run-config") + 1]).read_text())

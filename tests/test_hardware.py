@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-
 from fedsqueeze import config as config_mod
 from fedsqueeze.client import train_client
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.hardware import Capabilities, Placement
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
+
+from conftest import tiny_config
 
 AVX2 = Capabilities(cpu_bf16=False, cpu_isa="AVX2")
 AVX512_BF16 = Capabilities(cpu_bf16=True, cpu_isa="AVX512")
@@ -26,13 +26,16 @@ TURING = Capabilities(cuda_devices=1, cuda_bf16=False)
 MAC = Capabilities(mps=True, cpu_bf16=False)
 
 
-@pytest.mark.parametrize("caps, device, precision, weights", [
-    (AVX2, "cpu", "fp32", torch.float32),            # emulated bf16 is ~7x slower than fp32
-    (AVX512_BF16, "cpu", "bf16", torch.float32),     # bf16 autocast, fp32 weights
-    (AMPERE, "cuda:0", "bf16", torch.bfloat16),
-    (TURING, "cuda:0", "fp16", torch.float16),       # no bf16: fp16 with loss scaling
-    (MAC, "mps", "fp32", torch.float32),
-])
+@pytest.mark.parametrize(
+    "caps, device, precision, weights",
+    [
+        (AVX2, "cpu", "fp32", torch.float32),  # emulated bf16 is ~7x slower than fp32
+        (AVX512_BF16, "cpu", "bf16", torch.float32),  # bf16 autocast, fp32 weights
+        (AMPERE, "cuda:0", "bf16", torch.bfloat16),
+        (TURING, "cuda:0", "fp16", torch.float16),  # no bf16: fp16 with loss scaling
+        (MAC, "mps", "fp32", torch.float32),
+    ],
+)
 def test_auto_follows_the_hardware(caps, device, precision, weights):
     p = Placement.resolve(caps=caps)
     assert (str(p.device), p.precision, p.model_dtype) == (device, precision, weights)
@@ -45,8 +48,12 @@ def test_explicit_choices_and_what_is_not_there():
     forced = Placement.resolve("cpu", "bf16", "bf16", caps=AVX2)
     assert (forced.precision, forced.model_dtype, forced.reason) == ("bf16", torch.bfloat16, "as configured")
     assert Placement.resolve("cuda", "fp32", caps=AMPERE).model_dtype == torch.float32
-    for device, caps, needle in [("cuda", AVX2, "it has: cpu"), ("cuda:2", AMPERE, "cuda:0..1"),
-                                 ("mps", AVX2, "'mps' is not on this machine"), ("gpu", AVX2, "allowed: auto")]:
+    for device, caps, needle in [
+        ("cuda", AVX2, "it has: cpu"),
+        ("cuda:2", AMPERE, "cuda:0..1"),
+        ("mps", AVX2, "'mps' is not on this machine"),
+        ("gpu", AVX2, "allowed: auto"),
+    ]:
         with pytest.raises(ConfigError, match="train.device") as err:
             Placement.resolve(device, caps=caps)
         assert needle in str(err.value)
@@ -79,8 +86,15 @@ def _session(tmp_path, corpus, caps=AVX2, **sets):
     return Session.build(cfg, log=lambda *_: None, caps=caps)
 
 
-@pytest.mark.parametrize("knob", [{"train.micro_batch_size": "1"}, {"train.micro_batch_size": "3"},
-                                  {"train.micro_batch_size": "4"}, {"train.gradient_checkpointing": "true"}])
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"train.micro_batch_size": "1"},
+        {"train.micro_batch_size": "3"},
+        {"train.micro_batch_size": "4"},
+        {"train.gradient_checkpointing": "true"},
+    ],
+)
 def test_memory_knobs_accumulate_the_big_batch_gradient(tmp_path, corpus, knob):
     """One step's gradient, 8 rows at once vs token-weighted chunks (or recomputed activations):
     equal to float rounding in fp32 (a chunk-mean bug would be off by ~1e-2 of the scale)."""
@@ -96,8 +110,9 @@ def test_memory_knobs_accumulate_the_big_batch_gradient(tmp_path, corpus, knob):
         s.adapter.set(noisy)
         params = s.adapter.trainable(s.method.trainable)
         s.model.train()
-        loss = _backward(s.model, batch, TrainSettings(1, 1e-3, micro_batch_size=s.cfg.train.micro_batch_size),
-                         s.placement, None)
+        loss = _backward(
+            s.model, batch, TrainSettings(1, 1e-3, micro_batch_size=s.cfg.train.micro_batch_size), s.placement, None
+        )
         return float(loss), [p.grad.clone() for p in params]
 
     (l1, g1), (l2, g2) = gradients(one), gradients(other)
@@ -106,10 +121,17 @@ def test_memory_knobs_accumulate_the_big_batch_gradient(tmp_path, corpus, knob):
     assert max(float((a - b).abs().max()) for a, b in zip(g1, g2)) <= 5e-6 * scale
 
 
-@pytest.mark.parametrize("knob", [{"train.micro_batch_size": "1"}, {"train.micro_batch_size": "2"},
-                                  {"train.micro_batch_size": "3"}, {"train.micro_batch_size": "4"},
-                                  {"train.gradient_checkpointing": "true"},
-                                  {"train.micro_batch_size": "3", "train.gradient_checkpointing": "true"}])
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"train.micro_batch_size": "1"},
+        {"train.micro_batch_size": "2"},
+        {"train.micro_batch_size": "3"},
+        {"train.micro_batch_size": "4"},
+        {"train.gradient_checkpointing": "true"},
+        {"train.micro_batch_size": "3", "train.gradient_checkpointing": "true"},
+    ],
+)
 def test_memory_knobs_train_the_same_adapter_as_one_big_batch(tmp_path, corpus, knob):
     """Four AdamW steps at the default lr, one big batch of 8 vs micro-batches or recomputed
     activations. The gradients agree to rounding (previous test), but Adam divides each gradient
@@ -156,8 +178,11 @@ def test_run_records_placement_and_a_resume_under_another_one(tmp_path, corpus):
 
 def test_hardware_that_is_not_there_is_one_clean_line(tmp_path, corpus, cli):
     cfg = tiny_config(tmp_path, corpus)
-    for key, needle in [("train.device=cuda", "train.device"), ("model.quantize=4bit", "model.quantize"),
-                        ("model.quantize=8bit", "CUDA")]:
+    for key, needle in [
+        ("train.device=cuda", "train.device"),
+        ("model.quantize=4bit", "model.quantize"),
+        ("model.quantize=8bit", "CUDA"),
+    ]:
         out = tmp_path / key.replace("=", "-")
         res = cli("run", cfg, "--set", key, "--out", out)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output

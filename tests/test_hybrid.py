@@ -7,22 +7,23 @@ import json
 import pytest
 import torch
 
-from conftest import MEASURED, tiny_config
-
 from fedsqueeze import config as config_mod
+from fedsqueeze.client import within_seconds
 from fedsqueeze.config import HybridConfig, NetworkConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 from fedsqueeze.runtime.clock import NetworkModel
 from fedsqueeze.runtime.driver import CloseRule
-from fedsqueeze.client import within_seconds
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
 from fedsqueeze.tensors import Layout
 
+from conftest import MEASURED, tiny_config
+
 
 def test_round_trip_hand_computed():
-    net = NetworkModel(NetworkConfig(step_seconds=1.0, compute=[1.0, 0.5], up_mbps=8.0, down_mbps=80.0,
-                                     latency_ms=10.0), 2, seed=0)
+    net = NetworkModel(
+        NetworkConfig(step_seconds=1.0, compute=[1.0, 0.5], up_mbps=8.0, down_mbps=80.0, latency_ms=10.0), 2, seed=0
+    )
     # client 1: 10 steps at half speed = 20 s; 1 MB down at 80 Mbit/s = 0.1 s; 0.5 MB up at 8 Mbit/s
     # = 0.5 s; one latency each way = 0.02 s.
     assert net.round_trip(1, 1_000_000, 10, 500_000) == pytest.approx(20.62)
@@ -45,8 +46,10 @@ def test_staleness_weight_hand_computed():
     layout = Layout(("w",), ((2,),))
     ctx = MethodContext(layout=layout, init_adapter={"w": torch.zeros(2)}, seed=0, staleness_exponent=0.5)
     method = build_method("fedavg", {}, ctx)
-    ups = [ClientUpdate(0, {"w": torch.ones(2)}, 30, staleness=0),
-           ClientUpdate(1, {"w": torch.ones(2)}, 10, staleness=3)]
+    ups = [
+        ClientUpdate(0, {"w": torch.ones(2)}, 30, staleness=0),
+        ClientUpdate(1, {"w": torch.ones(2)}, 10, staleness=3),
+    ]
     # example weights 0.75 / 0.25; the update 3 rounds late is discounted by (1 + 3)^-0.5 = 0.5
     assert method.weights(ups) == pytest.approx([0.75, 0.125])
     assert method.weights(ups, renormalize=True) == pytest.approx([0.75 / 0.875, 0.125 / 0.875])
@@ -63,8 +66,12 @@ def _runtime(tmp_path, corpus, name, sets):
 
 def test_quorum_one_is_bit_identical_to_synchronous(tmp_path, corpus):
     sync = _runtime(tmp_path, corpus, "sync", ["method=gradualdiff"])
-    hyb = _runtime(tmp_path, corpus, "hyb", ["method=gradualdiff", "hybrid.quorum=1.0", "hybrid.max_staleness=0",
-                                             "hybrid.staleness_exponent=2.0"])
+    hyb = _runtime(
+        tmp_path,
+        corpus,
+        "hyb",
+        ["method=gradualdiff", "hybrid.quorum=1.0", "hybrid.max_staleness=0", "hybrid.staleness_exponent=2.0"],
+    )
     a, b = sync.run(), hyb.run()
     ga, gb = sync.s.method.global_adapter(), hyb.s.method.global_adapter()
     assert all(torch.equal(ga[k], gb[k]) for k in ga)
@@ -72,8 +79,12 @@ def test_quorum_one_is_bit_identical_to_synchronous(tmp_path, corpus):
 
 
 def test_late_update_is_applied_exactly_once(tmp_path, corpus):
-    rt = _runtime(tmp_path, corpus, "late", ["method=gradualdiff", "network.compute=[1, 1, 1, 0.25]",
-                                             "hybrid.quorum=0.75", "hybrid.max_staleness=3"])
+    rt = _runtime(
+        tmp_path,
+        corpus,
+        "late",
+        ["method=gradualdiff", "network.compute=[1, 1, 1, 0.25]", "hybrid.quorum=0.75", "hybrid.max_staleness=3"],
+    )
     seen = []
     aggregate = rt.s.method.aggregate
 
@@ -99,8 +110,12 @@ def test_late_update_is_applied_exactly_once(tmp_path, corpus):
 
 
 def test_too_stale_update_is_dropped_but_counted(tmp_path, corpus):
-    rt = _runtime(tmp_path, corpus, "drop", ["method=fedavg", "network.compute=[1, 1, 1, 0.3]",
-                                             "hybrid.quorum=0.75", "hybrid.max_staleness=0"])
+    rt = _runtime(
+        tmp_path,
+        corpus,
+        "drop",
+        ["method=fedavg", "network.compute=[1, 1, 1, 0.3]", "hybrid.quorum=0.75", "hybrid.max_staleness=0"],
+    )
     rt.run()
     rows = [json.loads(x) for x in (rt.out / "rounds.jsonl").read_text().splitlines()]
     dropped = [r for r in rows if r.get("dropped")]
@@ -110,8 +125,9 @@ def test_too_stale_update_is_dropped_but_counted(tmp_path, corpus):
 
 
 def test_steps_that_fit_hand_computed():
-    net = NetworkModel(NetworkConfig(step_seconds=1.0, compute=[1.0, 0.25], up_mbps=8.0, down_mbps=80.0,
-                                     latency_ms=10.0), 2, seed=0)
+    net = NetworkModel(
+        NetworkConfig(step_seconds=1.0, compute=[1.0, 0.25], up_mbps=8.0, down_mbps=80.0, latency_ms=10.0), 2, seed=0
+    )
     # transfers take 0.11 s down (1 MB) + 0.51 s up (0.5 MB): 9.38 s of a 10 s deadline are left,
     # 9 steps at full speed, 2.345 -> 2 at a quarter of it.
     assert net.steps_that_fit(0, 10.0, 1_000_000, 500_000, 20) == 9
@@ -133,9 +149,18 @@ def test_partial_work_needs_a_deadline(tmp_path, corpus):
 def test_partial_work_straggler_reports_in_time(tmp_path, corpus):
     # 3 local steps of 1 s; client 3 at a quarter speed would need 12 s; the deadline of 9 s
     # leaves it 2 steps (the transfers of the tiny adapter take ~0.1 s), so nobody is late.
-    rt = _runtime(tmp_path, corpus, "partial", ["method=gradualdiff", "network.step_seconds=1.0",
-                                                "network.compute=[1, 1, 1, 0.25]", "hybrid.deadline=9.0",
-                                                "hybrid.partial_work=true"])
+    rt = _runtime(
+        tmp_path,
+        corpus,
+        "partial",
+        [
+            "method=gradualdiff",
+            "network.step_seconds=1.0",
+            "network.compute=[1, 1, 1, 0.25]",
+            "hybrid.deadline=9.0",
+            "hybrid.partial_work=true",
+        ],
+    )
     trained = []
     from fedsqueeze.runtime import roles
 
@@ -160,8 +185,14 @@ def test_partial_work_straggler_reports_in_time(tmp_path, corpus):
 def test_resume_with_partial_work_and_late_updates_is_exact(tmp_path, corpus):
     # Quorum 0.75 and a deadline that leaves the straggler 2 steps: it still arrives after the
     # quorum, so runs carry both in-flight updates and partial-work sizing across the checkpoint.
-    sets = ["method=gradualdiff", "network.step_seconds=1.0", "network.compute=[1, 1, 1, 0.25]",
-            "hybrid.deadline=9.0", "hybrid.partial_work=true", "hybrid.quorum=0.75"]
+    sets = [
+        "method=gradualdiff",
+        "network.step_seconds=1.0",
+        "network.compute=[1, 1, 1, 0.25]",
+        "hybrid.deadline=9.0",
+        "hybrid.partial_work=true",
+        "hybrid.quorum=0.75",
+    ]
     full = _runtime(tmp_path, corpus, "full", sets)
     full.run()
     part = _runtime(tmp_path, corpus, "part", sets)
@@ -169,8 +200,10 @@ def test_resume_with_partial_work_and_late_updates_is_exact(tmp_path, corpus):
     again = LocalRuntime(Session.build(part.s.cfg, log=lambda *a: None), part.out)
     again.restore()
     again.run()
-    strip = lambda out: [{k: v for k, v in json.loads(x).items() if k not in MEASURED}
-                         for x in (out / "rounds.jsonl").read_text().splitlines()]
+    strip = lambda out: [
+        {k: v for k, v in json.loads(x).items() if k not in MEASURED}
+        for x in (out / "rounds.jsonl").read_text().splitlines()
+    ]
     rows = strip(full.out)
     assert rows == strip(again.out)
     assert any(r["late"] for r in rows) and any(r["partial"] == {"3": 2} for r in rows)

@@ -148,10 +148,16 @@ def _must_raise(rng: random.Random):
         for _ in range(20):
             cut = rng.randrange(len(body)) if body else 0
             if body:
-                yield "short body, valid crc", spec, _repack(blob, body=body[:cut], body_size=None if compressed else cut)
+                yield (
+                    "short body, valid crc",
+                    spec,
+                    _repack(blob, body=body[:cut], body_size=None if compressed else cut),
+                )
             extra = rng.randbytes(rng.randint(1, 9))
-            yield "long body, valid crc", spec, _repack(
-                blob, body=body + extra, body_size=None if compressed else len(body) + len(extra)
+            yield (
+                "long body, valid crc",
+                spec,
+                _repack(blob, body=body + extra, body_size=None if compressed else len(body) + len(extra)),
             )
         # tensors that claim more than the limits allow, or appear twice
         huge = [Entry("w", (rng.randint(65, 2**20), rng.randint(65, 2**20)), 0)]
@@ -234,7 +240,7 @@ def test_checksum_fixed_random_edits_raise_or_decode_cleanly():
             except PayloadError:
                 continue
             decoded_ok += 1
-            for name, t in out.items():
+            for _name, t in out.items():
                 assert t.dtype == torch.float32 and t.is_contiguous()
                 assert t.numel() <= LIMITS.max_elements
     assert decoded_ok > 0  # the category is not vacuous: value edits do decode

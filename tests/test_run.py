@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MEASURED, tiny_config
-
 from fedsqueeze import config as config_mod
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.runtime import LocalRuntime, Session
 from fedsqueeze.strategies.fedsrd import STATE_MARKER
+
+from conftest import MEASURED, tiny_config
 
 
 def _run(tmp_path, corpus, out_name="run", overrides=None, sets=()):
@@ -122,7 +122,7 @@ def test_saved_adapter_reproduces_reported_eval_loss(tmp_path, corpus):
     pad = s.tokenizer.pad_token_id
     for name, ds in s.federation.eval_sets.items():
         idx = list(range(len(ds)))
-        loss = evaluate(model, (ds.batch(idx[i:i + 8], pad) for i in range(0, len(idx), 8)))
+        loss = evaluate(model, (ds.batch(idx[i : i + 8], pad) for i in range(0, len(idx), 8)))
         assert loss == pytest.approx(summary["eval"][name], rel=1e-5), name
 
 
@@ -141,8 +141,20 @@ def test_smollm2_federated_round_on_stdlib(tmp_path, cli):
     """The quickstart pipeline on the real model, cut to one short round."""
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     out = tmp_path / "smol"
-    res = cli("run", root / "examples" / "quickstart.toml", "--out", out, "--set", "train.rounds=1",
-              "--set", "train.local_steps=2", "--set", "data.eval_examples=4", "--set", "data.max_examples=32")
+    res = cli(
+        "run",
+        root / "examples" / "quickstart.toml",
+        "--out",
+        out,
+        "--set",
+        "train.rounds=1",
+        "--set",
+        "train.local_steps=2",
+        "--set",
+        "data.eval_examples=4",
+        "--set",
+        "data.max_examples=32",
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_up"] > 0 and summary["bytes_down"] == 0  # round 1: the seed gives the adapter

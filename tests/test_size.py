@@ -22,12 +22,20 @@ def _llama_layer(hidden: int, kv: int, inter: int, r: int, mlp: bool = True) -> 
     return attn + (3 * _lora(hidden, inter, r) if mlp else 0)
 
 
-@pytest.mark.parametrize("name, r, target, expected", [
-    ("llama-3.2-3b", 64, "all-linear", 28 * _llama_layer(3072, 8 * 128, 8192, 64)),  # 97,255,424
-    ("llama-3.1-8b", 16, "all-linear", 32 * _llama_layer(4096, 8 * 128, 14336, 16)),
-    ("qwen2-7b", 8, ["q_proj", "k_proj", "v_proj", "o_proj"], 28 * _llama_layer(3584, 4 * 128, 18944, 8, mlp=False)),
-    ("smollm2-135m", 16, "all-linear", 30 * _llama_layer(576, 3 * 64, 1536, 16)),  # W4's adapter
-])
+@pytest.mark.parametrize(
+    "name, r, target, expected",
+    [
+        ("llama-3.2-3b", 64, "all-linear", 28 * _llama_layer(3072, 8 * 128, 8192, 64)),  # 97,255,424
+        ("llama-3.1-8b", 16, "all-linear", 32 * _llama_layer(4096, 8 * 128, 14336, 16)),
+        (
+            "qwen2-7b",
+            8,
+            ["q_proj", "k_proj", "v_proj", "o_proj"],
+            28 * _llama_layer(3584, 4 * 128, 18944, 8, mlp=False),
+        ),
+        ("smollm2-135m", 16, "all-linear", 30 * _llama_layer(576, 3 * 64, 1536, 16)),  # W4's adapter
+    ],
+)
 def test_lora_parameter_counts_from_shapes(name, r, target, expected):
     cfg = config_mod.validate({"model": {"name": name}, "lora": {"r": r, "target": target}})
     layout, base, _ = lora_layout(cfg)
@@ -37,8 +45,9 @@ def test_lora_parameter_counts_from_shapes(name, r, target, expected):
 
 
 def test_llama_3b_fedavg_message_is_the_papers_371_mib(cli):
-    res = cli("size", "--model", "llama-3.2-3b", "--set", "lora.r=64", "--set", "lora.target=all-linear",
-              "--format", "json")
+    res = cli(
+        "size", "--model", "llama-3.2-3b", "--set", "lora.r=64", "--set", "lora.target=all-linear", "--format", "json"
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["lora_params"] == 97_255_424

@@ -22,8 +22,7 @@ def make_ctx(seed=0, weighting="examples"):
 
 def fake_training(method, start, client, rnd, scale=0.1):
     g = torch.Generator().manual_seed(1000 * client + rnd)
-    return {k: v + scale * torch.randn(v.shape, generator=g) if method.trainable(k) else v
-            for k, v in start.items()}
+    return {k: v + scale * torch.randn(v.shape, generator=g) if method.trainable(k) else v for k, v in start.items()}
 
 
 def one_round(method, rnd, clients, trained_out=None):
@@ -124,7 +123,9 @@ def test_flexlora_reproduces_fedavg_of_products_when_rank_suffices():
     glob = method.global_adapter()
     for prefix in PREFIXES:
         a, b = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
-        fedavg_product = sum(wi * (ctx.init_adapter[b] + u.tensors[b]) @ ctx.init_adapter[a] for wi, u in zip(w, updates))
+        fedavg_product = sum(
+            wi * (ctx.init_adapter[b] + u.tensors[b]) @ ctx.init_adapter[a] for wi, u in zip(w, updates)
+        )
         assert torch.allclose(glob[b] @ glob[a], fedavg_product, atol=1e-5)
         assert glob[b].shape == (D_OUT, R) and glob[a].shape == (R, D_IN)
 

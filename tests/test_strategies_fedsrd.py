@@ -202,8 +202,12 @@ def test_both_moves_add_the_other_factors_share_of_what_the_first_left():
     ctx = make_ctx(weighting="uniform")
     method = build_method("fedsrd-e", {"download_drop": 0.0, "sparsifier": "none", "moves": "both"}, ctx)
     trained = {}
-    run_rounds(method, ctx, [(1, [0, 1, 2])],
-               on_receive=lambda rnd, c, msg, start: trained.__setitem__(c, fake_training(start, c, rnd)))
+    run_rounds(
+        method,
+        ctx,
+        [(1, [0, 1, 2])],
+        on_receive=lambda rnd, c, msg, start: trained.__setitem__(c, fake_training(start, c, rnd)),
+    )
     glob = method.global_adapter()
     for prefix in PREFIXES:
         a, b = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"

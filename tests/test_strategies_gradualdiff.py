@@ -1,10 +1,10 @@
 """GradualDiff-Fed's server bookkeeping: deltas both ways, per-client copies, catch-up, full resend."""
 
 import torch
-from test_strategies_baselines import fake_training, make_ctx
 
 from fedsqueeze.strategies import ClientUpdate, build_method
 from fedsqueeze.strategies.gradualdiff import FULL
+from test_strategies_baselines import fake_training, make_ctx
 
 
 def _round(method, rnd, clients, examples=None, lossy=None):

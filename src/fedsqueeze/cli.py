@@ -7,15 +7,18 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Communication-efficient federated LoRA fine-tuning with an exact byte ledger.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Communication-efficient federated LoRA fine-tuning with an exact byte ledger.",
+)
 codecs_app = typer.Typer(no_args_is_help=True, help="List and benchmark codecs.")
 app.add_typer(codecs_app, name="codecs")
 from .flower_cli import flower_app  # noqa: E402  (a small typer app; Flower itself loads lazily)
@@ -41,24 +44,33 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _execute(cfg, out: Path, resume: bool, until: Optional[int], overwrite: bool = False) -> None:
+def _execute(cfg, out: Path, resume: bool, until: int | None, overwrite: bool = False) -> None:
     from .metrics.console import RichProgress, summary_table
     from .runtime import RUNTIMES
 
     execute = RUNTIMES.get(cfg.runtime.kind)
-    summary = execute(cfg, out, resume=resume, until=until, overwrite=overwrite, progress=RichProgress(console),
-                      log=lambda text: console.print(text, highlight=False))
+    summary = execute(
+        cfg,
+        out,
+        resume=resume,
+        until=until,
+        overwrite=overwrite,
+        progress=RichProgress(console),
+        log=lambda text: console.print(text, highlight=False),
+    )
     if summary is not None:
         console.print(summary_table(summary))
         console.print(f"run directory: {out}")
 
 
 @app.command()
-def run(config: Path = typer.Argument(..., help="TOML config file."),
-        set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-        until: Optional[int] = typer.Option(None, "--until", help="Stop after this round (resume later).")):
+def run(
+    config: Path = typer.Argument(..., help="TOML config file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    until: int | None = typer.Option(None, "--until", help="Stop after this round (resume later)."),
+):
     """Run a federated fine-tuning job and write the run directory."""
     from . import config as config_mod
 
@@ -71,9 +83,11 @@ def run(config: Path = typer.Argument(..., help="TOML config file."),
 
 
 @app.command()
-def resume(run_dir: Path = typer.Argument(..., help="A run directory with a checkpoint/."),
-           set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=8 to extend."),
-           until: Optional[int] = typer.Option(None, "--until", help="Stop after this round.")):
+def resume(
+    run_dir: Path = typer.Argument(..., help="A run directory with a checkpoint/."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=8 to extend."),
+    until: int | None = typer.Option(None, "--until", help="Stop after this round."),
+):
     """Continue an interrupted (or finished, to extend) run from its last checkpoint."""
     from . import config as config_mod
 
@@ -88,8 +102,10 @@ def resume(run_dir: Path = typer.Argument(..., help="A run directory with a chec
 
 
 @app.command()
-def report(run_dirs: List[Path] = typer.Argument(..., help="One or more run directories."),
-           plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the PNG plots.")):
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    plots: Path | None = typer.Option(None, "--plots", help="Folder for the PNG plots."),
+):
     """Markdown table (one row per run) and plots of eval loss vs round and vs cumulative MB."""
     from .metrics.report import report as make_report
 
@@ -103,8 +119,10 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="One or more run dire
 
 
 @app.command()
-def data(config: Path = typer.Argument(..., help="TOML config file."),
-         set_: List[str] = typer.Option([], "--set", help="Override a key (repeatable).")):
+def data(
+    config: Path = typer.Argument(..., help="TOML config file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
+):
     """Load, tokenize and partition the data of a config, and print the partition summary."""
     from . import config as config_mod
     from .data import build_federation
@@ -122,16 +140,21 @@ def data(config: Path = typer.Argument(..., help="TOML config file."),
 
 
 @app.command()
-def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4 domains) or tiny."),
-          methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
-          rounds: Optional[int] = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),
-          set_: List[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the run directories (default runs/bench-SUITE)."),
-          reuse: bool = typer.Option(False, "--reuse", help="Reuse rows that finished with the same configuration."),
-          no_train: bool = typer.Option(False, "--no-train",
-                                        help="Only tabulate rows that finished with the same configuration "
-                                             "(implies --reuse); skip the others instead of training them."),
-          fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+def bench(
+    suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4 domains) or tiny."),
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
+    rounds: int | None = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the run directories (default runs/bench-SUITE)."),
+    reuse: bool = typer.Option(False, "--reuse", help="Reuse rows that finished with the same configuration."),
+    no_train: bool = typer.Option(
+        False,
+        "--no-train",
+        help="Only tabulate rows that finished with the same configuration "
+        "(implies --reuse); skip the others instead of training them.",
+    ),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or json."),
+):
     """Run several methods on one workload with the same seed, partition and step budget."""
     import json
 
@@ -146,19 +169,34 @@ def bench(suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4
     log = (lambda *a, **k: None) if quiet else console.print
     try:
         rows = [m.strip() for m in methods.split(",")] if methods else None
-        results = run_suite(suite, rows, rounds, out, set_, None if quiet else (lambda: RichProgress(console)),
-                            log=log, reuse=reuse or no_train, train=not no_train)
+        results = run_suite(
+            suite,
+            rows,
+            rounds,
+            out,
+            set_,
+            None if quiet else (lambda: RichProgress(console)),
+            log=log,
+            reuse=reuse or no_train,
+            train=not no_train,
+        )
     except UserError as exc:
         _fail(exc)
     print(json.dumps(results, indent=1) if quiet else markdown(results))
 
 
 @app.command()
-def size(config: Optional[Path] = typer.Argument(None, help="TOML config file (optional)."),
-         model: Optional[str] = typer.Option(None, "--model", help="model.name: a shipped architecture "
-                                             "(llama-3.2-3b, qwen2-7b, llama-3.1-8b, smollm2-135m), a folder or an id."),
-         set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set lora.r=64 (repeatable)."),
-         fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+def size(
+    config: Path | None = typer.Argument(None, help="TOML config file (optional)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="model.name: a shipped architecture "
+        "(llama-3.2-3b, qwen2-7b, llama-3.1-8b, smollm2-135m), a folder or an id.",
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set lora.r=64 (repeatable)."),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or json."),
+):
     """LoRA parameters and the bytes of one round's messages per method, from shapes alone (no weights)."""
     import json
 
@@ -177,10 +215,12 @@ def size(config: Optional[Path] = typer.Argument(None, help="TOML config file (o
 
 
 @codecs_app.command("bench")
-def codecs_bench(model: str = typer.Option("tiny", "--model", help="tiny or smollm2-135m (or any model.name)."),
-                 rank: int = typer.Option(16, "--rank", help="LoRA rank of the update."),
-                 codecs: Optional[str] = typer.Option(None, "--codecs", help="Codec specs separated by ';'."),
-                 fmt: str = typer.Option("markdown", "--format", help="markdown or json.")):
+def codecs_bench(
+    model: str = typer.Option("tiny", "--model", help="tiny or smollm2-135m (or any model.name)."),
+    rank: int = typer.Option(16, "--rank", help="LoRA rank of the update."),
+    codecs: str | None = typer.Option(None, "--codecs", help="Codec specs separated by ';'."),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or json."),
+):
     """Encode a real LoRA update (a few local steps on real data) with each codec configuration."""
     import json
 
@@ -200,8 +240,10 @@ def codecs_bench(model: str = typer.Option("tiny", "--model", help="tiny or smol
     print("| codec | wire bytes | raw bytes | ratio | rel error | encode ms | decode ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['codec']} | {r['wire_bytes']} | {r['raw_bytes']} | {r['ratio']:.4f} | {r['rel_error']:.4f} | "
-              f"{r['encode_ms']:.1f} | {r['decode_ms']:.1f} |")
+        print(
+            f"| {r['codec']} | {r['wire_bytes']} | {r['raw_bytes']} | {r['ratio']:.4f} | {r['rel_error']:.4f} | "
+            f"{r['encode_ms']:.1f} | {r['decode_ms']:.1f} |"
+        )
 
 
 @codecs_app.command("list")

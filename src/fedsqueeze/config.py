@@ -6,11 +6,11 @@ Every error names the offending key and what is allowed (see `ConfigError`).
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
@@ -101,8 +101,9 @@ class TrainConfig(Section):
             if not isinstance(value, bool):
                 raise ValueError(f"train.bf16 (deprecated) must be true or false, got {value!r}")
             data.setdefault("precision", "bf16" if value else "fp32")
-            log.warning("config key 'train.bf16' is deprecated: use train.precision = %r (or \"auto\")",
-                        data["precision"])
+            log.warning(
+                "config key 'train.bf16' is deprecated: use train.precision = %r (or \"auto\")", data["precision"]
+            )
         return data
 
     @field_validator("device")
@@ -117,7 +118,8 @@ class TrainConfig(Section):
 
 class LinkConfig(Section):
     codec: str | None = None
-    """None: the method's default (fp32 for most). A codec or a chain, e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd"."""
+    """None: the method's default (fp32 for most). A codec or a chain, e.g.
+    "topk(fraction=0.01) > quantize(bits=8) > zstd"."""
     error_feedback: bool | None = None
     """None: the method's default (off for most)."""
 
@@ -233,18 +235,20 @@ def validate(raw: dict) -> Config:
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
     # Imported here: the registries import modules that import this one.
-    from .strategies import METHODS
-
     from .runtime.registry import RUNTIMES
+    from .strategies import METHODS
 
     METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
     RUNTIMES.get(cfg.runtime.kind)
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
-                          f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that")
+        raise ConfigError(
+            f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
+            f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that"
+        )
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
-        raise ConfigError("config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size "
-                          "the work by")
+        raise ConfigError(
+            "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
+        )
     return cfg
 
 

@@ -12,7 +12,7 @@ def evaluate_set(s, adapter: Tensors, dataset, max_batch: int = 8) -> float:
     s.adapter.set(adapter)
     pad = s.tokenizer.pad_token_id
     idx = list(range(len(dataset)))
-    batches = (dataset.batch(idx[i:i + max_batch], pad) for i in range(0, len(idx), max_batch))
+    batches = (dataset.batch(idx[i : i + max_batch], pad) for i in range(0, len(idx), max_batch))
     return evaluate(s.model, batches, s.placement)
 
 

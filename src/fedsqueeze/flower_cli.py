@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -28,7 +27,7 @@ def _exec(cmd: list[str], home: Path) -> None:
     os.execvpe(cmd[0], cmd, flower_env(home))
 
 
-def _tls(tls_dir: Optional[Path]):
+def _tls(tls_dir: Path | None):
     from .runtime.flower.deploy import Tls
 
     if tls_dir is None:
@@ -41,12 +40,15 @@ def _tls(tls_dir: Optional[Path]):
 
 
 @flower_app.command()
-def superlink(port: int = typer.Option(9093, help="The SuperLink's one HTTP port (Fleet, Control, ServerApp APIs)."),
-              host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
-              tls_dir: Optional[Path] = typer.Option(None, "--tls", help="Folder with ca.crt, server.pem, server.key; "
-                                                     "without it the SuperLink runs --insecure."),
-              auth: bool = typer.Option(False, "--auth", help="Only registered SuperNodes may connect."),
-              home: Path = HOME):
+def superlink(
+    port: int = typer.Option(9093, help="The SuperLink's one HTTP port (Fleet, Control, ServerApp APIs)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    tls_dir: Path | None = typer.Option(
+        None, "--tls", help="Folder with ca.crt, server.pem, server.key; without it the SuperLink runs --insecure."
+    ),
+    auth: bool = typer.Option(False, "--auth", help="Only registered SuperNodes may connect."),
+    home: Path = HOME,
+):
     """Start a SuperLink (runs the ServerApp of each `flwr run`)."""
     from .runtime.flower.deploy import superlink_command
 
@@ -54,27 +56,38 @@ def superlink(port: int = typer.Option(9093, help="The SuperLink's one HTTP port
 
 
 @flower_app.command()
-def supernode(superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
-              partition_id: int = typer.Option(..., "--partition-id", help="Which client of the federation this is."),
-              num_partitions: int = typer.Option(..., "--num-partitions", help="Clients in the federation."),
-              port: int = typer.Option(9094, help="This SuperNode's local ClientApp API port (one per SuperNode)."),
-              root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="CA that signed the SuperLink's "
-                                                       "certificate; without it the connection is --insecure."),
-              auth_key: Optional[Path] = typer.Option(None, "--auth-key", help="This SuperNode's private key "
-                                                      "(registered with `fedsqueeze flower register`)."),
-              home: Path = HOME):
+def supernode(
+    superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
+    partition_id: int = typer.Option(..., "--partition-id", help="Which client of the federation this is."),
+    num_partitions: int = typer.Option(..., "--num-partitions", help="Clients in the federation."),
+    port: int = typer.Option(9094, help="This SuperNode's local ClientApp API port (one per SuperNode)."),
+    root_cert: Path | None = typer.Option(
+        None, "--root-cert", help="CA that signed the SuperLink's certificate; without it the connection is --insecure."
+    ),
+    auth_key: Path | None = typer.Option(
+        None, "--auth-key", help="This SuperNode's private key (registered with `fedsqueeze flower register`)."
+    ),
+    home: Path = HOME,
+):
     """Start a SuperNode holding one partition (client) of the federation."""
     from .runtime.flower.deploy import supernode_command
 
-    _exec(supernode_command(superlink_address, partition_id, num_partitions, port, root_cert=root_cert,
-                            auth_key=auth_key), home)
+    _exec(
+        supernode_command(
+            superlink_address, partition_id, num_partitions, port, root_cert=root_cert, auth_key=auth_key
+        ),
+        home,
+    )
 
 
 @flower_app.command()
-def keys(folder: Path = typer.Argument(..., help="Where to write the files."),
-         host: List[str] = typer.Option(["127.0.0.1", "localhost"], "--host",
-                                        help="Name or IP SuperNodes use to reach the SuperLink (repeatable)."),
-         supernodes: int = typer.Option(0, help="Also make this many SuperNode key pairs (supernode-I, .pub).")):
+def keys(
+    folder: Path = typer.Argument(..., help="Where to write the files."),
+    host: list[str] = typer.Option(
+        ["127.0.0.1", "localhost"], "--host", help="Name or IP SuperNodes use to reach the SuperLink (repeatable)."
+    ),
+    supernodes: int = typer.Option(0, help="Also make this many SuperNode key pairs (supernode-I, .pub)."),
+):
     """TLS files (a private CA + the SuperLink's certificate) and SuperNode authentication keys."""
     from .runtime.flower.certs import make_supernode_key, make_tls
 
@@ -86,10 +99,12 @@ def keys(folder: Path = typer.Argument(..., help="Where to write the files."),
 
 
 @flower_app.command()
-def register(public_key: Path = typer.Argument(..., help="A SuperNode's public key (supernode-I.pub)."),
-             superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
-             root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="CA of the SuperLink's certificate."),
-             home: Path = HOME):
+def register(
+    public_key: Path = typer.Argument(..., help="A SuperNode's public key (supernode-I.pub)."),
+    superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
+    root_cert: Path | None = typer.Option(None, "--root-cert", help="CA of the SuperLink's certificate."),
+    home: Path = HOME,
+):
     """Allow a SuperNode to join a SuperLink started with --auth."""
     from .runtime.flower.deploy import flower_env, register_command, write_connection
 
@@ -98,14 +113,16 @@ def register(public_key: Path = typer.Argument(..., help="A SuperNode's public k
 
 
 @flower_app.command("run")
-def run_(config: Path = typer.Argument(..., help="fedsqueeze TOML config."),
-         superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
-         out: Path = typer.Option(..., "--out", help="Run directory, on the SuperLink's machine."),
-         set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
-         root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="CA of the SuperLink's certificate."),
-         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-         home: Path = HOME):
+def run_(
+    config: Path = typer.Argument(..., help="fedsqueeze TOML config."),
+    superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
+    out: Path = typer.Option(..., "--out", help="Run directory, on the SuperLink's machine."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
+    root_cert: Path | None = typer.Option(None, "--root-cert", help="CA of the SuperLink's certificate."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    home: Path = HOME,
+):
     """Submit a run to a SuperLink (`flwr run` with this config) and stream its log until it ends."""
     from . import config as config_mod
     from .errors import UserError
@@ -115,7 +132,7 @@ def run_(config: Path = typer.Argument(..., help="fedsqueeze TOML config."),
         cfg = config_mod.load(config, set_)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     write_connection(home, superlink_address, root_cert)
     run_config = write_run_config(home / "run-config.toml", cfg.to_toml(), out, overwrite, resume)
     raise typer.Exit(subprocess.call(run_command(run_config), env=flower_env(home)))

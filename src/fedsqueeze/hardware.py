@@ -29,7 +29,7 @@ class Capabilities:
     cpu_isa: str = "unknown"
 
     @classmethod
-    def detect(cls) -> "Capabilities":
+    def detect(cls) -> Capabilities:
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
         return cls(
@@ -41,7 +41,11 @@ class Capabilities:
         )
 
     def available(self) -> str:
-        found = ["cpu"] + ([f"cuda:0..{self.cuda_devices - 1}"] if self.cuda_devices else []) + (["mps"] if self.mps else [])
+        found = (
+            ["cpu"]
+            + ([f"cuda:0..{self.cuda_devices - 1}"] if self.cuda_devices else [])
+            + (["mps"] if self.mps else [])
+        )
         return ", ".join(found)
 
 
@@ -54,7 +58,9 @@ def resolve_device(spec: str, caps: Capabilities) -> torch.device:
     if device.type == "cuda":
         index = device.index or 0
         if index >= caps.cuda_devices:
-            raise ConfigError(f"config key 'train.device': {spec!r} is not on this machine (it has: {caps.available()})")
+            raise ConfigError(
+                f"config key 'train.device': {spec!r} is not on this machine (it has: {caps.available()})"
+            )
         return torch.device("cuda", index)
     if device.type == "mps" and not caps.mps:
         raise ConfigError(f"config key 'train.device': 'mps' is not on this machine (it has: {caps.available()})")
@@ -65,8 +71,10 @@ def resolve_precision(spec: str, device: torch.device, caps: Capabilities) -> tu
     """The training precision and why it was chosen (for the console header)."""
     if spec != "auto":
         if spec == "fp16" and device.type == "cpu":
-            raise ConfigError("config key 'train.precision': 'fp16' needs a GPU (CPUs have no fast fp16 path); "
-                              "allowed on cpu: auto, fp32, bf16")
+            raise ConfigError(
+                "config key 'train.precision': 'fp16' needs a GPU (CPUs have no fast fp16 path); "
+                "allowed on cpu: auto, fp32, bf16"
+            )
         return spec, "as configured"
     if device.type == "cuda":
         return ("bf16", "CUDA bf16") if caps.cuda_bf16 else ("fp16", "no bf16 on this GPU: fp16 + loss scaling")
@@ -95,15 +103,16 @@ class Placement:
     reason: str = ""
 
     @classmethod
-    def resolve(cls, device: str = "auto", precision: str = "auto", model_dtype: str = "auto",
-                caps: Capabilities | None = None) -> "Placement":
+    def resolve(
+        cls, device: str = "auto", precision: str = "auto", model_dtype: str = "auto", caps: Capabilities | None = None
+    ) -> Placement:
         caps = caps or Capabilities.detect()
         dev = resolve_device(device, caps)
         prec, reason = resolve_precision(precision, dev, caps)
         return cls(dev, prec, resolve_model_dtype(model_dtype, dev, prec), reason)
 
     @classmethod
-    def cpu_fp32(cls) -> "Placement":
+    def cpu_fp32(cls) -> Placement:
         return cls(torch.device("cpu"), "fp32", torch.float32, "as configured")
 
     def autocast(self):
@@ -111,7 +120,7 @@ class Placement:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
 
-    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
         if self.precision == "fp16" and self.device.type == "cuda":
             return torch.amp.GradScaler("cuda")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -30,7 +31,9 @@ class Registry(Generic[T]):
             from .errors import ConfigError
 
             where = f"config key {self.key!r}: " if self.key else ""
-            raise ConfigError(f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}") from None
+            raise ConfigError(
+                f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}"
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -75,9 +75,12 @@ def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
         MessageSize("ffa-lora", blob("fp32", b_only), blob("fp32", b_only), "B only, fp32"),
         MessageSize("flexlora", dense, dense, "dense delta up, SVD-truncated adapter down"),
         MessageSize("fed-dare", blob("sparse", dropped(ones, 0.9)), dense, "10% of the delta kept (random), sparse"),
-        MessageSize("fedsrd (broadcast)", None, (srd_a + srd_b) // 2,
-                    f"one factor, 20% kept (random): A rounds {srd_a:,} B, B rounds {srd_b:,} B; "
-                    "uploads follow the data"),
+        MessageSize(
+            "fedsrd (broadcast)",
+            None,
+            (srd_a + srd_b) // 2,
+            f"one factor, 20% kept (random): A rounds {srd_a:,} B, B rounds {srd_b:,} B; uploads follow the data",
+        ),
     ]
 
 

@@ -23,7 +23,7 @@ class Layout:
     shapes: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def of(cls, tensors: Tensors) -> "Layout":
+    def of(cls, tensors: Tensors) -> Layout:
         return cls(tuple(tensors), tuple(tuple(t.shape) for t in tensors.values()))
 
     @property
@@ -70,7 +70,7 @@ def prefixed(prefix: str, tensors: Tensors) -> Tensors:
 
 def unprefixed(prefix: str, tensors: Tensors) -> Tensors:
     """The entries under `prefix`, with it removed (the inverse of `prefixed`)."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def fp32_bytes(tensors: Tensors) -> int:

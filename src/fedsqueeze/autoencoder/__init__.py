@@ -8,6 +8,18 @@ from .snr import energies, layer_snr_db, snr_db
 from .views import build_view
 
 __all__ = [
-    "ARCHES", "Compressor", "Encoded", "MalformedUpload", "SnapshotPool", "build_network", "build_view",
-    "count_params", "energies", "half_vector", "layer_snr_db", "load_half", "snr_db", "train_autoencoder",
+    "ARCHES",
+    "Compressor",
+    "Encoded",
+    "MalformedUpload",
+    "SnapshotPool",
+    "build_network",
+    "build_view",
+    "count_params",
+    "energies",
+    "half_vector",
+    "layer_snr_db",
+    "load_half",
+    "snr_db",
+    "train_autoencoder",
 ]

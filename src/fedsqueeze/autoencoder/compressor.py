@@ -84,8 +84,9 @@ class Compressor:
 
     # ---- sender --------------------------------------------------------------------------------
     @torch.no_grad()
-    def compress(self, update: Tensors, latent: int | None = None, min_snr_db: float | None = None,
-                 measure: bool = True) -> Encoded:
+    def compress(
+        self, update: Tensors, latent: int | None = None, min_snr_db: float | None = None, measure: bool = True
+    ) -> Encoded:
         """latent: values per sample to keep (None: the network's full latent).
         measure=False: the sender has no decoder, so nothing is rebuilt (reconstruction is empty and
         noise NaN); the adaptive mode needs it.
@@ -171,8 +172,10 @@ class Compressor:
         need_codes = sum(self.view.samples_per_unit(u) * s for u, s in zip(self.units, sizes) if s > 0)
         need_dense = sum(math.prod(sh) for u, s in zip(self.units, sizes) if s == DENSE for sh in u.shapes)
         if codes.numel() != need_codes or dense.numel() != need_dense:
-            raise MalformedUpload(f"{codes.numel()} latent and {dense.numel()} dense values where the sizes "
-                                  f"declare {need_codes} and {need_dense}")
+            raise MalformedUpload(
+                f"{codes.numel()} latent and {dense.numel()} dense values where the sizes "
+                f"declare {need_codes} and {need_dense}"
+            )
         if not (torch.isfinite(codes).all() and torch.isfinite(dense).all()):
             raise MalformedUpload("non-finite values")
         if self.bits and codes.numel() and float(codes.abs().max()) > 2 ** (self.bits - 1) - 1:

@@ -138,7 +138,8 @@ class TensorLinearAutoencoder(nn.Module):
         self.sample_shape = None  # one vector length per unit
         self.latent_sizes = tuple(sorted({1 << s for s in range(basis.bit_length()) if 1 << s < basis} | {basis}))
         self.encoder = nn.ParameterList(
-            [nn.Parameter(torch.linalg.qr(torch.randn(length, basis)).Q.T.contiguous()) for length in lengths])
+            [nn.Parameter(torch.linalg.qr(torch.randn(length, basis)).Q.T.contiguous()) for length in lengths]
+        )
         self.decoder = nn.Module()  # tied: no weights of its own
 
     def encode(self, x: torch.Tensor, unit: int | None = None) -> torch.Tensor:
@@ -168,8 +169,9 @@ def _principal_rows(x: torch.Tensor, k: int, fill: torch.Tensor | None = None) -
 ARCHES = ("paper", "row", "tensor")
 
 
-def build_network(arch: str, chunk: int = 64, seed: int = 0, lengths: list[int] | None = None,
-                  basis: int = 8) -> nn.Module:
+def build_network(
+    arch: str, chunk: int = 64, seed: int = 0, lengths: list[int] | None = None, basis: int = 8
+) -> nn.Module:
     """A fresh network, its initial weights drawn from `seed` without touching the global RNG.
     `lengths` (the rank-vector length of each unit) and `basis` are for arch="tensor"."""
     with torch.random.fork_rng(devices=[]):

@@ -43,8 +43,11 @@ class SnapshotPool:
         return {unit: torch.cat(xs) for unit, xs in sorted(per_unit.items())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{rnd}/{client}/{step}/{name}": t
-                for (rnd, client, step), upd in self.snapshots.items() for name, t in upd.items()}
+        return {
+            f"{rnd}/{client}/{step}/{name}": t
+            for (rnd, client, step), upd in self.snapshots.items()
+            for name, t in upd.items()
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.snapshots = {}
@@ -53,9 +56,18 @@ class SnapshotPool:
             self.snapshots.setdefault((int(rnd), int(client), int(step)), {})[name] = t.clone()
 
 
-def train_autoencoder(net: torch.nn.Module, samples: dict[int, torch.Tensor], *, epochs: int, lr: float,
-                      batch_size: int, seed: int, max_samples: int | None = None, pca_init: bool = True,
-                      eval_latent: int | None = None) -> dict:
+def train_autoencoder(
+    net: torch.nn.Module,
+    samples: dict[int, torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    max_samples: int | None = None,
+    pca_init: bool = True,
+    eval_latent: int | None = None,
+) -> dict:
     """MSE + Adam on the samples (per unit index, from SnapshotPool.samples); returns metrics.
 
     Shared networks (paper, row) train on all units' samples together, a seeded subsample of at
@@ -103,8 +115,13 @@ def train_autoencoder(net: torch.nn.Module, samples: dict[int, torch.Tensor], *,
             rebuilt = net.decode(net.encode(x, unit)[:, : eval_latent or sizes[-1]], unit)
             signal += float((x**2).sum())
             noise += float(((x - rebuilt) ** 2).sum())
-    metrics.update({"ae_train_loss": loss_mean, "ae_pool_snr_db": snr_db(signal, noise),
-                    "ae_train_seconds": time.perf_counter() - t0})
+    metrics.update(
+        {
+            "ae_train_loss": loss_mean,
+            "ae_pool_snr_db": snr_db(signal, noise),
+            "ae_train_seconds": time.perf_counter() - t0,
+        }
+    )
     return metrics
 
 

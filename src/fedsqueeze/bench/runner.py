@@ -50,9 +50,17 @@ def row_configs(suite_name: str, rows: list[str] | None, rounds: int | None, set
     return suite, out
 
 
-def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None = None, out: Path | None = None,
-              sets: list[str] = (), progress_factory=None, log=print, reuse: bool = False,
-              train: bool = True) -> list[dict]:
+def run_suite(
+    suite_name: str,
+    rows: list[str] | None = None,
+    rounds: int | None = None,
+    out: Path | None = None,
+    sets: list[str] = (),
+    progress_factory=None,
+    log=print,
+    reuse: bool = False,
+    train: bool = True,
+) -> list[dict]:
     """reuse: keep rows that finished with the same config; train=False: skip the others."""
     suite, configs = row_configs(suite_name, rows, rounds, sets)
     suite.check_data(log)
@@ -87,14 +95,22 @@ def run_suite(suite_name: str, rows: list[str] | None = None, rounds: int | None
 def provenance(reused: list[str]) -> str:
     """Where and when the table was made: a benchmark figure means little without it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"Made {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, fedsqueeze {__version__}" + (f" (git {commit})" if commit else "") +
-            f"; command: `{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`.")
+    text = (
+        f"Made {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, fedsqueeze {__version__}"
+        + (f" (git {commit})" if commit else "")
+        + f"; command: `{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`."
+    )
     if reused:
         text += f" Rows reused from earlier runs in the same folder: {', '.join(reused)}."
     return text
@@ -138,16 +154,21 @@ def markdown(results: list[dict]) -> str:
     base = next((r for r in results if r["method"] == "fedavg"), None)
     has_sim = any("sim_seconds" in r for r in results)
     has_snr = any("snr_db" in r for r in results)
-    head = ("| method | MB up / client / round | MB down / client / round | total MB | traffic vs fedavg | "
-            "in-domain eval loss | OOD eval loss | s / round |" + (" sim s |" if has_sim else "") +
-            (" mean upload SNR dB |" if has_snr else ""))
+    head = (
+        "| method | MB up / client / round | MB down / client / round | total MB | traffic vs fedavg | "
+        "in-domain eval loss | OOD eval loss | s / round |"
+        + (" sim s |" if has_sim else "")
+        + (" mean upload SNR dB |" if has_snr else "")
+    )
     lines = [head, "|" + "---|" * (8 + has_sim + has_snr)]
     for r in results:
         ratio = f"{r['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
         ood = f"{r['ood_eval_loss']:.4f}" if r.get("ood_eval_loss") is not None else "-"
-        line = (f"| {r['method']} | {r['mb_up_per_client_round']:.3f} | {r['mb_down_per_client_round']:.3f} | "
-                f"{r['bytes_total'] / MB:.2f} | {ratio} | {r['final_eval_loss']:.4f} | {ood} | "
-                f"{r['seconds_per_round']:.1f} |")
+        line = (
+            f"| {r['method']} | {r['mb_up_per_client_round']:.3f} | {r['mb_down_per_client_round']:.3f} | "
+            f"{r['bytes_total'] / MB:.2f} | {ratio} | {r['final_eval_loss']:.4f} | {ood} | "
+            f"{r['seconds_per_round']:.1f} |"
+        )
         if has_sim:
             line += f" {r['sim_seconds']:.1f} |" if "sim_seconds" in r else " - |"
         if has_snr:

@@ -43,31 +43,54 @@ ROWS: dict[str, dict] = {
     "fedsrd-drop70": {"method": "fedsrd", "params": {"download_drop": 0.7}},
     "fedsrd-drop0": {"method": "fedsrd", "params": {"download_drop": 0.0}},  # diverges: see projection_damping
     "fedsrd-bf16-drop60": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6}},
-    "fedsrd-bf16-drop60-damped": {"method": "fedsrd", "params": {"download_dtype": "bf16", "download_drop": 0.6,
-                                                                 "projection_damping": 0.02}},
+    "fedsrd-bf16-drop60-damped": {
+        "method": "fedsrd",
+        "params": {"download_dtype": "bf16", "download_drop": 0.6, "projection_damping": 0.02},
+    },
     # ... both factors every round (bf16 values: about the paper's broadcast bytes) ...
-    "fedsrd-both": {"method": "fedsrd", "params": {"moves": "both", "download_dtype": "bf16",
-                                                   "projection_damping": 0.02}},
+    "fedsrd-both": {
+        "method": "fedsrd",
+        "params": {"moves": "both", "download_dtype": "bf16", "projection_damping": 0.02},
+    },
     # ... and denser uploads (12% kept, bf16 values): the paper's ~7.6% kept, L1-rescaled x6.8,
     # arrive 3.2x the client's true update in norm at cosine 0.44 (W4, round 1, client 0).
-    "fedsrd-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
-                    "params": {"adaptive_ratio": False, "base_ratio": 0.88}},
-    "fedsrd-both-up12": {"method": "fedsrd", "uplink": {"codec": "sparse > bf16"},
-                         "params": {"moves": "both", "download_dtype": "bf16", "projection_damping": 0.02,
-                                    "adaptive_ratio": False, "base_ratio": 0.88}},
+    "fedsrd-up12": {
+        "method": "fedsrd",
+        "uplink": {"codec": "sparse > bf16"},
+        "params": {"adaptive_ratio": False, "base_ratio": 0.88},
+    },
+    "fedsrd-both-up12": {
+        "method": "fedsrd",
+        "uplink": {"codec": "sparse > bf16"},
+        "params": {
+            "moves": "both",
+            "download_dtype": "bf16",
+            "projection_damping": 0.02,
+            "adaptive_ratio": False,
+            "base_ratio": 0.88,
+        },
+    },
     # FedAvg with generic codecs (issue 3)
-    "fedavg-topk-ef": {"method": "fedavg", "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd",
-                                                      "error_feedback": True}},
+    "fedavg-topk-ef": {
+        "method": "fedavg",
+        "uplink": {"codec": "topk(fraction=0.01) > quantize(bits=8) > zstd", "error_feedback": True},
+    },
     # GradualDiff-Fed and the hybrid under a 4x straggler (issue 5)
     "gradualdiff": {"method": "gradualdiff"},
     "fedavg-straggler": {"method": "fedavg", "network": {"compute": STRAGGLER}},
     "gradualdiff-straggler": {"method": "gradualdiff", "network": {"compute": STRAGGLER}},
-    "gradualdiff-hybrid": {"method": "gradualdiff", "network": {"compute": STRAGGLER},
-                           "hybrid": {"quorum": 0.75, "max_staleness": 3}},
+    "gradualdiff-hybrid": {
+        "method": "gradualdiff",
+        "network": {"compute": STRAGGLER},
+        "hybrid": {"quorum": 0.75, "max_staleness": 3},
+    },
     # The straggler trains the steps that fit a deadline instead of reporting rounds late. On W4
     # (1.5 s steps, 6 s for the straggler) 46 s leave it 7 of its 10 steps.
-    "gradualdiff-hybrid-partial": {"method": "gradualdiff", "network": {"compute": STRAGGLER},
-                                   "hybrid": {"deadline": 46.0, "partial_work": True}},
+    "gradualdiff-hybrid-partial": {
+        "method": "gradualdiff",
+        "network": {"compute": STRAGGLER},
+        "hybrid": {"deadline": 46.0, "partial_work": True},
+    },
     # CG-FedLLM (issue 6)
     "cg-fedllm-paper": {"method": "cg-fedllm", "params": {"arch": "paper"}},
     "cg-fedllm-row": {"method": "cg-fedllm", "params": {"arch": "row"}},
@@ -76,11 +99,23 @@ ROWS: dict[str, dict] = {
 }
 
 DEFAULT_ROWS = ["fedavg", "centralized", "ffa-lora", "fed-dare", "flexlora", "fedsrd", "fedsrd-e", "fedsrd-both-up12"]
-HYBRID_ROWS = ["gradualdiff", "fedavg-straggler", "gradualdiff-straggler", "gradualdiff-hybrid",
-               "gradualdiff-hybrid-partial"]
+HYBRID_ROWS = [
+    "gradualdiff",
+    "fedavg-straggler",
+    "gradualdiff-straggler",
+    "gradualdiff-hybrid",
+    "gradualdiff-hybrid-partial",
+]
 CG_ROWS = ["cg-fedllm-paper", "cg-fedllm-row", "cg-fedllm-tensor", "cg-fedllm-adaptive"]
-ABLATION_ROWS = ["fedsrd", "fedsrd-random", "fedsrd-magnitude", "fedsrd-nosparsify", "fedsrd-norecon",
-                 "fedsrd-nodecomp", "fedsrd-fixed"]
+ABLATION_ROWS = [
+    "fedsrd",
+    "fedsrd-random",
+    "fedsrd-magnitude",
+    "fedsrd-nosparsify",
+    "fedsrd-norecon",
+    "fedsrd-nodecomp",
+    "fedsrd-fixed",
+]
 
 
 @dataclass
@@ -103,9 +138,11 @@ class Suite:
             if done.returncode == 0:
                 return
             raise UserError(f"apt-get install {' '.join(sorted(missing))} failed: {done.stderr.strip()[-300:]}")
-        raise UserError(f"suite {self.name} needs the Debian packages {', '.join(sorted(missing))} "
-                        f"(files {', '.join(p for p, k in self.needs.items() if k in missing)}); "
-                        f"install them as root: apt-get install {' '.join(sorted(missing))}")
+        raise UserError(
+            f"suite {self.name} needs the Debian packages {', '.join(sorted(missing))} "
+            f"(files {', '.join(p for p, k in self.needs.items() if k in missing)}); "
+            f"install them as root: apt-get install {' '.join(sorted(missing))}"
+        )
 
 
 def _is_root() -> bool:
@@ -122,16 +159,25 @@ W4 = Suite(
         "lora": {"r": 16, "alpha": 32, "target": "all-linear"},
         "data": {
             "source": (f"dictd:{DICTD}/foldoc + dictd:{DICTD}/jargon + wordnet:{WORDNET} + builtin:pystdlib"),
-            "label": "source", "partition": "by-domain", "clients": 4, "max_length": 96,
+            "label": "source",
+            "partition": "by-domain",
+            "clients": 4,
+            "max_length": 96,
             # 10 rounds x 10 steps x batch 8 = 800 examples per client: more is never seen, and an
             # uncapped WordNet (118k) would outweigh the Jargon File (2.3k) 50:1 in FedAvg.
-            "max_examples": 800, "eval_examples": 32, "ood_source": f"dictd:{DICTD}/gcide",
+            "max_examples": 800,
+            "eval_examples": 32,
+            "ood_source": f"dictd:{DICTD}/gcide",
         },
         "train": {"rounds": 10, "local_steps": 10, "batch_size": 8, "lr": 5e-4, "precision": "auto"},
         "network": {"step_seconds": 1.5},  # measured median LoRA step on 2 cores (DESIGN.md section 6)
     },
-    needs={f"{DICTD}/foldoc.index": "dict-foldoc", f"{DICTD}/jargon.index": "dict-jargon",
-           f"{DICTD}/gcide.index": "dict-gcide", f"{WORDNET}/data.noun": "wordnet-base"},
+    needs={
+        f"{DICTD}/foldoc.index": "dict-foldoc",
+        f"{DICTD}/jargon.index": "dict-jargon",
+        f"{DICTD}/gcide.index": "dict-gcide",
+        f"{WORDNET}/data.noun": "wordnet-base",
+    },
 )
 
 TINY = Suite(
@@ -140,8 +186,14 @@ TINY = Suite(
         "seed": 0,
         "model": {"name": "tiny"},
         "lora": {"r": 4, "alpha": 8, "target": "all-linear"},
-        "data": {"source": "builtin:pystdlib", "partition": "by-domain", "clients": 4, "max_length": 160,
-                 "max_examples": 64, "eval_examples": 16},
+        "data": {
+            "source": "builtin:pystdlib",
+            "partition": "by-domain",
+            "clients": 4,
+            "max_length": 160,
+            "max_examples": 64,
+            "eval_examples": 16,
+        },
         "train": {"rounds": 3, "local_steps": 5, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "threads": 1},
     },
 )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ def micro_batches(batch: dict, size: int | None) -> list[dict]:
     rows = batch["input_ids"].shape[0]
     if size is None or size >= rows:
         return [batch]
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, rows, size)]
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, rows, size)]
 
 
 def _backward(model, batch: dict, settings: TrainSettings, placement: Placement, scaler) -> torch.Tensor:
@@ -63,8 +63,14 @@ def _backward(model, batch: dict, settings: TrainSettings, placement: Placement,
     return total
 
 
-def train_local(model, params: list[torch.nn.Parameter], batches: Iterable[dict], settings: TrainSettings,
-                on_step: Callable[[float], None] | None = None, placement: Placement | None = None) -> list[float]:
+def train_local(
+    model,
+    params: list[torch.nn.Parameter],
+    batches: Iterable[dict],
+    settings: TrainSettings,
+    on_step: Callable[[float], None] | None = None,
+    placement: Placement | None = None,
+) -> list[float]:
     """Runs one round of local steps with a fresh AdamW (as every federated client does) and
     returns the per-step losses."""
     placement = placement or Placement.cpu_fp32()
@@ -109,7 +115,13 @@ def evaluate(model, batches: Iterable[dict], placement: Placement | None = None)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = labels[:, 1:]
-        total += float(F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                                       ignore_index=-100, reduction="sum"))
+        total += float(
+            F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+        )
         count += int((shift_labels != -100).sum())
     return total / max(count, 1)

@@ -13,8 +13,9 @@ from ..tensors import Tensors
 from .trainer import TrainSettings, train_local
 
 
-def train_client(s, client: int, rnd: int, start: Tensors, on_step=None, steps: int | None = None,
-                 seconds: float | None = None) -> tuple[Tensors, list[float]]:
+def train_client(
+    s, client: int, rnd: int, start: Tensors, on_step=None, steps: int | None = None, seconds: float | None = None
+) -> tuple[Tensors, list[float]]:
     """Trains a Session's adapter from `start` on `client`'s data; deterministic in (seed, client, rnd).
 
     steps / seconds (hybrid partial work): stop after that many of the round's local steps, or
@@ -30,8 +31,9 @@ def train_client(s, client: int, rnd: int, start: Tensors, on_step=None, steps: 
     plan = sample_batches(last - first, t.batch_size, s.local_steps, s.cfg.seed, client, rnd)
     plan = [[first + i for i in batch] for batch in plan][:steps]
     torch.manual_seed(seed_of(s.cfg.seed, "train", client, rnd))  # LoRA dropout, if any
-    settings = TrainSettings(s.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps, t.grad_clip,
-                             t.micro_batch_size)
+    settings = TrainSettings(
+        s.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps, t.grad_clip, t.micro_batch_size
+    )
     batches = (data.train.batch(ix, pad) for ix in plan)
     if seconds is not None:
         batches = within_seconds(batches, seconds)

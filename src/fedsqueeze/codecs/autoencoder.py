@@ -37,8 +37,9 @@ class Autoencoder(Structure):
     name = "autoencoder"
     params = {
         # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
-        "arch": Param(str, "paper", choices=("paper", "row"),
-                      help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"),
+        "arch": Param(
+            str, "paper", choices=("paper", "row"), help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"
+        ),
         "chunk": Param(int, 64, low=4, high=1024, help="row: chunk length (power of two)"),
         "latent": Param(float, 0.125, low=0.0, high=1.0, help="row: latent values kept per chunk value"),
         "seed": Param(int, 0, low=0, high=2**63 - 1, help="initial weights (until weights are loaded)"),
@@ -65,8 +66,13 @@ class Autoencoder(Structure):
         return self._views[key]
 
     def _lengths(self, view, exps: dict[str, int]) -> np.ndarray:
-        return np.array([0 if all(exps[n] == ZERO_EXP for n in u.names) else view.samples_per_unit(u) * self.keep
-                         for u in view.units], np.int64)
+        return np.array(
+            [
+                0 if all(exps[n] == ZERO_EXP for n in u.names) else view.samples_per_unit(u) * self.keep
+                for u in view.units
+            ],
+            np.int64,
+        )
 
     @torch.no_grad()
     def encode(self, entries: list[Entry], w: Writer) -> Plan:

@@ -14,8 +14,9 @@ So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ class Stage:
         self.check()
 
     @classmethod
-    def from_params(cls, raw: dict[str, Any]) -> "Stage":
+    def from_params(cls, raw: dict[str, Any]) -> Stage:
         unknown = [k for k in raw if k not in cls.params]
         if unknown:
             allowed = ", ".join(cls.params) or "none"
@@ -167,11 +168,11 @@ class Stage:
 class Structure(Stage):
     kind = "structure"
 
-    def encode(self, entries: list[Entry], w: "Writer") -> Plan:
+    def encode(self, entries: list[Entry], w: Writer) -> Plan:
         """Write this stage's metadata for all entries; return the values to send."""
         raise NotImplementedError
 
-    def decode(self, entries: list[Entry], r: "Reader") -> Plan:
+    def decode(self, entries: list[Entry], r: Reader) -> Plan:
         """Read and validate the metadata (before any allocation that the blob could inflate)."""
         raise NotImplementedError
 
@@ -179,12 +180,12 @@ class Structure(Stage):
 class Values(Stage):
     kind = "values"
 
-    def encode(self, values: np.ndarray, lengths: np.ndarray, w: "Writer", reconstruct: bool) -> np.ndarray | None:
+    def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool) -> np.ndarray | None:
         """Write `values` (flat float32 made of segments of `lengths`); return what the receiver
         will decode when `reconstruct` is set (error feedback needs it), else None."""
         raise NotImplementedError
 
-    def decode(self, r: "Reader", lengths: np.ndarray) -> np.ndarray:
+    def decode(self, r: Reader, lengths: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 

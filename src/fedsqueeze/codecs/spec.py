@@ -24,7 +24,9 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
     for part in spec.split(">"):
         m = _STAGE.fullmatch(part)
         if not m:
-            raise ConfigError(f"cannot parse codec stage {part.strip()!r} in {spec!r}; expected name or name(key=value, ...)")
+            raise ConfigError(
+                f"cannot parse codec stage {part.strip()!r} in {spec!r}; expected name or name(key=value, ...)"
+            )
         name, args = m.group(1), m.group(2)
         params: dict[str, str] = {}
         if args is not None and args.strip():

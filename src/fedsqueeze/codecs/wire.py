@@ -50,7 +50,7 @@ class LayoutRef:
     index: dict[str, int]
 
     @classmethod
-    def of(cls, layout: Layout) -> "LayoutRef":
+    def of(cls, layout: Layout) -> LayoutRef:
         shapes = tuple(tuple(int(d) for d in s) for s in layout.shapes)
         return cls(
             tuple(layout.names),
@@ -157,7 +157,9 @@ class Reader:
 
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or n > self.remaining:
-            raise PayloadError(f"truncated {self.where}: {what} needs {n} bytes at offset {self.pos}, {self.remaining} left")
+            raise PayloadError(
+                f"truncated {self.where}: {what} needs {n} bytes at offset {self.pos}, {self.remaining} left"
+            )
         out = self.view[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -216,7 +218,9 @@ def decode_varints(buf: np.ndarray, count: int, what: str) -> tuple[np.ndarray, 
 # ---- the envelope -----------------------------------------------------------------------------
 
 
-def pack(spec: str, layout: LayoutRef, entries: list[Entry], by_fingerprint: bool, body_size: int, body: bytes) -> bytes:
+def pack(
+    spec: str, layout: LayoutRef, entries: list[Entry], by_fingerprint: bool, body_size: int, body: bytes
+) -> bytes:
     head = Writer()
     head.raw(MAGIC)
     head.u8(VERSION)

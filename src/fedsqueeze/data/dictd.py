@@ -127,6 +127,13 @@ def load_dictd(path: str) -> list[dict]:
             raw = data[offset : offset + length].decode("utf-8", errors="replace")
             display, definition = clean_entry(headword, raw)
             if definition:
-                examples.append({"instruction": f"Define: {display}", "input": "", "response": definition,
-                                 "domain": name, "source": name})
+                examples.append(
+                    {
+                        "instruction": f"Define: {display}",
+                        "input": "",
+                        "response": definition,
+                        "domain": name,
+                        "source": name,
+                    }
+                )
     return examples

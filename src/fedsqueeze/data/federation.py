@@ -48,7 +48,9 @@ class Federation:
             lines.append(f"  {c.name:<{width}}  {c.num_examples:>6}  {len(c.eval):>5}  {top}{more}")
         pooled_names = [n for n in self.eval_sets if n not in {c.name for c in self.clients}]
         if pooled_names:
-            lines.append("  eval per original client: " + ", ".join(f"{n} {len(self.eval_sets[n])}" for n in pooled_names))
+            lines.append(
+                "  eval per original client: " + ", ".join(f"{n} {len(self.eval_sets[n])}" for n in pooled_names)
+            )
         if self.ood is not None:
             lines.append(f"  {'ood':<{width}}  {'':>6}  {len(self.ood):>5}")
         if self.skipped:
@@ -73,11 +75,14 @@ def _nothing_trainable(client: str, what: str, examples: list[dict], cfg: DataCo
     )
 
 
-def _client(name: str, k: int, indices: list[int], examples: list[dict], cfg: DataConfig, tokenizer, seed: int,
-            key: str | None) -> tuple[ClientData, int]:
+def _client(
+    name: str, k: int, indices: list[int], examples: list[dict], cfg: DataConfig, tokenizer, seed: int, key: str | None
+) -> tuple[ClientData, int]:
     if len(indices) < 2:
-        raise DataError(f"client {name!r} has {len(indices)} example(s): each client needs at least 2 "
-                        "(one to train on, one held out); use more data or fewer clients")
+        raise DataError(
+            f"client {name!r} has {len(indices)} example(s): each client needs at least 2 "
+            "(one to train on, one held out); use more data or fewer clients"
+        )
     train_idx, eval_idx = eval_split(indices, cfg.eval_fraction, cfg.eval_examples, seed, k)
     eval_examples = [examples[i] for i in eval_idx]
     train_examples = [examples[i] for i in train_idx]

@@ -33,7 +33,9 @@ def chat_prompts(examples: list[dict], tokenizer) -> list[str]:
     example doubles the time to tokenize a large source. Templates that transform the content are caught by
     comparing a few spliced prompts with real renderings, and then rendered one by one."""
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("data.template = 'chat' needs a tokenizer with a chat template; this one has none (use 'alpaca')")
+        raise DataError(
+            "data.template = 'chat' needs a tokenizer with a chat template; this one has none (use 'alpaca')"
+        )
     contents = [ex["instruction"] + (f"\n\n{ex['input']}" if ex.get("input") else "") for ex in examples]
     around = _render(tokenizer, _SLOT)
     if around.count(_SLOT) == 1:

@@ -37,7 +37,7 @@ class TokenizedSet:
             mask[row, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def extend(self, other: "TokenizedSet") -> None:
+    def extend(self, other: TokenizedSet) -> None:
         self.input_ids.extend(other.input_ids)
         self.labels.extend(other.labels)
 

@@ -62,7 +62,9 @@ def load_wordnet(path: str) -> list[dict]:
         directory = directory / "dict"  # the layout of the WordNet tarball
     files = [(directory / f"data.{pos}", name) for pos, name in PARTS_OF_SPEECH.items()]
     if not any(f.is_file() for f, _ in files):
-        raise DataError(f"wordnet:{path}: no WordNet data files (data.noun, data.verb, data.adj, data.adv) in {directory}")
+        raise DataError(
+            f"wordnet:{path}: no WordNet data files (data.noun, data.verb, data.adj, data.adv) in {directory}"
+        )
     lexnames = _lexnames(directory)
     examples: list[dict] = []
     for file, pos_name in files:
@@ -76,7 +78,14 @@ def load_wordnet(path: str) -> list[dict]:
                     raise DataError(f"{file}:{lineno}: not a WordNet data line: {line[:80]!r}") from None
                 if parsed and parsed[2]:
                     word, category, gloss = parsed
-                    examples.append({"instruction": f"Define the word {word} ({pos_name}).", "input": "",
-                                     "response": gloss, "domain": SOURCE_NAME, "category": category,
-                                     "source": SOURCE_NAME})
+                    examples.append(
+                        {
+                            "instruction": f"Define the word {word} ({pos_name}).",
+                            "input": "",
+                            "response": gloss,
+                            "domain": SOURCE_NAME,
+                            "category": category,
+                            "source": SOURCE_NAME,
+                        }
+                    )
     return examples

@@ -16,9 +16,15 @@ def mb(n: int) -> str:
 class RichProgress:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=False)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                            transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
         self.rounds = self.steps = None
         self.steps_per_client = 0
 
@@ -43,8 +49,10 @@ class RichProgress:
         self.bar.advance(self.rounds)
         ev = f"{r['eval_loss']:.4f}" if "eval_loss" in r else "-"
         clients = ",".join(map(str, r["clients"]))
-        self.console.print(f"{r['round']:>5}  {clients:<10} {mb(r['bytes_up']):>9} {mb(r['bytes_down']):>9}"
-                           f"  {r['train_loss']:>10.4f}  {ev:>9}  {r['seconds']:>8.1f}")
+        self.console.print(
+            f"{r['round']:>5}  {clients:<10} {mb(r['bytes_up']):>9} {mb(r['bytes_down']):>9}"
+            f"  {r['train_loss']:>10.4f}  {ev:>9}  {r['seconds']:>8.1f}"
+        )
 
     def log(self, text: str) -> None:
         self.console.print(text)

@@ -26,8 +26,17 @@ class BlobRecord:
 class Ledger:
     records: list[BlobRecord] = field(default_factory=list)
 
-    def add(self, rnd: int, client: int, direction: str, wire_bytes: int, raw_bytes: int, rel_error: float,
-            encode_s: float, decode_s: float) -> None:
+    def add(
+        self,
+        rnd: int,
+        client: int,
+        direction: str,
+        wire_bytes: int,
+        raw_bytes: int,
+        rel_error: float,
+        encode_s: float,
+        decode_s: float,
+    ) -> None:
         """raw_bytes: the fp32 size of what was encoded; wire_bytes: len() of the blob sent."""
         self.records.append(BlobRecord(rnd, client, direction, wire_bytes, raw_bytes, rel_error, encode_s, decode_s))
 

@@ -17,10 +17,14 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
     if not summary_file.is_file():
         if not rows:
             raise UserError(f"{path}: not a fedsqueeze run directory (no {rundir.SUMMARY} or {rundir.ROUNDS})")
-        summary = {"method": f"{path.name} (unfinished)", "rounds": rows[-1]["round"],
-                   "bytes_up": sum(r["bytes_up"] for r in rows), "bytes_down": sum(r["bytes_down"] for r in rows),
-                   "seconds": sum(r["seconds"] for r in rows),
-                   "final_eval_loss": next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), float("nan"))}
+        summary = {
+            "method": f"{path.name} (unfinished)",
+            "rounds": rows[-1]["round"],
+            "bytes_up": sum(r["bytes_up"] for r in rows),
+            "bytes_down": sum(r["bytes_down"] for r in rows),
+            "seconds": sum(r["seconds"] for r in rows),
+            "final_eval_loss": next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), float("nan")),
+        }
         summary["bytes_total"] = summary["bytes_up"] + summary["bytes_down"]
         return summary, rows
     return json.loads(summary_file.read_text()), rows
@@ -28,12 +32,16 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
 
 def markdown_table(runs: list[tuple[str, dict, list[dict]]]) -> str:
     base = next((s for _, s, _ in runs if s["method"] == "fedavg"), None)
-    lines = ["| run | method | MB up | MB down | MB total | traffic vs fedavg | final eval loss | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | method | MB up | MB down | MB total | traffic vs fedavg | final eval loss | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s, _ in runs:
         ratio = f"{s['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
-        lines.append(f"| {name} | {s['method']} | {s['bytes_up'] / MB:.3f} | {s['bytes_down'] / MB:.3f} | "
-                     f"{s['bytes_total'] / MB:.3f} | {ratio} | {s['final_eval_loss']:.4f} | {s['seconds']:.1f} |")
+        lines.append(
+            f"| {name} | {s['method']} | {s['bytes_up'] / MB:.3f} | {s['bytes_down'] / MB:.3f} | "
+            f"{s['bytes_total'] / MB:.3f} | {ratio} | {s['final_eval_loss']:.4f} | {s['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -14,8 +14,15 @@ from .architectures import HUB_IDS, architecture_config, random_model, shipped
 ALIASES = ("tiny", "smollm2-135m", *(n for n in HUB_IDS if n != "smollm2-135m"))
 
 
-def load_base(name: str, log=print, *, dtype: torch.dtype = torch.float32, init: str = "pretrained",
-              quantize: str = "none", device: torch.device | None = None):
+def load_base(
+    name: str,
+    log=print,
+    *,
+    dtype: torch.dtype = torch.float32,
+    init: str = "pretrained",
+    quantize: str = "none",
+    device: torch.device | None = None,
+):
     """Returns (model, tokenizer), eval mode, frozen, base weights in `dtype`.
 
     quantize: "8bit" / "4bit" loads through bitsandbytes onto `device` (CUDA only); otherwise the
@@ -56,22 +63,28 @@ def _quantization(name: str, init: str, quantize: str, dtype: torch.dtype, devic
     if quantize == "none":
         return None
     if device is None or device.type != "cuda":
-        raise ConfigError(f"config key 'model.quantize': {quantize!r} needs a CUDA GPU (bitsandbytes quantizes "
-                          f"on CUDA only) and this run trains on {device or 'cpu'}; use model.quantize = \"none\"")
+        raise ConfigError(
+            f"config key 'model.quantize': {quantize!r} needs a CUDA GPU (bitsandbytes quantizes "
+            f'on CUDA only) and this run trains on {device or "cpu"}; use model.quantize = "none"'
+        )
     if name == "tiny" or init == "random" or name.endswith(".gguf"):
-        raise ConfigError(f"config key 'model.quantize': {quantize!r} quantizes pretrained weights loaded from a "
-                          f"Hugging Face id or folder (or smollm2-135m), not {name!r} with model.init = {init!r}")
+        raise ConfigError(
+            f"config key 'model.quantize': {quantize!r} quantizes pretrained weights loaded from a "
+            f"Hugging Face id or folder (or smollm2-135m), not {name!r} with model.init = {init!r}"
+        )
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise ConfigError(f"config key 'model.quantize': {quantize!r} needs bitsandbytes: "
-                          "pip install 'fedsqueeze[gpu]'") from None
+        raise ConfigError(
+            f"config key 'model.quantize': {quantize!r} needs bitsandbytes: pip install 'fedsqueeze[gpu]'"
+        ) from None
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = dtype if dtype != torch.float32 else torch.bfloat16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def _random(name: str, dtype: torch.dtype, device, log):
@@ -100,8 +113,10 @@ def _load_pretrained(name_or_dir: str, dtype: torch.dtype = torch.float32, quant
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
     except OSError as exc:  # hub unreachable, unknown id, missing files
         first = str(exc).strip().splitlines()[0]
-        raise UserError(f"model.name {name_or_dir!r}: cannot load ({first}); allowed: a Hugging Face id, "
-                        f"a local folder, a .gguf file, or one of {', '.join(ALIASES)}") from None
+        raise UserError(
+            f"model.name {name_or_dir!r}: cannot load ({first}); allowed: a Hugging Face id, "
+            f"a local folder, a .gguf file, or one of {', '.join(ALIASES)}"
+        ) from None
     return model, tok
 
 
@@ -111,13 +126,17 @@ def build_model(cfg, placement, log=print):
     The LoRA init is drawn on the CPU from `cfg.seed` before the move, so every device and every
     process starts from the same adapter."""
     m, t = cfg.model, cfg.train
-    model, tok = load_base(m.name, log, dtype=placement.model_dtype, init=m.init, quantize=m.quantize,
-                           device=placement.device)
+    model, tok = load_base(
+        m.name, log, dtype=placement.model_dtype, init=m.init, quantize=m.quantize, device=placement.device
+    )
     if m.quantize != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     peft_model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed)
     if m.quantize == "none":
         peft_model.to(placement.device)

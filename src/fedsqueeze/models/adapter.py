@@ -13,8 +13,7 @@ ADAPTER = "default"
 def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int):
     """Wraps `model` with a LoRA adapter. The initial A is drawn from `seed`: every participant
     builds the same starting adapter without sending it."""
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -41,9 +41,11 @@ def architecture_config(name: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name {name!r}: no architecture config ({str(exc).strip().splitlines()[0]}); "
-                        f"allowed: a folder with config.json, a Hugging Face id, tiny, or one of "
-                        f"{', '.join(sorted(HUB_IDS))}") from None
+        raise UserError(
+            f"model.name {name!r}: no architecture config ({str(exc).strip().splitlines()[0]}); "
+            f"allowed: a folder with config.json, a Hugging Face id, tiny, or one of "
+            f"{', '.join(sorted(HUB_IDS))}"
+        ) from None
 
 
 def random_model(config: PretrainedConfig, dtype: torch.dtype, device: torch.device | str = "cpu"):

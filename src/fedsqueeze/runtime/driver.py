@@ -53,7 +53,7 @@ class CloseRule:
     work_seconds: float | None = None
 
     @classmethod
-    def of(cls, hybrid: HybridConfig) -> "CloseRule":
+    def of(cls, hybrid: HybridConfig) -> CloseRule:
         return cls(hybrid.quorum, hybrid.deadline, hybrid.deadline if hybrid.partial_work else None)
 
     @property
@@ -92,8 +92,9 @@ class Transport(Protocol):
     def in_flight(self) -> set[int]:
         """Clients whose upload has not arrived yet."""
 
-    def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule,
-                 progress) -> tuple[list[Upload], float | None]:
+    def exchange(
+        self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress
+    ) -> tuple[list[Upload], float | None]:
         """Delivers the blobs, lets the clients train and returns the uploads that arrived by the
         close (late ones from earlier rounds included) in the order they are to be applied, and the
         simulated seconds the round took (None on a real clock)."""
@@ -125,8 +126,10 @@ class LogProgress(NullProgress):
         self.log = log
 
     def round_end(self, r: dict) -> None:
-        line = (f"round {r['round']}: clients {r['clients']} | up {r['bytes_up']:,} B | down {r['bytes_down']:,} B | "
-                f"train loss {r['train_loss']:.4f}")
+        line = (
+            f"round {r['round']}: clients {r['clients']} | up {r['bytes_up']:,} B | down {r['bytes_down']:,} B | "
+            f"train loss {r['train_loss']:.4f}"
+        )
         if "eval_loss" in r:
             line += f" | eval loss {r['eval_loss']:.4f}"
         self.log(line + f" | {r['seconds']:.1f} s")
@@ -135,8 +138,10 @@ class LogProgress(NullProgress):
 class Driver:
     def __init__(self, session: Session, transport: Transport, out: Path, progress=None):
         if transport.remote and not session.method.mode.federated:
-            raise UserError(f"method {session.cfg.method!r} sends nothing over the wire (each client keeps its "
-                            "own adapter, or all data is pooled): run it with runtime.kind = \"local\"")
+            raise UserError(
+                f"method {session.cfg.method!r} sends nothing over the wire (each client keeps its "
+                'own adapter, or all data is pooled): run it with runtime.kind = "local"'
+            )
         self.s = session
         self.transport = transport
         self.out = out
@@ -179,8 +184,10 @@ class Driver:
             staleness = rnd - up.origin
             if staleness > self.s.cfg.hybrid.max_staleness:
                 # Too old to help; its bytes crossed the wire all the same.
-                self.progress.log(f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
-                                  f"(staleness {staleness} > {self.s.cfg.hybrid.max_staleness})")
+                self.progress.log(
+                    f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
+                    f"(staleness {staleness} > {self.s.cfg.hybrid.max_staleness})"
+                )
                 self.server.count_dropped(rnd, up.client, up.blob, up.metrics)
                 dropped.append(up.client)
                 continue
@@ -188,8 +195,10 @@ class Driver:
                 stale[str(up.client)] = staleness
             self.server.receive(rnd, up.client, up.blob, up.metrics, staleness)
         if not arrived and not late:
-            raise UserError(f"round {rnd}: no client answered; stopped after round {self.done} "
-                            "(the last finished round is checkpointed)")
+            raise UserError(
+                f"round {rnd}: no client answered; stopped after round {self.done} "
+                "(the last finished round is checkpointed)"
+            )
         seconds = time.perf_counter() - t0
         record = self.server.close_round(rnd)
         cfg = self.s.cfg.train
@@ -234,8 +243,13 @@ class Driver:
     def save(self) -> None:
         tensors, meta = self.transport.state_dict()
         state = {**prefixed("server/", self.server.state_dict()), **tensors}
-        meta = {"round": self.done, "seconds": self.elapsed, "base_eval": self.base_eval,
-                "placement": self.server.recorded_placement, **meta}
+        meta = {
+            "round": self.done,
+            "seconds": self.elapsed,
+            "base_eval": self.base_eval,
+            "placement": self.server.recorded_placement,
+            **meta,
+        }
         save_checkpoint(self.out, state, meta)
 
     def restore(self) -> None:
@@ -252,18 +266,23 @@ def describe(s: Session, log) -> None:
     """The console header every runtime prints before its first round."""
     log(s.federation.summary())
     numel = s.adapter.layout.numel
-    log(f"method {s.cfg.method} | uplink {s.uplink_spec} | downlink {s.downlink_spec} | "
-        f"adapter {numel:,} params ({numel * 4 / 1e6:.2f} MB fp32)")
+    log(
+        f"method {s.cfg.method} | uplink {s.uplink_spec} | downlink {s.downlink_spec} | "
+        f"adapter {numel:,} params ({numel * 4 / 1e6:.2f} MB fp32)"
+    )
     log(s.placement.describe())
     rule = CloseRule.of(s.cfg.hybrid)
     if rule.keep_late:
-        log(f"a round closes at a quorum of {rule.quorum:g} of its clients"
+        log(
+            f"a round closes at a quorum of {rule.quorum:g} of its clients"
             + (f" or after {rule.deadline:g} s" if rule.deadline is not None else "")
-            + "; late uploads join the round in which they arrive")
+            + "; late uploads join the round in which they arrive"
+        )
 
 
-def finish(s: Session, out: Path, client_states, rounds_done: int, elapsed: float,
-           base_eval: dict | None = None) -> dict:
+def finish(
+    s: Session, out: Path, client_states, rounds_done: int, elapsed: float, base_eval: dict | None = None
+) -> dict:
     """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json."""
     rows = rundir.read_rounds(out)
     s.adapter.set(s.method.final_adapter(client_states))

@@ -68,8 +68,9 @@ class InProcessTransport:
             trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c])
             started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
         self.flights += started
-        close = rule.close_time(self.clock, [f.arrival for f in started],
-                                [f.arrival for f in self.flights if f.origin < rnd])
+        close = rule.close_time(
+            self.clock, [f.arrival for f in started], [f.arrival for f in self.flights if f.origin < rnd]
+        )
         arrived = sorted((f for f in self.flights if f.arrival <= close), key=lambda f: (f.arrival, f.client))
         self.flights = [f for f in self.flights if f.arrival > close]
         elapsed, self.clock = close - self.clock, close
@@ -83,8 +84,15 @@ class InProcessTransport:
         for i, f in enumerate(self.flights):
             if f.blob is not None:
                 state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.blob, dtype=np.uint8).copy())
-            flights.append({"arrival": f.arrival, "origin": f.origin, "client": f.client, "metrics": f.metrics,
-                            "has_blob": f.blob is not None})
+            flights.append(
+                {
+                    "arrival": f.arrival,
+                    "origin": f.origin,
+                    "client": f.client,
+                    "metrics": f.metrics,
+                    "has_blob": f.blob is not None,
+                }
+            )
         meta = {"clock": self.clock, "in_flight": flights, "last_up": {str(c): n for c, n in self.last_up.items()}}
         return state, meta
 
@@ -94,9 +102,16 @@ class InProcessTransport:
         self.clock = meta.get("clock", 0.0)
         self.last_up = {int(c): n for c, n in meta.get("last_up", {}).items()}
         in_flight = meta.get("in_flight", [])
-        self.flights = [InFlight(f["arrival"], f["origin"], f["client"],
-                                 state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, f["metrics"])
-                        for i, f in enumerate(in_flight if isinstance(in_flight, list) else [])]
+        self.flights = [
+            InFlight(
+                f["arrival"],
+                f["origin"],
+                f["client"],
+                state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None,
+                f["metrics"],
+            )
+            for i, f in enumerate(in_flight if isinstance(in_flight, list) else [])
+        ]
 
 
 def LocalRuntime(session: Session, out: Path, progress=None) -> Driver:

@@ -7,8 +7,8 @@ A runtime whose clients run in this process is a Transport and `in_process(Trans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import Config
 from ..registry import Registry
@@ -19,8 +19,16 @@ RUNTIMES: Registry[Callable[..., dict | None]] = Registry("runtime", key="runtim
 def in_process(transport_factory) -> Callable[..., dict | None]:
     """An execute function for a transport built from the Session, `transport_factory(session)`."""
 
-    def execute(cfg: Config, out: Path, *, resume: bool = False, until: int | None = None,
-                overwrite: bool = False, progress=None, log=print) -> dict | None:
+    def execute(
+        cfg: Config,
+        out: Path,
+        *,
+        resume: bool = False,
+        until: int | None = None,
+        overwrite: bool = False,
+        progress=None,
+        log=print,
+    ) -> dict | None:
         from . import rundir
         from .driver import Driver, describe
         from .session import Session
@@ -51,13 +59,21 @@ def _local(session):
     return InProcessTransport(session)
 
 
-def _flower_sim(cfg: Config, out: Path, *, resume: bool = False, until: int | None = None,
-                overwrite: bool = False, progress=None, log=print) -> dict | None:
+def _flower_sim(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    until: int | None = None,
+    overwrite: bool = False,
+    progress=None,
+    log=print,
+) -> dict | None:
     from ..errors import UserError
     from .flower import run_flower_simulation
 
     if until is not None:
-        raise UserError("--until works with runtime.kind = \"local\"; on Flower, stop the run and resume it")
+        raise UserError('--until works with runtime.kind = "local"; on Flower, stop the run and resume it')
     return run_flower_simulation(cfg, out, overwrite=overwrite, resume=resume, log=log)
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import time
 
+from ..client import train_client
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT
-from ..client import train_client
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unprefixed
 from .session import Session
 
@@ -30,8 +30,9 @@ class ClientRole:
         self.sender = session.uplink_sender()
         self.decoder = session.downlink_decoder()
 
-    def handle(self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None,
-               seconds: float | None = None) -> tuple[bytes | None, dict]:
+    def handle(
+        self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
+    ) -> tuple[bytes | None, dict]:
         """steps / seconds: the partial-work limit of the round's close rule (client.train_client)."""
         s, method = self.s, self.s.method
         reset_peaks(s.placement.device)
@@ -51,8 +52,13 @@ class ClientRole:
                 on_step(loss)
 
         trained, losses = train_client(s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
-        metrics = {"train_loss": sum(losses) / len(losses), "down_decode_s": decode_s, "steps": len(losses),
-                   "num_examples": s.federation.clients[self.client].num_examples, **peaks(s.placement.device)}
+        metrics = {
+            "train_loss": sum(losses) / len(losses),
+            "down_decode_s": decode_s,
+            "steps": len(losses),
+            "num_examples": s.federation.clients[self.client].num_examples,
+            **peaks(s.placement.device),
+        }
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
             upload = method.client_upload(self.state, start, trained)
@@ -119,15 +125,31 @@ class ServerRole:
         t0 = time.perf_counter()
         tensors = self.decoder.decode(blob)
         decode_s = time.perf_counter() - t0
-        self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0), metrics.get("up_rel_error", 0.0),
-                        metrics.get("up_encode_s", 0.0), decode_s)
+        self.ledger.add(
+            rnd,
+            client,
+            UP,
+            len(blob),
+            metrics.get("up_raw_bytes", 0),
+            metrics.get("up_rel_error", 0.0),
+            metrics.get("up_encode_s", 0.0),
+            decode_s,
+        )
         self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"]), staleness))
 
     def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
         """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
         if blob is not None:
-            self.ledger.add(rnd, client, UP, len(blob), metrics.get("up_raw_bytes", 0),
-                            metrics.get("up_rel_error", 0.0), metrics.get("up_encode_s", 0.0), 0.0)
+            self.ledger.add(
+                rnd,
+                client,
+                UP,
+                len(blob),
+                metrics.get("up_raw_bytes", 0),
+                metrics.get("up_rel_error", 0.0),
+                metrics.get("up_encode_s", 0.0),
+                0.0,
+            )
 
     def close_round(self, rnd: int) -> dict:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and

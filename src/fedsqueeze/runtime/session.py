@@ -33,7 +33,7 @@ class Session:
     placement: Placement
 
     @classmethod
-    def build(cls, cfg: Config, log=print, caps=None) -> "Session":
+    def build(cls, cfg: Config, log=print, caps=None) -> Session:
         """caps: the hardware's Capabilities (detected when None; tests inject them)."""
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -42,19 +42,34 @@ class Session:
         adapter = LoraAdapter(peft_model)
         method_cls = METHODS.get(cfg.method)
         federation = build_federation(cfg.data, tok, cfg.seed, pooled=method_cls.mode.pooled)
-        ctx = MethodContext(layout=adapter.layout, init_adapter=adapter.get(), seed=cfg.seed,
-                            weighting=cfg.train.weighting, rounds=cfg.train.rounds,
-                            staleness_exponent=cfg.hybrid.staleness_exponent)
+        ctx = MethodContext(
+            layout=adapter.layout,
+            init_adapter=adapter.get(),
+            seed=cfg.seed,
+            weighting=cfg.train.weighting,
+            rounds=cfg.train.rounds,
+            staleness_exponent=cfg.hybrid.staleness_exponent,
+        )
         method = build_method(cfg.method, cfg.params, ctx)
-        session = cls(cfg, peft_model, tok, adapter, federation, method,
-                      cfg.uplink.codec or method.default_uplink, cfg.downlink.codec or method.default_downlink,
-                      placement)
+        session = cls(
+            cfg,
+            peft_model,
+            tok,
+            adapter,
+            federation,
+            method,
+            cfg.uplink.codec or method.default_uplink,
+            cfg.downlink.codec or method.default_downlink,
+            placement,
+        )
         down = session.downlink_sender().codec  # also validates both specs before any training
         session.uplink_sender()
         if method.lossless_downlink and not down.lossless:
-            raise ConfigError(f"config key 'downlink.codec': {cfg.method} keeps every client's adapter identical to "
-                              f"the server's, so its downlink must be lossless (got {session.downlink_spec!r}; "
-                              f"e.g. sparse, fp32, or either > zstd)")
+            raise ConfigError(
+                f"config key 'downlink.codec': {cfg.method} keeps every client's adapter identical to "
+                f"the server's, so its downlink must be lossless (got {session.downlink_spec!r}; "
+                f"e.g. sparse, fp32, or either > zstd)"
+            )
         return session
 
     # ---- links -------------------------------------------------------------------------------

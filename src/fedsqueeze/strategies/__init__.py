@@ -12,14 +12,14 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 
 def _register() -> None:
+    from .cg_fedllm import CGFedLLM
+    from .fed_dare import FedDARE
     from .fedavg import FedAvg
-    from .local import Centralized, Local
     from .fedsrd import FedSRD, FedSRDe
     from .ffa_lora import FFALoRA
-    from .fed_dare import FedDARE
     from .flexlora import FlexLoRA
-    from .cg_fedllm import CGFedLLM
     from .gradualdiff import GradualDiff
+    from .local import Centralized, Local
 
     for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM, GradualDiff):
         METHODS.register(cls.name)(cls)

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict
 
 from ..tensors import Layout, Tensors, clone
 
-
 SNAPSHOT = "snapshot/"
 
 

@@ -85,11 +85,16 @@ class CGFedLLMParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     arch: Literal["paper", "row", "tensor"] = Field(
-        "paper", description="paper: faithful conv AE; row: shared linear AE on chunks; tensor: linear AE per tensor")
+        "paper", description="paper: faithful conv AE; row: shared linear AE on chunks; tensor: linear AE per tensor"
+    )
     tgap_rounds: int | None = Field(None, ge=1, description="TGAP rounds (default: tgap_fraction of the rounds, >= 1)")
     tgap_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each client's data used in TGAP")
-    tgap_snapshots: int = Field(1, ge=1, description="snapshots per client per TGAP round, evenly spaced over "
-                                "the local steps, the last being the round's update (the others cost uplink bytes)")
+    tgap_snapshots: int = Field(
+        1,
+        ge=1,
+        description="snapshots per client per TGAP round, evenly spaced over "
+        "the local steps, the last being the round's update (the others cost uplink bytes)",
+    )
     # 10 x 4000: the paper network's training stays minutes on 2 CPU cores at W4 scale (its SNR on
     # unseen updates is ~0 dB after 10 or 200 epochs alike); the linear ones converge from PCA.
     epochs: int = Field(10, ge=0, description="autoencoder training epochs over the pool")
@@ -136,8 +141,10 @@ class CGFedLLM(Method):
         if p.arch == "tensor":
             shortest = min(self.view.vector_length(u) for u in self.view.units)
             if p.basis > shortest:
-                raise ConfigError(f"config key 'params.basis' for method 'cg-fedllm': {p.basis} is more than the "
-                                  f"shortest rank vector of this adapter ({shortest})")
+                raise ConfigError(
+                    f"config key 'params.basis' for method 'cg-fedllm': {p.basis} is more than the "
+                    f"shortest rank vector of this adapter ({shortest})"
+                )
         self.net = self._fresh_network()
         self.tied = count_params(self.net, "decoder") == 0
         self.compressor = Compressor(self.net, self.view, p.latent_bits)
@@ -240,9 +247,17 @@ class CGFedLLM(Method):
     def _train(self) -> dict:
         p = self.params
         samples = self.pool.samples(self.compressor)
-        metrics = train_autoencoder(self.net, samples, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                                    seed=self.ctx.seed * 1_000_003 + 6, max_samples=p.max_samples,
-                                    pca_init=p.pca_init, eval_latent=self.fixed_latent)
+        metrics = train_autoencoder(
+            self.net,
+            samples,
+            epochs=p.epochs,
+            lr=p.lr,
+            batch_size=p.batch_size,
+            seed=self.ctx.seed * 1_000_003 + 6,
+            max_samples=p.max_samples,
+            pca_init=p.pca_init,
+            eval_latent=self.fixed_latent,
+        )
         self.pool.clear()  # TGAP's snapshots are not needed once the network has learned from them
         self.version += 1
         metrics["ae_encoder_params"] = count_params(self.net, "encoder")
@@ -267,7 +282,7 @@ class CGFedLLM(Method):
         load_half(self.net, "encoder", state["cg/encoder"])
         load_half(self.net, "decoder", state["cg/decoder"])
         prefix = "cg/pool/"
-        self.pool.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.pool.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         self.client_halves = {}
         for key, v in state.items():
             if key.startswith("cg/client/"):
@@ -301,7 +316,8 @@ class CGFedLLM(Method):
         if STATE_DECODER in state:
             load_half(net, "decoder", state[STATE_DECODER])
         encoded = Compressor(net, self.view, p.latent_bits).compress(
-            update, latent=self.fixed_latent, min_snr_db=p.adaptive_snr_db, measure=has_decoder)
+            update, latent=self.fixed_latent, min_snr_db=p.adaptive_snr_db, measure=has_decoder
+        )
         message = dict(encoded.message)
         if has_decoder:
             paper = layer_snr_db(update, encoded.reconstruction)
@@ -317,6 +333,6 @@ def _snapshots(tensors: Tensors, prefix: str) -> dict[int, Tensors]:
     out: dict[int, Tensors] = {}
     for key, v in tensors.items():
         if key.startswith(prefix):
-            step, name = key[len(prefix):].split("/", 1)
+            step, name = key[len(prefix) :].split("/", 1)
             out.setdefault(int(step), {})[name] = v
     return dict(sorted(out.items()))

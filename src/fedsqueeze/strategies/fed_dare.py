@@ -28,8 +28,7 @@ class FedDARE(Method):
 
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
         rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "dare")
-        return {k: lm.random_drop(trained[k] - start[k], self.params.p, rng)
-                for k in trained if self.trainable(k)}
+        return {k: lm.random_drop(trained[k] - start[k], self.params.p, rng) for k in trained if self.trainable(k)}
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         """global += sum_i w_i upload_i (FedAvg of deltas; the uploads are unbiased estimates)."""

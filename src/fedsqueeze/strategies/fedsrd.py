@@ -85,11 +85,14 @@ class FedSRDParams(BaseModel):
     coef: float = Field(0.1, ge=0.0, description="kurtosis term = coef * ln(max(kappa, 1))")
     download_drop: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of the broadcast delta dropped")
     download_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)")
+        "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)"
+    )
     moves: Literal["one", "both"] = Field(
-        "one", description="factors moved per round: one (alternating, the paper) or both (that one, then the other)")
+        "one", description="factors moved per round: one (alternating, the paper) or both (that one, then the other)"
+    )
     projection_damping: float = Field(
-        0.0, ge=0.0, description="Tikhonov damping of the pinv, relative to the factor's largest singular value")
+        0.0, ge=0.0, description="Tikhonov damping of the pinv, relative to the factor's largest singular value"
+    )
     rescale: bool = Field(True, description="L1 rescale on upload and 1/(1-drop) on download")
     start_factor: Literal["A", "B"] = Field("B", description="factor moved in round 1 (B: no wasted round)")
     sparsifier: Literal["importance", "magnitude", "random", "none"] = "importance"
@@ -185,8 +188,9 @@ class FedSRD(Method):
         if self.params.decompose:
             factor = self.moved_factor(rnd)
             delta = self._decomposed_delta(rnd, factor, updates, weights)
-            self.cumulative = {k: self.cumulative[k] + delta[k] if k in delta else self.cumulative[k]
-                               for k in self.cumulative}
+            self.cumulative = {
+                k: self.cumulative[k] + delta[k] if k in delta else self.cumulative[k] for k in self.cumulative
+            }
             self.last_delta = delta
             nonzero = sum(int(v.count_nonzero()) for v in delta.values())
             metrics = {"factor": factor, "broadcast_nonzero": nonzero}
@@ -276,7 +280,7 @@ class FedSRD(Method):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
-        self.last_delta = {k[len("last_delta/"):]: v.clone() for k, v in state.items() if k.startswith("last_delta/")}
+        self.last_delta = {k[len("last_delta/") :]: v.clone() for k, v in state.items() if k.startswith("last_delta/")}
         self.version = int(state["version"])
         self.held = {int(c): int(v) for c, v in state["held"].tolist()}
         self.sent = {int(c): int(v) for c, v in state["sent"].tolist()}

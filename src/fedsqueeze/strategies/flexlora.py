@@ -7,8 +7,8 @@ core, see lora_math.truncated_svd_factored), never a d_out x d_in matrix."""
 
 from __future__ import annotations
 
-from .base import ClientUpdate, Method, MethodContext
 from . import lora_math as lm
+from .base import ClientUpdate, Method, MethodContext
 
 
 class FlexLoRA(Method):

@@ -51,9 +51,7 @@ def lora_pairs(names) -> list[LoraPair]:
             paired.update((name, b))
     unpaired = [n for n in names if n not in paired]
     if unpaired:
-        raise ConfigError(
-            f"this method needs an adapter made only of lora_A/lora_B pairs; unpaired: {unpaired[:3]}"
-        )
+        raise ConfigError(f"this method needs an adapter made only of lora_A/lora_B pairs; unpaired: {unpaired[:3]}")
     return pairs
 
 

@@ -32,8 +32,10 @@ def _partition(context: Context) -> tuple[int, int]:
     try:
         return int(context.node_config[PARTITION_ID]), int(context.node_config[NUM_PARTITIONS])
     except KeyError as exc:
-        raise RuntimeError(f"this SuperNode has no {exc.args[0]!r} in its node config: start it with "
-                           "--node-config 'partition-id=I num-partitions=N'") from None
+        raise RuntimeError(
+            f"this SuperNode has no {exc.args[0]!r} in its node config: start it with "
+            "--node-config 'partition-id=I num-partitions=N'"
+        ) from None
 
 
 def make_client_app(config_toml: str | None = None) -> ClientApp:
@@ -60,8 +62,11 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
         role = ClientRole(_session(text), partition)
         role.load_state_dict(wire.load_state(context.state))
         seconds = info.get(wire.TRAIN_SECONDS)
-        up_blob, metrics = role.handle(int(info["round"]), wire.unpack(msg.content, "down"),
-                                       seconds=float(seconds) if seconds is not None else None)
+        up_blob, metrics = role.handle(
+            int(info["round"]),
+            wire.unpack(msg.content, "down"),
+            seconds=float(seconds) if seconds is not None else None,
+        )
         wire.save_state(context.state, role.state_dict())
         return wire.train_reply(msg, partition, up_blob, metrics)
 

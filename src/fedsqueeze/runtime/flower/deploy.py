@@ -41,15 +41,29 @@ def flower_env(home: Path, base: dict | None = None) -> dict:
     home = Path(home).resolve()
     # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name from PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({"FLWR_HOME": str(home), "UV_CACHE_DIR": str(home / "uv-cache"), "RAY_TMPDIR": str(home / "ray"),
-                "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(
+        {
+            "FLWR_HOME": str(home),
+            "UV_CACHE_DIR": str(home / "uv-cache"),
+            "RAY_TMPDIR": str(home / "ray"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     return env
 
 
 def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False) -> list[str]:
-    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
-           # Apps run on the fedsqueeze already installed here: no per-run `uv sync` (needs the internet).
-           "--disable-runtime-dependency-installation"]
+    cmd = [
+        executable("flower-superlink"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # Apps run on the fedsqueeze already installed here: no per-run `uv sync` (needs the internet).
+        "--disable-runtime-dependency-installation",
+    ]
     if tls is None:
         cmd.append("--insecure")
     else:
@@ -59,11 +73,27 @@ def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None
     return cmd
 
 
-def supernode_command(superlink: str, partition: int, partitions: int, port: int, host: str = "127.0.0.1",
-                      root_cert: Path | None = None, auth_key: Path | None = None) -> list[str]:
+def supernode_command(
+    superlink: str,
+    partition: int,
+    partitions: int,
+    port: int,
+    host: str = "127.0.0.1",
+    root_cert: Path | None = None,
+    auth_key: Path | None = None,
+) -> list[str]:
     """port: this SuperNode's own ClientApp API (one per SuperNode on a machine)."""
-    cmd = [executable("flower-supernode"), "--superlink", superlink, "--host", host, "--port", str(port),
-           "--node-config", f"partition-id={partition} num-partitions={partitions}"]
+    cmd = [
+        executable("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--node-config",
+        f"partition-id={partition} num-partitions={partitions}",
+    ]
     cmd += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if auth_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
@@ -88,8 +118,9 @@ def write_run_config(path: Path, config_toml: str, out: Path, overwrite: bool = 
     return path
 
 
-def run_command(run_config: Path, app_dir: Path | None = None, stream: bool = True,
-                connection: str = CONNECTION) -> list[str]:
+def run_command(
+    run_config: Path, app_dir: Path | None = None, stream: bool = True, connection: str = CONNECTION
+) -> list[str]:
     cmd = [executable("flwr"), "run", str(app_dir or project_dir()), connection, "--run-config", str(run_config)]
     return cmd + ["--stream"] if stream else cmd
 

@@ -65,8 +65,10 @@ class GridTransport:
             info = reply.content.config_records[wire.INFO]
             partition, partitions = int(info[PARTITION_ID]), int(info[NUM_PARTITIONS])
             if partitions != self.s.num_clients or not 0 <= partition < partitions:
-                self.log(f"node {node} holds partition {partition} of {partitions}, but this federation has "
-                         f"{self.s.num_clients} clients: ignored")
+                self.log(
+                    f"node {node} holds partition {partition} of {partitions}, but this federation has "
+                    f"{self.s.num_clients} clients: ignored"
+                )
                 self.ignored.add(node)
                 continue
             if partition in self.nodes:
@@ -82,8 +84,10 @@ class GridTransport:
                 break
             time.sleep(1.0)
         missing = sorted(set(range(self.s.num_clients)) - set(self.nodes))
-        self.log(f"{len(self.nodes)} of {self.s.num_clients} clients connected" +
-                 (f"; missing partitions {missing}" if missing else ""))
+        self.log(
+            f"{len(self.nodes)} of {self.s.num_clients} clients connected"
+            + (f"; missing partitions {missing}" if missing else "")
+        )
         if not self.nodes:
             raise UserError(f"no SuperNode connected within runtime.connect_timeout = {self.rt.connect_timeout} s")
 
@@ -139,8 +143,10 @@ class GridTransport:
         if meta.get("in_flight"):
             self.log("resuming on Flower: updates that were in flight when the server stopped are not awaited")
         if any(k.startswith("client/") for k in state):
-            self.log("resuming on Flower: the checkpoint's client state (error-feedback memory) stays behind; "
-                     "clients start from empty state")
+            self.log(
+                "resuming on Flower: the checkpoint's client state (error-feedback memory) stays behind; "
+                "clients start from empty state"
+            )
 
 
 def push(grid: Grid, messages: list[Message]) -> list[str]:

@@ -3,8 +3,8 @@ run config; the simulation engine builds its own ServerApp around the config it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from logging import INFO
-from typing import Callable
 
 from flwr.app import Context
 from flwr.common.logger import log as flwr_log

@@ -9,11 +9,11 @@ below must match pyproject.toml.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
+import tomllib
 
 from ...config import Config, validate
 from ...errors import ConfigError
@@ -33,18 +33,20 @@ class AppSettings:
     resume: bool = False
 
     @classmethod
-    def from_run_config(cls, run_config) -> "AppSettings":
+    def from_run_config(cls, run_config) -> AppSettings:
         values = {**DEFAULTS, **dict(run_config)}
         if not str(values[CONFIG_TOML]).strip():
-            raise ConfigError(f"run config {CONFIG_TOML!r} is empty: pass the fedsqueeze config, e.g. with "
-                              "`fedsqueeze flower run CONFIG.toml ...` or `flwr run . CONN --run-config FILE.toml`")
-        return cls(str(values[CONFIG_TOML]), Path(str(values[OUT_DIR])), bool(values[OVERWRITE]),
-                   bool(values[RESUME]))
+            raise ConfigError(
+                f"run config {CONFIG_TOML!r} is empty: pass the fedsqueeze config, e.g. with "
+                "`fedsqueeze flower run CONFIG.toml ...` or `flwr run . CONN --run-config FILE.toml`"
+            )
+        return cls(str(values[CONFIG_TOML]), Path(str(values[OUT_DIR])), bool(values[OVERWRITE]), bool(values[RESUME]))
 
     def to_run_config_toml(self) -> str:
         """A file for `flwr run --run-config FILE.toml`."""
-        return tomli_w.dumps({CONFIG_TOML: self.config_toml, OUT_DIR: str(self.out),
-                              OVERWRITE: self.overwrite, RESUME: self.resume})
+        return tomli_w.dumps(
+            {CONFIG_TOML: self.config_toml, OUT_DIR: str(self.out), OVERWRITE: self.overwrite, RESUME: self.resume}
+        )
 
 
 def config_from_toml(text: str) -> Config:

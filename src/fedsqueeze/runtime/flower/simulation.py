@@ -18,8 +18,7 @@ from ...hardware import Placement
 from .. import rundir
 
 
-def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False,
-                          log=print) -> dict:
+def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:
     from flwr.simulation import run_simulation
 
     from .client_app import make_client_app
@@ -43,12 +42,20 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     backend = {
         # Ray runs as many ClientApps at once as both resources allow: sim_gpus 0.25 puts four on a GPU.
         "client_resources": {"num_cpus": 1, "num_gpus": cfg.runtime.sim_gpus},
-        "init_args": {"num_cpus": workers, "num_gpus": gpus, "_temp_dir": ray_tmp,
-                      "object_store_memory": 256 * 1024 * 1024},
+        "init_args": {
+            "num_cpus": workers,
+            "num_gpus": gpus,
+            "_temp_dir": ray_tmp,
+            "object_store_memory": 256 * 1024 * 1024,
+        },
     }
     try:
-        run_simulation(make_server_app(main), make_client_app(cfg.to_toml()),
-                       num_supernodes=cfg.data.clients, backend_config=backend)
+        run_simulation(
+            make_server_app(main),
+            make_client_app(cfg.to_toml()),
+            num_supernodes=cfg.data.clients,
+            backend_config=backend,
+        )
     finally:
         _shutdown_ray()
         if old_tmp is None:
@@ -69,8 +76,10 @@ def _gpus_for(cfg: Config) -> int:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise ConfigError(f"config key 'runtime.sim_gpus': {cfg.runtime.sim_gpus:g} GPU per ClientApp, but this "
-                          "machine has no CUDA GPU; use runtime.sim_gpus = 0")
+        raise ConfigError(
+            f"config key 'runtime.sim_gpus': {cfg.runtime.sim_gpus:g} GPU per ClientApp, but this "
+            "machine has no CUDA GPU; use runtime.sim_gpus = 0"
+        )
     return count
 
 

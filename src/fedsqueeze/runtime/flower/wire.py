@@ -32,8 +32,9 @@ def unpack(content: RecordDict, key: str) -> bytes | None:
     return content.array_records[key][BLOB].numpy().tobytes()
 
 
-def train_message(node_id: int, rnd: int, client: int, down_blob: bytes | None,
-                  train_seconds: float | None = None) -> Message:
+def train_message(
+    node_id: int, rnd: int, client: int, down_blob: bytes | None, train_seconds: float | None = None
+) -> Message:
     info = {"round": rnd, "partition-id": client}
     if train_seconds is not None:
         info[TRAIN_SECONDS] = float(train_seconds)
@@ -44,8 +45,12 @@ def train_message(node_id: int, rnd: int, client: int, down_blob: bytes | None,
 
 
 def train_reply(msg: Message, client: int, up_blob: bytes | None, metrics: dict) -> Message:
-    content = RecordDict({INFO: ConfigRecord({"partition-id": client}),
-                          METRICS: MetricRecord({k: _number(v) for k, v in metrics.items()})})
+    content = RecordDict(
+        {
+            INFO: ConfigRecord({"partition-id": client}),
+            METRICS: MetricRecord({k: _number(v) for k, v in metrics.items()}),
+        }
+    )
     if up_blob is not None:
         content["up"] = pack(up_blob)
     return Message(content=content, reply_to=msg)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fedsqueeze import config as config_mod
-from fedsqueeze.runtime import RUNTIMES, Session, in_process
+from fedsqueeze.runtime import RUNTIMES, Launch, Session, in_process
 from fedsqueeze.runtime.driver import Upload
 from fedsqueeze.runtime.roles import ClientRole
 
@@ -98,7 +98,7 @@ def test_a_transport_registered_in_a_test_runs_a_hybrid_round_through_the_driver
     }
     cfg = config_mod.load(tiny_config(tmp_path, corpus, **overrides))
     out = tmp_path / "run"
-    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, log=lambda *_: None)
+    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, Launch(log=lambda *_: None))
     rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     # Round 1 closes at 3 of 4 without the straggler; it is not sampled while its upload is in
     # flight, and its update joins a later round with its staleness.

@@ -46,18 +46,10 @@ def _fail(exc: Exception) -> None:
 
 def _execute(cfg, out: Path, resume: bool, until: int | None, overwrite: bool = False) -> None:
     from .metrics.console import RichProgress, summary_table
-    from .runtime import RUNTIMES
+    from .runtime import RUNTIMES, Launch
 
-    execute = RUNTIMES.get(cfg.runtime.kind)
-    summary = execute(
-        cfg,
-        out,
-        resume=resume,
-        until=until,
-        overwrite=overwrite,
-        progress=RichProgress(console),
-        log=lambda text: console.print(text, highlight=False),
-    )
+    launch = Launch(resume, until, overwrite, RichProgress(console), lambda text: console.print(text, highlight=False))
+    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
     if summary is not None:
         console.print(summary_table(summary))
         console.print(f"run directory: {out}")

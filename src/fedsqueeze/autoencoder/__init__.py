@@ -4,7 +4,7 @@ snapshot pool and training, and SNR. Used by strategies/cg_fedllm.py and codecs/
 from .compressor import Compressor, Encoded, MalformedUpload
 from .networks import ARCHES, build_network, count_params, half_vector, load_half
 from .pool import SnapshotPool, train_autoencoder
-from .snr import energies, layer_snr_db, snr_db
+from .snr import layer_snr_db, snr_db
 from .views import build_view
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "build_network",
     "build_view",
     "count_params",
-    "energies",
     "half_vector",
     "layer_snr_db",
     "load_half",

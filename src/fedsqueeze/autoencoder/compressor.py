@@ -46,7 +46,6 @@ class Encoded:
     """||G - G_hat||^2, G_hat being exactly what the receiver rebuilds."""
     latent_values: int
     dense_values: int
-    units_dense: int
 
 
 def norm_exponent(t: torch.Tensor) -> int:
@@ -104,7 +103,7 @@ class Compressor:
         size_out, norm_out, step_out, codes_out, dense_out = [], [], [], [], []
         recon: Tensors = {}
         signal = noise = 0.0
-        latent_values = dense_values = units_dense = 0
+        latent_values = dense_values = 0
         for index, unit in enumerate(self.units):
             parts = [update[n].detach().float() for n in unit.names]
             exps = [norm_exponent(p) for p in parts]
@@ -132,7 +131,6 @@ class Compressor:
                 size_out.append(DENSE)
                 dense_out += [p.reshape(-1) for p in parts]
                 dense_values += sum(p.numel() for p in parts)
-                units_dense += 1
                 recon.update({n: p.clone() for n, p in zip(unit.names, parts)})
                 continue
             k, codes, step, rebuilt, unit_noise = chosen
@@ -150,7 +148,7 @@ class Compressor:
             message[CODES] = torch.cat(codes_out).float()
         if dense_out:
             message[DENSE_VALUES] = torch.cat(dense_out).float()
-        return Encoded(message, recon, signal, noise, latent_values, dense_values, units_dense)
+        return Encoded(message, recon, signal, noise, latent_values, dense_values)
 
     # ---- receiver ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -124,8 +124,8 @@ class TensorLinearAutoencoder(nn.Module):
     of B), with tied weights: decoder = encoder^T, so only the encoder travels.
 
     Why: a LoRA tensor's rank vectors keep moving in much the same few directions from round to
-    round (measured on SmolLM2-135M: 8 directions learned from two TGAP rounds hold half of later
-    rounds' update energy), while within a chunk the values look like noise. The latent is nested
+    round (a few directions learned from the TGAP rounds hold much of later rounds' update energy;
+    see BENCHMARKS), while within a chunk the values look like noise. The latent is nested
     (ordered by PCA, kept so by training at random truncations).
     """
 

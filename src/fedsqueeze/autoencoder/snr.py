@@ -29,12 +29,6 @@ def snr_db(signal: float, noise: float) -> float:
     return max(-CAP_DB, min(CAP_DB, 10.0 * math.log10(signal / noise)))
 
 
-def energies(update: Tensors, rebuilt: Tensors) -> tuple[float, float]:
-    signal = sum(float((t.double() ** 2).sum()) for t in update.values())
-    noise = sum(float(((t.double() - rebuilt[k].double()) ** 2).sum()) for k, t in update.items())
-    return signal, noise
-
-
 def layer_snr_db(update: Tensors, rebuilt: Tensors) -> float | None:
     """The paper-style SNR: mean over the layers rebuilt with some error; None when there are none."""
     names = list(update)

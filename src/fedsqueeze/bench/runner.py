@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, rundir
 from .. import config as config_mod
 from ..errors import UserError
 from ..metrics.report import plot
-from ..runtime import RUNTIMES, rundir
+from ..runtime import RUNTIMES, Launch
 from ..strategies import METHODS
 from .suites import SUITES
 
@@ -81,7 +81,7 @@ def run_suite(
         else:
             log(f"[bench {suite_name}] {name}")
             progress = progress_factory() if progress_factory else None
-            summary = RUNTIMES.get(cfg.runtime.kind)(cfg, run_dir, overwrite=True, progress=progress, log=log)
+            summary = RUNTIMES.get(cfg.runtime.kind)(cfg, run_dir, Launch(overwrite=True, progress=progress, log=log))
         rows_ = rundir.read_rounds(run_dir)
         runs.append((name, summary, rows_))
         results.append(_result(name, summary, rows_))

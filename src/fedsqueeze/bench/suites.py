@@ -52,8 +52,8 @@ ROWS: dict[str, dict] = {
         "method": "fedsrd",
         "params": {"moves": "both", "download_dtype": "bf16", "projection_damping": 0.02},
     },
-    # ... and denser uploads (12% kept, bf16 values): the paper's ~7.6% kept, L1-rescaled x6.8,
-    # arrive 3.2x the client's true update in norm at cosine 0.44 (W4, round 1, client 0).
+    # ... and denser uploads (12% kept, bf16 values): the paper's sparser L1-rescaled uploads
+    # overshoot the client's true update (see BENCHMARKS, "FedSRD's loss gap on W4").
     "fedsrd-up12": {
         "method": "fedsrd",
         "uplink": {"codec": "sparse > bf16"},

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .entry import Entry, PayloadError
+from .wire import Reader, Writer
 
-if TYPE_CHECKING:
-    from .wire import Reader, Writer
-
-
-class PayloadError(ValueError):
-    """A blob that cannot be decoded safely (truncated, corrupt, lying about sizes, wrong layout)."""
-
+__all__ = ["CODECS", "Bytes", "Entry", "Param", "PayloadError", "Plan", "Stage", "Structure", "Values", "counter_state"]
 
 # ---- parameters -------------------------------------------------------------------------------
 
@@ -92,20 +88,6 @@ class Param:
 
 
 # ---- what stages exchange ---------------------------------------------------------------------
-
-
-@dataclass
-class Entry:
-    """One tensor of a message. `data` (flat float32, CPU, contiguous) is set on the encoding side only."""
-
-    name: str
-    shape: tuple[int, ...]
-    numel: int
-    data: torch.Tensor | None = None
-
-    def array(self) -> np.ndarray:
-        assert self.data is not None
-        return self.data.numpy()
 
 
 @dataclass

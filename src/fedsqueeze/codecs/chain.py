@@ -53,7 +53,6 @@ class Codec:
                 values = stage
             else:
                 compressor = stage
-        self.stages = stages
         self.structure = structure or Dense()
         self.values = values or FP32()
         self.compressor = compressor

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Entry, PayloadError
+from .entry import Entry, PayloadError
 from .wire import Reader, Writer, encode_varints, varint_sizes
 
 DELTAS, INT32, BITMAP, ALL = 0, 1, 2, 3

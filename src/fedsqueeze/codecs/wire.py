@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tensors import Layout
-from .base import Entry, PayloadError
+from .entry import Entry, PayloadError
 
 MAGIC = b"FSQZ"
 VERSION = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import rundir
 from ..errors import UserError
-from ..runtime import rundir
 
 MB = 1e6
 

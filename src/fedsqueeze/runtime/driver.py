@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import rundir
 from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import evaluate_all, summarize
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
-from . import rundir
 from .checkpoint import load_checkpoint, save_checkpoint
 from .roles import ServerRole
 from .session import Session

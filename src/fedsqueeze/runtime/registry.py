@@ -1,13 +1,14 @@
 """Runtime registry: `runtime.kind` -> how a run executes. One file per runtime, one line here.
 
-An entry is a callable `execute(cfg, out, *, resume, until, overwrite, progress, log)` that runs
-(or resumes) a whole run into `out` and returns its summary (None when stopped early by `until`).
+An entry is a callable `execute(cfg, out, launch)` that runs (or resumes, per `Launch`) a whole run
+into `out` and returns its summary (None when stopped early by `launch.until`).
 A runtime whose clients run in this process is a Transport and `in_process(TransportClass)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
@@ -16,36 +17,39 @@ from ..registry import Registry
 RUNTIMES: Registry[Callable[..., dict | None]] = Registry("runtime", key="runtime.kind")
 
 
-def in_process(transport_factory) -> Callable[..., dict | None]:
+@dataclass(frozen=True)
+class Launch:
+    """How a run starts: fresh or resumed, stopped early after `until`, and where it reports."""
+
+    resume: bool = False
+    until: int | None = None
+    overwrite: bool = False
+    progress: object = None
+    log: Callable[[str], None] = print
+
+
+def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | None]:
     """An execute function for a transport built from the Session, `transport_factory(session)`."""
 
-    def execute(
-        cfg: Config,
-        out: Path,
-        *,
-        resume: bool = False,
-        until: int | None = None,
-        overwrite: bool = False,
-        progress=None,
-        log=print,
-    ) -> dict | None:
-        from . import rundir
+    def execute(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
+        from .. import rundir
         from .driver import Driver, describe
         from .session import Session
 
-        if not resume:
-            rundir.check_free(out, overwrite)
+        log = launch.log
+        if not launch.resume:
+            rundir.check_free(out, launch.overwrite)
         session = Session.build(cfg, log=log)  # before the run directory: a bad device writes nothing
-        if not resume:
-            rundir.prepare(out, cfg, overwrite)
+        if not launch.resume:
+            rundir.prepare(out, cfg, launch.overwrite)
         describe(session, log)
-        driver = Driver(session, transport_factory(session), out, progress)
-        if resume:
+        driver = Driver(session, transport_factory(session), out, launch.progress)
+        if launch.resume:
             driver.restore()
             if cfg.train.rounds > driver.done:
                 log(f"resuming {out} after round {driver.done} of {cfg.train.rounds}")
             (out / rundir.CONFIG).write_text(cfg.to_toml())
-        summary = driver.run(until=until)
+        summary = driver.run(until=launch.until)
         if summary is None:
             log(f"stopped after round {driver.done}; continue with: fedsqueeze resume {out}")
         return summary
@@ -59,22 +63,13 @@ def _local(session):
     return InProcessTransport(session)
 
 
-def _flower_sim(
-    cfg: Config,
-    out: Path,
-    *,
-    resume: bool = False,
-    until: int | None = None,
-    overwrite: bool = False,
-    progress=None,
-    log=print,
-) -> dict | None:
+def _flower_sim(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
     from ..errors import UserError
     from .flower import run_flower_simulation
 
-    if until is not None:
+    if launch.until is not None:
         raise UserError('--until works with runtime.kind = "local"; on Flower, stop the run and resume it')
-    return run_flower_simulation(cfg, out, overwrite=overwrite, resume=resume, log=log)
+    return run_flower_simulation(cfg, out, overwrite=launch.overwrite, resume=launch.resume, log=launch.log)
 
 
 RUNTIMES.register("local")(in_process(_local))

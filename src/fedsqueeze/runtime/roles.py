@@ -124,7 +124,15 @@ class ServerRole:
             return
         t0 = time.perf_counter()
         tensors = self.decoder.decode(blob)
-        decode_s = time.perf_counter() - t0
+        self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
+        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"]), staleness))
+
+    def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
+        """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
+        if blob is not None:
+            self._bill_upload(rnd, client, blob, metrics, 0.0)
+
+    def _bill_upload(self, rnd: int, client: int, blob: bytes, metrics: dict, decode_s: float) -> None:
         self.ledger.add(
             rnd,
             client,
@@ -135,21 +143,6 @@ class ServerRole:
             metrics.get("up_encode_s", 0.0),
             decode_s,
         )
-        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"]), staleness))
-
-    def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
-        """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
-        if blob is not None:
-            self.ledger.add(
-                rnd,
-                client,
-                UP,
-                len(blob),
-                metrics.get("up_raw_bytes", 0),
-                metrics.get("up_rel_error", 0.0),
-                metrics.get("up_encode_s", 0.0),
-                0.0,
-            )
 
     def close_round(self, rnd: int) -> dict:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and

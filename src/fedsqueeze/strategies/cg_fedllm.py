@@ -95,8 +95,8 @@ class CGFedLLMParams(BaseModel):
         description="snapshots per client per TGAP round, evenly spaced over "
         "the local steps, the last being the round's update (the others cost uplink bytes)",
     )
-    # 10 x 4000: the paper network's training stays minutes on 2 CPU cores at W4 scale (its SNR on
-    # unseen updates is ~0 dB after 10 or 200 epochs alike); the linear ones converge from PCA.
+    # Few epochs: the paper network's training stays minutes on CPUs at W4 scale, and more epochs do
+    # not raise its SNR on unseen updates (see BENCHMARKS); the linear ones converge from PCA.
     epochs: int = Field(10, ge=0, description="autoencoder training epochs over the pool")
     lr: float = Field(2e-4, gt=0.0, description="Adam learning rate of the autoencoder")
     batch_size: int = Field(32, ge=1)

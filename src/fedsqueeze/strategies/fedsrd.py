@@ -48,13 +48,13 @@ Beyond the paper (off by default; docs/BENCHMARKS.md measures them on W4):
   moves="both": after the round's factor, the other one too, projected from what the first (after
     its mask) left of dW, so a round carries dW P_A0 + P_B' dW (I - P_A0) instead of one of the two
     parts; twice the broadcast values at the same drop rate. One factor a round throws away most of
-    what the clients learnt in the other (W4: FedSRD falls 1.8% behind FedAvg in its first A-round).
+    what the clients learnt in the other (see BENCHMARKS, "FedSRD's loss gap on W4").
   download_dtype="bf16": the server rounds the broadcast delta to bfloat16 before applying it, and
     the default downlink becomes `sparse > narrow`, which writes bf16-exact values in 2 bytes and
     anything else (the catch-up C) in 4, losslessly: clients stay bit-identical, a value costs half.
-  projection_damping=d: pinv(B0) amplifies dW along B0's weak directions by 1/s, and a B trained 10
-    steps from zero has s_min / s_max down to 1e-4 on W4; with no download mask (whose noise hides
-    it) the A-round moves some rows of A by ~100x their size and training diverges a round later.
+  projection_damping=d: pinv(B0) amplifies dW along B0's weak directions by 1/s, and a B trained a
+    few steps from zero is badly conditioned; with no download mask (whose noise hides it) the
+    A-round moves some rows of A far more than their size and training diverges (see BENCHMARKS).
     d replaces 1/s by s / (s^2 + (d s_max)^2) (0: the paper's plain pinv).
 Stale updates (staleness > 0) are folded in as if trained from the current global: FedSRD has no
 staleness model.

@@ -33,9 +33,8 @@ class GradualDiffParams(NoParams):
 class GradualDiff(Method):
     name = "gradualdiff"
     Params = GradualDiffParams
-    # Measured on W4-lite (docs/BENCHMARKS.md): top 5% cost +3.9% eval loss over FedAvg, 20% +1.4%,
-    # 50% +0.1% at 19.5% of FedAvg's bytes (both links): error feedback alone cannot make up for
-    # the delay a small fraction puts on most of each round's update within 10 rounds.
+    # Half the delta: with a small fraction most of each round's update waits in the error-feedback
+    # memory, a delay that costs eval loss within 10 rounds (BENCHMARKS, "GradualDiff's uplink fraction").
     default_uplink = "topk(fraction=0.5) > quantize(bits=8) > zstd"
     default_downlink = "sparse > quantize(bits=8) > zstd"
     default_error_feedback = True

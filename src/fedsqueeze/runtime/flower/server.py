@@ -17,9 +17,9 @@ from pathlib import Path
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from ... import rundir
 from ...errors import UserError
 from ...tensors import Tensors
-from .. import rundir
 from ..driver import CloseRule, Driver, LogProgress, Upload, describe
 from ..session import Session
 from . import wire

@@ -22,7 +22,7 @@ def make_server_app(main: Callable[[Grid, Context], None]) -> ServerApp:
 
 
 def _deployment_main(grid: Grid, context: Context) -> None:
-    from .. import rundir
+    from ... import rundir
     from .server import serve
     from .settings import AppSettings, config_from_toml
 

@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ... import rundir
 from ...config import Config
 from ...errors import ConfigError
 from ...hardware import Placement
-from .. import rundir
 
 
 def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import Config
+from .config import Config
 
 ROUNDS = "rounds.jsonl"
 SUMMARY = "summary.json"
@@ -14,7 +14,7 @@ CONFIG = "config.toml"
 
 def check_free(out: Path, overwrite: bool) -> None:
     """Fails before any work if `out` holds a run and --overwrite was not given."""
-    from ..errors import UserError
+    from .errors import UserError
 
     if not overwrite and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: use --overwrite, another --out, or `fedsqueeze resume {out}`")

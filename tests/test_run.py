@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fedsqueeze import config as config_mod
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.runtime import LocalRuntime, Session
-from fedsqueeze.strategies.fedsrd import STATE_MARKER
+from fedsqueeze.strategies.base import from_wire
 
 from conftest import MEASURED, tiny_config
 
@@ -174,8 +174,8 @@ def test_fedsrd_bf16_broadcast_keeps_every_client_on_the_server_adapter(tmp_path
     kinds = set()
     for client in rt16.transport.clients:  # what each would rebuild from the server's next message
         blob = rt16.server.broadcast(5, [client.client])[client.client]
-        message = client.decoder.decode(blob)
-        kinds.add("state" if STATE_MARKER in message else "delta")
+        message = from_wire(client.decoder.decode(blob))
+        kinds.add("state" if message.whole else "delta")
         start = method.client_receive(client.state, message)
         for name, value in method.global_adapter().items():
             assert torch.equal(start[name], value), (client.client, name)

@@ -6,7 +6,7 @@ import torch
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
-from fedsqueeze.strategies.fedsrd import STATE_MARKER
+from fedsqueeze.strategies.base import from_wire, to_wire
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
@@ -35,7 +35,7 @@ def wire(message, ctx, spec="sparse"):
     if message is None:
         return None
     codec = build_codec(spec, ctx.layout)
-    return codec.decode(codec.encode(message))
+    return from_wire(codec.decode(codec.encode(to_wire(message))))
 
 
 def run_rounds(method, ctx, schedule, states=None, on_receive=None):
@@ -86,7 +86,7 @@ def test_server_and_clients_hold_identical_adapters(name, params):
         assert list(start) == list(ctx.layout.names)
         for k in ctx.layout.names:
             assert torch.equal(start[k], glob[k]), (rnd, client, k)
-        kinds.append((rnd, client, "none" if msg is None else "all" if STATE_MARKER in msg else "delta"))
+        kinds.append((rnd, client, "none" if msg is None else "all" if msg.whole else "delta"))
 
     run_rounds(method, ctx, SCHEDULE, on_receive=check)
     assert all(kind == "none" for rnd, _, kind in kinds if rnd == 1)
@@ -261,7 +261,7 @@ def test_lost_message_is_never_applied_twice():
     method.client_receive(states[0], wire(method.broadcast(2, 0), ctx))  # 0 applies, its upload is lost
     run_rounds(method, ctx, [(2, [1])], states=states)
     msg = method.broadcast(3, 0)
-    assert set(msg) == {*ctx.layout.names, STATE_MARKER}
+    assert set(msg) == set(ctx.layout.names) and msg.whole
     start = method.client_receive(states[0], wire(msg, ctx))
     assert all(torch.equal(start[k], method.global_adapter()[k]) for k in start)
 

@@ -3,7 +3,6 @@
 import torch
 
 from fedsqueeze.strategies import ClientUpdate, build_method
-from fedsqueeze.strategies.gradualdiff import FULL
 from test_strategies_baselines import fake_training, make_ctx
 
 
@@ -50,7 +49,7 @@ def test_a_client_that_missed_rounds_gets_the_sum_of_what_it_missed():
         assert torch.allclose(msg0[k], method.global_adapter()[k] - after_1[k], atol=1e-6)
     # client 2 never came: one message, the sum of both rounds' deltas, and it lands on the global adapter
     msg2 = method.broadcast(3, 2)
-    assert FULL not in msg2
+    assert not msg2.whole
     held = method.client_receive({}, msg2)
     for k, v in method.global_adapter().items():
         assert torch.allclose(held[k], v, atol=1e-6)
@@ -61,7 +60,7 @@ def test_the_whole_adapter_goes_when_the_difference_is_dense():
     _, method = _fresh()  # fake training moves every entry: the difference is 100% dense
     _round(method, 1, [0, 1])
     msg = method.broadcast(2, 3)
-    assert FULL in msg
+    assert msg.whole
     held = method.client_receive({"global/x": torch.zeros(1)}, msg)
     assert all(torch.equal(held[k], v) for k, v in method.global_adapter().items())
 

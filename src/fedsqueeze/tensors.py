@@ -73,6 +73,20 @@ def unprefixed(prefix: str, tensors: Tensors) -> Tensors:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def nested(prefix: str, groups: dict[int, Tensors]) -> Tensors:
+    """Several state dicts keyed by an int (one per client) flattened as f"{prefix}{key}/{name}"."""
+    return {f"{prefix}{key}/{name}": v for key, tensors in groups.items() for name, v in tensors.items()}
+
+
+def unnested(prefix: str, tensors: Tensors) -> dict[int, Tensors]:
+    """The inverse of `nested`: the state dicts under `prefix`, by their int key."""
+    groups: dict[int, Tensors] = {}
+    for k, v in unprefixed(prefix, tensors).items():
+        key, _, name = k.partition("/")
+        groups.setdefault(int(key), {})[name] = v
+    return groups
+
+
 def fp32_bytes(tensors: Tensors) -> int:
     """What `tensors` weigh as dense fp32: the reference every compression ratio is taken against."""
     return 4 * sum(t.numel() for t in tensors.values())

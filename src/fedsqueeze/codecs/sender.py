@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import Tensors
+from ..tensors import Tensors, clone, prefixed, unprefixed
 from .chain import Codec
 
 
@@ -49,10 +49,9 @@ class Sender:
         return blob
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"memory/{k}": v for k, v in self.memory.items()}
-        state.update({f"codec/{k}": v for k, v in self.codec.state_dict().items()})
+        state = {**prefixed("memory/", self.memory), **prefixed("codec/", self.codec.state_dict())}
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory = {k[len("memory/") :]: v.clone() for k, v in state.items() if k.startswith("memory/")}
-        self.codec.load_state_dict({k[len("codec/") :]: v for k, v in state.items() if k.startswith("codec/")})
+        self.memory = clone(unprefixed("memory/", state))
+        self.codec.load_state_dict(unprefixed("codec/", state))

@@ -15,7 +15,7 @@ from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
-from ..strategies.base import SNAPSHOT
+from ..strategies.base import SNAPSHOT, from_wire, to_wire
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unprefixed
 from .session import Session
 
@@ -37,7 +37,7 @@ class ClientRole:
         s, method = self.s, self.s.method
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
-        message = self.decoder.decode(down_blob) if down_blob is not None else None
+        message = from_wire(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
         start = method.client_receive(self.state, message)
         wanted = set(method.snapshot_steps(rnd, s.local_steps))
@@ -106,14 +106,14 @@ class ServerRole:
             if message is None:
                 blobs[c] = None
                 continue
+            tensors = to_wire(message)
             t0 = time.perf_counter()
-            blob = self.senders[c].encode(message)
+            blob = self.senders[c].encode(tensors)
             t1 = time.perf_counter()
-            lossy = self.senders[c].last_received is not None
-            received = self.senders[c].last_received if lossy else message
-            self.method.delivered(rnd, c, received)
-            err = relative_error(message, received) if lossy else 0.0
-            self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(message), err, t1 - t0, 0.0)
+            decoded = self.senders[c].last_received  # None: lossless, the client decodes `tensors`
+            self.method.delivered(rnd, c, message if decoded is None else from_wire(decoded))
+            err = relative_error(tensors, decoded) if decoded is not None else 0.0
+            self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
             blobs[c] = blob
         return blobs
 

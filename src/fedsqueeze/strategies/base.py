@@ -23,9 +23,34 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ..tensors import Layout, Tensors, clone
+from ..tensors import Layout, Tensors, clone, prefixed
 
 SNAPSHOT = "snapshot/"
+WHOLE = "__full__"
+"""On the wire a whole Message carries this one-element tensor too (codecs see tensors only)."""
+
+
+class Message(dict):
+    """What a method broadcasts: tensors by name, and whether they are the whole of what the
+    client should hold (`whole`, e.g. a catch-up state) or a change to add to it."""
+
+    def __init__(self, tensors: Tensors | None = None, whole: bool = False):
+        super().__init__(tensors or {})
+        self.whole = whole
+
+
+def to_wire(message: Tensors | None) -> Tensors | None:
+    """The tensors a codec encodes for `message` (its flag as a marker entry)."""
+    if message is None:
+        return None
+    return {**message, WHOLE: torch.ones(1)} if getattr(message, "whole", False) else dict(message)
+
+
+def from_wire(tensors: Tensors | None) -> Message | None:
+    """The Message a decoded downlink blob holds."""
+    if tensors is None:
+        return None
+    return Message({k: v for k, v in tensors.items() if k != WHOLE}, whole=WHOLE in tensors)
 
 
 class NoParams(BaseModel):
@@ -103,8 +128,9 @@ class Method:
     def global_adapter(self) -> Tensors:
         return self.adapter
 
-    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+    def broadcast(self, rnd: int, client: int) -> Tensors | Message | None:
         """What the server sends `client` at the start of round `rnd` (1-based); None = nothing.
+        A `Message(tensors, whole=True)` says the tensors replace what the client holds.
 
         Default: the global adapter, except while it is still the initial one, which every
         participant builds from the shared seed: sending it would only inflate the bill."""
@@ -139,13 +165,13 @@ class Method:
         return weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"adapter/{k}": v for k, v in self.adapter.items()}
+        return prefixed("adapter/", self.adapter)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.adapter = {k: state[f"adapter/{k}"].clone() for k in self.ctx.layout.names}
 
     # ---- client side (pure over client_state) -----------------------------------------------
-    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
         """Returns the adapter the client trains from this round."""
         return self.ctx.init_adapter if message is None else message
 

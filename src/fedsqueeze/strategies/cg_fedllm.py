@@ -73,7 +73,7 @@ from ..autoencoder import (
 from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
-from ..tensors import Tensors
+from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
 from .base import SNAPSHOT, ClientUpdate, Method, MethodContext
 
 ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
@@ -270,9 +270,8 @@ class CGFedLLM(Method):
         state["cg/holders"] = torch.tensor(sorted(self.holders.items()), dtype=torch.int64).reshape(-1, 2)
         state["cg/encoder"] = half_vector(self.net, "encoder")
         state["cg/decoder"] = half_vector(self.net, "decoder")
-        state.update({f"cg/pool/{k}": v for k, v in self.pool.state_dict().items()})
-        for c, halves in self.client_halves.items():
-            state.update({f"cg/client/{c}/{k}": v for k, v in halves.items()})
+        state.update(prefixed("cg/pool/", self.pool.state_dict()))
+        state.update(nested("cg/client/", self.client_halves))
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -281,13 +280,8 @@ class CGFedLLM(Method):
         self.holders = {int(c): int(v) for c, v in state["cg/holders"].tolist()}
         load_half(self.net, "encoder", state["cg/encoder"])
         load_half(self.net, "decoder", state["cg/decoder"])
-        prefix = "cg/pool/"
-        self.pool.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        self.client_halves = {}
-        for key, v in state.items():
-            if key.startswith("cg/client/"):
-                _, _, c, name = key.split("/", 3)
-                self.client_halves.setdefault(int(c), {})[name] = v.clone()
+        self.pool.load_state_dict(unprefixed("cg/pool/", state))
+        self.client_halves = {c: clone(h) for c, h in unnested("cg/client/", state).items()}
 
     # ---- client --------------------------------------------------------------------------------
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:

@@ -25,7 +25,7 @@ same C and computes its adapter the same way, so both are bit-identical as long 
 is lossless (the default `sparse` codec is). Messages, told apart by their keys:
   - None: nothing new (round 1 for everyone: the adapter is still the initial one);
   - the moved factors' tensors: the last round's sparse delta, C += message;
-  - every tensor of the adapter plus the marker `fedsrd.state`: C itself, C = message.
+  - every tensor of the adapter as a whole Message: C itself, C = message.
 A client gets the delta only when the server knows it holds the previous global (its last upload was
 trained from it and nothing was sent to it since). A client that skipped rounds, joins late, or whose
 state the server cannot vouch for gets C itself: exact, no per-round history on the server, and no
@@ -67,13 +67,11 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..tensors import Tensors
+from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import ClientUpdate, Method, MethodContext
+from .base import ClientUpdate, Message, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
-STATE_MARKER = "fedsrd.state"
-"""Key that marks a message as C itself (with moves="both" a delta also has every adapter tensor)."""
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -127,22 +125,22 @@ class FedSRD(Method):
         return "sparse > narrow" if self.params.download_dtype == "bf16" else "sparse"
 
     # ---- messages ------------------------------------------------------------------------------
-    def broadcast(self, rnd: int, client: int) -> Tensors | None:
+    def broadcast(self, rnd: int, client: int) -> Message | None:
         """None, the last sparse delta, or the whole C (see the module docstring)."""
         held, sent = self.held.get(client, 0), self.sent.get(client, 0)
         self.sent[client] = self.version
         if held == sent == self.version:
             return None
         if self.params.decompose and held == sent == self.version - 1:
-            return self.last_delta
-        return {**self.cumulative, STATE_MARKER: torch.ones(())}
+            return Message(self.last_delta)
+        return Message(self.cumulative, whole=True)  # C itself (a delta may hold every tensor too)
 
     def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
         init = self.ctx.init_adapter
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
-            whole = STATE_MARKER in message
-            message = {k: v.to(init[k].dtype) for k, v in message.items() if k != STATE_MARKER}
+            whole = getattr(message, "whole", False)
+            message = {k: v.to(init[k].dtype) for k, v in message.items()}
             if whole:
                 cumulative = message
             else:
@@ -271,8 +269,7 @@ class FedSRD(Method):
 
     # ---- checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"cumulative/{k}": v for k, v in self.cumulative.items()}
-        state.update({f"last_delta/{k}": v for k, v in self.last_delta.items()})
+        state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", self.last_delta)}
         state["version"] = torch.tensor(self.version)
         state["held"] = torch.tensor(sorted(self.held.items()), dtype=torch.int64).reshape(-1, 2)
         state["sent"] = torch.tensor(sorted(self.sent.items()), dtype=torch.int64).reshape(-1, 2)
@@ -280,7 +277,7 @@ class FedSRD(Method):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
-        self.last_delta = {k[len("last_delta/") :]: v.clone() for k, v in state.items() if k.startswith("last_delta/")}
+        self.last_delta = clone(unprefixed("last_delta/", state))
         self.version = int(state["version"])
         self.held = {int(c): int(v) for c, v in state["held"].tolist()}
         self.sent = {int(c): int(v) for c, v in state["sent"].tolist()}

@@ -17,10 +17,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..tensors import Tensors, clone
-from .base import ClientUpdate, Method, NoParams
-
-FULL = "__full__"  # marker tensor: the message is the whole adapter, not a difference
+from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
+from .base import ClientUpdate, Message, Method, NoParams
 
 
 class GradualDiffParams(NoParams):
@@ -47,14 +45,14 @@ class GradualDiff(Method):
         return self.views.get(client, self.ctx.init_adapter)
 
     # ---- server ---------------------------------------------------------------------------------
-    def broadcast(self, rnd: int, client: int) -> Tensors:
+    def broadcast(self, rnd: int, client: int) -> Message:
         view = self._view(client)
         diff = {k: self.adapter[k] - view[k] for k in self.adapter if not torch.equal(self.adapter[k], view[k])}
         if diff:
             nnz = sum(int(torch.count_nonzero(v)) for v in diff.values())
             if nnz > self.params.full_above * self.ctx.layout.numel:
-                return {**self.adapter, FULL: torch.ones(1)}
-        return diff
+                return Message(self.adapter, whole=True)  # the adapter itself, not a difference
+        return Message(diff)
 
     def delivered(self, rnd: int, client: int, received: Tensors) -> None:
         self.views[client] = _apply(self._view(client), received)
@@ -68,29 +66,21 @@ class GradualDiff(Method):
         return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = super().state_dict()
-        for c, view in self.views.items():
-            state.update({f"view/{c}/{k}": v for k, v in view.items()})
-        return state
+        return {**super().state_dict(), **nested("view/", self.views)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state_dict(state)
-        self.views = {}
-        for key, v in state.items():
-            if key.startswith("view/"):
-                _, c, name = key.split("/", 2)
-                self.views.setdefault(int(c), {})[name] = v.clone()
+        self.views = {c: clone(view) for c, view in unnested("view/", state).items()}
 
     # ---- client ---------------------------------------------------------------------------------
     def client_receive(self, state: Tensors, message: Tensors) -> Tensors:
-        held = {k: state.get(f"global/{k}", v) for k, v in self.ctx.init_adapter.items()}
-        held = _apply(held, message)
-        for k, v in held.items():
-            state[f"global/{k}"] = v
+        known = unprefixed("global/", state)
+        held = _apply({k: known.get(k, v) for k, v in self.ctx.init_adapter.items()}, message)
+        state.update(prefixed("global/", held))
         return clone(held)
 
 
 def _apply(held: Tensors, message: Tensors) -> Tensors:
-    if FULL in message:
+    if getattr(message, "whole", False):
         return {k: message[k].clone() if k in message else v for k, v in held.items()}
     return {k: held[k] + message[k] if k in message else held[k] for k in held}

@@ -17,7 +17,7 @@ from ..data import build_federation
 from ..errors import ConfigError
 from ..hardware import Placement
 from ..models import LoraAdapter, build_model
-from ..strategies import METHODS, ClientUpdate, Method, MethodContext, build_method
+from ..strategies import ClientUpdate, Method, MethodContext, build_method
 
 
 @dataclass
@@ -40,8 +40,6 @@ class Session:
         placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
         peft_model, tok = build_model(cfg, placement, log)
         adapter = LoraAdapter(peft_model)
-        method_cls = METHODS.get(cfg.method)
-        federation = build_federation(cfg.data, tok, cfg.seed, pooled=method_cls.mode.pooled)
         ctx = MethodContext(
             layout=adapter.layout,
             init_adapter=adapter.get(),
@@ -51,6 +49,7 @@ class Session:
             staleness_exponent=cfg.hybrid.staleness_exponent,
         )
         method = build_method(cfg.method, cfg.params, ctx)
+        federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
         session = cls(
             cfg,
             peft_model,

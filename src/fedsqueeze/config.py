@@ -168,6 +168,45 @@ class HybridConfig(Section):
     least one), so it still reports in time instead of arriving rounds late. Needs a deadline."""
 
 
+class ServerConfig(Section):
+    """Admission: what an upload must pass before it can touch the aggregate (every method, every
+    runtime). A rejected upload is left out of its round, logged, billed, and listed in `rejected`."""
+
+    max_update_norm: float | None = Field(1e6, gt=0)
+    """Reject an upload whose L2 norm is above this (None: no absolute bound)."""
+    norm_factor: float | None = Field(10.0, gt=1)
+    """Reject an upload whose norm is above this many times the median norm of the round's other
+    uploads (None: no relative bound; needs at least two uploads in the round)."""
+
+
+FAULT_KINDS = (
+    "nan",
+    "inf",
+    "scale",
+    "sign-flip",
+    "truncate",
+    "bitflip",
+    "garbage",
+    "missing",
+    "foreign",
+    "inflate-examples",
+    "drop",
+    "slow",
+)
+
+
+class FaultsConfig(Section):
+    """Faults injected on purpose (robustness experiments): the named clients, in the named rounds,
+    send a bad upload of `kind` instead of their honest one (simulations and Flower alike)."""
+
+    clients: list[int] = []
+    rounds: list[int] | None = None
+    """None: every round."""
+    kind: Literal[FAULT_KINDS] | None = None  # type: ignore[valid-type]
+    scale: float = 1e3
+    """`scale` multiplies the upload by this, `sign-flip` by minus this."""
+
+
 class Config(Section):
     method: str = "fedavg"
     seed: int = 0
@@ -180,6 +219,8 @@ class Config(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     network: NetworkConfig = NetworkConfig()
     hybrid: HybridConfig = HybridConfig()
+    server: ServerConfig = ServerConfig()
+    faults: FaultsConfig = FaultsConfig()
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 
@@ -188,7 +229,11 @@ class Config(Section):
 
 
 def _parse_value(text: str) -> Any:
-    """TOML scalar/array/inline-table if it parses as one, else the raw string."""
+    """TOML scalar/array/inline-table if it parses as one, else the raw string. `nan` and `inf`
+    stay text (TOML would read floats): a float key still reads them as floats, a name key
+    (faults.kind = nan) as the name."""
+    if text.strip().lstrip("+-") in ("nan", "inf"):
+        return text.strip()
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -244,6 +289,16 @@ def validate(raw: dict) -> Config:
         raise ConfigError(
             f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
             f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that"
+        )
+    if cfg.faults.clients and cfg.faults.kind is None:
+        raise ConfigError(
+            f"config key 'faults.kind': faults.clients = {cfg.faults.clients} needs a kind; "
+            f"allowed: {', '.join(FAULT_KINDS)}"
+        )
+    if any(not 0 <= c < cfg.data.clients for c in cfg.faults.clients):
+        raise ConfigError(
+            f"config key 'faults.clients': {cfg.faults.clients} must be client ids "
+            f"0..{cfg.data.clients - 1} (data.clients = {cfg.data.clients})"
         )
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
         raise ConfigError(

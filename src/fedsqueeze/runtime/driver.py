@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import rundir
+from ..codecs import PayloadError
 from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import evaluate_all, summarize
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
+from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, save_checkpoint
 from .roles import ServerRole
 from .session import Session
@@ -173,7 +175,7 @@ class Driver:
         blobs = self.server.broadcast(rnd, reachable)
         uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
         late = sorted(self.transport.in_flight())
-        arrived, stale, dropped, partial = [], {}, [], {}
+        arrived, stale, dropped, partial, rejected, decoded = [], {}, [], {}, {}, []
         for up in uploads:
             if up.error is not None:
                 self.progress.log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
@@ -191,9 +193,8 @@ class Driver:
                 self.server.count_dropped(rnd, up.client, up.blob, up.metrics)
                 dropped.append(up.client)
                 continue
-            if staleness:
-                stale[str(up.client)] = staleness
-            self.server.receive(rnd, up.client, up.blob, up.metrics, staleness)
+            decoded.append((up, staleness, self._decode(rnd, up, rejected)))
+        self._admit(rnd, decoded, rejected, stale)
         if not arrived and not late:
             raise UserError(
                 f"round {rnd}: no client answered; stopped after round {self.done} "
@@ -212,9 +213,39 @@ class Driver:
         record.update(late=late, stale=stale, left_out=sorted(set(sampled) - set(arrived) - set(late)))
         if dropped:
             record["dropped"] = dropped
+        if rejected:
+            record["rejected"] = {str(c): why for c, why in sorted(rejected.items())}
         if self.rule.work_seconds is not None:
             record["partial"] = partial
         return record
+
+    def _decode(self, rnd: int, up: Upload, rejected: dict) -> Tensors | None:
+        """The upload's tensors (None: nothing sent, or rejected as undecodable); billed either way."""
+        if up.blob is None:
+            return None
+        try:
+            return self.server.decode(rnd, up.client, up.blob, up.metrics)
+        except PayloadError as exc:
+            rejected[up.client] = f"undecodable: {exc}"
+            return None
+
+    def _admit(self, rnd: int, decoded: list, rejected: dict, stale: dict) -> None:
+        """Screens the round's decoded uploads together (norms are judged against each other) and
+        takes in those that pass; the others are logged and stay out of the aggregate."""
+        known = self.s.federation.clients
+        candidates = [
+            Candidate(up.client, tensors, int(up.metrics.get("num_examples", -1)), known[up.client].num_examples)
+            for up, _, tensors in decoded
+            if tensors is not None
+        ]
+        rejected.update(screen(self.s.method, rnd, candidates, self.s.cfg.server))
+        for up, staleness, tensors in decoded:
+            if up.client in rejected:
+                self.progress.log(f"round {rnd}: rejected client {up.client}'s upload: {rejected[up.client]}")
+                continue
+            if staleness:
+                stale[str(up.client)] = staleness
+            self.server.admit(up.client, tensors, up.metrics, staleness)
 
     def run(self, until: int | None = None) -> dict | None:
         rounds = self.s.cfg.train.rounds

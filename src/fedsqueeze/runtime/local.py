@@ -8,12 +8,14 @@ when the driver's rule says, on that clock. Only moving blobs here: the round is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..client.faults import ClientDropped
 from ..tensors import Tensors, prefixed, unprefixed
 from .clock import NetworkModel
 from .driver import CloseRule, Driver, Upload
@@ -63,10 +65,14 @@ class InProcessTransport:
                 # Sized by the upload this client sent last time (its download's size before that).
                 steps = self.network.steps_that_fit(c, rule.work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
-            up_blob, metrics = self.clients[c].handle(rnd, blob, on_step=progress.step, steps=steps)
+            try:
+                up_blob, metrics = self.clients[c].handle(rnd, blob, on_step=progress.step, steps=steps)
+            except ClientDropped:
+                continue  # no reply will ever come: the driver counts it left out
             self.last_up[c] = len(up_blob or b"")
-            trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c])
-            started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
+            trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c]) + metrics.pop("delay_s", 0.0)
+            if math.isfinite(trip):
+                started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
         self.flights += started
         close = rule.close_time(
             self.clock, [f.arrival for f in started], [f.arrival for f in self.flights if f.origin < rnd]

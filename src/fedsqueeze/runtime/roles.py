@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import time
 
-from ..client import train_client
+from ..client import faults, train_client
+from ..codecs import build_codec
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
@@ -65,16 +66,26 @@ class ClientRole:
         finally:
             for key in snapshots:
                 self.state.pop(key, None)
-        if upload is None:
-            return None, metrics
-        t0 = time.perf_counter()
-        blob = self.sender.encode(upload)
-        metrics["up_encode_s"] = time.perf_counter() - t0
-        # What the server will see, for the ledger's error column (the blob is what it decodes).
-        received = self.sender.last_received  # the codec's own reconstruction: no second decode
-        metrics["up_rel_error"] = relative_error(upload, received) if received is not None else 0.0
-        metrics["up_raw_bytes"] = fp32_bytes(upload)
+        blob = None
+        if upload is not None:
+            t0 = time.perf_counter()
+            blob = self.sender.encode(upload)
+            metrics["up_encode_s"] = time.perf_counter() - t0
+            # What the server will see, for the ledger's error column (the blob is what it decodes).
+            received = self.sender.last_received  # the codec's own reconstruction: no second decode
+            metrics["up_rel_error"] = relative_error(upload, received) if received is not None else 0.0
+            metrics["up_raw_bytes"] = fp32_bytes(upload)
+        if faults.applies(s.cfg.faults, self.client, rnd):
+            blob, metrics = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, blob, metrics, self._raw)
         return blob, metrics
+
+    def _raw(self, tensors: Tensors) -> bytes:
+        """A faulty client's blob: the uplink's codec, fresh (the client's own keeps its honest
+        state), or plain fp32 where that codec refuses the values (quantize and NaN)."""
+        try:
+            return build_codec(self.s.uplink_spec, self.s.adapter.layout).encode(tensors)
+        except ValueError:
+            return build_codec("fp32", self.s.adapter.layout).encode(tensors)
 
     def state_dict(self) -> Tensors:
         return {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
@@ -117,15 +128,21 @@ class ServerRole:
             blobs[c] = blob
         return blobs
 
-    def receive(self, rnd: int, client: int, blob: bytes | None, metrics: dict, staleness: int = 0) -> None:
+    def decode(self, rnd: int, client: int, blob: bytes, metrics: dict) -> Tensors:
+        """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
+        t0 = time.perf_counter()
+        try:
+            return self.decoder.decode(blob)
+        finally:
+            self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
+
+    def admit(self, client: int, tensors: Tensors | None, metrics: dict, staleness: int = 0) -> None:
+        """Takes a checked upload into the round (None: a method that sends nothing)."""
         self.train_losses[client] = metrics["train_loss"]
         self.client_peaks.append(metrics)
-        if blob is None:
-            return
-        t0 = time.perf_counter()
-        tensors = self.decoder.decode(blob)
-        self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
-        self.updates.append(ClientUpdate(client, tensors, int(metrics["num_examples"]), staleness))
+        if tensors is not None:
+            num_examples = self.s.federation.clients[client].num_examples
+            self.updates.append(ClientUpdate(client, tensors, num_examples, staleness))
 
     def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
         """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""

@@ -39,6 +39,19 @@ class Message(dict):
         self.whole = whole
 
 
+def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """How `tensors` differ from the names and shapes expected, or None."""
+    extra, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    if extra:
+        return f"unexpected tensor(s) {extra[:3]}" + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    if missing:
+        return f"missing tensor(s) {missing[:3]}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != tuple(shape):
+            return f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
+    return None
+
+
 def to_wire(message: Tensors | None) -> Tensors | None:
     """The tensors a codec encodes for `message` (its flag as a marker entry)."""
     if message is None:
@@ -186,6 +199,17 @@ class Method:
 
     def trainable(self, name: str) -> bool:
         return True
+
+    # ---- admission (the server checks every decoded upload before aggregate sees it) ---------
+    def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
+        """Why this decoded upload cannot be aggregated, or None. Default: exactly the trained
+        tensors of the layout, with their shapes (what `client_upload` sends)."""
+        layout = self.ctx.layout
+        return layout_mismatch(tensors, {n: s for n, s in zip(layout.names, layout.shapes) if self.trainable(n)})
+
+    def update_values(self, tensors: Tensors) -> Tensors:
+        """The tensors whose values are the update (checked finite, and their norm bounded)."""
+        return tensors
 
     def data_slice(self, rnd: int) -> tuple[float, float]:
         """Fraction [lo, hi) of each client's training examples used in round `rnd` (phased methods

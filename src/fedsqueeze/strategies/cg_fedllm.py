@@ -70,11 +70,11 @@ from ..autoencoder import (
     snr_db,
     train_autoencoder,
 )
-from ..autoencoder.compressor import MESSAGE_KEYS, SIZE
+from ..autoencoder.compressor import CODES, DENSE_VALUES, MESSAGE_KEYS, SIZE, MalformedUpload
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import SNAPSHOT, ClientUpdate, Method, MethodContext
+from .base import SNAPSHOT, ClientUpdate, Method, MethodContext, layout_mismatch
 
 ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
 SNAP_UP = "cg.snapshot/"  # + f"{step}/{name}": a TGAP upload's earlier local-step snapshot
@@ -196,6 +196,37 @@ class CGFedLLM(Method):
             self.client_halves.pop(client, None)
         else:
             self.client_halves[client] = {k: received[k].clone() for k in own}
+
+    # ---- admission -------------------------------------------------------------------------------
+    def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
+        """A latent message must decode with the autoencoder the client holds; a dense one (TGAP)
+        is the trained tensors plus, optionally, its snapshots."""
+        if SIZE in tensors:
+            unknown = set(tensors) - set(MESSAGE_KEYS) - {ENERGY}
+            if unknown:
+                return f"unexpected tensor(s) {sorted(unknown)[:3]}"
+            if ENERGY in tensors and not torch.isfinite(tensors[ENERGY][:2]).all():
+                return "non-finite signal / noise energies"
+            try:
+                self._compressor_for(client).decompress({k: v for k, v in tensors.items() if k in MESSAGE_KEYS})
+            except (MalformedUpload, RuntimeError, ValueError) as exc:
+                return f"latent message does not decode: {exc}"
+            return None
+        layout = self.ctx.layout
+        expected = dict(zip(layout.names, layout.shapes))
+        snapshots = {k: v for k, v in tensors.items() if k.startswith(SNAP_UP)}
+        for name, v in snapshots.items():
+            inner = name[len(SNAP_UP) :].partition("/")[2]
+            if inner not in expected or tuple(v.shape) != tuple(expected[inner]):
+                return f"snapshot {name} does not fit the layout"
+        return layout_mismatch({k: v for k, v in tensors.items() if k not in snapshots}, expected)
+
+    def update_values(self, tensors: Tensors) -> Tensors:
+        # A latent message's update is its codes and dense values; sizes and exponents are small
+        # integers, the energies a report for the SNR column.
+        if SIZE in tensors:
+            return {k: tensors[k] for k in (CODES, DENSE_VALUES) if k in tensors}
+        return tensors
 
     def _compressor_for(self, client: int) -> Compressor:
         """The server's decoder, or the copy a lossy downlink left this client with."""

@@ -8,6 +8,8 @@ simulation engine sets the same keys for its virtual nodes.
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -62,12 +64,17 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
         role = ClientRole(_session(text), partition)
         role.load_state_dict(wire.load_state(context.state))
         seconds = info.get(wire.TRAIN_SECONDS)
-        up_blob, metrics = role.handle(
-            int(info["round"]),
-            wire.unpack(msg.content, "down"),
-            seconds=float(seconds) if seconds is not None else None,
-        )
-        wire.save_state(context.state, role.state_dict())
+        try:
+            up_blob, metrics = role.handle(
+                int(info["round"]),
+                wire.unpack(msg.content, "down"),
+                seconds=float(seconds) if seconds is not None else None,
+            )
+        finally:  # also when a fault drops the reply: the client did train
+            wire.save_state(context.state, role.state_dict())
+        delay = metrics.pop("delay_s", 0.0)
+        if delay:  # fault 'slow': answer after the server has stopped waiting
+            time.sleep(min(delay, role.s.cfg.runtime.round_timeout + 1.0))
         return wire.train_reply(msg, partition, up_blob, metrics)
 
     return app

@@ -1,0 +1,73 @@
+"""Faults on purpose (`[faults]`): a named client, in named rounds, sends a bad upload instead of
+its honest one. It trains and encodes honestly first (its error-feedback memory and method state
+are those of an honest client whose reply was lost), then spoils what it sends, so a run whose
+faulty uploads are all rejected ends where a run without them would."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from ..config import FaultsConfig
+from ..tensors import Tensors
+
+FOREIGN = "foreign.weight"  # a tensor no layout has
+
+
+class ClientDropped(Exception):
+    """The client sends no reply this round (fault `drop`)."""
+
+
+def applies(faults: FaultsConfig, client: int, rnd: int) -> bool:
+    return faults.kind is not None and client in faults.clients and (faults.rounds is None or rnd in faults.rounds)
+
+
+def spoil(
+    faults: FaultsConfig,
+    seed: int,
+    client: int,
+    rnd: int,
+    upload: Tensors | None,
+    blob: bytes | None,
+    metrics: dict,
+    encode,
+) -> tuple[bytes | None, dict]:
+    """The faulty (blob, metrics) for this round; `encode(tensors)` writes tensors with a codec of
+    the uplink's spec that is not the client's own (its state must stay honest)."""
+    kind, metrics = faults.kind, dict(metrics)
+    if kind == "drop":
+        raise ClientDropped(f"fault 'drop': client {client} sends no reply in round {rnd}")
+    if kind == "slow":
+        metrics["delay_s"] = math.inf  # in-process: never arrives; on Flower: past the round timeout
+        return blob, metrics
+    if kind == "inflate-examples":
+        metrics["num_examples"] = 10**9
+        return blob, metrics
+    rng = random.Random(f"{seed}/fault/{client}/{rnd}")
+    if kind in ("truncate", "bitflip", "garbage"):
+        if not blob:
+            return blob, metrics
+        if kind == "truncate":
+            return blob[: len(blob) // 2], metrics
+        if kind == "bitflip":
+            at = rng.randrange(len(blob))
+            return blob[:at] + bytes([blob[at] ^ (1 << rng.randrange(8))]) + blob[at + 1 :], metrics
+        return rng.randbytes(len(blob)), metrics
+    if upload is None:
+        return blob, metrics
+    tensors = {k: v.clone() for k, v in upload.items()}
+    first = next(iter(tensors))
+    if kind == "nan":
+        tensors[first].fill_(math.nan)
+    elif kind == "inf":
+        tensors[first].fill_(math.inf)
+    elif kind in ("scale", "sign-flip"):
+        factor = faults.scale if kind == "scale" else -faults.scale
+        tensors = {k: v * factor for k, v in tensors.items()}
+    elif kind == "missing":
+        del tensors[first]
+    elif kind == "foreign":
+        tensors[FOREIGN] = torch.ones(64, 64)
+    return encode(tensors), metrics

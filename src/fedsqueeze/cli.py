@@ -44,11 +44,14 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _execute(cfg, out: Path, resume: bool, until: int | None, overwrite: bool = False) -> None:
+def _execute(
+    cfg, out: Path, resume: bool, until: int | None, overwrite: bool = False, rebuild_rounds: bool = False
+) -> None:
     from .metrics.console import RichProgress, summary_table
     from .runtime import RUNTIMES, Launch
 
-    launch = Launch(resume, until, overwrite, RichProgress(console), lambda text: console.print(text, highlight=False))
+    log = lambda text: console.print(text, highlight=False)
+    launch = Launch(resume, until, overwrite, RichProgress(console), log, rebuild_rounds)
     summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
     if summary is not None:
         console.print(summary_table(summary))
@@ -61,7 +64,7 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=2 (repeatable)."),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    until: int | None = typer.Option(None, "--until", help="Stop after this round (resume later)."),
+    until: int | None = typer.Option(None, "--until", min=1, help="Stop after this round (resume later)."),
 ):
     """Run a federated fine-tuning job and write the run directory."""
     from . import config as config_mod
@@ -78,7 +81,10 @@ def run(
 def resume(
     run_dir: Path = typer.Argument(..., help="A run directory with a checkpoint/."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.rounds=8 to extend."),
-    until: int | None = typer.Option(None, "--until", help="Stop after this round."),
+    until: int | None = typer.Option(None, "--until", min=1, help="Stop after this round."),
+    rebuild_rounds: bool = typer.Option(
+        False, "--rebuild-rounds", help="Rewrite a missing or damaged rounds.jsonl from the checkpoint."
+    ),
 ):
     """Continue an interrupted (or finished, to extend) run from its last checkpoint."""
     from . import config as config_mod
@@ -88,7 +94,7 @@ def resume(
         if not (run_dir / "checkpoint").is_dir() and not (run_dir / "checkpoint.old").is_dir():
             raise UserError(f"{run_dir}: no checkpoint/ to resume from")
         cfg = config_mod.load(run_dir / "config.toml", set_)
-        _execute(cfg, run_dir, resume=True, until=until)
+        _execute(cfg, run_dir, resume=True, until=until, rebuild_rounds=rebuild_rounds)
     except UserError as exc:
         _fail(exc)
 

@@ -228,6 +228,38 @@ class Config(Section):
         return tomli_w.dumps(self.model_dump(exclude_none=True))
 
 
+# What a resume may change: how long, how often evaluated, and where and how fast it computes.
+# Everything else defines the federation, model, adapter, method, codecs or seed.
+RESUMABLE = (
+    "train.rounds",
+    "train.eval_every",
+    "train.threads",
+    "train.device",
+    "train.precision",
+    "train.gradient_checkpointing",
+    "train.micro_batch_size",
+    "model.dtype",
+    "runtime.",
+)
+
+
+def resume_differences(saved: Config, new: Config) -> list[str]:
+    """'key: saved -> new' for every key that differs and may not change on resume."""
+    a, b = _flatten(saved.model_dump()), _flatten(new.model_dump())
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _parse_value(text: str) -> Any:
     """TOML scalar/array/inline-table if it parses as one, else the raw string. `nan` and `inf`
     stay text (TOML would read floats): a float key still reads them as floats, a name key

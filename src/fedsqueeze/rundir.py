@@ -38,11 +38,47 @@ def append_round(out: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_rounds(out: Path) -> list[dict]:
+def read_rounds(out: Path, skipped: list[str] | None = None) -> list[dict]:
+    """The round records; a line that is not a JSON object is left out and named in `skipped`."""
     path = out / ROUNDS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "round" in row:
+            rows.append(row)
+        elif skipped is not None:
+            skipped.append(f"{path}: line {n} is not a round record ({line[:40]!r}): skipped")
+    return rows
+
+
+def rounds_problem(out: Path, records: list[dict]) -> str | None:
+    """What is wrong with rounds.jsonl against the checkpoint's `records` (None: it holds them,
+    perhaps with lines past them, from a crash before the checkpoint)."""
+    path = out / ROUNDS
+    if not path.is_file():
+        return "missing"
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    for i, record in enumerate(records):
+        if i >= len(lines):
+            return f"holds {len(lines)} rounds, the checkpoint {len(records)}"
+        try:
+            row = json.loads(lines[i])
+        except ValueError:
+            return f"line {i + 1} is not JSON ({lines[i][:40]!r})"
+        if json.dumps(row, sort_keys=True) != json.dumps(record, sort_keys=True):
+            return f"line {i + 1} (round {row.get('round')}) differs from the checkpoint's record"
+    return None
+
+
+def write_rounds(out: Path, records: list[dict]) -> None:
+    (out / ROUNDS).write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def truncate_rounds(out: Path, keep: int) -> None:

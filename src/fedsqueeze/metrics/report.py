@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .. import rundir
@@ -13,7 +14,10 @@ MB = 1e6
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:
     summary_file = path / rundir.SUMMARY
-    rows = rundir.read_rounds(path)
+    skipped: list[str] = []
+    rows = rundir.read_rounds(path, skipped)
+    for line in skipped:
+        print(f"warning: {line}", file=sys.stderr)
     if not summary_file.is_file():
         if not rows:
             raise UserError(f"{path}: not a fedsqueeze run directory (no {rundir.SUMMARY} or {rundir.ROUNDS})")

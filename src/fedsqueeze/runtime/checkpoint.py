@@ -1,11 +1,13 @@
 """Round-granular checkpoints: everything stateful, so a resumed run is bit-identical.
 
 Written after each finished round into checkpoint/ via a temporary folder + rename, so an
-interrupted write never leaves a half checkpoint behind.
+interrupted write never leaves a half checkpoint behind. SHA256SUMS holds a checksum per file:
+a truncated, damaged or edited checkpoint is refused with the file named, never loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import UserError
+
 STATE = "state.safetensors"
 META = "meta.json"
+SUMS = "SHA256SUMS"
 
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -32,6 +37,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict)
         seen.add(ptr)
     save_file(flat, str(tmp / STATE))
     (tmp / META).write_text(json.dumps(meta, indent=1))
+    (tmp / SUMS).write_text("".join(f"{_sha256(tmp / name)}  {name}\n" for name in (STATE, META)))
     old = run_dir / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -40,9 +46,53 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def checkpoint_dir(run_dir: Path) -> Path:
     final = run_dir / "checkpoint"
     if not (final / META).is_file():
         old = run_dir / "checkpoint.old"  # crash between the two renames
         final = old if (old / META).is_file() else final
-    return load_file(str(final / STATE)), json.loads((final / META).read_text())
+    return final
+
+
+def read_meta(run_dir: Path) -> dict:
+    """The checkpoint's metadata, its checksums verified (UserError naming the file otherwise)."""
+    folder = _verified(checkpoint_dir(run_dir))
+    try:
+        return json.loads((folder / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{folder / META}: unreadable checkpoint metadata ({exc}); the checkpoint cannot be resumed"
+        ) from None
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    meta = read_meta(run_dir)
+    path = checkpoint_dir(run_dir) / STATE
+    try:
+        return load_file(str(path)), meta
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise UserError(f"{path}: unreadable checkpoint state ({exc})") from None
+
+
+def _verified(folder: Path) -> Path:
+    sums = folder / SUMS
+    if not (folder / META).is_file():
+        raise UserError(f"{folder}: no checkpoint to resume from ({META} is missing)")
+    if not sums.is_file():
+        return folder  # written before checksums existed
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"{path}: missing from the checkpoint")
+        if _sha256(path) != digest:
+            raise UserError(f"{path}: fails its checksum (truncated or damaged); the checkpoint cannot be resumed")
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

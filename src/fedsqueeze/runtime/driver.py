@@ -11,12 +11,15 @@ in-process simulation on its simulated clock (local.py), Flower's Grid on the re
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import tomllib
 
 from .. import rundir
 from ..codecs import PayloadError
@@ -26,7 +29,7 @@ from ..evaluation import evaluate_all, summarize
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
 from .admission import Candidate, screen
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .roles import ServerRole
 from .session import Session
 
@@ -153,6 +156,7 @@ class Driver:
         self.done = 0
         self.elapsed = 0.0
         self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
+        self.records: list[dict] = []  # every finished round's record, as in rounds.jsonl
 
     @property
     def client_states(self) -> list[Tensors]:
@@ -261,6 +265,7 @@ class Driver:
                 record = self.run_round(rnd)
                 self.elapsed += record["seconds"]
                 self.done = rnd
+                self.records.append(json.loads(json.dumps(record)))  # as rounds.jsonl will read it
                 rundir.append_round(self.out, record)
                 self.save()
                 self.progress.round_end(record)
@@ -268,7 +273,7 @@ class Driver:
             self.progress.stop()
         if self.done < rounds:
             return None
-        return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval)
+        return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval, self.records)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self) -> None:
@@ -279,18 +284,51 @@ class Driver:
             "seconds": self.elapsed,
             "base_eval": self.base_eval,
             "placement": self.server.recorded_placement,
+            "config": self.s.cfg.to_toml(),  # what a resume must match
+            "records": self.records,  # the ledger, so a lost rounds.jsonl cannot undercount
             **meta,
         }
         save_checkpoint(self.out, state, meta)
 
-    def restore(self) -> None:
+    def restore(self, rebuild_rounds: bool = False) -> None:
+        """Continues from the checkpoint; refuses one of another run or a damaged one (UserError).
+        rebuild_rounds: rewrite a missing or damaged rounds.jsonl from the checkpoint's records."""
+        check_resumable(self.out, self.s.cfg, rebuild_rounds)
         state, meta = load_checkpoint(self.out)
         self.server.load_state_dict(unprefixed("server/", state))
         self.transport.load_state_dict(state, meta)
         self.done, self.elapsed = meta["round"], meta["seconds"]
         self.base_eval = meta.get("base_eval")
         self.server.recorded_placement = meta.get("placement")
-        rundir.truncate_rounds(self.out, self.done)
+        if "records" not in meta:  # a checkpoint from before the ledger was kept in it
+            rundir.truncate_rounds(self.out, self.done)
+            self.records = rundir.read_rounds(self.out)
+            return
+        self.records = meta["records"]
+        rundir.write_rounds(self.out, self.records)  # checked against them, or rebuilt from them
+
+
+def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
+    """Refuses, before any work, a resume from a damaged checkpoint, with a config that would
+    continue another federation, model or method, or over a rounds.jsonl that lost rounds."""
+    from ..config import resume_differences, validate
+
+    meta = read_meta(out)
+    if "config" not in meta:
+        return  # a checkpoint from before these checks
+    diffs = resume_differences(validate(tomllib.loads(meta["config"])), cfg)
+    if diffs:
+        raise UserError(
+            f"{out}: cannot resume with a config that differs from its checkpoint's in "
+            + "; ".join(diffs)
+            + " (only train.rounds, eval_every, threads, device, precision and runtime.* may change)"
+        )
+    problem = rundir.rounds_problem(out, meta["records"])
+    if problem and not rebuild_rounds:
+        raise UserError(
+            f"{out / rundir.ROUNDS}: {problem}; the checkpoint holds all {meta['round']} finished rounds: "
+            f"`fedsqueeze resume {out} --rebuild-rounds` rewrites the file from it"
+        )
 
 
 def describe(s: Session, log) -> None:
@@ -312,10 +350,16 @@ def describe(s: Session, log) -> None:
 
 
 def finish(
-    s: Session, out: Path, client_states, rounds_done: int, elapsed: float, base_eval: dict | None = None
+    s: Session,
+    out: Path,
+    client_states,
+    rounds_done: int,
+    elapsed: float,
+    base_eval: dict | None = None,
+    rows: list[dict] | None = None,
 ) -> dict:
     """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json."""
-    rows = rundir.read_rounds(out)
+    rows = rundir.read_rounds(out) if rows is None else rows
     s.adapter.set(s.method.final_adapter(client_states))
     s.model.save_pretrained(str(out / "adapter"))
     if s.method.mode.personalized:

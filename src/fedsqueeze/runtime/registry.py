@@ -26,6 +26,8 @@ class Launch:
     overwrite: bool = False
     progress: object = None
     log: Callable[[str], None] = print
+    rebuild_rounds: bool = False
+    """On resume: rewrite a missing or damaged rounds.jsonl from the checkpoint."""
 
 
 def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | None]:
@@ -33,11 +35,13 @@ def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | Non
 
     def execute(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
         from .. import rundir
-        from .driver import Driver, describe
+        from .driver import Driver, check_resumable, describe
         from .session import Session
 
         log = launch.log
-        if not launch.resume:
+        if launch.resume:
+            check_resumable(out, cfg, launch.rebuild_rounds)  # before any work: nothing loaded, nothing written
+        else:
             rundir.check_free(out, launch.overwrite)
         session = Session.build(cfg, log=log)  # before the run directory: a bad device writes nothing
         if not launch.resume:
@@ -45,7 +49,7 @@ def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | Non
         describe(session, log)
         driver = Driver(session, transport_factory(session), out, launch.progress)
         if launch.resume:
-            driver.restore()
+            driver.restore(launch.rebuild_rounds)
             if cfg.train.rounds > driver.done:
                 log(f"resuming {out} after round {driver.done} of {cfg.train.rounds}")
             (out / rundir.CONFIG).write_text(cfg.to_toml())

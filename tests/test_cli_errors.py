@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import tiny_config
 
 
@@ -70,3 +72,48 @@ def test_lossy_downlink_refused_where_clients_must_match_the_server(tmp_path, co
     cfg = tiny_config(tmp_path, corpus, method='"fedsrd"')
     res = cli("run", cfg, "--set", "downlink.codec=quantize(bits=8)", "--out", tmp_path / "o")
     _assert_clean_error(res, "downlink.codec", "lossless")
+
+
+def test_encodings_utf16_with_bom_reads_and_latin1_is_named(tmp_path, corpus, cli):
+    text = corpus.read_text()
+    bom16 = tmp_path / "bom16.jsonl"
+    bom16.write_bytes(text.encode("utf-16"))  # with its byte-order mark
+    res = cli("data", tiny_config(tmp_path, corpus, **{"data.source": f'"jsonl:{bom16}"'}))
+    assert res.exit_code == 0, res.output
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(text.replace("cat", "caf\u00e9").encode("latin-1"))
+    res = cli("data", tiny_config(tmp_path, corpus, **{"data.source": f'"jsonl:{latin}"'}))
+    _assert_clean_error(res, "latin.jsonl", "not utf-8", "iconv")
+
+
+def test_a_list_in_a_text_column_is_named(tmp_path, corpus, cli):
+    bad = tmp_path / "lists.jsonl"
+    bad.write_text(corpus.read_text() + json.dumps({"instruction": ["a", "b"], "response": "x"}) + "\n")
+    res = cli("data", tiny_config(tmp_path, corpus, **{"data.source": f'"jsonl:{bad}"'}))
+    _assert_clean_error(res, "lists.jsonl", "row 161", "'instruction'", "list")
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["lora.target=['nope_proj']"], "lora.target"),
+        (["data.clients=true"], "data.clients"),
+        (["train.clients_per_round=9"], "train.clients_per_round"),
+        (["uplink.codec=''"], "uplink.codec"),
+    ],
+)
+def test_silent_acceptances_are_refused(tmp_path, corpus, cli, sets, needle):
+    args = ["run", tiny_config(tmp_path, corpus), "--out", tmp_path / "o"]
+    for s in sets:
+        args += ["--set", s]
+    _assert_clean_error(cli(*args), needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_naming_a_file_and_until_zero(tmp_path, corpus, cli):
+    file = tmp_path / "afile"
+    file.write_text("keep me")
+    _assert_clean_error(cli("run", tiny_config(tmp_path, corpus), "--out", file), "is a file")
+    assert file.read_text() == "keep me"
+    res = cli("run", tiny_config(tmp_path, corpus), "--out", tmp_path / "o", "--until", "0")
+    assert res.exit_code == 2 and not (tmp_path / "o").exists()

@@ -20,7 +20,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ModelConfig(Section):
@@ -322,6 +323,17 @@ def validate(raw: dict) -> Config:
             f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
             f"train.batch_size ({cfg.train.batch_size}); it splits each batch, so at most that"
         )
+    if cfg.train.clients_per_round is not None and cfg.train.clients_per_round > cfg.data.clients:
+        raise ConfigError(
+            f"config key 'train.clients_per_round': {cfg.train.clients_per_round} is more than "
+            f"data.clients ({cfg.data.clients})"
+        )
+    for link in ("uplink", "downlink"):
+        if getattr(cfg, link).codec is not None and not getattr(cfg, link).codec.strip():
+            raise ConfigError(
+                f"config key '{link}.codec': empty; name a codec (e.g. fp32, sparse > zstd) "
+                "or leave the key out for the method's default"
+            )
     if cfg.faults.clients and cfg.faults.kind is None:
         raise ConfigError(
             f"config key 'faults.kind': faults.clients = {cfg.faults.clients} needs a kind; "

@@ -16,6 +16,8 @@ def check_free(out: Path, overwrite: bool) -> None:
     """Fails before any work if `out` holds a run and --overwrite was not given."""
     from .errors import UserError
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; name a new or existing run directory")
     if not overwrite and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: use --overwrite, another --out, or `fedsqueeze resume {out}`")
 

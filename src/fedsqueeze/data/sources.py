@@ -7,7 +7,10 @@ extra label column (`category` for wordnet / pystdlib, or the column `data.label
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,10 +48,35 @@ def _existing_file(kind: str, path: str) -> Path:
 # --- tables (jsonl / csv / parquet / hf) -> raw rows --------------------------------------------------------------
 
 
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def read_text(file: Path) -> str:
+    """A data file's text: UTF-8, or UTF-16/32 with a byte-order mark; anything else is a
+    DataError that says where decoding failed and how to convert the file."""
+    data = file.read_bytes()
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        guess = "UTF-16 without a byte-order mark" if b"\x00" in data[:200] else "Latin-1 or another 8-bit code"
+        raise DataError(
+            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like {guess}); "
+            f"convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
+        ) from None
+
+
 def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:
     file = _existing_file("jsonl", path)
     rows, columns = [], {}
-    with open(file, encoding="utf-8") as f:
+    with io.StringIO(read_text(file)) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -65,7 +93,7 @@ def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:
 
 def _read_csv(path: str) -> tuple[list[str], list[dict]]:
     file = _existing_file("csv", path)
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(file), newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
@@ -121,9 +149,20 @@ def _read_hf(arg: str) -> tuple[list[str], list[dict]]:
 _TABLE_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "hf": _read_hf}
 
 
-def _text(value: Any) -> str:
+def _cell(row: dict, where: str, index: int, column: str) -> str:
+    return _text(row.get(column), where, index, column)
+
+
+def _text(value: Any, where: str = "", row: int = 0, column: str = "") -> str:
+    """A text field: strings as they are, numbers and booleans as text; a list or an object would
+    turn into its Python repr, so it is an error naming the row and column."""
     if value is None:
         return ""
+    if isinstance(value, (list, dict)):
+        raise DataError(
+            f"{where}: row {row + 1}, column {column!r} holds a {type(value).__name__}, not text "
+            f"({json.dumps(value)[:60]}); flatten it in the data, or name another column in data.*_field"
+        )
     return value if isinstance(value, str) else str(value)
 
 
@@ -139,16 +178,17 @@ def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, 
     has_domain = cfg.domain_field in columns
     extra = cfg.label if cfg.label not in ("domain", "source", cfg.domain_field) and cfg.label in columns else None
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
+        text = functools.partial(_cell, row, where, i)
         ex = {
-            "instruction": _text(row.get(cfg.instruction_field)),
-            "input": _text(row.get(cfg.input_field)) if has_input else "",
-            "response": _text(row.get(cfg.response_field)),
-            "domain": (_text(row.get(cfg.domain_field)) or name) if has_domain else name,
+            "instruction": text(cfg.instruction_field),
+            "input": text(cfg.input_field) if has_input else "",
+            "response": text(cfg.response_field),
+            "domain": (text(cfg.domain_field) or name) if has_domain else name,
             "source": name,
         }
         if extra is not None:
-            ex[extra] = _text(row.get(extra))
+            ex[extra] = text(extra)
         out.append(ex)
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ..errors import ConfigError
 from ..tensors import Layout, Tensors
 
 ADAPTER = "default"
@@ -18,6 +19,12 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int):
     torch.manual_seed(seed)
     try:
         peft_model = get_peft_model(model, config)
+    except ValueError as exc:  # peft: target modules not found in the base model
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"config key 'lora.target': {target!r} matches no layer of this model "
+            f'({str(exc).splitlines()[0][:120]}); its linear layers: {", ".join(linear)}, or "all-linear"'
+        ) from None
     finally:
         torch.random.set_rng_state(state)
     return peft_model

@@ -92,6 +92,13 @@ class GridTransport:
             raise UserError(f"no SuperNode connected within runtime.connect_timeout = {self.rt.connect_timeout} s")
 
     def reachable(self, clients: list[int]) -> list[int]:
+        """Only nodes the SuperLink still lists: a blob for a node known gone would be billed but
+        never cross the wire."""
+        online = set(self.grid.get_node_ids())
+        for partition, node in list(self.nodes.items()):
+            if node not in online:
+                self.log(f"node {node} of client {partition} is no longer connected")
+                del self.nodes[partition]
         self.discover()
         found = [c for c in clients if c in self.nodes]
         if len(found) < len(clients):

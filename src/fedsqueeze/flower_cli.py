@@ -126,7 +126,7 @@ def run_(
     """Submit a run to a SuperLink (`flwr run` with this config) and stream its log until it ends."""
     from . import config as config_mod
     from .errors import UserError
-    from .runtime.flower.deploy import flower_env, run_command, write_connection, write_run_config
+    from .runtime.flower.deploy import flower_env, submit, write_connection, write_run_config
 
     try:
         cfg = config_mod.load(config, set_)
@@ -135,4 +135,4 @@ def run_(
         raise typer.Exit(2) from None
     write_connection(home, superlink_address, root_cert)
     run_config = write_run_config(home / "run-config.toml", cfg.to_toml(), out, overwrite, resume)
-    raise typer.Exit(subprocess.call(run_command(run_config), env=flower_env(home)))
+    raise typer.Exit(submit(run_config, flower_env(home)))

@@ -6,9 +6,12 @@ helpers, the integration tests and docs/DEPLOY.md all start the same processes t
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +126,44 @@ def run_command(
 ) -> list[str]:
     cmd = [executable("flwr"), "run", str(app_dir or project_dir()), connection, "--run-config", str(run_config)]
     return cmd + ["--stream"] if stream else cmd
+
+
+STARTED = re.compile(r"Successfully started run (\d+)")
+
+
+def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
+    """`flwr run --stream`, then the run's final status from the SuperLink: 0 only if the ServerApp
+    completed (`flwr run` itself exits 0 once the stream ends, whatever the run did)."""
+    proc = subprocess.Popen(
+        run_command(run_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    run_id = None
+    for line in proc.stdout:
+        out.write(line)
+        found = STARTED.search(line)
+        run_id = found.group(1) if found and run_id is None else run_id
+    if proc.wait() != 0:
+        return proc.returncode
+    if run_id is None:
+        out.write("error: flwr run did not say which run it started\n")
+        return 1
+    ls = subprocess.run(
+        [executable("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    try:
+        row = json.loads(ls.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        out.write(f"error: could not read the status of run {run_id}: {(ls.stdout + ls.stderr).strip()[-300:]}\n")
+        return 1
+    traffic = row.get("network-traffic", {})
+    out.write(f"run {run_id}: {row['status']}; Flower counted {traffic.get('total-bytes', '?')} bytes in and out\n")
+    if str(row["status"]).endswith(":completed"):
+        return 0
+    out.write(f"error: run {run_id} ended {row['status']}: {row.get('status-details') or 'see the log above'}\n")
+    return 1
 
 
 def register_command(public_key: Path, connection: str = CONNECTION) -> list[str]:

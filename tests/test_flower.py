@@ -527,10 +527,13 @@ def test_flower_cli_run_submits_the_resolved_config(tmp_path, corpus, monkeypatc
     from typer.testing import CliRunner
 
     from fedsqueeze import flower_cli
+    from fedsqueeze.runtime.flower import deploy
     from fedsqueeze.runtime.flower.deploy import project_dir
 
-    calls = []
-    monkeypatch.setattr(flower_cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    calls = []  # what would be run: nothing leaves this machine
+    monkeypatch.setattr(
+        deploy, "submit", lambda run_config, env: calls.append((deploy.run_command(run_config), env)) or 0
+    )
     app = typer.Typer()
     app.add_typer(flower_cli.flower_app, name="flower")
     home = tmp_path / "home"

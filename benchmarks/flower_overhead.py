@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from fedsqueeze.runtime.flower import deploy
@@ -45,24 +43,8 @@ connect_timeout = 120
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing on 127.0.0.1:{port}")
-
-
 def measure(method: str, rounds: int, tmp: Path) -> dict:
-    home, port = tmp / f"home-{method}-{rounds}", free_port()
+    home, port = tmp / f"home-{method}-{rounds}", deploy.free_port()
     env = deploy.flower_env(home)
     procs = []
     try:
@@ -77,10 +59,10 @@ def measure(method: str, rounds: int, tmp: Path) -> dict:
                 start_new_session=True,
             )
         )
-        wait_port(port)
+        deploy.wait_for_port(port)
         deploy.write_connection(home, f"127.0.0.1:{port}")
         for p in range(4):
-            cmd = deploy.supernode_command(f"127.0.0.1:{port}", p, 4, free_port())
+            cmd = deploy.supernode_command(f"127.0.0.1:{port}", p, 4, deploy.free_port())
             procs.append(
                 subprocess.Popen(
                     cmd,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 from fedsqueeze.runtime.flower import wire
+from fedsqueeze.runtime.flower.deploy import free_port, wait_for_port
 from fedsqueeze.runtime.flower.settings import AppSettings
 
 from conftest import tiny_config
@@ -323,20 +323,6 @@ def test_flower_simulation_matches_in_process_runtime(tmp_path, corpus, cli):
 
 
 # ---- a SuperLink and SuperNodes on 127.0.0.1 --------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
 class LoopbackFederation:
@@ -350,7 +336,7 @@ class LoopbackFederation:
         self.tmp, self.partitions, self.secure = tmp, partitions, secure
         self.home = tmp / "flwr-home"
         self.env = deploy.flower_env(self.home)
-        self.port = _free_port()
+        self.port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.tls = certs.make_tls(tmp / "tls", ["127.0.0.1", "localhost"]) if secure else None
 
@@ -366,7 +352,7 @@ class LoopbackFederation:
         d = self.deploy
         try:
             self.start("superlink", d.superlink_command(self.port, tls=self.tls, auth=self.secure))
-            _wait_for_port(self.port)
+            wait_for_port(self.port)
             d.write_connection(self.home, f"127.0.0.1:{self.port}", self.tls.ca if self.tls else None)
             for p in range(self.partitions):
                 key = None
@@ -387,7 +373,7 @@ class LoopbackFederation:
                         f"127.0.0.1:{self.port}",
                         p,
                         self.partitions,
-                        _free_port(),
+                        free_port(),
                         root_cert=self.tls.ca if self.tls else None,
                         auth_key=key,
                     ),

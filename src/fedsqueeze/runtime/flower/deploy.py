@@ -11,8 +11,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +166,23 @@ def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
         return 0
     out.write(f"error: run {run_id} ended {row['status']}: {row.get('status-details') or 'see the log above'}\n")
     return 1
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on, on 127.0.0.1 (loopback deployments)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
 def register_command(public_key: Path, connection: str = CONNECTION) -> list[str]:

@@ -290,10 +290,9 @@ class Driver:
         }
         save_checkpoint(self.out, state, meta)
 
-    def restore(self, rebuild_rounds: bool = False) -> None:
-        """Continues from the checkpoint; refuses one of another run or a damaged one (UserError).
-        rebuild_rounds: rewrite a missing or damaged rounds.jsonl from the checkpoint's records."""
-        check_resumable(self.out, self.s.cfg, rebuild_rounds)
+    def restore(self) -> None:
+        """Continues from the checkpoint (its checksums verified). Callers run `check_resumable`
+        first, before they build anything; rounds.jsonl is then rewritten from the checkpoint."""
         state, meta = load_checkpoint(self.out)
         self.server.load_state_dict(unprefixed("server/", state))
         self.transport.load_state_dict(state, meta)

@@ -49,7 +49,7 @@ def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | Non
         describe(session, log)
         driver = Driver(session, transport_factory(session), out, launch.progress)
         if launch.resume:
-            driver.restore(launch.rebuild_rounds)
+            driver.restore()
             if cfg.train.rounds > driver.done:
                 log(f"resuming {out} after round {driver.done} of {cfg.train.rounds}")
             (out / rundir.CONFIG).write_text(cfg.to_toml())

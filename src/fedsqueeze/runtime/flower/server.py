@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from ... import rundir
 from ...errors import UserError
 from ...tensors import Tensors
-from ..driver import CloseRule, Driver, LogProgress, Upload, describe
+from ..driver import CloseRule, Driver, LogProgress, Upload, check_resumable, describe
 from ..session import Session
 from . import wire
 from .client_app import NUM_PARTITIONS, PARTITION_ID
@@ -189,6 +189,8 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 
 
 def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
     """Runs (or resumes) a whole fedsqueeze run over `grid`; returns the summary."""
+    if resume:
+        check_resumable(out, cfg)  # before the model loads: another run's config or a damaged checkpoint
     session = Session.build(cfg, log=log)
     driver = Driver(session, GridTransport(session, grid, log), out, LogProgress(log))
     if resume:

@@ -48,3 +48,39 @@ def test_an_unreadable_status_is_an_error(tmp_path, fake_flwr):
     out = io.StringIO()
     assert deploy.submit(tmp_path / "run.toml", {"PATH": "/usr/bin:/bin"}, out) == 1  # no FAKE_STATUS: ls fails
     assert "could not read the status of run 7" in out.getvalue()
+
+
+def test_a_supernode_that_stops_with_an_error_is_started_again_with_back_off(tmp_path):
+    """A stand-in that fails twice (as a SuperNode does with 401 after its SuperLink restarted),
+    then exits cleanly; the waits double."""
+    counter = tmp_path / "runs"
+    script = tmp_path / "node"
+    script.write_text(
+        f"#!{sys.executable}\nimport pathlib, sys\np = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) if p.exists() else 0\np.write_text(str(n + 1))\nsys.exit(0 if n >= 2 else 1)\n"
+    )
+    script.chmod(0o755)
+    waits, lines = [], []
+    code = deploy.supervise([str(script)], {"PATH": "/usr/bin:/bin"}, log=lines.append, sleep=waits.append)
+    assert code == 0 and counter.read_text() == "3" and waits == [1.0, 2.0]
+    assert all("exited with 1; starting it again" in line for line in lines)
+    counter.unlink()
+    assert deploy.supervise([str(script)], {}, log=lines.append, sleep=waits.append, max_restarts=0) == 1
+
+
+def test_the_supernode_command_is_supervised_unless_told_not_to(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from fedsqueeze import flower_cli
+
+    seen = {}
+    monkeypatch.setattr(deploy, "supervise", lambda cmd, env, log: seen.setdefault("supervised", cmd) and 0)
+    monkeypatch.setattr(flower_cli.os, "execvpe", lambda path, cmd, env: seen.setdefault("exec", cmd))
+    app = typer.Typer()
+    app.add_typer(flower_cli.flower_app, name="flower")
+    args = ["flower", "supernode", "--superlink", "127.0.0.1:9", "--partition-id", "1", "--num-partitions", "3"]
+    assert CliRunner().invoke(app, [*args, "--home", str(tmp_path / "h")]).exit_code == 0
+    assert "partition-id=1 num-partitions=3" in " ".join(seen["supervised"]) and "exec" not in seen
+    CliRunner().invoke(app, [*args, "--home", str(tmp_path / "h"), "--no-restart"])
+    assert seen["exec"] == seen["supervised"]

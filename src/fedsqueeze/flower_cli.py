@@ -67,17 +67,24 @@ def supernode(
     auth_key: Path | None = typer.Option(
         None, "--auth-key", help="This SuperNode's private key (registered with `fedsqueeze flower register`)."
     ),
+    restart: bool = typer.Option(
+        True,
+        "--restart/--no-restart",
+        help="Start the SuperNode again, with back-off, whenever it stops with an error.",
+    ),
     home: Path = HOME,
 ):
     """Start a SuperNode holding one partition (client) of the federation."""
-    from .runtime.flower.deploy import supernode_command
+    from .runtime.flower.deploy import flower_env, supernode_command, supervise
 
-    _exec(
-        supernode_command(
-            superlink_address, partition_id, num_partitions, port, root_cert=root_cert, auth_key=auth_key
-        ),
-        home,
+    cmd = supernode_command(
+        superlink_address, partition_id, num_partitions, port, root_cert=root_cert, auth_key=auth_key
     )
+    if not restart:
+        _exec(cmd, home)
+    home.mkdir(parents=True, exist_ok=True)
+    typer.echo(" ".join(cmd), err=True)
+    raise typer.Exit(supervise(cmd, flower_env(home), log=lambda text: typer.echo(text, err=True)))
 
 
 @flower_app.command()

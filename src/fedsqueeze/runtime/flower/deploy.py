@@ -168,6 +168,41 @@ def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
     return 1
 
 
+def supervise(
+    cmd: list[str],
+    env: dict,
+    log=print,
+    first: float = 1.0,
+    most: float = 60.0,
+    sleep=time.sleep,
+    max_restarts: int | None = None,
+) -> int:
+    """Runs `cmd` and starts it again whenever it fails: a SuperNode stops (401) when its SuperLink
+    restarts, and comes back by itself once the SuperLink is there again. The wait doubles from
+    `first` to `most` seconds, and starts over after a run that lasted longer than `most`. A clean
+    exit (0), Ctrl-C / SIGTERM (passed on to the child) or `max_restarts` ends the loop."""
+    delay, restarts = first, 0
+    while True:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env)
+        previous = signal.signal(signal.SIGTERM, lambda *_, child=proc: child.terminate())
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code == 0 or code == -signal.SIGTERM or (max_restarts is not None and restarts >= max_restarts):
+            return code
+        if time.monotonic() - started > most:
+            delay = first
+        log(f"{Path(cmd[0]).name} exited with {code}; starting it again in {delay:g} s")
+        sleep(delay)
+        delay, restarts = min(2 * delay, most), restarts + 1
+
+
 def free_port() -> int:
     """A TCP port nothing listens on, on 127.0.0.1 (loopback deployments)."""
     with socket.socket() as s:

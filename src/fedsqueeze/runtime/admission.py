@@ -27,11 +27,12 @@ def screen(method, rnd: int, candidates: list[Candidate], cfg: ServerConfig) -> 
     reasons: dict[int, str] = {}
     norms: dict[int, float] = {}
     for c in candidates:
-        reason = method.check_upload(rnd, c.client, c.tensors) or _claim(c) or _finite(method.update_values(c.tensors))
+        values = method.update_values(c.tensors)
+        reason = method.check_upload(rnd, c.client, c.tensors) or _claim(c) or _finite(values)
         if reason:
             reasons[c.client] = reason
         else:
-            norms[c.client] = _norm(method.update_values(c.tensors))
+            norms[c.client] = _norm(values)
     if cfg.max_update_norm is not None:
         for client, n in norms.items():
             if n > cfg.max_update_norm:

@@ -153,6 +153,7 @@ class CGFedLLM(Method):
         self.version = 0  # 0: not trained yet; +1 each time the weights change
         self.holders: dict[int, int] = {}  # client -> version of the weights it was sent
         self.client_halves: dict[int, Tensors] = {}  # client -> its copy, where a lossy downlink changed it
+        self.checked: dict[int, Tensors] = {}  # client -> the delta its latent message decoded to (this round)
 
     def _fresh_network(self):
         p = self.params
@@ -208,7 +209,8 @@ class CGFedLLM(Method):
             if ENERGY in tensors and not torch.isfinite(tensors[ENERGY][:2]).all():
                 return "non-finite signal / noise energies"
             try:
-                self._compressor_for(client).decompress({k: v for k, v in tensors.items() if k in MESSAGE_KEYS})
+                message = {k: v for k, v in tensors.items() if k in MESSAGE_KEYS}
+                self.checked[client] = self._compressor_for(client).decompress(message)  # aggregate reuses it
             except (MalformedUpload, RuntimeError, ValueError) as exc:
                 return f"latent message does not decode: {exc}"
             return None
@@ -245,7 +247,7 @@ class CGFedLLM(Method):
         for w, u in zip(self.weights(updates), updates):
             if SIZE in u.tensors:
                 message = {k: v for k, v in u.tensors.items() if k in MESSAGE_KEYS}
-                delta = self._compressor_for(u.client).decompress(message)
+                delta = self.checked.pop(u.client, None) or self._compressor_for(u.client).decompress(message)
                 sizes = message[SIZE].tolist()
                 dense_units += sum(1 for s in sizes if s < 0)
                 sent = sum(self.view.samples_per_unit(unit) * s for unit, s in zip(self.view.units, sizes) if s > 0)
@@ -273,6 +275,7 @@ class CGFedLLM(Method):
             metrics["snr_paper_db"] = sum(paper) / len(paper)
         if rnd >= self.tgap_rounds and not self.version and len(self.pool):
             metrics.update(self._train())
+        self.checked = {}  # those of rejected uploads
         return metrics
 
     def _train(self) -> dict:

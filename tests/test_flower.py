@@ -152,6 +152,7 @@ class InProcessGrid:
 
     def push_messages(self, messages):
         from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode
         from flwr.supercore.task_identity import TaskIdentity
 
         ids = []
@@ -168,7 +169,7 @@ class InProcessGrid:
             TaskIdentity.node_id = self.SUPERLINK if fault == "gone" else node
             try:
                 if fault == "gone":
-                    reply = Message(Error(code=0, reason="node unavailable"), reply_to=msg)
+                    reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"), reply_to=msg)
                 elif fault == "error":
                     raise RuntimeError("injected failure")
                 else:
@@ -245,6 +246,13 @@ def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
     assert [r["bytes_up"] for r in rows] == [2 * one_up] * 3 + [3 * one_up]
     assert rows[1]["bytes_down"] == rows[3]["bytes_down"]
     assert rows[1]["per_client"]["0"]["up"] == 0 and rows[1]["per_client"]["0"]["down"] > 0
+    # The gone node may never have pulled its blob: listed apart, off bytes_down.
+    one_down = rows[3]["bytes_down"] // 3
+    assert rows[2]["undelivered"] == {"1": one_down} and rows[2]["bytes_down"] == 2 * one_down
+    assert "1" not in rows[2]["per_client"]
+    assert all("undelivered" not in r for i, r in enumerate(rows) if i != 2)
+    assert summary["bytes_undelivered"] == one_down
+    assert summary["bytes_down"] == sum(r["bytes_down"] for r in rows)
 
 
 def test_hybrid_on_flower_closes_at_the_quorum_and_folds_a_late_reply_in_once(tmp_path, corpus):

@@ -270,3 +270,33 @@ def test_decode_allocates_little_beyond_blob_and_layout():
     finally:
         tracemalloc.stop()
     assert worst > 0
+
+
+def test_a_receiver_that_names_what_it_accepts_refuses_foreign_tensors_before_allocating():
+    """A 2 KB zstd blob may declare 16.7M elements under the default element cap; a decoder told
+    which tensors it accepts (the server: the method's upload layout) refuses it from the header."""
+    codec = build_codec("zstd", LAYOUT)
+    bomb = codec.encode({"foreign.w": torch.zeros(4096, 4096)})
+    assert len(bomb) < 20_000
+    assert codec.decode(bomb)["foreign.w"].numel() == 4096 * 4096  # what the cap alone allows
+
+    shapes = {n: tuple(s) for n, s in zip(LAYOUT.names, LAYOUT.shapes)}
+    accepts = lambda name, shape: shapes.get(name) == tuple(shape)  # noqa: E731
+    tracemalloc.start()
+    try:
+        codec.decode(bomb, accepts)
+        raise AssertionError("accepted a tensor outside the layout")
+    except PayloadError as exc:
+        assert "'foreign.w'" in str(exc) and "accepts" in str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 1_000_000  # refused from the header: nothing near 64 MiB was allocated
+    honest = _tensors(3)
+    assert set(codec.decode(codec.encode(honest), accepts)) == set(honest)
+    wrong_shape = codec.encode({"blk.0.a": torch.ones(10, 6)})
+    try:
+        codec.decode(wrong_shape, accepts)
+        raise AssertionError("accepted a layout name in another shape")
+    except PayloadError as exc:
+        assert "(10, 6)" in str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +15,8 @@ from .base import CODECS, Bytes, Entry, PayloadError, Stage, Structure, Values
 from .dense import Dense
 from .fp32 import FP32
 from .spec import parse_spec
+
+Accepts = Callable[[str, tuple[int, ...]], bool]
 
 ORDER = ("structure", "values", "bytes")
 ROLE = {"structure": "sparsifier / low-rank", "values": "value encoding", "bytes": "byte compression"}
@@ -105,8 +108,10 @@ class Codec:
         return entries, by_fingerprint
 
     # ---- decoding -----------------------------------------------------------------------------
-    def decode(self, blob: bytes | bytearray | memoryview) -> Tensors:
-        """The tensors of `blob` (float32, CPU), or PayloadError saying what is wrong with it."""
+    def decode(self, blob: bytes | bytearray | memoryview, accepts: Accepts | None = None) -> Tensors:
+        """The tensors of `blob` (float32, CPU), or PayloadError saying what is wrong with it.
+        accepts(name, shape): the tensors this end takes at all (e.g. the shared layout's); any
+        other declared in the blob is refused before anything is allocated."""
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise TypeError(f"decode expects bytes, got {type(blob).__name__}")
         env = wire.unpack(blob, self._layout_ref, self.limits)
@@ -115,6 +120,8 @@ class Codec:
         for e in env.entries:
             if e.numel > wire.MAX_DIM:
                 raise PayloadError(f"tensor {e.name!r} declares {e.numel} elements (max {wire.MAX_DIM} per tensor)")
+            if accepts is not None and not accepts(e.name, e.shape):
+                raise PayloadError(f"tensor {e.name!r} of shape {e.shape} is not one this end accepts")
         ceiling = min(wire.max_body_size(env.entries), self.limits.max_blob_bytes)
         if self.compressor:
             if env.body_size > ceiling:

@@ -20,6 +20,9 @@ class BlobRecord:
     decoded. With error feedback x_hat also carries earlier rounds' residue, so it can exceed 1."""
     encode_s: float
     decode_s: float
+    delivered: bool = True
+    """False: a downlink blob whose node went away before answering (Flower cannot say whether it
+    was pulled); listed as `undelivered`, apart from bytes_down."""
 
 
 @dataclass
@@ -40,8 +43,19 @@ class Ledger:
         """raw_bytes: the fp32 size of what was encoded; wire_bytes: len() of the blob sent."""
         self.records.append(BlobRecord(rnd, client, direction, wire_bytes, raw_bytes, rel_error, encode_s, decode_s))
 
+    def mark_undelivered(self, rnd: int, client: int) -> int:
+        """Takes `client`'s round-`rnd` downlink off bytes_down; returns its bytes."""
+        found = 0
+        for r in self.records:
+            if r.round == rnd and r.client == client and r.direction == DOWN and r.delivered:
+                r.delivered = False
+                found += r.wire_bytes
+        return found
+
     def round_summary(self, rnd: int) -> dict:
         recs = [r for r in self.records if r.round == rnd]
+        undelivered = [r for r in recs if not r.delivered]
+        recs = [r for r in recs if r.delivered]
         out: dict = {"bytes_up": 0, "bytes_down": 0}
         per_dir: dict[str, list[BlobRecord]] = defaultdict(list)
         for r in recs:
@@ -61,6 +75,8 @@ class Ledger:
             str(c): {d: sum(r.wire_bytes for r in recs if r.client == c and r.direction == d) for d in (UP, DOWN)}
             for c in sorted({r.client for r in recs})
         }
+        if undelivered:
+            out["undelivered"] = {str(r.client): r.wire_bytes for r in sorted(undelivered, key=lambda r: r.client)}
         return out
 
     def drop_round(self, rnd: int) -> None:

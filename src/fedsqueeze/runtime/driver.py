@@ -43,6 +43,7 @@ class Upload:
     blob: bytes | None
     metrics: dict
     error: str | None = None  # the client failed: nothing to use, and it is left out
+    gone: bool = False  # with error: its node went away, maybe before it pulled the downlink
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,8 @@ class Driver:
         for up in uploads:
             if up.error is not None:
                 self.progress.log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
+                if up.gone and up.origin == rnd:
+                    self.server.ledger.mark_undelivered(rnd, up.client)
                 continue
             arrived.append(up.client)
             if up.metrics.get("steps", self.s.local_steps) < self.s.local_steps:
@@ -368,6 +371,7 @@ def finish(
     last_eval = next(r for r in reversed(rows) if "eval_loss" in r)
     up = sum(r["bytes_up"] for r in rows)
     down = sum(r["bytes_down"] for r in rows)
+    undelivered = sum(sum(r.get("undelivered", {}).values()) for r in rows)
     summary = {
         "method": s.cfg.method,
         "rounds": rounds_done,
@@ -386,6 +390,8 @@ def finish(
         "precision": s.placement.precision,
         **merge_peaks(*rows),
     }
+    if undelivered:
+        summary["bytes_undelivered"] = undelivered
     if "ood_eval_loss" in last_eval:
         summary["ood_eval_loss"] = last_eval["ood_eval_loss"]
     if base_eval is not None:

@@ -132,7 +132,7 @@ class ServerRole:
         """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
         t0 = time.perf_counter()
         try:
-            return self.decoder.decode(blob)
+            return self.decoder.decode(blob, self.method.accepts)
         finally:
             self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
 

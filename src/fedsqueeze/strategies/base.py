@@ -201,11 +201,21 @@ class Method:
         return True
 
     # ---- admission (the server checks every decoded upload before aggregate sees it) ---------
+    def accepts(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether an upload may carry this tensor at all: the uplink decoder refuses any other
+        before it allocates anything. Default: a trained tensor of the layout, in its shape."""
+        return self._upload_shapes().get(name) == tuple(shape)
+
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
         """Why this decoded upload cannot be aggregated, or None. Default: exactly the trained
         tensors of the layout, with their shapes (what `client_upload` sends)."""
-        layout = self.ctx.layout
-        return layout_mismatch(tensors, {n: s for n, s in zip(layout.names, layout.shapes) if self.trainable(n)})
+        return layout_mismatch(tensors, self._upload_shapes())
+
+    def _upload_shapes(self) -> dict[str, tuple[int, ...]]:
+        if getattr(self, "_shapes", None) is None:
+            layout = self.ctx.layout
+            self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes) if self.trainable(n)}
+        return self._shapes
 
     def update_values(self, tensors: Tensors) -> Tensors:
         """The tensors whose values are the update (checked finite, and their norm bounded)."""

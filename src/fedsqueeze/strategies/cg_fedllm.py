@@ -199,6 +199,13 @@ class CGFedLLM(Method):
             self.client_halves[client] = {k: received[k].clone() for k in own}
 
     # ---- admission -------------------------------------------------------------------------------
+    def accepts(self, name: str, shape: tuple[int, ...]) -> bool:
+        if name in MESSAGE_KEYS or name == ENERGY:  # variable length, bounded by the decoder's limits
+            return True
+        if name.startswith(SNAP_UP):
+            name = name[len(SNAP_UP) :].partition("/")[2]
+        return super().accepts(name, shape)
+
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
         """A latent message must decode with the autoencoder the client holds; a dense one (TGAP)
         is the trained tensors plus, optionally, its snapshots."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from ... import rundir
@@ -131,7 +132,8 @@ class GridTransport:
         for mid, reply in replies.items():
             p = self.pending.pop(mid)
             if reply.has_error():
-                uploads.append(Upload(p.client, p.origin, None, {}, error=reply.error.reason))
+                gone = reply.error.code == ErrorCode.NODE_UNAVAILABLE
+                uploads.append(Upload(p.client, p.origin, None, {}, error=reply.error.reason, gone=gone))
             else:
                 content = reply.content
                 uploads.append(Upload(p.client, p.origin, wire.unpack(content, "up"), wire.reply_metrics(content)))

@@ -182,7 +182,7 @@ def test_tgap_snapshots_span_local_steps_cost_uplink_bytes_and_change_nothing_el
     assert rows3[1]["bytes_up"] == pytest.approx(rows1[1]["bytes_up"], rel=0.2)  # FAF sends latents only
     # capturing snapshots changes neither training nor TGAP's average (FAF then uses each run's own AE)
     assert rows3[0]["train_loss"] == rows1[0]["train_loss"] and rows3[0]["eval_loss"] == rows1[0]["eval_loss"]
-    assert not any(k.startswith("snapshot/") for c in rt3.transport.clients for k in c.state)
+    assert not any(k.startswith("snapshot/") for c in rt3.transport.client_states() for k in c)
 
 
 def test_snapshot_pool_orders_by_round_client_step():

@@ -25,7 +25,7 @@ STRAGGLER = 3  # trains only once round 2 has begun: late on the real clock, det
 class ThreadTransport:
     remote = True  # only blobs reach the clients
 
-    def __init__(self, session):
+    def __init__(self, session, out):
         self.cfg = session.cfg
         self.pool = ThreadPoolExecutor(max_workers=session.num_clients)
         self.roles: dict[int, ClientRole] = {}
@@ -56,6 +56,9 @@ class ThreadTransport:
 
     def client_states(self):
         return [{} for _ in range(self.cfg.data.clients)]
+
+    def committed(self):
+        pass
 
     def exchange(self, rnd, blobs, rule, progress):
         for c, blob in blobs.items():

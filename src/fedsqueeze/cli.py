@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def report(
 def data(
     config: Path = typer.Argument(..., help="TOML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
+    all_clients: bool = typer.Option(False, "--all", help="List every client (default: 20 and the spread)."),
 ):
     """Load, tokenize and partition the data of a config, and print the partition summary."""
     from . import config as config_mod
@@ -131,8 +133,11 @@ def data(
     try:
         cfg = config_mod.load(config, set_)
         _, tok = load_base(cfg.model.name, log=console.print)
+        t0 = time.perf_counter()
         fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).mode.pooled)
-        console.print(fed.summary(), highlight=False)
+        seconds = time.perf_counter() - t0
+        console.print(fed.summary(show=len(fed.clients) if all_clients else 20), highlight=False)
+        console.print(f"built in {seconds:.1f} s (read, tokenize, partition)", highlight=False)
     except UserError as exc:
         _fail(exc)
 

@@ -136,6 +136,9 @@ class RuntimeConfig(Section):
     """flower-sim: ClientApps that run at once (Ray actors, one CPU each)."""
     sim_gpus: float = Field(0.0, ge=0, le=1)
     """flower-sim: the fraction of a GPU each ClientApp actor reserves (0.25: four share one GPU); 0: none."""
+    state_cache_mb: float = Field(256.0, gt=0)
+    """MB of per-client state (error-feedback memory, the server's per-client views) kept in memory;
+    the rest lives in files under the run directory (state/), read when a client is sampled."""
 
 
 class NetworkConfig(Section):

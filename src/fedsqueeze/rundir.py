@@ -62,13 +62,16 @@ def read_rounds(out: Path, skipped: list[str] | None = None) -> list[dict]:
 
 def rounds_problem(out: Path, records: list[dict]) -> str | None:
     """What is wrong with rounds.jsonl against the checkpoint's `records` (None: it holds them,
-    perhaps with lines past them, from a crash before the checkpoint)."""
+    perhaps with lines past them, from a crash before the checkpoint, or all but the last, from a
+    crash between the checkpoint and its line)."""
     path = out / ROUNDS
     if not path.is_file():
         return "missing"
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     for i, record in enumerate(records):
         if i >= len(lines):
+            if i == len(records) - 1:
+                return None
             return f"holds {len(lines)} rounds, the checkpoint {len(records)}"
         try:
             row = json.loads(lines[i])

@@ -32,20 +32,30 @@ class Federation:
     skipped: int
     """Examples dropped because no response token was left (empty response, or truncated away)."""
     eval_sets: dict[str, TokenizedSet] = field(default_factory=dict)
+    build_seconds: float = 0.0  # partitioning and tokenizing, for the summary
     """Held-out set per original client, also when the training data is pooled (centralized)."""
     description: str = ""
 
-    def summary(self) -> str:
+    def summary(self, show: int = 20) -> str:
+        """A table of the clients; past `show` of them, the first and last few and the spread."""
         total_train = sum(c.num_examples for c in self.clients)
         total_eval = sum(len(s) for s in self.eval_sets.values())
         head = f"data: {len(self.clients)} client(s), {total_train} train / {total_eval} eval examples"
         lines = [head + (f" ({self.description})" if self.description else "")]
         width = max([len(c.name) for c in self.clients] + [len(n) for n in self.eval_sets] + [6])
         lines.append(f"  {'client':<{width}}  {'train':>6}  {'eval':>5}  top labels")
-        for c in self.clients:
+        listed = self.clients if len(self.clients) <= show else self.clients[: show // 2] + self.clients[-show // 2 :]
+        for i, c in enumerate(listed):
+            if len(listed) < len(self.clients) and i == show // 2:
+                lines.append(f"  ... {len(self.clients) - show} more clients ...")
             top = ", ".join(f"{label} {n}" for label, n in sorted(c.labels.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
             more = f" (+{len(c.labels) - 3} more)" if len(c.labels) > 3 else ""
             lines.append(f"  {c.name:<{width}}  {c.num_examples:>6}  {len(c.eval):>5}  {top}{more}")
+        if len(listed) < len(self.clients):
+            sizes = sorted(c.num_examples for c in self.clients)
+            lines.append(
+                f"  train examples per client: min {sizes[0]}, median {sizes[len(sizes) // 2]}, max {sizes[-1]}"
+            )
         pooled_names = [n for n in self.eval_sets if n not in {c.name for c in self.clients}]
         if pooled_names:
             lines.append(

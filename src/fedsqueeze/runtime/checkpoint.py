@@ -22,7 +22,8 @@ META = "meta.json"
 SUMS = "SHA256SUMS"
 
 
-def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta) -> None:
+    """meta: the JSON metadata, or a function of the state file's size in bytes that returns it."""
     final = run_dir / "checkpoint"
     tmp = run_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -36,6 +37,8 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict)
         flat[k] = v.clone() if ptr in seen else v
         seen.add(ptr)
     save_file(flat, str(tmp / STATE))
+    if callable(meta):
+        meta = meta((tmp / STATE).stat().st_size)
     (tmp / META).write_text(json.dumps(meta, indent=1))
     (tmp / SUMS).write_text("".join(f"{_sha256(tmp / name)}  {name}\n" for name in (STATE, META)))
     old = run_dir / "checkpoint.old"

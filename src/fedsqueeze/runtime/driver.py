@@ -32,6 +32,7 @@ from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .roles import ServerRole
 from .session import Session
+from .state_store import STATE_DIR, StateStore
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class Transport(Protocol):
 
     def load_state_dict(self, tensors: Tensors, meta: dict) -> None: ...
 
+    def committed(self) -> None:
+        """The checkpoint that state_dict() was for is written (state files it superseded may go)."""
+
 
 class NullProgress:
     def start(self, total_rounds: int, done: int, steps: int) -> None: ...
@@ -152,7 +156,9 @@ class Driver:
         self.transport = transport
         self.out = out
         self.progress = progress or NullProgress()
-        self.server = ServerRole(session)
+        # In-process the clients' store shares the cache (runtime.state_cache_mb) half and half.
+        cache_mb = session.cfg.runtime.state_cache_mb / (1 if transport.remote else 2)
+        self.server = ServerRole(session, StateStore(out / STATE_DIR / "server", cache_mb))
         self.rule = CloseRule.of(session.cfg.hybrid)
         self.done = 0
         self.elapsed = 0.0
@@ -268,9 +274,8 @@ class Driver:
                 record = self.run_round(rnd)
                 self.elapsed += record["seconds"]
                 self.done = rnd
-                self.records.append(json.loads(json.dumps(record)))  # as rounds.jsonl will read it
+                self.save(record)
                 rundir.append_round(self.out, record)
-                self.save()
                 self.progress.round_end(record)
         finally:
             self.progress.stop()
@@ -279,24 +284,37 @@ class Driver:
         return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval, self.records)
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save(self) -> None:
-        tensors, meta = self.transport.state_dict()
+    def save(self, record: dict) -> None:
+        """Checkpoints the finished round; `record` gets the bytes this wrote (`checkpoint_bytes`:
+        the changed clients' state files and the server's state) and joins the checkpoint's records."""
+        tensors, meta = self.transport.state_dict()  # flushes the transport's client store, if any
+        server_store = self.server.store.flush()
         state = {**prefixed("server/", self.server.state_dict()), **tensors}
-        meta = {
-            "round": self.done,
-            "seconds": self.elapsed,
-            "base_eval": self.base_eval,
-            "placement": self.server.recorded_placement,
-            "config": self.s.cfg.to_toml(),  # what a resume must match
-            "records": self.records,  # the ledger, so a lost rounds.jsonl cannot undercount
-            **meta,
-        }
-        save_checkpoint(self.out, state, meta)
+        store_bytes = server_store["bytes"] + meta.get("client_store", {}).get("bytes", 0)
+
+        def full_meta(state_bytes: int) -> dict:
+            record["checkpoint_bytes"] = store_bytes + state_bytes
+            self.records.append(json.loads(json.dumps(record)))  # as rounds.jsonl will read it
+            return {
+                "round": self.done,
+                "seconds": self.elapsed,
+                "base_eval": self.base_eval,
+                "placement": self.server.recorded_placement,
+                "config": self.s.cfg.to_toml(),  # what a resume must match
+                "records": self.records,  # the ledger, so a lost rounds.jsonl cannot undercount
+                "server_store": server_store,
+                **meta,
+            }
+
+        save_checkpoint(self.out, state, full_meta)
+        self.server.store.prune()  # only now: the old checkpoint named the files it deletes
+        self.transport.committed()
 
     def restore(self) -> None:
         """Continues from the checkpoint (its checksums verified). Callers run `check_resumable`
         first, before they build anything; rounds.jsonl is then rewritten from the checkpoint."""
         state, meta = load_checkpoint(self.out)
+        self.server.store.load(meta.get("server_store", {}))
         self.server.load_state_dict(unprefixed("server/", state))
         self.transport.load_state_dict(state, meta)
         self.done, self.elapsed = meta["round"], meta["seconds"]
@@ -388,6 +406,7 @@ def finish(
         "adapter_params": s.adapter.layout.numel,
         "device": str(s.placement.device),
         "precision": s.placement.precision,
+        "federation_seconds": s.federation.build_seconds,
         **merge_peaks(*rows),
     }
     if undelivered:

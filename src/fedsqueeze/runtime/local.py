@@ -9,6 +9,7 @@ when the driver's rule says, on that clock. Only moving blobs here: the round is
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import numpy as np
 import torch
 
 from ..client.faults import ClientDropped
-from ..tensors import Tensors, prefixed, unprefixed
+from ..tensors import Tensors, unnested, unprefixed
 from .clock import NetworkModel
 from .driver import CloseRule, Driver, Upload
 from .roles import ClientRole
 from .session import Session
+from .state_store import STATE_DIR, StateStore
 
 
 @dataclass
@@ -34,12 +36,31 @@ class InFlight:
     metrics: dict
 
 
+class StoredStates(Sequence):
+    """Every client's method state, read from the store on demand (evaluation of personalized
+    adapters; {} for a client that never took part)."""
+
+    def __init__(self, store: StateStore, count: int):
+        self.store, self.count = store, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, client: int) -> Tensors:
+        if not 0 <= client < self.count:
+            raise IndexError(client)
+        return unprefixed("state/", self.store.get(client))
+
+
 class InProcessTransport:
+    """store: each client's state (ClientRole.state_dict), read when it is sampled, put back after,
+    as a Flower SuperNode keeps it in context.state."""
+
     remote = False
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, store: StateStore):
         self.s = session
-        self.clients = [ClientRole(session, c) for c in range(session.num_clients)]
+        self.store = store
         self.network = NetworkModel(session.cfg.network, session.num_clients, session.cfg.seed)
         self.clock = 0.0  # simulated seconds
         self.flights: list[InFlight] = []
@@ -53,8 +74,18 @@ class InProcessTransport:
     def in_flight(self) -> set[int]:
         return {f.client for f in self.flights}
 
-    def client_states(self) -> list[Tensors]:
-        return [c.state for c in self.clients]
+    def client_states(self) -> Sequence[Tensors]:
+        return StoredStates(self.store, self.s.num_clients)
+
+    def _handle(self, rnd: int, client: int, blob: bytes | None, progress, steps: int):
+        role = ClientRole(self.s, client)
+        role.load_state_dict(self.store.get(client))
+        try:
+            return role.handle(rnd, blob, on_step=progress.step, steps=steps)
+        finally:  # also when a fault drops the reply: the client did train
+            state = role.state_dict()
+            if state or client in self.store:
+                self.store.put(client, state)
 
     def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress):
         started = []
@@ -66,7 +97,7 @@ class InProcessTransport:
                 steps = self.network.steps_that_fit(c, rule.work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
             try:
-                up_blob, metrics = self.clients[c].handle(rnd, blob, on_step=progress.step, steps=steps)
+                up_blob, metrics = self._handle(rnd, c, blob, progress, steps)
             except ClientDropped:
                 continue  # no reply will ever come: the driver counts it left out
             self.last_up[c] = len(up_blob or b"")
@@ -84,8 +115,6 @@ class InProcessTransport:
 
     def state_dict(self) -> tuple[Tensors, dict]:
         state: Tensors = {}
-        for i, c in enumerate(self.clients):
-            state.update(prefixed(f"client/{i}/", c.state_dict()))
         flights = []
         for i, f in enumerate(self.flights):
             if f.blob is not None:
@@ -99,12 +128,21 @@ class InProcessTransport:
                     "has_blob": f.blob is not None,
                 }
             )
-        meta = {"clock": self.clock, "in_flight": flights, "last_up": {str(c): n for c, n in self.last_up.items()}}
+        meta = {
+            "clock": self.clock,
+            "in_flight": flights,
+            "last_up": {str(c): n for c, n in self.last_up.items()},
+            "client_store": self.store.flush(),
+        }
         return state, meta
 
+    def committed(self) -> None:
+        self.store.prune()
+
     def load_state_dict(self, state: Tensors, meta: dict) -> None:
-        for i, c in enumerate(self.clients):
-            c.load_state_dict(unprefixed(f"client/{i}/", state))
+        self.store.load(meta.get("client_store", {}))
+        for c, old in unnested("client/", state).items():  # a checkpoint from before the store
+            self.store.put(c, old)
         self.clock = meta.get("clock", 0.0)
         self.last_up = {int(c): n for c, n in meta.get("last_up", {}).items()}
         in_flight = meta.get("in_flight", [])
@@ -122,4 +160,9 @@ class InProcessTransport:
 
 def LocalRuntime(session: Session, out: Path, progress=None) -> Driver:
     """The in-process runtime: the driver over an InProcessTransport."""
-    return Driver(session, InProcessTransport(session), out, progress)
+    return Driver(session, InProcessTransport(session, client_store(session, out)), out, progress)
+
+
+def client_store(session: Session, out: Path) -> StateStore:
+    """The clients' half of the state cache (the server's store has the other half)."""
+    return StateStore(out / STATE_DIR / "clients", session.cfg.runtime.state_cache_mb / 2)

@@ -2,7 +2,8 @@
 
 An entry is a callable `execute(cfg, out, launch)` that runs (or resumes, per `Launch`) a whole run
 into `out` and returns its summary (None when stopped early by `launch.until`).
-A runtime whose clients run in this process is a Transport and `in_process(TransportClass)`.
+A runtime whose clients run in this process is a Transport, built as TransportClass(session, out),
+and `in_process(TransportClass)`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Launch:
 
 
 def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | None]:
-    """An execute function for a transport built from the Session, `transport_factory(session)`."""
+    """An execute function for a transport built from the Session and run directory,
+    `transport_factory(session, out)`."""
 
     def execute(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
         from .. import rundir
@@ -47,7 +49,7 @@ def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | Non
         if not launch.resume:
             rundir.prepare(out, cfg, launch.overwrite)
         describe(session, log)
-        driver = Driver(session, transport_factory(session), out, launch.progress)
+        driver = Driver(session, transport_factory(session, out), out, launch.progress)
         if launch.resume:
             driver.restore()
             if cfg.train.rounds > driver.done:
@@ -61,10 +63,10 @@ def in_process(transport_factory) -> Callable[[Config, Path, Launch], dict | Non
     return execute
 
 
-def _local(session):
-    from .local import InProcessTransport
+def _local(session, out: Path):
+    from .local import InProcessTransport, client_store
 
-    return InProcessTransport(session)
+    return InProcessTransport(session, client_store(session, out))
 
 
 def _flower_sim(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:

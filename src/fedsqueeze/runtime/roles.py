@@ -17,8 +17,9 @@ from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT, from_wire, to_wire
-from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unprefixed
+from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
 from .session import Session
+from .state_store import StateStore
 
 
 class ClientRole:
@@ -96,10 +97,13 @@ class ClientRole:
 
 
 class ServerRole:
-    def __init__(self, session: Session):
+    """store: what the server keeps per client (its downlink sender, the method's view of that
+    client), read while the client is being sent to and put back after."""
+
+    def __init__(self, session: Session, store: StateStore):
         self.s = session
         self.method = session.method
-        self.senders = [session.downlink_sender() for _ in range(session.num_clients)]
+        self.store = store
         self.decoder = session.uplink_decoder()
         self.ledger = Ledger()
         self.updates: list[ClientUpdate] = []
@@ -113,20 +117,31 @@ class ServerRole:
         reset_peaks(self.s.placement.device)
         blobs = {}
         for c in clients:
-            message = self.method.broadcast(rnd, c)
-            if message is None:
-                blobs[c] = None
-                continue
-            tensors = to_wire(message)
-            t0 = time.perf_counter()
-            blob = self.senders[c].encode(tensors)
-            t1 = time.perf_counter()
-            decoded = self.senders[c].last_received  # None: lossless, the client decodes `tensors`
-            self.method.delivered(rnd, c, message if decoded is None else from_wire(decoded))
-            err = relative_error(tensors, decoded) if decoded is not None else 0.0
-            self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
-            blobs[c] = blob
+            sender = self.s.downlink_sender()
+            kept = self.store.get(c)
+            sender.load_state_dict(unprefixed("down/", kept))
+            self.method.attach_client(c, unprefixed("method/", kept))
+            try:
+                blobs[c] = self._send(rnd, c, sender)
+            finally:
+                state = {**prefixed("down/", sender.state_dict()), **prefixed("method/", self.method.detach_client(c))}
+                if state or c in self.store:
+                    self.store.put(c, state)
         return blobs
+
+    def _send(self, rnd: int, c: int, sender) -> bytes | None:
+        message = self.method.broadcast(rnd, c)
+        if message is None:
+            return None
+        tensors = to_wire(message)
+        t0 = time.perf_counter()
+        blob = sender.encode(tensors)
+        t1 = time.perf_counter()
+        decoded = sender.last_received  # None: lossless, the client decodes `tensors`
+        self.method.delivered(rnd, c, message if decoded is None else from_wire(decoded))
+        err = relative_error(tensors, decoded) if decoded is not None else 0.0
+        self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
+        return blob
 
     def decode(self, rnd: int, client: int, blob: bytes, metrics: dict) -> Tensors:
         """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
@@ -189,12 +204,10 @@ class ServerRole:
         return dict(self.placement)
 
     def state_dict(self) -> Tensors:
-        state = prefixed("method/", self.method.state_dict())
-        for i, sender in enumerate(self.senders):
-            state.update(prefixed(f"down/{i}/", sender.state_dict()))
-        return state
+        """The server's own state; what it keeps per client is in the store (flushed with it)."""
+        return prefixed("method/", self.method.state_dict())
 
     def load_state_dict(self, state: Tensors) -> None:
         self.method.load_state_dict(unprefixed("method/", state))
-        for i, sender in enumerate(self.senders):
-            sender.load_state_dict(unprefixed(f"down/{i}/", state))
+        for c, sender in unnested("down/", state).items():  # a checkpoint from before the store
+            self.store.put(c, prefixed("down/", sender))

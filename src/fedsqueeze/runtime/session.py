@@ -7,6 +7,7 @@ training is client/, evaluation evaluation.py, the round the driver.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,10 @@ class Session:
             staleness_exponent=cfg.hybrid.staleness_exponent,
         )
         method = build_method(cfg.method, cfg.params, ctx)
+        t0 = time.perf_counter()
         federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
+        federation.build_seconds = time.perf_counter() - t0
+        log(f"federation of {len(federation.clients)} clients built in {federation.build_seconds:.1f} s")
         session = cls(
             cfg,
             peft_model,

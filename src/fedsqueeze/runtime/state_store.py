@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..tensors import Tensors, clone
 
 MB = 2**20
+STATE_DIR = "state"  # under the run directory: server/ and clients/, one file per client
 
 
 def _nbytes(tensors: Tensors) -> int:
@@ -68,7 +69,11 @@ class StateStore:
             self._write(client, self.cache[client])
         self.dirty.clear()
         written, self.bytes_written = self.bytes_written, 0
-        return {"written": self.written, "files": {str(c): list(f) for c, f in sorted(self.files.items())}, "bytes": written}
+        return {
+            "written": self.written,
+            "files": {str(c): list(f) for c, f in sorted(self.files.items())},
+            "bytes": written,
+        }
 
     def prune(self) -> None:
         """Deletes files the last flushed manifest does not name (older versions, a crash's leftovers)."""

@@ -151,6 +151,16 @@ class Method:
             return None
         return self.adapter
 
+    def attach_client(self, client: int, state: Tensors) -> None:
+        """Before the server sends to `client`: what `detach_client` returned for it last time
+        ({} the first time). Per-client server state lives in the run's state store, not in the
+        method, so that memory does not grow with the federation. Default: none."""
+
+    def detach_client(self, client: int) -> Tensors:
+        """After the server sent to `client`: its per-client state, handed to the store and
+        forgotten here (it comes back through `attach_client`)."""
+        return {}
+
     def delivered(self, rnd: int, client: int, received: Tensors) -> None:
         """What `client` decoded from this round's message (after the downlink codec); methods that
         track each client's copy of the global state use it, so lossy downlinks never drift."""

@@ -39,7 +39,7 @@ class GradualDiff(Method):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        self.views: dict[int, Tensors] = {}  # client -> the adapter that client holds
+        self.views: dict[int, Tensors] = {}  # client -> the adapter it holds, while attached
 
     def _view(self, client: int) -> Tensors:
         return self.views.get(client, self.ctx.init_adapter)
@@ -56,6 +56,14 @@ class GradualDiff(Method):
 
     def delivered(self, rnd: int, client: int, received: Tensors) -> None:
         self.views[client] = _apply(self._view(client), received)
+
+    # A view is a whole adapter: it waits in the state store while its client is not being sent to.
+    def attach_client(self, client: int, state: Tensors) -> None:
+        if state:
+            self.views[client] = state
+
+    def detach_client(self, client: int) -> Tensors:
+        return self.views.pop(client, {})
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:

@@ -148,6 +148,8 @@ class GridTransport:
     def state_dict(self) -> tuple[Tensors, dict]:
         return {}, {"runtime": "flower", "in_flight": len(self.pending)}
 
+    def committed(self) -> None: ...
+
     def load_state_dict(self, state: Tensors, meta: dict) -> None:
         if meta.get("in_flight"):
             self.log("resuming on Flower: updates that were in flight when the server stopped are not awaited")

@@ -4,7 +4,9 @@ Per round the driver samples clients (busy ones skipped), has the ServerRole enc
 downlink blobs, hands them to a Transport, and takes back the uploads that arrived by the round's
 close; it applies the close rule's consequences (staleness, dropping, partial work, who is late
 or left out), aggregates, evaluates (a seeded sample of the eval sets, `[eval]`), writes the
-record and the checkpoint. `finish` writes adapter/ and summary.json. A Transport only moves blobs and says when each arrived: the
+record and the checkpoint. A record's `seconds` is the whole round, with `train_seconds` (the
+exchange), `aggregate_seconds` and `eval_seconds` beside it. `finish` writes adapter/ and
+summary.json. A Transport only moves blobs and says when each arrived: the
 in-process simulation on its simulated clock (local.py), Flower's Grid on the real one
 (flower/server.py), or anything registered in runtime/registry.py.
 """
@@ -177,7 +179,9 @@ class Driver:
         self.progress.round_start(rnd, sampled)
         reachable = self.transport.reachable(sampled)
         blobs = self.server.broadcast(rnd, reachable)
+        t_train = time.perf_counter()
         uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
+        train_seconds = time.perf_counter() - t_train
         late = sorted(self.transport.in_flight())
         arrived, stale, dropped, partial, rejected, decoded = [], {}, [], {}, {}, []
         for up in uploads:
@@ -204,11 +208,18 @@ class Driver:
                 f"round {rnd}: no client answered; stopped after round {self.done} "
                 "(the last finished round is checkpointed)"
             )
-        seconds = time.perf_counter() - t0
+        t_aggregate = time.perf_counter()
         record = self.server.close_round(rnd)
+        t_eval = time.perf_counter()
         if rnd % self.s.cfg.eval.every == 0 or rnd == self.s.cfg.train.rounds:
             record.update(evaluate_round(self.s, self.client_states, rnd))
-        record["seconds"] = seconds
+        t_end = time.perf_counter()
+        record.update(
+            seconds=t_end - t0,
+            train_seconds=train_seconds,
+            aggregate_seconds=t_eval - t_aggregate,
+            eval_seconds=t_end - t_eval,
+        )
         record.update(self.server.round_peaks())
         record.update(self.server.placement_if_new())
         if sim_seconds is not None:
@@ -360,9 +371,9 @@ def finish(
 
     The summary judges the final adapter on the reference round's eval sets, those the untrained
     adapter was judged on before round 1 (`final_evaluation`), and says how many of how many sets
-    that was."""
+    that was. Its `seconds` are the rounds' whole seconds plus that evaluation's, if it ran."""
     rows = rundir.read_rounds(out) if rows is None else rows
-    final, _ = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
+    final, final_seconds = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
     s.adapter.set(s.method.final_adapter(client_states))
     s.model.save_pretrained(str(out / "adapter"))
     if s.method.mode.personalized:
@@ -382,7 +393,9 @@ def finish(
         "eval_sets_evaluated": len(final.get("eval_sets", s.federation.eval_sets)),
         "eval_sets_total": len(s.federation.eval_sets),
         "eval_sets": final.get("eval_sets", list(s.federation.eval_sets)),
-        "seconds": elapsed,
+        "seconds": elapsed + final_seconds,
+        **{key: sum(r.get(key, 0.0) for r in rows) for key in ("train_seconds", "aggregate_seconds")},
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in rows) + final_seconds,
         "sim_seconds": sum(r.get("sim_seconds", 0.0) for r in rows),
         "uplink_codec": s.uplink_spec,
         "downlink_codec": s.downlink_spec,

@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 torch.set_num_threads(1)
 
 # Record fields that measure this machine (time, memory) rather than the run's numerics.
-MEASURED = ("seconds", "codec_up", "codec_down", "peak_rss_mb", "peak_gpu_mb")
+MEASURED = (
+    "seconds",
+    "train_seconds",
+    "aggregate_seconds",
+    "eval_seconds",
+    "codec_up",
+    "codec_down",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+)
 
 DOMAINS = {
     "animals": ["cat", "dog", "owl", "fox", "eel", "yak", "bee", "ant"],

@@ -214,6 +214,21 @@ def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
     assert summary["rounds"] == 2 and (tmp_path / "grid" / "checkpoint").is_dir()
 
 
+def test_the_eval_sample_is_the_same_over_flower_messages(tmp_path, corpus):
+    from fedsqueeze.evaluation import eval_sample
+
+    cfg = _config(tmp_path, corpus, **{"train.rounds": "3", "eval.clients": "2"})  # 2 of 3 sets
+    local = _local_run(cfg, tmp_path / "local")
+    grid, _ = _serve_in_process(cfg, tmp_path / "grid")
+    rows = _rounds(tmp_path / "local")
+    assert [r["eval_sets"] for r in rows] == [[f"client-{i}" for i in eval_sample(0, rnd, 3, 2)] for rnd in (1, 2, 3)]
+    assert len({tuple(r["eval_sets"]) for r in rows}) > 1  # the sample moves from round to round
+    judged = lambda rows: [(r["eval_sets"], r["eval"]) for r in rows]
+    assert judged(rows) == judged(_rounds(tmp_path / "grid"))
+    for key in ("eval_sets", "eval", "final_eval_loss", "base_eval_loss", "eval_sets_evaluated", "eval_sets_total"):
+        assert local[key] == grid[key], key
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm"]

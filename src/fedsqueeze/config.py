@@ -90,7 +90,6 @@ class TrainConfig(Section):
     clients_per_round: int | None = Field(None, ge=1)
     """None: every client every round."""
     weighting: Literal["examples", "uniform"] = "examples"
-    eval_every: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
@@ -115,6 +114,41 @@ class TrainConfig(Section):
         if not DEVICE_PATTERN.match(value):
             raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
         return value
+
+
+EVAL_AUTO_LIMIT = 16
+"""eval.clients = "auto": every eval set up to this many, else a seeded sample of this many."""
+
+
+class EvalConfig(Section):
+    """Held-out evaluation: how often, of which clients' sets, and how they are combined.
+
+    Each evaluation judges a sample of the federation's eval sets (one per original client) seeded
+    by (seed, round), so every runtime and a resumed run judge the same sets; round 0 is the
+    reference before training, and summary.json judges the final adapter on round 0's sets again."""
+
+    every: int = Field(1, ge=1)
+    """Evaluate after every this many rounds (and always after the last)."""
+    clients: int | Literal["all", "auto"] = "auto"
+    """Eval sets judged per evaluation: a number, "all", or "auto" (all up to 16 sets, else 16)."""
+    pooled: bool = False
+    """Judge the sampled sets' examples as one pooled set: eval_loss is token-weighted over all of
+    them and `eval` breaks it down by domain (by eval set where all examples share one domain)."""
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError('a number of eval sets (at least 1), "all" or "auto"')
+        return value
+
+    def sample_size(self, total: int) -> int:
+        """How many of `total` eval sets one evaluation judges."""
+        if self.clients == "all":
+            return total
+        if self.clients == "auto":
+            return min(total, EVAL_AUTO_LIMIT)
+        return min(total, self.clients)
 
 
 class LinkConfig(Section):
@@ -218,6 +252,7 @@ class Config(Section):
     lora: LoraConfig = LoraConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     uplink: LinkConfig = LinkConfig()
     downlink: LinkConfig = LinkConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -228,15 +263,31 @@ class Config(Section):
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_every_alias(cls, data):
+        train = data.get("train") if isinstance(data, dict) else None
+        if not (isinstance(train, dict) and "eval_every" in train):
+            return data
+        data, train = dict(data), dict(train)
+        value = train.pop("eval_every")
+        section = data.get("eval", {})
+        if not isinstance(section, dict):
+            return data  # `eval` itself is wrong: reported as such
+        data["train"], data["eval"] = train, {"every": value, **section}
+        log.warning("config key 'train.eval_every' is deprecated: use eval.every = %r", data["eval"]["every"])
+        return data
+
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(exclude_none=True))
 
 
 # What a resume may change: how long, how often evaluated, and where and how fast it computes.
-# Everything else defines the federation, model, adapter, method, codecs or seed.
+# Everything else defines the federation, model, adapter, method, codecs, seed or which sets are
+# judged (the reference evaluation before round 1 was made with them).
 RESUMABLE = (
     "train.rounds",
-    "train.eval_every",
+    "eval.every",
     "train.threads",
     "train.device",
     "train.precision",
@@ -330,6 +381,11 @@ def validate(raw: dict) -> Config:
         raise ConfigError(
             f"config key 'train.clients_per_round': {cfg.train.clients_per_round} is more than "
             f"data.clients ({cfg.data.clients})"
+        )
+    if isinstance(cfg.eval.clients, int) and cfg.eval.clients > cfg.data.clients:
+        raise ConfigError(
+            f"config key 'eval.clients': {cfg.eval.clients} is more than the {cfg.data.clients} eval sets "
+            '(one per client, data.clients); use a smaller number or "all"'
         )
     for link in ("uplink", "downlink"):
         if getattr(cfg, link).codec is not None and not getattr(cfg, link).codec.strip():

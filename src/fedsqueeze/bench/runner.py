@@ -137,7 +137,9 @@ def _result(name: str, s: dict, rows: list[dict]) -> dict:
         "bytes_total": s["bytes_total"],
         "final_eval_loss": s["final_eval_loss"],
         "ood_eval_loss": s.get("ood_eval_loss"),
-        "seconds_per_round": s["seconds"] / n_rounds,
+        "seconds_per_round": s["seconds"] / n_rounds,  # whole rounds: training, aggregation, evaluation
+        "train_seconds_per_round": s.get("train_seconds", 0.0) / n_rounds,
+        "eval_seconds_per_round": s.get("eval_seconds", 0.0) / n_rounds,
         "mb_up_per_client_round": s["bytes_up"] / MB / n_rounds / clients,
         "mb_down_per_client_round": s["bytes_down"] / MB / n_rounds / clients,
         "eval": s["eval"],

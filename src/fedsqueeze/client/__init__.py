@@ -1,4 +1,4 @@
-from .trainer import TrainSettings, evaluate, train_local
+from .trainer import TrainSettings, evaluate, example_losses, train_local
 from .training import train_client, within_seconds
 
-__all__ = ["TrainSettings", "evaluate", "train_client", "train_local", "within_seconds"]
+__all__ = ["TrainSettings", "evaluate", "example_losses", "train_client", "train_local", "within_seconds"]

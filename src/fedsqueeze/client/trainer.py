@@ -125,3 +125,21 @@ def evaluate(model, batches: Iterable[dict], placement: Placement | None = None)
         )
         count += int((shift_labels != -100).sum())
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def example_losses(model, batches: Iterable[dict], placement: Placement | None = None) -> list[tuple[float, int]]:
+    """(summed cross-entropy, response tokens) of every example, in order: what a pooled
+    evaluation regroups (by domain, by client) into token-weighted means."""
+    placement = placement or Placement.cpu_fp32()
+    out: list[tuple[float, int]] = []
+    model.eval()
+    for batch in batches:
+        batch = placement.batch(batch)
+        with placement.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+        per_token = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+        sums, counts = per_token.sum(dim=1).tolist(), (shift_labels != -100).sum(dim=1).tolist()
+        out.extend((float(s), int(c)) for s, c in zip(sums, counts))
+    return out

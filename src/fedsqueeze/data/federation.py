@@ -23,6 +23,8 @@ class ClientData:
     """Training examples: the FedAvg weight."""
     labels: dict[str, int]
     """Counts of the `data.label` values among the training examples (for the summary)."""
+    eval_domains: list[str] = field(default_factory=list)
+    """The domain of each held-out example (the pooled evaluation's breakdown)."""
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Federation:
     eval_sets: dict[str, TokenizedSet] = field(default_factory=dict)
     build_seconds: float = 0.0  # partitioning and tokenizing, for the summary
     """Held-out set per original client, also when the training data is pooled (centralized)."""
+    eval_domains: dict[str, list[str]] = field(default_factory=dict)
+    """Per eval set, the domain of each of its examples."""
     description: str = ""
 
     def summary(self, show: int = 20) -> str:
@@ -96,7 +100,7 @@ def _client(
     train_idx, eval_idx = eval_split(indices, cfg.eval_fraction, cfg.eval_examples, seed, k)
     eval_examples = [examples[i] for i in eval_idx]
     train_examples = [examples[i] for i in train_idx]
-    eval_set, _, eval_skipped = tokenize_examples(eval_examples, tokenizer, cfg.template, cfg.max_length)
+    eval_set, eval_kept, eval_skipped = tokenize_examples(eval_examples, tokenizer, cfg.template, cfg.max_length)
     train_set, kept, train_skipped = tokenize_examples(
         train_examples, tokenizer, cfg.template, cfg.max_length, limit=cfg.max_examples
     )
@@ -105,7 +109,15 @@ def _client(
     if not eval_set:
         raise _nothing_trainable(name, "held-out", eval_examples, cfg, tokenizer)
     labels = Counter(train_examples[i].get(key, "") for i in kept) if key else Counter()
-    data = ClientData(name=name, train=train_set, eval=eval_set, num_examples=len(train_set), labels=dict(labels))
+    domains = [str(eval_examples[i].get("domain", "")) for i in eval_kept]
+    data = ClientData(
+        name=name,
+        train=train_set,
+        eval=eval_set,
+        num_examples=len(train_set),
+        labels=dict(labels),
+        eval_domains=domains,
+    )
     return data, len(eval_skipped) + len(train_skipped)
 
 
@@ -139,6 +151,7 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         clients.append(client)
         skipped += n_skipped
     eval_sets = {c.name: c.eval for c in clients}
+    eval_domains = {c.name: c.eval_domains for c in clients}
     ood = None
     if cfg.ood_source:
         ood, n_skipped = _ood(cfg, tokenizer, seed)
@@ -152,14 +165,25 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
     if pooled:
         clients = [_pool(clients)]
         description += ", pooled for centralized training"
-    return Federation(clients=clients, ood=ood, skipped=skipped, eval_sets=eval_sets, description=description)
+    return Federation(
+        clients=clients,
+        ood=ood,
+        skipped=skipped,
+        eval_sets=eval_sets,
+        eval_domains=eval_domains,
+        description=description,
+    )
 
 
 def _pool(clients: list[ClientData]) -> ClientData:
     train, evals = TokenizedSet(), TokenizedSet()
     labels: Counter = Counter()
+    domains: list[str] = []
     for c in clients:
         train.extend(c.train)
         evals.extend(c.eval)
         labels.update(c.labels)
-    return ClientData(name="pooled", train=train, eval=evals, num_examples=len(train), labels=dict(labels))
+        domains.extend(c.eval_domains)
+    return ClientData(
+        name="pooled", train=train, eval=evals, num_examples=len(train), labels=dict(labels), eval_domains=domains
+    )

@@ -3,8 +3,10 @@
 Per round the driver samples clients (busy ones skipped), has the ServerRole encode their
 downlink blobs, hands them to a Transport, and takes back the uploads that arrived by the round's
 close; it applies the close rule's consequences (staleness, dropping, partial work, who is late
-or left out), aggregates, evaluates, writes the record and the checkpoint. `finish` writes
-adapter/ and summary.json. A Transport only moves blobs and says when each arrived: the
+or left out), aggregates, evaluates (a seeded sample of the eval sets, `[eval]`), writes the
+record and the checkpoint. A record's `seconds` is the whole round, with `train_seconds` (the
+exchange), `aggregate_seconds` and `eval_seconds` beside it. `finish` writes adapter/ and
+summary.json. A Transport only moves blobs and says when each arrived: the
 in-process simulation on its simulated clock (local.py), Flower's Grid on the real one
 (flower/server.py), or anything registered in runtime/registry.py.
 """
@@ -25,7 +27,7 @@ from .. import rundir
 from ..codecs import PayloadError
 from ..config import HybridConfig
 from ..errors import UserError
-from ..evaluation import evaluate_all, summarize
+from ..evaluation import REFERENCE_ROUND, evaluate_round, evaluate_sets, sampled_sets
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
 from .admission import Candidate, screen
@@ -184,7 +186,9 @@ class Driver:
         self.progress.round_start(rnd, sampled)
         reachable = self.transport.reachable(sampled)
         blobs = self.server.broadcast(rnd, reachable)
+        t_train = time.perf_counter()
         uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
+        train_seconds = time.perf_counter() - t_train
         late = sorted(self.transport.in_flight())
         arrived, stale, dropped, partial, rejected, decoded = [], {}, [], {}, {}, []
         for up in uploads:
@@ -213,12 +217,18 @@ class Driver:
                 f"round {rnd}: no client answered; stopped after round {self.done} "
                 "(the last finished round is checkpointed)"
             )
-        seconds = time.perf_counter() - t0
+        t_aggregate = time.perf_counter()
         record = self.server.close_round(rnd)
-        cfg = self.s.cfg.train
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            record.update(summarize(*evaluate_all(self.s, self.client_states)))
-        record["seconds"] = seconds
+        t_eval = time.perf_counter()
+        if rnd % self.s.cfg.eval.every == 0 or rnd == self.s.cfg.train.rounds:
+            record.update(evaluate_round(self.s, self.client_states, rnd))
+        t_end = time.perf_counter()
+        record.update(
+            seconds=t_end - t0,
+            train_seconds=train_seconds,
+            aggregate_seconds=t_eval - t_aggregate,
+            eval_seconds=t_end - t_eval,
+        )
         record.update(self.server.round_peaks())
         record.update(self.server.placement_if_new())
         if sim_seconds is not None:
@@ -266,7 +276,7 @@ class Driver:
         if self.done < rounds:
             self.transport.start()
         if self.done == 0 and self.base_eval is None:
-            self.base_eval = summarize(*evaluate_all(self.s, self.client_states))
+            self.base_eval = evaluate_round(self.s, self.client_states, REFERENCE_ROUND)
             self.progress.log(f"before training: eval loss {self.base_eval['eval_loss']:.4f}")
         self.progress.start(rounds, self.done, self.s.local_steps)
         try:
@@ -341,7 +351,7 @@ def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
         raise UserError(
             f"{out}: cannot resume with a config that differs from its checkpoint's in "
             + "; ".join(diffs)
-            + " (only train.rounds, eval_every, threads, device, precision and runtime.* may change)"
+            + " (only train.rounds, eval.every, threads, device, precision and runtime.* may change)"
         )
     problem = rundir.rounds_problem(out, meta["records"])
     if problem and not rebuild_rounds:
@@ -378,15 +388,19 @@ def finish(
     base_eval: dict | None = None,
     rows: list[dict] | None = None,
 ) -> dict:
-    """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json."""
+    """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json.
+
+    The summary judges the final adapter on the reference round's eval sets, those the untrained
+    adapter was judged on before round 1 (`final_evaluation`), and says how many of how many sets
+    that was. Its `seconds` are the rounds' whole seconds plus that evaluation's, if it ran."""
     rows = rundir.read_rounds(out) if rows is None else rows
+    final, final_seconds = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
     s.adapter.set(s.method.final_adapter(client_states))
     s.model.save_pretrained(str(out / "adapter"))
     if s.method.mode.personalized:
         for i, name in enumerate(s.federation.eval_sets):
             s.adapter.set(s.method.eval_adapter(i, client_states[i]))
             s.model.save_pretrained(str(out / "adapters" / name))
-    last_eval = next(r for r in reversed(rows) if "eval_loss" in r)
     up = sum(r["bytes_up"] for r in rows)
     down = sum(r["bytes_down"] for r in rows)
     undelivered = sum(sum(r.get("undelivered", {}).values()) for r in rows)
@@ -396,9 +410,14 @@ def finish(
         "bytes_up": up,
         "bytes_down": down,
         "bytes_total": up + down,
-        "final_eval_loss": last_eval["eval_loss"],
-        "eval": last_eval["eval"],
-        "seconds": elapsed,
+        "final_eval_loss": final["eval_loss"],
+        "eval": final["eval"],
+        "eval_sets_evaluated": len(final.get("eval_sets", s.federation.eval_sets)),
+        "eval_sets_total": len(s.federation.eval_sets),
+        "eval_sets": final.get("eval_sets", list(s.federation.eval_sets)),
+        "seconds": elapsed + final_seconds,
+        **{key: sum(r.get(key, 0.0) for r in rows) for key in ("train_seconds", "aggregate_seconds")},
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in rows) + final_seconds,
         "sim_seconds": sum(r.get("sim_seconds", 0.0) for r in rows),
         "uplink_codec": s.uplink_spec,
         "downlink_codec": s.downlink_spec,
@@ -411,11 +430,27 @@ def finish(
     }
     if undelivered:
         summary["bytes_undelivered"] = undelivered
-    if "ood_eval_loss" in last_eval:
-        summary["ood_eval_loss"] = last_eval["ood_eval_loss"]
+    if "eval_by" in final:
+        summary["eval_by"] = final["eval_by"]
+    if "ood_eval_loss" in final:
+        summary["ood_eval_loss"] = final["ood_eval_loss"]
     if base_eval is not None:
         summary["base_eval_loss"] = base_eval["eval_loss"]
         if base_eval.get("ood_eval_loss") is not None:
             summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
     rundir.write_summary(out, summary)
     return summary
+
+
+def final_evaluation(s: Session, client_states, last_eval: dict) -> tuple[dict, float]:
+    """The final adapter's eval fields on the reference round's sets, and the seconds it took:
+    the last round's evaluation where it judged those very sets (always so when every set is
+    judged: 16 or fewer under eval.clients = "auto"), else one more evaluation of them. One more
+    sample-sized pass, so a large federation's summary still costs what a round's evaluation does."""
+    names = list(s.federation.eval_sets)
+    reference = sampled_sets(s, REFERENCE_ROUND)
+    if last_eval.get("eval_sets", names) == [names[i] for i in reference]:
+        return last_eval, 0.0
+    t0 = time.perf_counter()
+    fields = evaluate_sets(s, client_states, reference)
+    return fields, time.perf_counter() - t0

@@ -149,8 +149,9 @@ def test_checkpoint_bytes_do_not_grow_with_clients_who_never_take_part(tmp_path,
         assert 0.9 <= a["checkpoint_bytes"] / b["checkpoint_bytes"] <= 1.1, (a["round"], a, b)
     # Only the clients that took part have state, server side and client side.
     took_part = sorted({c for r in _rounds(tmp_path / "c12") for c in r["clients"]})
-    assert large.server.store.clients() == took_part
     assert large.transport.store.clients() == took_part
+    # The server keeps something (its downlink memory, a client's copy) only for those it sent to.
+    assert large.server.store.clients() and set(large.server.store.clients()) <= set(took_part)
     assert len(took_part) < 12 and small.server.store.clients()
 
 

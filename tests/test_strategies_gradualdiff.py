@@ -79,3 +79,39 @@ def test_what_a_lossy_downlink_lost_is_in_the_next_difference():
     held = method.client_receive(state, fix)
     for k, v in method.global_adapter().items():
         assert torch.allclose(held[k], v, atol=1e-6)
+
+
+def test_over_a_lossless_link_a_clients_copy_is_a_round_number_and_old_ones_get_the_whole_adapter():
+    _, method = _fresh({"full_above": 1.0, "view_horizon": 2})
+    _round(method, 1, [0, 1])  # round 1 sends nothing: everyone holds the seeded init
+    sent_2 = {k: v.clone() for k, v in method.global_adapter().items()}  # what round 2 brings its clients
+    _round(method, 2, [0, 1, 2])
+    _round(method, 3, [0, 1])
+    assert method.views == {}  # no adapter-sized copy per client
+    assert method.synced == {0: 3, 1: 3, 2: 2} and sorted(method.snapshots) == [2, 3]
+    # Within the horizon: the difference against the snapshot it holds.
+    msg = method.broadcast(4, 2)
+    assert not msg.whole
+    for k, v in method.global_adapter().items():
+        assert torch.allclose(msg[k], v - sent_2[k], atol=1e-6)
+    _round(method, 4, [0, 1])
+    assert method.synced[2] == 2 and sorted(method.snapshots) == [4]  # round 2 is past the horizon
+    msg = method.broadcast(5, 2)
+    assert msg.whole
+    held = method.client_receive(_round.states[2], msg)
+    assert all(torch.equal(held[k], v) for k, v in method.global_adapter().items())
+
+
+def test_a_copy_a_lossy_link_made_differ_is_kept_whole_and_leaves_through_detach():
+    _, method = _fresh({"full_above": 1.0})
+    _round(method, 1, [0, 1])
+    msg = method.broadcast(2, 0)
+    received = {k: torch.round(v * 100) / 100 for k, v in msg.items()}
+    method.delivered(2, 0, received)
+    assert 0 in method.views and 0 not in method.synced
+    kept = method.detach_client(0)
+    assert method.views == {} and set(kept) == set(method.global_adapter())
+    method.attach_client(0, kept)
+    fix = method.broadcast(3, 0)
+    for k in msg:
+        assert torch.allclose(fix[k], msg[k] - received[k], atol=1e-7)

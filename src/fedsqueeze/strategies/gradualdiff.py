@@ -9,6 +9,14 @@ so a lossy downlink never lets the copies drift: what was lost is in the next di
 When the dense adapter is smaller on the wire than the difference (a client that missed many
 rounds), that is sent instead; the ledger counts whichever was sent.
 
+What the server keeps per client is small where it can be. A client whose copy equals the
+global adapter of some round (always so over a lossless downlink) is kept as that round's number,
+beside one shared snapshot of the adapter per such round, for at most `view_horizon` rounds: past
+that its copy is forgotten and it gets the whole adapter (about what a difference that old costs:
+BENCHMARKS, "GradualDiff's per-client views"). Memory for 1,000 clients is then that of a few
+adapters. Only a copy that a lossy downlink made differ from every global adapter is kept whole,
+in the run's state store (attach_client / detach_client), not in memory.
+
 Late updates from the hybrid mode are folded in with the staleness weight of Method.weights.
 """
 
@@ -26,6 +34,9 @@ class GradualDiffParams(NoParams):
     """Send the whole adapter instead of a difference denser than this. With bitmap positions a
     difference of density d costs about d + 1/8 value-bytes against 1 for the dense adapter, so
     7/8 is where the dense message becomes the cheaper one; 1 never sends it."""
+    view_horizon: int = Field(16, ge=1)
+    """Rounds a global adapter snapshot is kept for the clients that hold it; a client whose copy
+    is older gets the whole adapter."""
 
 
 class GradualDiff(Method):
@@ -39,14 +50,24 @@ class GradualDiff(Method):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        self.views: dict[int, Tensors] = {}  # client -> the adapter it holds, while attached
+        self.views: dict[int, Tensors] = {}  # client -> the adapter it holds, while attached (lossy links)
+        self.synced: dict[int, int] = {}  # client -> the round whose global adapter it holds exactly
+        # (a client whose round has no snapshot any more is past the horizon)
+        self.snapshots: dict[int, Tensors] = {}  # round -> the global adapter sent in it, while held
 
-    def _view(self, client: int) -> Tensors:
-        return self.views.get(client, self.ctx.init_adapter)
+    def _view(self, client: int) -> Tensors | None:
+        """The adapter `client` holds; None: older than view_horizon, forgotten."""
+        if client in self.views:
+            return self.views[client]
+        if client in self.synced:
+            return self.snapshots.get(self.synced[client])
+        return self.ctx.init_adapter
 
     # ---- server ---------------------------------------------------------------------------------
     def broadcast(self, rnd: int, client: int) -> Message:
         view = self._view(client)
+        if view is None:
+            return Message(self.adapter, whole=True)
         diff = {k: self.adapter[k] - view[k] for k in self.adapter if not torch.equal(self.adapter[k], view[k])}
         if diff:
             nnz = sum(int(torch.count_nonzero(v)) for v in diff.values())
@@ -55,7 +76,15 @@ class GradualDiff(Method):
         return Message(diff)
 
     def delivered(self, rnd: int, client: int, received: Tensors) -> None:
-        self.views[client] = _apply(self._view(client), received)
+        held = _apply(self._view(client) or self.adapter, received)
+        if all(torch.equal(held[k], v) for k, v in self.adapter.items()):
+            self.views.pop(client, None)
+            self.synced[client] = rnd
+            # Aggregation replaces tensors, never writes into them: a shallow copy is the snapshot.
+            self.snapshots.setdefault(rnd, dict(self.adapter))
+        else:
+            self.views[client] = held
+            self.synced.pop(client, None)
 
     # A view is a whole adapter: it waits in the state store while its client is not being sent to.
     def attach_client(self, client: int, state: Tensors) -> None:
@@ -66,6 +95,7 @@ class GradualDiff(Method):
         return self.views.pop(client, {})
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
+        self._forget(rnd)
         if not updates:
             return {}
         weights = self.weights(updates)
@@ -73,12 +103,27 @@ class GradualDiff(Method):
             self.adapter[k] = self.adapter[k] + sum(w * u.tensors[k] for w, u in zip(weights, updates))
         return {}
 
+    def _forget(self, rnd: int) -> None:
+        """Snapshots past the horizon, or that no client holds any more (the clients that hold an
+        old one keep its round number: their next message is the whole adapter)."""
+        oldest = rnd - self.params.view_horizon + 1
+        held = set(self.synced.values())
+        self.snapshots = {r: a for r, a in self.snapshots.items() if r in held and r >= oldest}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**super().state_dict(), **nested("view/", self.views)}
+        synced = torch.tensor(sorted(self.synced.items()), dtype=torch.int64).reshape(-1, 2)
+        return {
+            **super().state_dict(),
+            **nested("view/", self.views),
+            **nested("snapshot/", self.snapshots),
+            "synced": synced,
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state_dict(state)
         self.views = {c: clone(view) for c, view in unnested("view/", state).items()}
+        self.snapshots = {r: clone(a) for r, a in unnested("snapshot/", state).items()}
+        self.synced = {int(c): int(r) for c, r in state["synced"].tolist()} if "synced" in state else {}
 
     # ---- client ---------------------------------------------------------------------------------
     def client_receive(self, state: Tensors, message: Tensors) -> Tensors:

@@ -1,4 +1,4 @@
-"""Base model loading (HF id, folder, .gguf, aliases, random init, QLoRA) and the LoRA adapter we swap per client."""
+"""Base model loading (HF id, folder, .gguf, aliases, random init, QLoRA); which one is models/resolve.py's call."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import ConfigError, UserError
-from .adapter import LoraAdapter, attach_lora
-from .architectures import HUB_IDS, architecture_config, random_model, shipped
-
-ALIASES = ("tiny", "smollm2-135m", *(n for n in HUB_IDS if n != "smollm2-135m"))
+from ..quiet import loading_quietly
+from .adapter import attach_lora
+from .architectures import architecture_config, random_model, shipped
+from .resolve import Source, how_to_point, locate
 
 
 def load_base(
@@ -26,37 +26,39 @@ def load_base(
     """Returns (model, tokenizer), eval mode, frozen, base weights in `dtype`.
 
     quantize: "8bit" / "4bit" loads through bitsandbytes onto `device` (CUDA only); otherwise the
-    model stays on the CPU and the caller moves it once the seeded LoRA is attached."""
-    quantization = _quantization(name, init, quantize, dtype, device)
-    if name == "tiny":
-        from .tiny import tiny_model, tiny_tokenizer
-
-        tok = tiny_tokenizer()
-        model = tiny_model(len(tok)).to(dtype)
-    elif init == "random":
-        model, tok = _random(name, dtype, device, log)
-    elif name == "smollm2-135m":
-        from .smollm2 import smollm2_dir
-
-        model, tok = _load_pretrained(str(smollm2_dir(log)), dtype, quantization, device)
-    elif name.endswith(".gguf"):
-        from .gguf import load_gguf
-
-        path = Path(name)
-        if not path.is_file():
-            raise UserError(f"model.name: GGUF file not found: {name}")
-        model, tok = load_gguf(path, dtype)
-    else:
-        name = HUB_IDS.get(name, name)
-        if ("/" in name and name.startswith((".", "/", "~"))) and not Path(name).expanduser().is_dir():
-            raise UserError(f"model.name: folder not found: {name}")
-        local = Path(name).expanduser()
-        model, tok = _load_pretrained(str(local) if local.is_dir() else name, dtype, quantization, device)
+    model stays on the CPU and the caller moves it once the seeded LoRA is attached.
+    A name that is no alias, file or folder goes to the hub only if it is shaped like a hub id and
+    the hub is reachable (models/resolve.py); otherwise UserError at once."""
+    with loading_quietly():
+        model, tok = _load(name, log, dtype, init, quantize, device)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), tok
+
+
+def _load(name: str, log, dtype: torch.dtype, init: str, quantize: str, device):
+    source = locate(name, init)  # fails here, at once, for a name that points nowhere
+    quantization = _quantization(name, init, quantize, dtype, device)
+    if source.kind == "tiny":
+        from .tiny import tiny_model, tiny_tokenizer
+
+        tok = tiny_tokenizer()
+        model = tiny_model(len(tok)).to(dtype)
+    elif source.kind == "random":
+        model, tok = _random(name, source, dtype, device, log)
+    elif source.kind == "smollm2":
+        from .smollm2 import smollm2_dir
+
+        model, tok = _load_pretrained(str(smollm2_dir(log)), dtype, quantization, device)
+    elif source.kind == "gguf":
+        from .gguf import load_gguf
+
+        model, tok = load_gguf(Path(source.target), dtype)
+    else:
+        model, tok = _load_pretrained(source.target, dtype, quantization, device, source.local_only)
+    return model, tok
 
 
 def _quantization(name: str, init: str, quantize: str, dtype: torch.dtype, device):
@@ -87,7 +89,7 @@ def _quantization(name: str, init: str, quantize: str, dtype: torch.dtype, devic
     )
 
 
-def _random(name: str, dtype: torch.dtype, device, log):
+def _random(name: str, source: Source, dtype: torch.dtype, device, log):
     """The architecture with seeded random weights; its tokenizer where one is there, else bytes."""
     from .tiny import tiny_tokenizer
 
@@ -95,7 +97,7 @@ def _random(name: str, dtype: torch.dtype, device, log):
     tok = None
     if not shipped(name):
         try:
-            tok = AutoTokenizer.from_pretrained(name)
+            tok = AutoTokenizer.from_pretrained(source.target, local_files_only=source.local_only)
         except (OSError, ValueError):
             tok = None
     if tok is None:
@@ -104,19 +106,18 @@ def _random(name: str, dtype: torch.dtype, device, log):
     return random_model(config, dtype, device or "cpu"), tok
 
 
-def _load_pretrained(name_or_dir: str, dtype: torch.dtype = torch.float32, quantization=None, device=None):
-    kwargs = {"dtype": dtype}
+def _load_pretrained(
+    name_or_dir: str, dtype: torch.dtype = torch.float32, quantization=None, device=None, local_only: bool = False
+):
+    kwargs = {"dtype": dtype, "local_files_only": local_only}
     if quantization is not None:
         kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_dir)
+        tok = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
-    except OSError as exc:  # hub unreachable, unknown id, missing files
+    except OSError as exc:  # unknown id, missing files, a cache without the weights
         first = str(exc).strip().splitlines()[0]
-        raise UserError(
-            f"model.name {name_or_dir!r}: cannot load ({first}); allowed: a Hugging Face id, "
-            f"a local folder, a .gguf file, or one of {', '.join(ALIASES)}"
-        ) from None
+        raise UserError(f"model.name {name_or_dir!r}: cannot load ({first}); {how_to_point()}") from None
     return model, tok
 
 
@@ -145,6 +146,3 @@ def build_model(cfg, placement, log=print):
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.config.use_cache = False
     return peft_model, tok
-
-
-__all__ = ["ALIASES", "LoraAdapter", "attach_lora", "build_model", "load_base"]

@@ -245,13 +245,15 @@ def codecs_bench(
 
 
 @codecs_app.command("list")
-def codecs_list():
-    """Registered codecs."""
-    from .codecs import CODECS
+def codecs_list(fmt: str = typer.Option("text", "--format", help="text or json.")):
+    """Registered codec stages by kind, each parameter with its default and allowed range."""
+    import json
 
-    for name in CODECS.names():
-        doc = (CODECS.get(name).__doc__ or "").strip().splitlines()
-        console.print(f"{name:<12} {doc[0] if doc else ''}", highlight=False)
+    from .codecs.listing import catalog, describe
+
+    if fmt not in ("text", "json"):
+        _fail(UserError(f"--format {fmt!r}: allowed: text, json"))
+    print(json.dumps(catalog(), indent=1) if fmt == "json" else describe())
 
 
 def main() -> None:

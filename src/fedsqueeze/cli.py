@@ -102,18 +102,21 @@ def resume(
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    plots: Path | None = typer.Option(None, "--plots", help="Folder for the PNG plots."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for report.md and the PNG plots (default: report/ beside the runs)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace report files already in --out."),
 ):
     """Markdown table (one row per run) and plots of eval loss vs round and vs cumulative MB."""
     from .metrics.report import report as make_report
 
     try:
-        table, paths = make_report(run_dirs, plots)
+        done = make_report(run_dirs, out, overwrite)
     except UserError as exc:
         _fail(exc)
-    print(table)
-    for p in paths:
-        console.print(f"plot: {p}")
+    print(done.table)
+    for p in done.paths:
+        console.print(f"wrote {p}", highlight=False)
 
 
 @app.command()

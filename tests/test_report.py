@@ -91,7 +91,8 @@ def test_pictures_have_plain_ticks_integer_rounds_title_legend_and_fedavg_line(t
     assert rounds and all(re.fullmatch(r"[0-9]+", t) for t in rounds) and {"1", "2", "3"} <= set(rounds)
     for ax in (mb_ax, round_ax):
         assert "tiny · builtin:pystdlib · 4 clients" in ax.get_title()
-        assert _texts(ax.get_legend().get_texts()) == ["fedavg (fp32)", "fedsrd (sparse)", "fedavg final loss (5.260)"]
+        legend = ax.figure.legends[0]  # below the axes, never over a line
+        assert _texts(legend.get_texts()) == ["fedavg (fp32)", "fedsrd (sparse)", "fedavg final loss (5.260)"]
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert len(dashed) == 1 and set(dashed[0].get_ydata()) == {5.26}
 
@@ -105,6 +106,9 @@ def test_legend_names_what_differs_and_title_only_what_is_shared(tmp_path):
         "fedavg (topk(fraction=0.1) / data.clients=8, lora.r=8)",
     ]
     assert workload(runs) == "tiny · builtin:pystdlib"
+    c = _fake_run(tmp_path / "c", "fedsrd", "sparse", [20], [5.2], params__moves="both")
+    d = _fake_run(tmp_path / "d", "fedavg", "fp32", [100], [5.0])  # one method's params are not another's
+    assert labels([Run.from_dir(d), Run.from_dir(c)]) == ["fedavg (fp32)", "fedsrd (sparse / params.moves=both)"]
     twin = _fake_run(tmp_path / "twin", "fedavg", "fp32", [100], [5.0], lora__r=4)
     assert labels([Run.from_dir(a), Run.from_dir(twin)]) == ["fedavg (fp32) [a]", "fedavg (fp32) [twin]"]
 

@@ -15,6 +15,7 @@ WORKLOAD = ("model.name", "data.source", "data.clients")
 # Keys that are in the label already (method, codec) or say how a run executed, not what it computed.
 NOT_IN_LABEL = ("method", "uplink.codec", "downlink.codec", "runtime.", "train.device", "train.threads")
 MAX_LABEL_KEYS = 4
+ROUND_NOTES = 12  # the MB plot names each point's round up to this many points per run
 KINDS = ("round", "mb")
 
 
@@ -61,8 +62,6 @@ def _differing(runs) -> list[str]:
 
 
 def _value(v) -> str:
-    if v is None:
-        return "unset"
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
@@ -73,9 +72,10 @@ def labels(runs) -> list[str]:
     keys = _differing(runs)
     out = []
     for r in runs:
-        extra = [f"{k}={_value(r.config.get(k))}" for k in keys[:MAX_LABEL_KEYS]]
-        if len(keys) > MAX_LABEL_KEYS:
-            extra.append(f"+{len(keys) - MAX_LABEL_KEYS} more")
+        own = [k for k in keys if r.config.get(k) is not None]  # another method's params are not this run's
+        extra = [f"{k}={_value(r.config[k])}" for k in own[:MAX_LABEL_KEYS]]
+        if len(own) > MAX_LABEL_KEYS:
+            extra.append(f"+{len(own) - MAX_LABEL_KEYS} more")
         if not r.finished:
             extra.append("unfinished")
         inside = _codec(r) + (" / " + ", ".join(extra) if extra else "")
@@ -96,16 +96,17 @@ def workload(runs) -> str:
     return " · ".join(parts) or "runs with different workloads"
 
 
-def _points(rows: list[dict], kind: str) -> list[tuple[float, float]]:
+def _points(rows: list[dict], kind: str) -> list[tuple[float, float, int]]:
+    """(x, eval loss, round) per evaluated round; x is the round or the MB sent up to it."""
     pts, cum = [], 0
     for r in rows:
         cum += r["bytes_up"] + r["bytes_down"]
         if "eval_loss" not in r:
             continue
         if kind == "round":
-            pts.append((r["round"], r["eval_loss"]))
+            pts.append((r["round"], r["eval_loss"], r["round"]))
         elif cum > 0:  # a log axis has no zero: a round that moved no bytes has no place on it
-            pts.append((cum / MB, r["eval_loss"]))
+            pts.append((cum / MB, r["eval_loss"], r["round"]))
     return pts
 
 
@@ -121,13 +122,20 @@ def figures(runs) -> dict:
     fedavg = next((r for r in runs if r.method == "fedavg" and r.finished), None)
     figs = {}
     for kind in KINDS:
-        fig, ax = plt.subplots(figsize=(7.2, 4.6))
+        # The legend sits below the axes (it never covers a line): the figure grows with it.
+        fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.2 * (len(runs) + 1)), layout="constrained")
         colors = {}
         for run, name in zip(runs, names):
             pts = _points(run.rows, kind)
             if pts:
-                (line,) = ax.plot(*zip(*pts), marker="o", ms=4, label=name)
+                xs, ys, rounds = zip(*pts)
+                (line,) = ax.plot(xs, ys, marker="o", ms=4, label=name)
                 colors[run.name] = line.get_color()
+                if kind == "mb" and len(pts) <= ROUND_NOTES:  # which round each point closes
+                    for x, y, rnd in pts:
+                        ax.annotate(
+                            f"r{rnd}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color="0.35"
+                        )
         if fedavg is not None and len(runs) > 1:
             loss = fedavg.summary["final_eval_loss"]
             ax.axhline(
@@ -148,10 +156,10 @@ def figures(runs) -> dict:
             title = "Held-out loss by traffic"
         ax.set_title(f"{title}\n{workload(runs)}", fontsize=11)
         ax.set_ylabel("mean held-out eval loss")
+        ax.margins(y=0.08)
         ax.grid(alpha=0.3, which="major")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
+            fig.legend(loc="outside lower center", fontsize=8, frameon=False)
         fig.canvas.draw()
         figs[kind] = fig
     return figs

@@ -7,7 +7,7 @@ import logging
 import warnings
 
 from fedsqueeze.models import attach_lora, load_base
-from fedsqueeze.quiet import loading_quietly, no_checkpointing_alias_warning, no_run_simulation_deprecation
+from fedsqueeze.quiet import flower_simulation_quietly, loading_quietly, no_checkpointing_alias_warning
 
 
 def test_attach_lora_raises_no_warning_even_when_all_are_shown():
@@ -25,7 +25,10 @@ def test_the_filters_name_one_message_each():
         with no_checkpointing_alias_warning():
             warnings.warn("`is_gradient_checkpointing` is deprecated and will go", FutureWarning, stacklevel=1)
             warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
-    assert [str(w.message) for w in seen] == ["something else is deprecated"]
+        with flower_simulation_quietly():
+            warnings.warn("Tip: In future versions of Ray, Ray will no longer override", FutureWarning, stacklevel=1)
+            warnings.warn("a Ray problem", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else is deprecated", "a Ray problem"]
 
     records: list[str] = []
     handler = logging.Handler()
@@ -33,7 +36,7 @@ def test_the_filters_name_one_message_each():
     flwr = logging.getLogger("flwr")
     flwr.addHandler(handler)
     try:
-        with no_run_simulation_deprecation():
+        with flower_simulation_quietly():
             flwr.warning("DEPRECATED FEATURE: %s", "The `run_simulation` function is deprecated")
             flwr.warning("DEPRECATED FEATURE: %s", "start_server")
         flwr.warning("DEPRECATED FEATURE: %s", "The `run_simulation` function is deprecated")

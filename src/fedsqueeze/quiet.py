@@ -59,14 +59,18 @@ class _DropRunSimulationDeprecation(logging.Filter):
 
 
 @contextmanager
-def no_run_simulation_deprecation() -> Iterator[None]:
-    """Flower logs that its Python `run_simulation` is deprecated (for `flwr run`) each time
-    `runtime.kind = "flower-sim"` starts; fedsqueeze chose that entry point on purpose."""
+def flower_simulation_quietly() -> Iterator[None]:
+    """Around Flower's `run_simulation` (`runtime.kind = "flower-sim"`): Flower logs that this
+    Python entry point is deprecated for `flwr run` (fedsqueeze chose it on purpose), and Ray's
+    init warns that a future Ray will stop hiding GPUs from actors that ask for none (fedsqueeze
+    sets `runtime.sim_gpus` explicitly either way)."""
     logger = logging.getLogger("flwr")
     drop = _DropRunSimulationDeprecation()
     logger.addFilter(drop)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
     finally:
         logger.removeFilter(drop)
 

@@ -16,7 +16,7 @@ from ... import rundir
 from ...config import Config
 from ...errors import ConfigError
 from ...hardware import Placement
-from ...quiet import no_run_simulation_deprecation
+from ...quiet import flower_simulation_quietly
 
 
 def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:
@@ -51,7 +51,7 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
         },
     }
     try:
-        with no_run_simulation_deprecation():
+        with flower_simulation_quietly():
             run_simulation(
                 make_server_app(main),
                 make_client_app(cfg.to_toml()),

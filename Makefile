@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/fedsqueeze run examples/quickstart.toml --out runs/quickstart --overwrite
-	$(BIN)/fedsqueeze report runs/quickstart
+	$(BIN)/fedsqueeze report runs/quickstart --overwrite
 
 # Lint and format check first: they take seconds, the suite minutes.
 test: $(STAMP)

@@ -31,7 +31,7 @@ def test_missing_folder_and_unreachable_hub_id_are_clear_errors(tmp_path, monkey
     with pytest.raises(UserError, match="not found"):
         load_base(str(tmp_path / "nope"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="cannot load"):
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set and it is not in the local cache"):
         load_base("no-such-org/no-such-model-xyz")
 
 

@@ -50,7 +50,9 @@ def test_cli_run_writes_contract(tmp_path, corpus, cli):
     assert (out / "config.toml").is_file()
     rep = cli("report", out)
     assert rep.exit_code == 0 and "| out | fedavg |" in rep.output
-    assert (out / "eval_loss_vs_round.png").is_file() and (out / "eval_loss_vs_mb.png").is_file()
+    report_dir = tmp_path / "report"  # beside the run, never inside it
+    for name in ("report.md", "eval_loss_vs_round.png", "eval_loss_vs_mb.png"):
+        assert (report_dir / name).is_file()
 
 
 @pytest.mark.parametrize("codec", ["fp32", "fp16"])

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import typer
@@ -28,16 +25,14 @@ app.add_typer(flower_app, name="flower")
 console = Console()
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
-    from transformers.utils import logging as hf_logging
+VERBOSE = typer.Option(False, "--verbose", help="Show the libraries' logs and the weight-loading progress bar.")
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
+
+def _quiet_libraries(verbose: bool = False) -> None:
+    from .quiet import quiet_console, set_verbose
+
+    set_verbose(verbose)
+    quiet_console()
 
 
 def _fail(exc: Exception) -> None:
@@ -45,18 +40,16 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _execute(
-    cfg, out: Path, resume: bool, until: int | None, overwrite: bool = False, rebuild_rounds: bool = False
-) -> None:
-    from .metrics.console import RichProgress, summary_table
-    from .runtime import RUNTIMES, Launch
+def _show(result) -> None:
+    from .metrics.console import summary_table
 
-    log = lambda text: console.print(text, highlight=False)
-    launch = Launch(resume, until, overwrite, RichProgress(console), log, rebuild_rounds)
-    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
-    if summary is not None:
-        console.print(summary_table(summary))
-        console.print(f"run directory: {out}")
+    if result.summary is not None:
+        console.print(summary_table(result.summary))
+        console.print(f"run directory: {result.paths.out}")
+
+
+def _log(text: str) -> None:
+    console.print(text, highlight=False)
 
 
 @app.command()
@@ -66,16 +59,18 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     until: int | None = typer.Option(None, "--until", min=1, help="Stop after this round (resume later)."),
+    verbose: bool = VERBOSE,
 ):
     """Run a federated fine-tuning job and write the run directory."""
-    from . import config as config_mod
+    from . import api
+    from .metrics.console import RichProgress
 
-    _quiet_libraries()
+    _quiet_libraries(verbose)
     try:
-        cfg = config_mod.load(config, set_)
-        _execute(cfg, out or Path("runs") / config.stem, resume=False, until=until, overwrite=overwrite)
+        result = api.run(config, set_, out, overwrite=overwrite, until=until, log=_log, progress=RichProgress(console))
     except UserError as exc:
         _fail(exc)
+    _show(result)
 
 
 @app.command()
@@ -86,35 +81,40 @@ def resume(
     rebuild_rounds: bool = typer.Option(
         False, "--rebuild-rounds", help="Rewrite a missing or damaged rounds.jsonl from the checkpoint."
     ),
+    verbose: bool = VERBOSE,
 ):
     """Continue an interrupted (or finished, to extend) run from its last checkpoint."""
-    from . import config as config_mod
+    from . import api
+    from .metrics.console import RichProgress
 
-    _quiet_libraries()
+    _quiet_libraries(verbose)
     try:
-        if not (run_dir / "checkpoint").is_dir() and not (run_dir / "checkpoint.old").is_dir():
-            raise UserError(f"{run_dir}: no checkpoint/ to resume from")
-        cfg = config_mod.load(run_dir / "config.toml", set_)
-        _execute(cfg, run_dir, resume=True, until=until, rebuild_rounds=rebuild_rounds)
+        result = api.resume(
+            run_dir, set_, until=until, rebuild_rounds=rebuild_rounds, log=_log, progress=RichProgress(console)
+        )
     except UserError as exc:
         _fail(exc)
+    _show(result)
 
 
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    plots: Path | None = typer.Option(None, "--plots", help="Folder for the PNG plots."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for report.md and the PNG plots (default: report/ beside the runs)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace report files already in --out."),
 ):
     """Markdown table (one row per run) and plots of eval loss vs round and vs cumulative MB."""
-    from .metrics.report import report as make_report
+    from . import api
 
     try:
-        table, paths = make_report(run_dirs, plots)
+        done = api.report(run_dirs, out, overwrite=overwrite)
     except UserError as exc:
         _fail(exc)
-    print(table)
-    for p in paths:
-        console.print(f"plot: {p}")
+    print(done.table)
+    for p in done.paths:
+        console.print(f"wrote {p}", highlight=False)
 
 
 @app.command()
@@ -122,6 +122,7 @@ def data(
     config: Path = typer.Argument(..., help="TOML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
     all_clients: bool = typer.Option(False, "--all", help="List every client (default: 20 and the spread)."),
+    verbose: bool = VERBOSE,
 ):
     """Load, tokenize and partition the data of a config, and print the partition summary."""
     from . import config as config_mod
@@ -129,7 +130,7 @@ def data(
     from .models import load_base
     from .strategies import METHODS
 
-    _quiet_libraries()
+    _quiet_libraries(verbose)
     try:
         cfg = config_mod.load(config, set_)
         _, tok = load_base(cfg.model.name, log=console.print)
@@ -250,13 +251,15 @@ def codecs_bench(
 
 
 @codecs_app.command("list")
-def codecs_list():
-    """Registered codecs."""
-    from .codecs import CODECS
+def codecs_list(fmt: str = typer.Option("text", "--format", help="text or json.")):
+    """Registered codec stages by kind, each parameter with its default and allowed range."""
+    import json
 
-    for name in CODECS.names():
-        doc = (CODECS.get(name).__doc__ or "").strip().splitlines()
-        console.print(f"{name:<12} {doc[0] if doc else ''}", highlight=False)
+    from .codecs.listing import catalog, describe
+
+    if fmt not in ("text", "json"):
+        _fail(UserError(f"--format {fmt!r}: allowed: text, json"))
+    print(json.dumps(catalog(), indent=1) if fmt == "json" else describe())
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import torch
 from .. import __version__, rundir
 from .. import config as config_mod
 from ..errors import UserError
-from ..metrics.report import plot
+from ..metrics.plots import plot
+from ..metrics.report import Run, read_config
 from ..runtime import RUNTIMES, Launch
 from ..strategies import METHODS
 from .suites import SUITES
@@ -83,7 +84,7 @@ def run_suite(
             progress = progress_factory() if progress_factory else None
             summary = RUNTIMES.get(cfg.runtime.kind)(cfg, run_dir, Launch(overwrite=True, progress=progress, log=log))
         rows_ = rundir.read_rounds(run_dir)
-        runs.append((name, summary, rows_))
+        runs.append(Run(name, summary, rows_, read_config(run_dir)))
         results.append(_result(name, summary, rows_))
     if runs:
         plot(runs, out)

@@ -1,15 +1,65 @@
-"""`fedsqueeze report`: one markdown row per run directory, plus PNG plots."""
+"""`fedsqueeze report`: one markdown row per run directory, written beside two PNG plots.
+
+The files go to `report/` beside the runs unless told otherwise, and an existing file is never
+replaced without `overwrite` (`--overwrite`): the error names it before anything is written.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from .. import rundir
 from ..errors import UserError
+from .plots import KINDS, plot
 
 MB = 1e6
+TABLE = "report.md"
+FILES = (TABLE, *(f"eval_loss_vs_{kind}.png" for kind in KINDS))
+
+
+@dataclass
+class Run:
+    """One run directory as the report reads it: its summary, round records and flat config."""
+
+    name: str
+    summary: dict
+    rows: list[dict]
+    config: dict = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method") or self.summary.get("method", "?"))
+
+    @classmethod
+    def from_dir(cls, path: Path) -> Run:
+        summary, rows = load_run(path)
+        return cls(path.name, summary, rows, read_config(path), (path / rundir.SUMMARY).is_file())
+
+
+def read_config(path: Path) -> dict:
+    """config.toml flattened to dotted keys ({} when missing or unreadable)."""
+    try:
+        raw = tomllib.loads((path / rundir.CONFIG).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    flat: dict = {}
+
+    def walk(tree: dict, prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(raw, "")
+    return flat
 
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:
@@ -34,58 +84,49 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
     return json.loads(summary_file.read_text()), rows
 
 
-def markdown_table(runs: list[tuple[str, dict, list[dict]]]) -> str:
-    base = next((s for _, s, _ in runs if s["method"] == "fedavg"), None)
+def markdown_table(runs: list[Run]) -> str:
+    base = next((r.summary for r in runs if r.summary["method"] == "fedavg"), None)
     lines = [
         "| run | method | MB up | MB down | MB total | traffic vs fedavg | final eval loss | seconds |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, s, _ in runs:
+    for run in runs:
+        s = run.summary
         ratio = f"{s['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
         lines.append(
-            f"| {name} | {s['method']} | {s['bytes_up'] / MB:.3f} | {s['bytes_down'] / MB:.3f} | "
+            f"| {run.name} | {s['method']} | {s['bytes_up'] / MB:.3f} | {s['bytes_down'] / MB:.3f} | "
             f"{s['bytes_total'] / MB:.3f} | {ratio} | {s['final_eval_loss']:.4f} | {s['seconds']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def plot(runs: list[tuple[str, dict, list[dict]]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for kind in ("round", "mb"):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, _, rows in runs:
-            pts, cum = [], 0
-            for r in rows:
-                cum += r["bytes_up"] + r["bytes_down"]
-                if "eval_loss" in r:
-                    pts.append((r["round"] if kind == "round" else cum / MB, r["eval_loss"]))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_xlabel("round" if kind == "round" else "cumulative MB (up + down)")
-        ax.set_ylabel("mean held-out eval loss")
-        if kind == "mb":
-            ax.set_xscale("symlog")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out / f"eval_loss_vs_{kind}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+def default_out(dirs: list[Path]) -> Path:
+    """`report/` in the folder that holds the runs (their common parent)."""
+    parents = [str(Path(d).resolve().parent) for d in dirs]
+    return Path(os.path.commonpath(parents)) / "report"
 
 
-def report(dirs: list[Path], plot_dir: Path | None = None) -> tuple[str, list[Path]]:
-    runs = []
-    for d in dirs:
-        summary, rows = load_run(d)
-        runs.append((d.name, summary, rows))
+@dataclass
+class Report:
+    """What `report` wrote: the markdown table and the paths of report.md and the PNGs."""
+
+    table: str
+    paths: list[Path]
+    out: Path
+
+
+def report(dirs: list[Path], out: Path | None = None, overwrite: bool = False) -> Report:
+    if not dirs:
+        raise UserError("report: name at least one run directory")
+    runs = [Run.from_dir(Path(d)) for d in dirs]
+    out = Path(out) if out is not None else default_out(dirs)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    if not overwrite:
+        for name in FILES:
+            if (out / name).exists():
+                raise UserError(f"{out / name} exists: pass --overwrite to replace it, or another --out")
     table = markdown_table(runs)
-    target = plot_dir or (dirs[0] if len(dirs) == 1 else dirs[0].parent)
-    target.mkdir(parents=True, exist_ok=True)
-    return table, plot(runs, target)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TABLE).write_text(table + "\n")
+    return Report(table, [out / TABLE, *plot(runs, out)], out)

@@ -6,6 +6,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ..errors import ConfigError
+from ..quiet import no_checkpointing_alias_warning
 from ..tensors import Layout, Tensors
 
 ADAPTER = "default"
@@ -18,7 +19,8 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int):
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        peft_model = get_peft_model(model, config)
+        with no_checkpointing_alias_warning():
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:  # peft: target modules not found in the base model
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(

@@ -8,25 +8,14 @@ gets the real weights under the same name.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from ..errors import UserError
+from .resolve import CONFIGS, shipped
 
-CONFIGS = Path(__file__).with_name("configs")
-HUB_IDS = {
-    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
-    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
-    "qwen2-7b": "Qwen/Qwen2-7B",
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
 RANDOM_SEED = 1234  # every process builds the same random base model
-
-
-def shipped(name: str) -> bool:
-    return (CONFIGS / f"{name}.json").is_file()
 
 
 def architecture_config(name: str) -> PretrainedConfig:
@@ -38,13 +27,14 @@ def architecture_config(name: str) -> PretrainedConfig:
     if shipped(name):
         raw = json.loads((CONFIGS / f"{name}.json").read_text())
         return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    from .resolve import how_to_point, locate
+
+    source = locate(name, "random")  # a folder, or a hub id the hub or its cache can serve; fails fast otherwise
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(source.target, local_files_only=source.local_only)
     except (OSError, ValueError) as exc:
         raise UserError(
-            f"model.name {name!r}: no architecture config ({str(exc).strip().splitlines()[0]}); "
-            f"allowed: a folder with config.json, a Hugging Face id, tiny, or one of "
-            f"{', '.join(sorted(HUB_IDS))}"
+            f"model.name {name!r}: no architecture config ({str(exc).strip().splitlines()[0]}); {how_to_point()}"
         ) from None
 
 

@@ -16,6 +16,7 @@ from ... import rundir
 from ...config import Config
 from ...errors import ConfigError
 from ...hardware import Placement
+from ...quiet import flower_simulation_quietly
 
 
 def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:
@@ -50,12 +51,13 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
         },
     }
     try:
-        run_simulation(
-            make_server_app(main),
-            make_client_app(cfg.to_toml()),
-            num_supernodes=cfg.data.clients,
-            backend_config=backend,
-        )
+        with flower_simulation_quietly():
+            run_simulation(
+                make_server_app(main),
+                make_client_app(cfg.to_toml()),
+                num_supernodes=cfg.data.clients,
+                backend_config=backend,
+            )
     finally:
         _shutdown_ray()
         if old_tmp is None:

@@ -20,6 +20,7 @@ MEASURED = (
     "train_seconds",
     "aggregate_seconds",
     "eval_seconds",
+    "federation_seconds",
     "codec_up",
     "codec_down",
     "peak_rss_mb",

@@ -70,7 +70,8 @@ def supernode(
     restart: bool = typer.Option(
         True,
         "--restart/--no-restart",
-        help="Start the SuperNode again, with back-off, whenever it stops with an error.",
+        help="Start the SuperNode again, with back-off, whenever it stops by itself (after a SuperLink restart "
+        "Flower's exits 0); stop it with Ctrl-C or SIGTERM to this command.",
     ),
     home: Path = HOME,
 ):

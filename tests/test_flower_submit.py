@@ -116,3 +116,19 @@ def test_the_supernode_command_is_supervised_unless_told_not_to(tmp_path, monkey
     assert "partition-id=1 num-partitions=3" in " ".join(seen["supervised"]) and "exec" not in seen
     CliRunner().invoke(app, [*args, "--home", str(tmp_path / "h"), "--no-restart"])
     assert seen["exec"] == seen["supervised"]
+
+
+def test_the_superlink_keeps_its_state_in_a_database_when_asked(tmp_path, monkeypatch):
+    """With --database the SuperNodes survive a SuperLink restart with their ids
+    (benchmarks/superlink_restart.py --database); without it the state is in memory."""
+    from typer.testing import CliRunner
+
+    from fedsqueeze import flower_cli
+
+    seen = []
+    monkeypatch.setattr(flower_cli.os, "execvpe", lambda path, cmd, env: seen.append(cmd))
+    home = ["--home", str(tmp_path / "h")]
+    assert CliRunner().invoke(flower_cli.flower_app, ["superlink", *home]).exit_code == 0
+    assert CliRunner().invoke(flower_cli.flower_app, ["superlink", "--database", "s.db", *home]).exit_code == 0
+    assert "--database" not in seen[0]
+    assert seen[1][seen[1].index("--database") + 1] == "s.db" and "--insecure" in seen[1]

@@ -59,7 +59,11 @@ def flower_env(home: Path, base: dict | None = None) -> dict:
     return env
 
 
-def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False) -> list[str]:
+def superlink_command(
+    port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False, database: Path | None = None
+) -> list[str]:
+    """database: a SQLite file for the SuperLink's state (nodes, runs, messages); without it the state
+    is in memory, and after a restart every SuperNode is unknown (401) and has to register again."""
     cmd = [
         executable("flower-superlink"),
         "--host",
@@ -75,6 +79,8 @@ def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None
         cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
     if auth:
         cmd.append("--enable-supernode-auth")
+    if database is not None:
+        cmd += ["--database", str(database)]
     return cmd
 
 

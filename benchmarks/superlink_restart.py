@@ -7,7 +7,7 @@ run with `resume` and checks it completes round 2.
 
     python benchmarks/superlink_restart.py [--nodes 2] [--down 5] [--database]
 
-Takes 3-4 minutes on 2 cores (two ServerApp starts and ClientApp starts), so it is a benchmark,
+Takes 2-3 minutes on 2 cores (two ServerApp starts and ClientApp starts), so it is a benchmark,
 not part of the test suite.
 """
 

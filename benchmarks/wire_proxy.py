@@ -12,9 +12,11 @@ Per message: the same config with R1 and R2 rounds; (proxy(R2) - proxy(R1)) / ex
 what one more message costs on the wire, fixed costs (app bundle, start-up polling, the partition
 query) cancel out; the fixed overhead is proxy(R1) minus R1 rounds' worth of messages.
 
-    python benchmarks/wire_proxy.py [METHOD ...] [--rounds 1 3] [--dead-node]
-    (default: fedavg fedsrd, 1 and 3 rounds; --dead-node also kills node 3 once its round-1
-    downlink is queued and compares the ledger's bill for it with what the proxy saw)
+    python benchmarks/wire_proxy.py [METHOD ...] [--rounds 1 3] [--json FILE]
+    python benchmarks/wire_proxy.py fedavg --rounds 2 --kill-node-after 2
+    (default: fedavg fedsrd, 1 and 3 rounds; --kill-node-after N: one run, SuperNode 3 killed
+    after its N-th reply, and the ledger's bill for it beside what its connections carried;
+    --from-json FILE prints the tables of an earlier --json again)
 """
 
 from __future__ import annotations

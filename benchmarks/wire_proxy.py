@@ -366,7 +366,7 @@ def report(results: list[dict]) -> None:
                 f"{fmt(r['nodes'][node]['down'])} B, up {fmt(r['nodes'][node]['up'])} B"
             )
             for row in r["ledger"]["rows"]:
-                keep = ("round", "clients", "left_out", "bytes_down", "bytes_up")
+                keep = ("round", "clients", "left_out", "bytes_down", "bytes_up", "undelivered")
                 print(" ", {k: row.get(k) for k in keep}, "client", node, row.get("per_client", {}).get(str(node)))
 
 

@@ -7,6 +7,7 @@ the ledger's bytes_up + bytes_down. Only 127.0.0.1 is used.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -43,51 +44,63 @@ connect_timeout = 120
 """
 
 
-def measure(method: str, rounds: int, tmp: Path) -> dict:
-    home, port = tmp / f"home-{method}-{rounds}", deploy.free_port()
+@contextlib.contextmanager
+def loopback(tmp: Path, tag: str, partitions: int = 4, dial=None, superlink_args=(), supervised: bool = False):
+    """A SuperLink and `partitions` SuperNodes on 127.0.0.1 with Flower's state in tmp/home-TAG;
+    yields (env, superlink port, {name: Popen}, start(name, argv)). `dial(port, partition)` is the address SuperNode
+    `partition` dials (default the SuperLink itself; wire_proxy.py puts a proxy in between);
+    `supervised`: the nodes run under `fedsqueeze flower supernode` (restarted on errors). Every
+    process started here, and everything those start, is killed on exit (by id)."""
+    home, port = tmp / f"home-{tag}", deploy.free_port()
     env = deploy.flower_env(home)
-    procs = []
-    try:
-        log = open(tmp / f"superlink-{method}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                deploy.superlink_command(port),
-                env=env,
-                cwd=tmp,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(tmp / f"{name}-{tag}.log", "a")
+        procs[name] = subprocess.Popen(
+            cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        return procs[name]
+
+    try:
+        start("superlink", [*deploy.superlink_command(port), *superlink_args])
         deploy.wait_for_port(port)
         deploy.write_connection(home, f"127.0.0.1:{port}")
-        for p in range(4):
-            cmd = deploy.supernode_command(f"127.0.0.1:{port}", p, 4, deploy.free_port())
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    env=env,
-                    cwd=tmp,
-                    stdout=open(tmp / f"node-{method}-{p}.log", "w"),
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        out = tmp / f"run-{method}-{rounds}"
-        run_config = deploy.write_run_config(
-            tmp / f"run-{method}.toml", CONFIG.format(method=method, rounds=rounds), out
-        )
-        text = io.StringIO()
-        code = deploy.submit(run_config, env, text)
-        counted = re.search(r"Flower counted (\d+) bytes", text.getvalue())
-        if code != 0 or counted is None or not (out / "summary.json").is_file():
-            raise RuntimeError(f"the {method} run did not finish (exit {code}):\n{text.getvalue()[-3000:]}")
-        flower = int(counted.group(1))
-        summary = json.loads((out / "summary.json").read_text())
-        return {"method": method, "rounds": rounds, "exit": code, "ledger": summary["bytes_total"], "flower": flower}
+        for p in range(partitions):
+            address = dial(port, p) if dial else f"127.0.0.1:{port}"
+            node_port = deploy.free_port()
+            if supervised:
+                cmd = [deploy.executable("fedsqueeze"), "flower", "supernode", "--superlink", address]
+                cmd += ["--partition-id", str(p), "--num-partitions", str(partitions), "--port", str(node_port)]
+                cmd += ["--home", str(home)]
+            else:
+                cmd = deploy.supernode_command(address, p, partitions, node_port)
+            start(f"node-{p}", cmd)
+        yield env, port, procs, start
     finally:
-        for proc in procs:
+        for proc in procs.values():
             deploy.kill_tree(proc.pid)
+
+
+def run(tmp: Path, tag: str, env: dict, method: str, rounds: int, resume: bool = False, out: Path | None = None):
+    """`fedsqueeze flower run` of CONFIG; returns (exit code, Flower's byte count, summary.json)."""
+    out = out or tmp / f"run-{tag}"
+    config = CONFIG.format(method=method, rounds=rounds)
+    run_config = deploy.write_run_config(tmp / f"run-{tag}.toml", config, out, resume=resume)
+    text = io.StringIO()
+    code = deploy.submit(run_config, env, text)
+    (tmp / f"flwr-run-{tag}.log").write_text(text.getvalue())
+    counted = re.search(r"Flower counted (\d+) bytes", text.getvalue())
+    if code != 0 or counted is None or not (out / "summary.json").is_file():
+        raise RuntimeError(f"the {method} run did not finish (exit {code}):\n{text.getvalue()[-3000:]}")
+    return code, int(counted.group(1)), json.loads((out / "summary.json").read_text())
+
+
+def measure(method: str, rounds: int, tmp: Path) -> dict:
+    tag = f"{method}-{rounds}"
+    with loopback(tmp, tag) as (env, _, _, _):
+        code, flower, summary = run(tmp, tag, env, method, rounds)
+    return {"method": method, "rounds": rounds, "exit": code, "ledger": summary["bytes_total"], "flower": flower}
 
 
 def main(methods: list[str]) -> None:

@@ -47,12 +47,18 @@ def superlink(
         None, "--tls", help="Folder with ca.crt, server.pem, server.key; without it the SuperLink runs --insecure."
     ),
     auth: bool = typer.Option(False, "--auth", help="Only registered SuperNodes may connect."),
+    database: Path | None = typer.Option(
+        None,
+        "--database",
+        help="SQLite file for the SuperLink's state: SuperNodes then keep their ids across a SuperLink restart "
+        "(without it the state is in memory and every SuperNode has to start again).",
+    ),
     home: Path = HOME,
 ):
     """Start a SuperLink (runs the ServerApp of each `flwr run`)."""
     from .runtime.flower.deploy import superlink_command
 
-    _exec(superlink_command(port, host, _tls(tls_dir), auth), home)
+    _exec(superlink_command(port, host, _tls(tls_dir), auth, database), home)
 
 
 @flower_app.command()
@@ -70,7 +76,8 @@ def supernode(
     restart: bool = typer.Option(
         True,
         "--restart/--no-restart",
-        help="Start the SuperNode again, with back-off, whenever it stops with an error.",
+        help="Start the SuperNode again, with back-off, whenever it stops by itself (after a SuperLink restart "
+        "Flower's exits 0); stop it with Ctrl-C or SIGTERM to this command.",
     ),
     home: Path = HOME,
 ):

@@ -59,7 +59,11 @@ def flower_env(home: Path, base: dict | None = None) -> dict:
     return env
 
 
-def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False) -> list[str]:
+def superlink_command(
+    port: int, host: str = "127.0.0.1", tls: Tls | None = None, auth: bool = False, database: Path | None = None
+) -> list[str]:
+    """database: a SQLite file for the SuperLink's state (nodes, runs, messages); without it the state
+    is in memory, and after a restart every SuperNode is unknown (401) and has to register again."""
     cmd = [
         executable("flower-superlink"),
         "--host",
@@ -75,6 +79,8 @@ def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None
         cmd += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
     if auth:
         cmd.append("--enable-supernode-auth")
+    if database is not None:
+        cmd += ["--database", str(database)]
     return cmd
 
 
@@ -168,6 +174,14 @@ def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
     return 1
 
 
+class _Stop(Exception):
+    """SIGTERM reached the supervisor."""
+
+
+def _stop(*_) -> None:
+    raise _Stop
+
+
 def supervise(
     cmd: list[str],
     env: dict,
@@ -177,30 +191,38 @@ def supervise(
     sleep=time.sleep,
     max_restarts: int | None = None,
 ) -> int:
-    """Runs `cmd` and starts it again whenever it fails: a SuperNode stops (401) when its SuperLink
-    restarts, and comes back by itself once the SuperLink is there again. The wait doubles from
-    `first` to `most` seconds, and starts over after a run that lasted longer than `most`. A clean
-    exit (0), Ctrl-C / SIGTERM (passed on to the child) or `max_restarts` ends the loop."""
+    """Runs `cmd` and starts it again whenever it stops by itself, whatever its exit code: after a
+    SuperLink restart Flower's SuperNode gets 401, sends itself SIGINT and exits 0 (a "graceful"
+    exit, as on Ctrl-C), and it comes back by itself once the SuperLink is there again. The wait
+    doubles from `first` to `most` seconds, and starts over after a run that lasted longer than
+    `most`. Only a stop asked of the supervisor ends the loop: SIGTERM (passed on to the child,
+    returns 143), Ctrl-C (130), or `max_restarts` (the child's last exit code)."""
     delay, restarts = first, 0
-    while True:
-        started = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env)
-        previous = signal.signal(signal.SIGTERM, lambda *_, child=proc: child.terminate())
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        if code == 0 or code == -signal.SIGTERM or (max_restarts is not None and restarts >= max_restarts):
-            return code
-        if time.monotonic() - started > most:
-            delay = first
-        log(f"{Path(cmd[0]).name} exited with {code}; starting it again in {delay:g} s")
-        sleep(delay)
-        delay, restarts = min(2 * delay, most), restarts + 1
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        while True:
+            started = time.monotonic()
+            proc = subprocess.Popen(cmd, env=env)
+            try:
+                code = proc.wait()
+            except (KeyboardInterrupt, _Stop) as exc:
+                proc.terminate()
+                proc.wait()
+                return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
+            if max_restarts is not None and restarts >= max_restarts:
+                return code
+            if time.monotonic() - started > most:
+                delay = first
+            log(f"{Path(cmd[0]).name} exited with {code}; starting it again in {delay:g} s")
+            try:
+                sleep(delay)
+            except KeyboardInterrupt:
+                return 130
+            except _Stop:
+                return 128 + signal.SIGTERM
+            delay, restarts = min(2 * delay, most), restarts + 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def free_port() -> int:

@@ -6,7 +6,8 @@ the tiny model over a synthetic instruction corpus with `--per-client` examples 
 client count has data), iid partition.
 
     python benchmarks/scale.py [--clients 100 1000] [--methods gradualdiff] [--per-round 100]
-                               [--rounds 10] [--r 64] [--set KEY=VALUE ...]
+                               [--rounds 10] [--r 64] [--model tiny] [--local-steps 1]
+                               [--batch-size 2] [--per-client 4] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -32,29 +33,29 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def config(corpus: Path, method: str, clients: int, per_round: int, rounds: int, r: int, per_client: int) -> str:
+def config(corpus: Path, method: str, clients: int, args) -> str:
     return f"""method = "{method}"
 seed = 0
 [model]
-name = "tiny"
+name = "{args.model}"
 [lora]
-r = {r}
-alpha = {2 * r}
+r = {args.r}
+alpha = {2 * args.r}
 target = "all-linear"
 [data]
 source = "jsonl:{corpus}"
 partition = "iid"
 clients = {clients}
-max_examples = {per_client}
+max_examples = {args.per_client}
 eval_examples = 2
-max_length = 128
+max_length = {args.max_length}
 [train]
-rounds = {rounds}
-clients_per_round = {per_round}
-local_steps = 1
-batch_size = 2
+rounds = {args.rounds}
+clients_per_round = {min(args.per_round, clients)}
+local_steps = {args.local_steps}
+batch_size = {args.batch_size}
 lr = 3e-3
-precision = "fp32"
+precision = "{args.precision}"
 """
 
 
@@ -63,7 +64,7 @@ def run_one(work: Path, method: str, clients: int, args) -> dict:
     if not corpus.exists():
         write_corpus(corpus, clients * (args.per_client + 2))
     cfg = work / f"{method}-{clients}.toml"
-    cfg.write_text(config(corpus, method, clients, min(args.per_round, clients), args.rounds, args.r, args.per_client))
+    cfg.write_text(config(corpus, method, clients, args))
     out = work / f"run-{method}-{clients}"
     sets = [x for kv in args.set for x in ("--set", kv)]
     cli = str(Path(sys.executable).parent / "fedsqueeze")
@@ -106,6 +107,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--r", type=int, default=64)
     ap.add_argument("--per-client", type=int, default=4)
+    ap.add_argument("--model", default="tiny", help="e.g. smollm2-135m for SmolLM2 (W4: --r 16 --local-steps 10 ...)")
+    ap.add_argument("--local-steps", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--precision", default="fp32")
     ap.add_argument("--set", action="append", default=[], help="extra config override for every run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fsq-scale-") as tmp:

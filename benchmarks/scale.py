@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 WORDS = "alpha beta gamma delta river stone cloud ember maple quartz signal vector lattice orbit".split()
@@ -69,7 +70,9 @@ def run_one(work: Path, method: str, clients: int, args) -> dict:
     sets = [x for kv in args.set for x in ("--set", kv)]
     cli = str(Path(sys.executable).parent / "fedsqueeze")
     cmd = ["/usr/bin/time", "-v", cli, "run", str(cfg), "--out", str(out), *sets]
+    t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
@@ -81,6 +84,7 @@ def run_one(work: Path, method: str, clients: int, args) -> dict:
         "clients": clients,
         "per_round": min(args.per_round, clients),
         "peak_rss_mb": rss_kb / 1024,
+        "wall_s": wall,
         "s_per_round": sum(r["seconds"] for r in rows) / len(rows),
         # Builds before the state store rewrote the whole checkpoint each round and did not say so.
         "ckpt_mb_per_round": (
@@ -117,16 +121,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fsq-scale-") as tmp:
         results = [run_one(Path(tmp), m, n, args) for m in args.methods for n in args.clients]
     print(
-        "| method | clients | per round | peak RSS MB | s / round | checkpoint MB / round | state MB | "
-        "federation s | total MB | final eval loss |"
+        "| method | clients | per round | peak RSS MB | wall s | s / round | checkpoint MB / round | state MB | "
+        "federation s | bytes up + down | final eval loss |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for x in results:
         print(
-            f"| {x['method']} | {x['clients']:,} | {x['per_round']} | {x['peak_rss_mb']:.0f} | "
+            f"| {x['method']} | {x['clients']:,} | {x['per_round']} | {x['peak_rss_mb']:.0f} | {x['wall_s']:.0f} | "
             f"{x['s_per_round']:.2f} | "
             f"{x['ckpt_mb_per_round']:.2f} | {x['state_mb']:.1f} | {x['federation_s']:.1f} | "
-            f"{x['bytes_total'] / 2**20:.2f} | {x['final_eval_loss']:.4f} |"
+            f"{x['bytes_total']:,} | {x['final_eval_loss']:.4f} |"
         )
 
 

@@ -36,7 +36,10 @@ def _quiet_libraries(verbose: bool = False) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: "pip install 'fedsqueeze[eval]'" or "hf:NAME:train[:100]" are text, not markup
+    console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

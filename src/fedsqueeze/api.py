@@ -1,4 +1,4 @@
-"""The Python API: what `fedsqueeze run | resume | report` do, callable from a script or notebook.
+"""The Python API: what `fedsqueeze run | resume | report | eval` do, callable from a script or notebook.
 
     import fedsqueeze
 
@@ -141,6 +141,56 @@ def report(run_dirs: Iterable[str | Path], out: str | Path | None = None, *, ove
     from .metrics.report import report as make_report
 
     return make_report([Path(d) for d in run_dirs], Path(out) if out is not None else None, overwrite)
+
+
+def evaluate(
+    target: str | Path | None,
+    data: str | None = None,
+    metrics: Iterable[str] | str | None = None,
+    *,
+    base: bool = False,
+    overrides: Iterable[str] = (),
+    model: str | None = None,
+    out: str | Path | None = None,
+    lm_eval: Iterable[str] | str | None = None,
+    include_path: str | Path | None = None,
+    lm_eval_limit: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Judges a saved adapter (a run directory, its adapter/ or any peft adapter folder; the base
+    model alone with `base=True`) on `data` (any data.source; default: the run's own) with
+    `metrics` (any of loss, choice, rouge, exact; default: the run's eval.metrics) and returns
+    {"sets": {set: {loss, acc, acc_norm, chance, rougeL, exact, ...}}, "means": {...}, ...}.
+    Given a run directory, the data is partitioned and held out as the run did and the sets
+    judged are summary.json's, so the run's final adapter gets the run's numbers. `lm_eval`:
+    lm-evaluation-harness task names (the [eval] extra), with `include_path` for local task YAML.
+    `out`: also write the result there as JSON."""
+    from .saved_eval import evaluate_saved
+
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if isinstance(lm_eval, str):
+        lm_eval = [t.strip() for t in lm_eval.split(",") if t.strip()]
+    result = evaluate_saved(
+        Path(target) if target is not None else None,
+        data,
+        list(metrics) if metrics is not None else None,
+        base=base,
+        overrides=list(overrides),
+        model=model,
+        lm_eval=list(lm_eval) if lm_eval else None,
+        include_path=Path(include_path) if include_path is not None else None,
+        lm_eval_limit=lm_eval_limit,
+        log=log or (lambda *_: None),
+    )
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise UserError(f"--out {out}: is a folder; name a .json file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        result["written"] = str(out)
+    return result
 
 
 def _launch(resume: bool, until, overwrite, progress, log, rebuild_rounds: bool = False):

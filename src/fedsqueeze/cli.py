@@ -1,4 +1,4 @@
-"""Command line: fedsqueeze run | resume | report | data | bench | size | codecs | flower."""
+"""Command line: fedsqueeze run | resume | report | eval | data | bench | size | codecs | flower."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def _quiet_libraries(verbose: bool = False) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: "pip install 'fedsqueeze[eval]'" or "hf:NAME:train[:100]" are text, not markup
+    console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -115,6 +118,59 @@ def report(
     print(done.table)
     for p in done.paths:
         console.print(f"wrote {p}", highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    target: Path | None = typer.Argument(
+        None, help="A run directory, its adapter/ folder or any peft adapter folder (omit with --base and --model)."
+    ),
+    data: str | None = typer.Option(None, "--data", help="data.source to judge on (default: the run's own)."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Comma-separated: loss, choice, rouge, exact (default: the run's eval.metrics)."
+    ),
+    base: bool = typer.Option(False, "--base", help="Judge the base model alone (the adapter disabled)."),
+    model: str | None = typer.Option(
+        None, "--model", help="model.name (default: the run's, or adapter_config.json's)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set eval.choices=5 (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", help="JSON file for the result (default: TARGET/eval.json)."),
+    lm_eval: str | None = typer.Option(
+        None, "--lm-eval", help="Comma-separated lm-evaluation-harness tasks (needs fedsqueeze[eval])."
+    ),
+    include_path: Path | None = typer.Option(None, "--include-path", help="Folder of local harness task YAML files."),
+    lm_eval_limit: int | None = typer.Option(None, "--lm-eval-limit", min=1, help="Examples per harness task."),
+    verbose: bool = VERBOSE,
+):
+    """Judge a saved adapter (or the base model) on any data source: held-out loss, multiple-choice
+    accuracy, Rouge-L and exact match, with the run's own code; a table and a JSON file."""
+    from . import api
+    from .metrics.console import eval_table, lm_eval_table
+
+    _quiet_libraries(verbose)
+    if out is None and target is not None:
+        out = (target if target.is_dir() else target.parent) / "eval.json"
+    try:
+        result = api.evaluate(
+            target,
+            data,
+            metrics,
+            base=base,
+            overrides=set_,
+            model=model,
+            out=out,
+            lm_eval=lm_eval,
+            include_path=include_path,
+            lm_eval_limit=lm_eval_limit,
+            log=_log,
+        )
+    except UserError as exc:
+        _fail(exc)
+    console.print(eval_table(result))
+    if result.get("lm_eval"):
+        console.print(lm_eval_table(result["lm_eval"]))
+    if "written" in result:
+        console.print(f"wrote {result['written']}", highlight=False)
 
 
 @app.command()

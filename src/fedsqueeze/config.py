@@ -67,6 +67,11 @@ class DataConfig(Section):
     """Held-out examples per client used for the per-round eval."""
     ood_source: str | None = None
     """Optional out-of-domain eval set (e.g. dictd:/usr/share/dictd/gcide), reported as `ood`."""
+    choices_field: str | None = None
+    """A table column holding each example's own answer choices (a list of texts), for eval.metrics
+    "choice"; with answer_field. None: choices are drawn from other responses of the same domain."""
+    answer_field: str | None = None
+    """The column naming the right choice: its index (0-based) or its text."""
 
 
 class TrainConfig(Section):
@@ -117,6 +122,7 @@ class TrainConfig(Section):
 
 
 EVAL_AUTO_LIMIT = 16
+EVAL_METRICS = ("loss", "choice", "rouge", "exact")
 """eval.clients = "auto": every eval set up to this many, else a seeded sample of this many."""
 
 
@@ -134,6 +140,36 @@ class EvalConfig(Section):
     pooled: bool = False
     """Judge the sampled sets' examples as one pooled set: eval_loss is token-weighted over all of
     them and `eval` breaks it down by domain (by eval set where all examples share one domain)."""
+    metrics: list[str] = ["loss"]
+    """Any of loss (always judged), choice (multiple-choice acc / acc_norm), rouge (Rouge-L F1 of
+    greedy generations), exact (exact match of them after normalisation)."""
+    choices: int = Field(4, ge=2, le=26)
+    """choice: continuations per question (the answer and choices - 1 distractors); chance 1/choices."""
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    """rouge / exact: greedy decoding stops after this many new tokens (or EOS)."""
+    generate_examples: int = Field(32, ge=1)
+    """rouge / exact: held-out examples generated for per eval set (a sample seeded by seed and set)."""
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics_text(cls, value):
+        """`eval.metrics = "loss,choice"` reads as the list (the CLI's --metrics form)."""
+        return [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if m not in EVAL_METRICS]
+        if bad or not value:
+            raise ValueError(f"{bad or 'empty'}: allowed: a list of any of {', '.join(EVAL_METRICS)}")
+        if len(set(value)) < len(value):
+            raise ValueError("a metric is listed twice")
+        return value
+
+    @property
+    def generates(self) -> bool:
+        """Whether an evaluation generates text (rouge or exact)."""
+        return "rouge" in self.metrics or "exact" in self.metrics
 
     @field_validator("clients")
     @classmethod
@@ -403,6 +439,10 @@ def validate(raw: dict) -> Config:
             f"config key 'faults.clients': {cfg.faults.clients} must be client ids "
             f"0..{cfg.data.clients - 1} (data.clients = {cfg.data.clients})"
         )
+    if (cfg.data.choices_field is None) != (cfg.data.answer_field is None):
+        given = "choices_field" if cfg.data.choices_field is not None else "answer_field"
+        other = "answer_field" if given == "choices_field" else "choices_field"
+        raise ConfigError(f"config key 'data.{given}': needs 'data.{other}' too (the choices and the right one)")
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"

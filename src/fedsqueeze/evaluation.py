@@ -1,7 +1,10 @@
 """Held-out evaluation: which eval sets one evaluation judges (a sample seeded by (seed, round),
 `[eval]`), with which adapter (the method's call: its run mode and `eval_adapter`), and how the
 losses combine (a mean over sets, or one pooled set broken down by domain). Its cost is bounded
-by `eval.clients`, not by the size of the federation."""
+by `eval.clients`, not by the size of the federation. Task metrics (`eval.metrics`: choice,
+rouge, exact; scoring/) are judged per set, with the same owner's adapter as the loss, and land
+in the record as `eval_metrics` ({set: {acc, acc_norm, chance, rougeL, exact, ...}}) and
+`eval_means` (their plain mean over sets)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import random
 
 from .client import evaluate, example_losses
 from .data.tokenization import TokenizedSet
+from .scoring.judge import means, set_metrics
 from .tensors import Tensors
 
 REFERENCE_ROUND = 0
@@ -49,6 +53,7 @@ def evaluate_sets(s, client_states: list[Tensors], sets: list[int]) -> dict:
     names = list(s.federation.eval_sets)
     fields = _pooled(s, client_states, sets) if s.cfg.eval.pooled else _per_set(s, client_states, sets)
     fields["eval_sets"] = [names[i] for i in sets]
+    fields.update(_task_metrics(s, client_states, sets))
     method = s.method
     if s.federation.ood is not None and method.mode.has_global_adapter:
         fields["ood_eval_loss"] = evaluate_set(s, method.final_adapter(client_states), s.federation.ood)
@@ -64,6 +69,25 @@ def _per_set(s, client_states: list[Tensors], sets: list[int]) -> dict:
         owner = method.mode.eval_owner(i)
         results[name] = evaluate_set(s, method.eval_adapter(owner, client_states[owner]), dataset)
     return {"eval_loss": sum(results.values()) / len(results), "eval": results}
+
+
+def task_metrics(cfg) -> list[str]:
+    """The costly metrics a config asks for (the loss is always judged)."""
+    return [m for m in cfg.eval.metrics if m != "loss"]
+
+
+def _task_metrics(s, client_states: list[Tensors], sets: list[int]) -> dict:
+    """`eval_metrics` and `eval_means` (none without task metrics): per set, also with eval.pooled."""
+    metrics = task_metrics(s.cfg)
+    if not metrics:
+        return {}
+    method, names = s.method, list(s.federation.eval_sets)
+    per_set = {}
+    for i in sets:
+        owner = method.mode.eval_owner(i)
+        s.adapter.set(method.eval_adapter(owner, client_states[owner]))
+        per_set[names[i]] = set_metrics(s, names[i], metrics)
+    return {"eval_metrics": per_set, "eval_means": means(per_set)}
 
 
 def _pooled(s, client_states: list[Tensors], sets: list[int]) -> dict:

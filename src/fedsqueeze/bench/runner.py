@@ -23,6 +23,7 @@ from ..strategies import METHODS
 from .suites import SUITES
 
 MB = 1e6
+TASK_COLUMNS = (("acc", "accuracy"), ("acc_norm", "acc_norm"), ("rougeL", "Rouge-L"), ("exact", "exact"))
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -147,6 +148,9 @@ def _result(name: str, s: dict, rows: list[dict]) -> dict:
     }
     if "sim_seconds" in s:
         r["sim_seconds"] = s["sim_seconds"]
+    for key in ("acc", "acc_norm", "chance", "rougeL", "exact"):
+        if key in s.get("eval_means", {}):
+            r[key] = s["eval_means"][key]
     snrs = [row["snr_db"] for row in rows if "snr_db" in row]  # CG-FedLLM's compressed rounds
     if snrs:
         r["snr_db"] = sum(snrs) / len(snrs)
@@ -157,24 +161,31 @@ def markdown(results: list[dict]) -> str:
     base = next((r for r in results if r["method"] == "fedavg"), None)
     has_sim = any("sim_seconds" in r for r in results)
     has_snr = any("snr_db" in r for r in results)
+    tasks = [(k, label) for k, label in TASK_COLUMNS if any(k in r for r in results)]
+    chance = next((r["chance"] for r in results if "chance" in r), None)
     head = (
         "| method | MB up / client / round | MB down / client / round | total MB | traffic vs fedavg | "
-        "in-domain eval loss | OOD eval loss | s / round |"
+        "in-domain eval loss | OOD eval loss |"
+        + "".join(f" {label} |" for _, label in tasks)
+        + " s / round |"
         + (" sim s |" if has_sim else "")
         + (" mean upload SNR dB |" if has_snr else "")
     )
-    lines = [head, "|" + "---|" * (8 + has_sim + has_snr)]
+    lines = [head, "|" + "---|" * (8 + len(tasks) + has_sim + has_snr)]
     for r in results:
         ratio = f"{r['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
         ood = f"{r['ood_eval_loss']:.4f}" if r.get("ood_eval_loss") is not None else "-"
         line = (
             f"| {r['method']} | {r['mb_up_per_client_round']:.3f} | {r['mb_down_per_client_round']:.3f} | "
             f"{r['bytes_total'] / MB:.2f} | {ratio} | {r['final_eval_loss']:.4f} | {ood} | "
-            f"{r['seconds_per_round']:.1f} |"
+            + "".join(f"{r[k]:.3f} | " if k in r else "- | " for k, _ in tasks)
+            + f"{r['seconds_per_round']:.1f} |"
         )
         if has_sim:
             line += f" {r['sim_seconds']:.1f} |" if "sim_seconds" in r else " - |"
         if has_snr:
             line += f" {r['snr_db']:.2f} |" if "snr_db" in r else " - |"
         lines.append(line)
+    if chance is not None:
+        lines.append(f"\nAccuracy: multiple choice by log-likelihood (eval.metrics choice); chance {chance:.3f}.")
     return "\n".join(lines)

@@ -25,6 +25,8 @@ class ClientData:
     """Counts of the `data.label` values among the training examples (for the summary)."""
     eval_domains: list[str] = field(default_factory=list)
     """The domain of each held-out example (the pooled evaluation's breakdown)."""
+    eval_examples: list[dict] = field(default_factory=list)
+    """The held-out examples as text, one per row of `eval` (choice and generation metrics)."""
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Federation:
     """Held-out set per original client, also when the training data is pooled (centralized)."""
     eval_domains: dict[str, list[str]] = field(default_factory=dict)
     """Per eval set, the domain of each of its examples."""
+    eval_examples: dict[str, list[dict]] = field(default_factory=dict)
+    """Per eval set, its examples as text (instruction, input, response, domain; choices, answer)."""
     description: str = ""
 
     def summary(self, show: int = 20) -> str:
@@ -117,6 +121,7 @@ def _client(
         num_examples=len(train_set),
         labels=dict(labels),
         eval_domains=domains,
+        eval_examples=[eval_examples[i] for i in eval_kept],
     )
     return data, len(eval_skipped) + len(train_skipped)
 
@@ -152,6 +157,7 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         skipped += n_skipped
     eval_sets = {c.name: c.eval for c in clients}
     eval_domains = {c.name: c.eval_domains for c in clients}
+    eval_texts = {c.name: c.eval_examples for c in clients}
     ood = None
     if cfg.ood_source:
         ood, n_skipped = _ood(cfg, tokenizer, seed)
@@ -171,6 +177,7 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         skipped=skipped,
         eval_sets=eval_sets,
         eval_domains=eval_domains,
+        eval_examples=eval_texts,
         description=description,
     )
 
@@ -179,11 +186,19 @@ def _pool(clients: list[ClientData]) -> ClientData:
     train, evals = TokenizedSet(), TokenizedSet()
     labels: Counter = Counter()
     domains: list[str] = []
+    texts: list[dict] = []
     for c in clients:
         train.extend(c.train)
         evals.extend(c.eval)
         labels.update(c.labels)
         domains.extend(c.eval_domains)
+        texts.extend(c.eval_examples)
     return ClientData(
-        name="pooled", train=train, eval=evals, num_examples=len(train), labels=dict(labels), eval_domains=domains
+        name="pooled",
+        train=train,
+        eval=evals,
+        num_examples=len(train),
+        labels=dict(labels),
+        eval_domains=domains,
+        eval_examples=texts,
     )

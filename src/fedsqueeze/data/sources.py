@@ -168,7 +168,10 @@ def _text(value: Any, where: str = "", row: int = 0, column: str = "") -> str:
 
 def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
     """Rename the configured columns to the standard keys; keep the label column when it is an extra one."""
-    for key in ("instruction_field", "response_field"):
+    required = ("instruction_field", "response_field") + (
+        ("choices_field", "answer_field") if cfg.choices_field is not None else ()
+    )
+    for key in required:
         column = getattr(cfg, key)
         if column not in columns:
             raise DataError(
@@ -189,8 +192,38 @@ def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, 
         }
         if extra is not None:
             ex[extra] = text(extra)
+        if cfg.choices_field is not None:
+            ex["choices"], ex["answer"] = _choices(row, where, i, cfg)
         out.append(ex)
     return out
+
+
+def _choices(row: dict, where: str, i: int, cfg: DataConfig) -> tuple[list[str], int]:
+    """An example's own answer choices (data.choices_field: a list of texts, or a JSON list in a
+    text cell) and the index of the right one (data.answer_field: an index or the choice's text)."""
+    value = row.get(cfg.choices_field)
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, list) or len(value) < 2:
+        raise DataError(
+            f"{where}: row {i + 1}, column {cfg.choices_field!r} (data.choices_field) must be a list of at "
+            f"least 2 answer texts, got {json.dumps(value)[:60]}"
+        )
+    choices = [_text(c, where, i, cfg.choices_field) for c in value]
+    answer = row.get(cfg.answer_field)
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer)
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        return choices, answer
+    if isinstance(answer, str) and answer in choices:
+        return choices, choices.index(answer)
+    raise DataError(
+        f"{where}: row {i + 1}, column {cfg.answer_field!r} (data.answer_field) must be the index "
+        f"(0-{len(choices) - 1}) or the text of one of the choices, got {json.dumps(answer)[:60]}"
+    )
 
 
 def source_name(kind: str, arg: str) -> str:

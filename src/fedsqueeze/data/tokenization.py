@@ -57,22 +57,36 @@ def token_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[lis
     return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
+def prompt_token_ids(examples: list[dict], tokenizer, template: str) -> list[list[int]]:
+    """The rendered prompt of each example as token ids, exactly as training and the loss see it."""
+    eos = eos_id(tokenizer)
+    prompts = render_prompts(examples, template, tokenizer)
+    # Alpaca text has no special tokens, so let the tokenizer add its BOS if it is configured to; chat templates
+    # write their own special tokens into the text.
+    out = []
+    for prompt in token_ids(tokenizer, prompts, add_special_tokens=template == "alpaca"):
+        prompt = list(prompt)
+        if template == "alpaca" and prompt and prompt[-1] == eos:
+            prompt = prompt[:-1]  # tokenizers whose post-processor appends EOS to every text
+        out.append(prompt)
+    return out
+
+
+def response_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """Responses (stripped) as token ids, without the EOS that follows them."""
+    return [list(ids) for ids in token_ids(tokenizer, [t.strip() for t in texts], add_special_tokens=False)]
+
+
 def encode(examples: list[dict], tokenizer, template: str, max_length: int) -> list[tuple[list[int], list[int]] | None]:
     """(input_ids, labels) per example, or None where no response token survives truncation to max_length
     (or the response is empty): such an example would train on zero labels (a NaN loss)."""
     if not examples:
         return []
     eos = eos_id(tokenizer)
-    prompts = render_prompts(examples, template, tokenizer)
-    # Alpaca text has no special tokens, so let the tokenizer add its BOS if it is configured to; chat templates
-    # write their own special tokens into the text.
-    prompt_ids = token_ids(tokenizer, prompts, add_special_tokens=template == "alpaca")
-    response_ids = token_ids(tokenizer, [ex["response"].strip() for ex in examples], add_special_tokens=False)
+    prompt_ids = prompt_token_ids(examples, tokenizer, template)
+    response_ids = response_token_ids([ex["response"] for ex in examples], tokenizer)
     out: list[tuple[list[int], list[int]] | None] = []
     for prompt, response in zip(prompt_ids, response_ids):
-        prompt = list(prompt)
-        if template == "alpaca" and prompt and prompt[-1] == eos:
-            prompt = prompt[:-1]  # tokenizers whose post-processor appends EOS to every text
         if not response:
             out.append(None)
             continue

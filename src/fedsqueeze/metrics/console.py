@@ -77,6 +77,18 @@ def summary_table(summary: dict) -> Table:
     t.add_row("final eval loss", f"{summary['final_eval_loss']:.4f}")
     for name, loss in summary["eval"].items():
         t.add_row(f"  {name}", f"{loss:.4f}")
+    for key, label in (
+        ("acc", "accuracy (choice)"),
+        ("acc_norm", "acc_norm"),
+        ("rougeL", "Rouge-L"),
+        ("exact", "exact"),
+    ):
+        if key in summary.get("eval_means", {}):
+            before = summary.get("base_eval_means", {}).get(key)
+            text = f"{summary['eval_means'][key]:.3f}" + (f" (before {before:.3f})" if before is not None else "")
+            t.add_row(label, text)
+    if "chance" in summary.get("eval_means", {}):
+        t.add_row("  chance", f"{summary['eval_means']['chance']:.3f}")
     if "ood_eval_loss" in summary:
         t.add_row("OOD eval loss", f"{summary['ood_eval_loss']:.4f}")
     t.add_row("seconds", f"{summary['seconds']:.1f}")
@@ -85,4 +97,41 @@ def summary_table(summary: dict) -> Table:
     for key, label in (("peak_rss_mb", "peak RSS MB"), ("peak_gpu_mb", "peak GPU MB")):
         if key in summary:
             t.add_row(label, f"{summary[key]:,.0f}")
+    return t
+
+
+EVAL_COLUMNS = (
+    ("loss", "loss", "{:.4f}"),
+    ("acc", "acc", "{:.3f}"),
+    ("acc_norm", "acc_norm", "{:.3f}"),
+    ("chance", "chance", "{:.3f}"),
+    ("rougeL", "Rouge-L", "{:.3f}"),
+    ("exact", "exact", "{:.3f}"),
+)
+
+
+def eval_table(result: dict) -> Table:
+    """`fedsqueeze eval`'s table: one row per eval set, then the mean over sets."""
+    rows = result["sets"]
+    shown = [c for c in EVAL_COLUMNS if any(c[0] in r for r in rows.values())]
+    t = Table(title=f"{result['adapter']} on {result['data']} ({result['model']})")
+    t.add_column("eval set")
+    t.add_column("examples", justify="right")
+    for _, label, _ in shown:
+        t.add_column(label, justify="right")
+    for name, r in rows.items():
+        t.add_row(name, str(r.get("examples", "")), *(fmt.format(r[k]) if k in r else "-" for k, _, fmt in shown))
+    m = result["means"]
+    t.add_row("mean", "", *(fmt.format(m[k]) if k in m else "-" for k, _, fmt in shown), style="bold")
+    return t
+
+
+def lm_eval_table(results: dict) -> Table:
+    t = Table(title="lm-evaluation-harness")
+    t.add_column("task")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for task, values in results.items():
+        for metric, value in values.items():
+            t.add_row(task, metric, f"{value:.4f}" if isinstance(value, float) else str(value))
     return t

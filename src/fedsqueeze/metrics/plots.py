@@ -1,4 +1,5 @@
-"""The report's two pictures: held-out loss vs round and vs cumulative MB (log axis, plain labels).
+"""The report's pictures: held-out loss vs round and vs cumulative MB (log axis, plain labels), and
+beside them, when the runs judged task metrics (eval.metrics choice), accuracy vs cumulative MB.
 
 Everything a reader needs is on the picture: the workload in the title (model, data, clients), one
 legend entry per run naming its method, codec and the settings that differ between the runs, and
@@ -17,6 +18,7 @@ NOT_IN_LABEL = ("method", "uplink.codec", "downlink.codec", "runtime.", "train.d
 MAX_LABEL_KEYS = 4
 ROUND_NOTES = 12  # the MB plot names each point's round up to this many points per run
 KINDS = ("round", "mb")
+ACCURACY_PLOT = "accuracy_vs_mb.png"
 
 
 def mb_label(value: float) -> str:
@@ -96,22 +98,32 @@ def workload(runs) -> str:
     return " · ".join(parts) or "runs with different workloads"
 
 
-def _points(rows: list[dict], kind: str) -> list[tuple[float, float, int]]:
-    """(x, eval loss, round) per evaluated round; x is the round or the MB sent up to it."""
+def _loss(r: dict) -> float | None:
+    return r.get("eval_loss")
+
+
+def _accuracy(r: dict) -> float | None:
+    return (r.get("eval_means") or {}).get("acc")
+
+
+def _points(rows: list[dict], kind: str, value=_loss) -> list[tuple[float, float, int]]:
+    """(x, value, round) per evaluated round; x is the round or the MB sent up to it."""
     pts, cum = [], 0
     for r in rows:
         cum += r["bytes_up"] + r["bytes_down"]
-        if "eval_loss" not in r:
+        y = value(r)
+        if y is None:
             continue
         if kind == "round":
-            pts.append((r["round"], r["eval_loss"], r["round"]))
+            pts.append((r["round"], y, r["round"]))
         elif cum > 0:  # a log axis has no zero: a round that moved no bytes has no place on it
-            pts.append((cum / MB, r["eval_loss"], r["round"]))
+            pts.append((cum / MB, y, r["round"]))
     return pts
 
 
 def figures(runs) -> dict:
-    """{"round": Figure, "mb": Figure}, drawn and ready to save (tests read their Axes)."""
+    """{"round": Figure, "mb": Figure} and "accuracy" (vs MB) when a run judged choice accuracy,
+    drawn and ready to save (tests read their Axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,12 +133,15 @@ def figures(runs) -> dict:
     names = labels(runs)
     fedavg = next((r for r in runs if r.method == "fedavg" and r.finished), None)
     figs = {}
-    for kind in KINDS:
+    plots = [(kind, kind, _loss) for kind in KINDS]
+    if any(_accuracy(row) is not None for run in runs for row in run.rows):
+        plots.append(("accuracy", "mb", _accuracy))
+    for key, kind, value in plots:
         # The legend sits below the axes (it never covers a line): the figure grows with it.
         fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.2 * (len(runs) + 1)), layout="constrained")
         colors = {}
         for run, name in zip(runs, names):
-            pts = _points(run.rows, kind)
+            pts = _points(run.rows, kind, value)
             if pts:
                 xs, ys, rounds = zip(*pts)
                 (line,) = ax.plot(xs, ys, marker="o", ms=4, label=name)
@@ -136,7 +151,7 @@ def figures(runs) -> dict:
                         ax.annotate(
                             f"r{rnd}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color="0.35"
                         )
-        if fedavg is not None and len(runs) > 1:
+        if fedavg is not None and len(runs) > 1 and value is _loss:
             loss = fedavg.summary["final_eval_loss"]
             ax.axhline(
                 loss, ls="--", lw=1, color=colors.get(fedavg.name, "gray"), label=f"fedavg final loss ({loss:.3f})"
@@ -153,26 +168,31 @@ def figures(runs) -> dict:
             ax.xaxis.set_major_locator(FixedLocator(mb_ticks(lo, hi)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
             ax.xaxis.set_minor_formatter(NullFormatter())
-            title = "Held-out loss by traffic"
+            title = "Held-out loss by traffic" if value is _loss else "Multiple-choice accuracy by traffic"
         ax.set_title(f"{title}\n{workload(runs)}", fontsize=11)
-        ax.set_ylabel("mean held-out eval loss")
+        ax.set_ylabel("mean held-out eval loss" if value is _loss else "mean accuracy (choice, log-likelihood)")
+        chances = [row["eval_means"]["chance"] for r in runs for row in r.rows if "chance" in row.get("eval_means", {})]
+        chance = chances[0] if chances else None
+        if value is _accuracy and chance is not None:
+            ax.axhline(chance, ls=":", lw=1, color="gray", label=f"chance ({chance:.3f})")
         ax.margins(y=0.08)
         ax.grid(alpha=0.3, which="major")
         if ax.get_legend_handles_labels()[0]:
             fig.legend(loc="outside lower center", fontsize=8, frameon=False)
         fig.canvas.draw()
-        figs[kind] = fig
+        figs[key] = fig
     return figs
 
 
 def plot(runs, out: Path) -> list[Path]:
-    """Writes eval_loss_vs_round.png and eval_loss_vs_mb.png into `out`; returns their paths."""
+    """Writes eval_loss_vs_round.png, eval_loss_vs_mb.png (and accuracy_vs_mb.png when the runs
+    judged accuracy) into `out`; returns their paths."""
     figs = figures(runs)
     import matplotlib.pyplot as plt
 
     paths = []
     for kind, fig in figs.items():
-        path = out / f"eval_loss_vs_{kind}.png"
+        path = out / (ACCURACY_PLOT if kind == "accuracy" else f"eval_loss_vs_{kind}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

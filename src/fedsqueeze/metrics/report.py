@@ -16,11 +16,11 @@ import tomllib
 
 from .. import rundir
 from ..errors import UserError
-from .plots import KINDS, plot
+from .plots import ACCURACY_PLOT, KINDS, plot
 
 MB = 1e6
 TABLE = "report.md"
-FILES = (TABLE, *(f"eval_loss_vs_{kind}.png" for kind in KINDS))
+FILES = (TABLE, *(f"eval_loss_vs_{kind}.png" for kind in KINDS), ACCURACY_PLOT)
 
 
 @dataclass
@@ -84,18 +84,26 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
     return json.loads(summary_file.read_text()), rows
 
 
+TASK_COLUMNS = (("acc", "accuracy"), ("acc_norm", "acc_norm"), ("rougeL", "Rouge-L"), ("exact", "exact"))
+
+
 def markdown_table(runs: list[Run]) -> str:
     base = next((r.summary for r in runs if r.summary["method"] == "fedavg"), None)
+    tasks = [(k, label) for k, label in TASK_COLUMNS if any(k in r.summary.get("eval_means", {}) for r in runs)]
     lines = [
-        "| run | method | MB up | MB down | MB total | traffic vs fedavg | final eval loss | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| run | method | MB up | MB down | MB total | traffic vs fedavg | final eval loss |"
+        + "".join(f" {label} |" for _, label in tasks)
+        + " seconds |",
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|",
     ]
     for run in runs:
         s = run.summary
         ratio = f"{s['bytes_total'] / base['bytes_total']:.3f}" if base and base["bytes_total"] else "-"
         lines.append(
             f"| {run.name} | {s['method']} | {s['bytes_up'] / MB:.3f} | {s['bytes_down'] / MB:.3f} | "
-            f"{s['bytes_total'] / MB:.3f} | {ratio} | {s['final_eval_loss']:.4f} | {s['seconds']:.1f} |"
+            f"{s['bytes_total'] / MB:.3f} | {ratio} | {s['final_eval_loss']:.4f} | "
+            + "".join(f"{s['eval_means'][k]:.3f} | " if k in s.get("eval_means", {}) else "- | " for k, _ in tasks)
+            + f"{s['seconds']:.1f} |"
         )
     return "\n".join(lines)
 

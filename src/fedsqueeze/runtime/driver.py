@@ -143,8 +143,20 @@ class LogProgress(NullProgress):
             f"train loss {r['train_loss']:.4f}"
         )
         if "eval_loss" in r:
-            line += f" | eval loss {r['eval_loss']:.4f}"
+            line += f" | eval loss {r['eval_loss']:.4f}" + _means_text(r)
         self.log(line + f" | {r['seconds']:.1f} s")
+
+
+def _means_text(fields: dict) -> str:
+    """' | acc 0.31 (chance 0.25) | rougeL 0.12' for a record with task metrics, else ''."""
+    m = fields.get("eval_means") or {}
+    text = ""
+    if "acc" in m:
+        text += f" | acc {m['acc']:.3f} / norm {m.get('acc_norm', float('nan')):.3f} (chance {m['chance']:.3f})"
+    for key in ("rougeL", "exact"):
+        if key in m:
+            text += f" | {key} {m[key]:.3f}"
+    return text
 
 
 class Driver:
@@ -277,7 +289,8 @@ class Driver:
             self.transport.start()
         if self.done == 0 and self.base_eval is None:
             self.base_eval = evaluate_round(self.s, self.client_states, REFERENCE_ROUND)
-            self.progress.log(f"before training: eval loss {self.base_eval['eval_loss']:.4f}")
+            loss = self.base_eval["eval_loss"]
+            self.progress.log(f"before training: eval loss {loss:.4f}" + _means_text(self.base_eval))
         self.progress.start(rounds, self.done, self.s.local_steps)
         try:
             for rnd in range(self.done + 1, last + 1):
@@ -434,8 +447,12 @@ def finish(
         summary["eval_by"] = final["eval_by"]
     if "ood_eval_loss" in final:
         summary["ood_eval_loss"] = final["ood_eval_loss"]
+    if "eval_metrics" in final:
+        summary["eval_metrics"], summary["eval_means"] = final["eval_metrics"], final["eval_means"]
     if base_eval is not None:
         summary["base_eval_loss"] = base_eval["eval_loss"]
+        if "eval_means" in base_eval:
+            summary["base_eval_means"] = base_eval["eval_means"]
         if base_eval.get("ood_eval_loss") is not None:
             summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
     rundir.write_summary(out, summary)

@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch goes first, pinned: anything that lets pip choose would pull a multi-GB CUDA build.
+# [eval] (lm-eval, for tests/test_harness.py) then finds torch satisfied and leaves it alone.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,eval]"
 	touch $(STAMP)
 
 demo: $(STAMP)

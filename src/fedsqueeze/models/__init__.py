@@ -11,6 +11,7 @@ fraction of a second; the rest loads on first use.
 
 from __future__ import annotations
 
+from ..lazy import lazy_attributes
 from .resolve import ALIASES, Source, locate
 
 _LAZY = {
@@ -21,12 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["ALIASES", "LoraAdapter", "Source", "attach_lora", "build_model", "load_base", "locate"]

@@ -5,6 +5,7 @@ the model stack (so a bad config or model name fails before torch and transforme
 """
 
 from .. import rundir  # the run directory contract, re-exported for scripts
+from ..lazy import lazy_attributes
 
 _LAZY = {
     "Driver": "driver",
@@ -18,12 +19,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -73,8 +73,10 @@ def test_eval_api_loss_and_base_model(run_dir, tmp_path):
     assert base["means"]["acc"] == pytest.approx(summary["base_eval_means"]["acc"])
 
 
-def test_lm_eval_bridge_missing_is_a_clear_error(run_dir, cli, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fedsqueeze.harness", None)  # as if the module were not there
+def test_lm_eval_missing_is_a_clear_error(run_dir, cli, monkeypatch):
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if the [eval] extra were not installed
     res = cli("eval", run_dir, "--metrics", "loss", "--lm-eval", "t1", "--out", run_dir / "x.json")
     assert res.exit_code == 2 and "fedsqueeze[eval]" in res.output
 

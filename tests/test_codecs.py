@@ -8,6 +8,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsqueeze.codecs import CODECS, Limits, PayloadError, Sender, blob_stats, build_codec, measure, positions, wire
 from fedsqueeze.codecs.base import Entry
@@ -214,7 +216,7 @@ def test_positions_pick_the_cheapest_mode_and_count_it():
     full = np.arange(n)  # all: no bytes at all
     section = _section([n, n, n], [10, 500, n], np.concatenate([sparse, dense, full]))
     meta = wire.Reader(section).varints(3, "meta")
-    assert (meta % 4).tolist() == [positions.DELTAS, positions.BITMAP, positions.ALL]
+    assert (meta % positions.MODES).tolist() == [positions.DELTAS, positions.BITMAP, positions.ALL]
     # meta varints, delta stream length + 10 deltas, then the 125-byte bitmap
     assert len(section) == len(wire.encode_varints(meta)) + 1 + 10 + 125
     counts, decoded = positions.read(wire.Reader(section), [Entry(f"t{i}", (n,), n) for i in range(3)])
@@ -226,7 +228,7 @@ def test_int32_positions_decode_and_are_validated():
     # int32 only wins past 2**28 elements; build its section by hand to cover the decoder.
     entries = [Entry("a", (50,), 50)]
     good = (
-        bytes(wire.encode_varints(np.array([3 * 4 + positions.INT32])))
+        bytes(wire.encode_varints(np.array([3 * positions.MODES + positions.INT32])))
         + b"\x00"
         + np.array([1, 7, 49], "<u4").tobytes()
     )
@@ -363,3 +365,79 @@ def test_bench_rows_have_exactly_the_promised_keys():
         assert tuple(row) == KEYS
     assert rows[0]["rel_error"] == 0.0 and rows[0]["ratio"] > 1.0  # fp32 pays a small header
     assert rows[1]["ratio"] < 0.2
+
+
+# ---- Golomb-Rice positions ----------------------------------------------------------------------
+
+
+def _entropy_bits(n: int, k: int) -> float:
+    d = k / n
+    return n * -(d * np.log2(d) + (1 - d) * np.log2(1 - d))
+
+
+@pytest.mark.parametrize("density", [0.005, 0.02, 0.12, 0.3])
+def test_random_positions_cost_within_three_percent_of_their_entropy(density):
+    rng = np.random.default_rng(7)
+    n = 100_000
+    pos = np.sort(rng.choice(n, int(n * density), replace=False)).astype(np.int64)
+    section = _section([n], [pos.size], pos)
+    assert wire.Reader(section).varints(1, "meta")[0] % positions.MODES == positions.RICE
+    assert len(section) * 8 <= 1.03 * _entropy_bits(n, pos.size) + 64
+    gaps = np.diff(np.concatenate(([-1], pos))) - 1
+    assert len(section) < min((n + 7) // 8, wire.encode_varints(gaps).size)  # beats bitmap and deltas
+    counts, decoded = positions.read(wire.Reader(section), [Entry("t", (n,), n)])
+    assert decoded[0].tolist() == pos.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5000), st.floats(0.0, 1.0), st.integers(0, 2**31)), min_size=1, max_size=6))
+def test_any_mix_of_tensors_round_trips_through_the_cheapest_modes(specs):
+    numels, counts, chosen = [], [], []
+    for n, density, seed in specs:
+        rng = np.random.default_rng(seed)
+        k = int(round(n * density))
+        numels.append(n)
+        counts.append(k)
+        chosen.append(np.sort(rng.choice(n, k, replace=False)).astype(np.int64))
+    section = _section(numels, counts, np.concatenate(chosen))
+    entries = [Entry(f"t{i}", (n,), n) for i, n in enumerate(numels)]
+    got_counts, decoded = positions.read(wire.Reader(section), entries)
+    assert got_counts.tolist() == counts
+    for want, got, n in zip(chosen, decoded, numels):
+        assert (np.arange(n) if got is None else got).tolist() == want.tolist()
+    # never more than the bitmaps (plus the count varints and the delta stream's length byte)
+    meta = len(wire.encode_varints(np.array(counts) * positions.MODES))
+    assert len(section) <= sum((n + 7) // 8 for n in numels) + meta + 1
+
+
+def _rice_section(n: int, pos: np.ndarray) -> bytes:
+    section = _section([n], [pos.size], pos)
+    assert wire.Reader(section).varints(1, "meta")[0] % positions.MODES == positions.RICE
+    return section
+
+
+def test_hostile_rice_sections_are_refused():
+    n = 10_000
+    pos = np.arange(0, n, 37, dtype=np.int64)
+    good = _rice_section(n, pos)
+    entries = [Entry("t", (n,), n)]
+    # the count varint, the empty delta stream's length, then the u8 rice parameter
+    at = len(wire.encode_varints(np.array([pos.size * positions.MODES + positions.RICE]))) + 1
+    length = wire.Reader(good[at + 1 :]).varint("length")
+    unary_at = at + 1 + len(wire.varint_bytes(length))
+    bad_param = bytearray(good)
+    bad_param[at] = 40
+    lying = good[: at + 1] + wire.varint_bytes(10**9) + good[unary_at:]
+    lost_code = bytearray(good)  # a terminating 0 turned to 1: one code too few
+    first = np.frombuffer(good[unary_at : unary_at + 1], np.uint8)[0]
+    lost_code[unary_at] = first | (~first & (first + 1)) & 0xFF  # sets the lowest 0 bit
+    for section, why in [
+        (bytes(bad_param), "rice parameter"),
+        (good[:-3], None),
+        (lying, "longer than"),
+        (bytes(lost_code), None),  # caught by whichever check it breaks first
+    ]:
+        with pytest.raises(PayloadError, match=why):
+            positions.read(wire.Reader(section), entries)
+    counts, decoded = positions.read(wire.Reader(good), entries)
+    assert decoded[0].tolist() == pos.tolist()

@@ -1,9 +1,10 @@
 """The blob: one self-describing message, validated field by field before anything is allocated.
 
-Format version 1 (integers little-endian; varint = LEB128, at most 5 bytes, so values < 2**35):
+Format version 2 (integers little-endian; varint = LEB128, at most 5 bytes, so values < 2**35;
+version 2 added Golomb-Rice positions, codecs/positions.py):
 
     magic        4 bytes   b"FSQZ"
-    version      u8        1
+    version      u8        2
     flags        u8        bit 0: layout given by fingerprint; other bits must be 0
     spec         varint length + ASCII   canonical codec spec, e.g. "topk(fraction=0.05)>quantize>zstd"
                                          (parameters at their default are left out; defaults belong to
@@ -31,7 +32,7 @@ from ..tensors import Layout
 from .entry import Entry, PayloadError
 
 MAGIC = b"FSQZ"
-VERSION = 1
+VERSION = 2
 FLAG_FINGERPRINT = 1
 MAX_VARINT_BYTES = 5
 MAX_NDIM = 16

@@ -146,3 +146,14 @@ def test_runs_all_under_one_mb_and_a_run_that_sent_nothing(tmp_path):
     assert ticks and all(re.fullmatch(r"0\.[0-9]+", t) for t in ticks), ticks
     assert len(figs["mb"].axes[0].get_lines()) == 1  # nothing sent: no place on a log axis
     assert len(figs["round"].axes[0].get_lines()) == 2
+
+
+def test_titles_name_data_sources_without_their_folders():
+    from fedsqueeze.metrics.plots import _short_source
+
+    assert (
+        _short_source("dictd:/usr/share/dictd/foldoc + wordnet:/usr/share/wordnet + builtin:pystdlib")
+        == "dictd:foldoc + wordnet:wordnet + builtin:pystdlib"
+    )
+    assert _short_source("jsonl:/data/owners/a.jsonl") == "jsonl:a.jsonl"
+    assert _short_source("builtin:pystdlib") == "builtin:pystdlib"

@@ -9,6 +9,8 @@ FedAvg's final loss as a dashed reference line when a FedAvg run is among them.
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 from pathlib import Path
 
 MB = 1e6
@@ -19,6 +21,8 @@ MAX_LABEL_KEYS = 4
 ROUND_NOTES = 12  # the MB plot names each point's round up to this many points per run
 KINDS = ("round", "mb")
 ACCURACY_PLOT = "accuracy_vs_mb.png"
+WRAP = 95  # characters per legend line (8 pt) at the figure's width
+TITLE_WRAP = 75  # ... and per title line (11 pt)
 
 
 def mb_label(value: float) -> str:
@@ -94,8 +98,13 @@ def workload(runs) -> str:
         values = {repr(r.config.get(key)) for r in runs}
         if len(values) == 1 and runs[0].config.get(key) is not None:
             value = runs[0].config[key]
-            parts.append(f"{value} clients" if key == "data.clients" else str(value))
+            parts.append(f"{value} clients" if key == "data.clients" else _short_source(str(value)))
     return " · ".join(parts) or "runs with different workloads"
+
+
+def _short_source(text: str) -> str:
+    """`dictd:/usr/share/dictd/foldoc` -> `dictd:foldoc`: the folders say nothing on a picture."""
+    return re.sub(r"(\w+):(?:[^\s:+]*/)([^\s/+]+)", r"\1:\2", text)
 
 
 def _loss(r: dict) -> float | None:
@@ -138,13 +147,14 @@ def figures(runs) -> dict:
         plots.append(("accuracy", "mb", _accuracy))
     for key, kind, value in plots:
         # The legend sits below the axes (it never covers a line): the figure grows with it.
-        fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.2 * (len(runs) + 1)), layout="constrained")
+        lines = sum(len(textwrap.wrap(n, WRAP)) for n in names) + 1
+        fig, ax = plt.subplots(figsize=(7.2, 4.4 + 0.2 * lines), layout="constrained")
         colors = {}
         for run, name in zip(runs, names):
             pts = _points(run.rows, kind, value)
             if pts:
                 xs, ys, rounds = zip(*pts)
-                (line,) = ax.plot(xs, ys, marker="o", ms=4, label=name)
+                (line,) = ax.plot(xs, ys, marker="o", ms=4, label=textwrap.fill(name, WRAP, subsequent_indent="  "))
                 colors[run.name] = line.get_color()
                 if kind == "mb" and len(pts) <= ROUND_NOTES:  # which round each point closes
                     for x, y, rnd in pts:
@@ -169,7 +179,7 @@ def figures(runs) -> dict:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
             ax.xaxis.set_minor_formatter(NullFormatter())
             title = "Held-out loss by traffic" if value is _loss else "Multiple-choice accuracy by traffic"
-        ax.set_title(f"{title}\n{workload(runs)}", fontsize=11)
+        ax.set_title(f"{title}\n{textwrap.fill(workload(runs), TITLE_WRAP)}", fontsize=11)
         ax.set_ylabel("mean held-out eval loss" if value is _loss else "mean accuracy (choice, log-likelihood)")
         chances = [row["eval_means"]["chance"] for r in runs for row in r.rows if "chance" in row.get("eval_means", {})]
         chance = chances[0] if chances else None

@@ -117,7 +117,6 @@ def evaluate_saved(
     from .runtime.session import Session
     from .scoring.judge import means, set_metrics
 
-    bridge = _bridge() if lm_eval else None  # before any loading: a missing extra fails at once
     raw, adapter_dir, personal = _resolve(target, base)
     cfg = _config(raw, data, metrics, model, overrides)
     asked = list(cfg.eval.metrics)
@@ -156,24 +155,7 @@ def evaluate_saved(
         if not base and tensors is not None:
             s.adapter.set(tensors)
         with s.model.disable_adapter() if base else contextlib.nullcontext():
-            result["lm_eval"] = _harness(bridge, s, lm_eval, include_path, lm_eval_limit)
+            from . import harness  # its run_tasks says how to install lm-eval when it is missing
+
+            result["lm_eval"] = harness.run_tasks(s.model, s.tokenizer, lm_eval, include_path, limit=lm_eval_limit)
     return result
-
-
-def _bridge():
-    """fedsqueeze.harness, the lm-evaluation-harness bridge (the optional [eval] extra)."""
-    try:
-        from . import harness
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"--lm-eval needs the lm-evaluation-harness bridge ({exc}): pip install 'fedsqueeze[eval]'"
-        ) from None
-    return harness
-
-
-def _harness(harness, s, tasks: list[str], include_path: Path | None, limit: int | None) -> dict:
-    """The model (its adapter on, or disabled for --base) and tokenizer through harness.run_tasks."""
-    try:
-        return harness.run_tasks(s.model, s.tokenizer, tasks, include_path, limit=limit)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"--lm-eval needs lm-evaluation-harness ({exc}): pip install 'fedsqueeze[eval]'") from None

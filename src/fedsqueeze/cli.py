@@ -201,7 +201,11 @@ def data(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("tiny", "--suite", help="w4 (SmolLM2-135M, 4 domains) or tiny."),
+    suite: str = typer.Option(
+        "tiny",
+        "--suite",
+        help="w4 (SmolLM2-135M, 4 domains), tiny, frontier (W4-lite sweep of each method's knob) or tiny-frontier.",
+    ),
     methods: str | None = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
     rounds: int | None = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key in every row (repeatable)."),

@@ -16,10 +16,11 @@ import torch
 from .. import __version__, rundir
 from .. import config as config_mod
 from ..errors import UserError
-from ..metrics.plots import plot
+from ..metrics.plots import plot, workload
 from ..metrics.report import Run, read_config
 from ..runtime import RUNTIMES, Launch
 from ..strategies import METHODS
+from . import frontier
 from .suites import SUITES
 
 MB = 1e6
@@ -90,7 +91,10 @@ def run_suite(
     if runs:
         plot(runs, out)
     (out / "bench.json").write_text(json.dumps(results, indent=1))
-    (out / "bench.md").write_text(markdown(results) + "\n\n" + provenance(reused) + "\n")
+    text = markdown(results)
+    if suite.frontier:
+        text += "\n\n" + frontier.write(results, out, workload(runs) if runs else suite.name)
+    (out / "bench.md").write_text(text + "\n\n" + provenance(reused) + "\n")
     return results
 
 

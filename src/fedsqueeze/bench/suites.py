@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .frontier import ROWS as FRONTIER_ROWS
 
 DICTD = Path("/usr/share/dictd")
 WORDNET = Path("/usr/share/wordnet")
@@ -126,6 +127,8 @@ class Suite:
     default_rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
     needs: dict[str, str] = field(default_factory=dict)
     """path that must exist -> Debian package that provides it."""
+    frontier: bool = False
+    """Also write the bytes/quality frontier of its rows (bench/frontier.py)."""
 
     def check_data(self, log=print) -> None:
         missing = {pkg for path, pkg in self.needs.items() if not Path(path).exists()}
@@ -198,4 +201,15 @@ TINY = Suite(
     },
 )
 
-SUITES = {s.name: s for s in (W4, TINY)}
+
+def _lite(suite: Suite, name: str, rounds: int, steps: int) -> Suite:
+    """`suite` cut to fewer rounds and local steps, with the frontier sweep as its rows."""
+    base = {**suite.base, "train": {**suite.base["train"], "rounds": rounds, "local_steps": steps}}
+    return Suite(name, base, dict(FRONTIER_ROWS), list(FRONTIER_ROWS), suite.needs, frontier=True)
+
+
+# W4-lite: W4 at 5 rounds x 5 local steps, where a sweep of ~20 rows fits an afternoon.
+FRONTIER = _lite(W4, "frontier", rounds=5, steps=5)
+TINY_FRONTIER = _lite(TINY, "tiny-frontier", rounds=TINY.base["train"]["rounds"], steps=5)
+
+SUITES = {s.name: s for s in (W4, TINY, FRONTIER, TINY_FRONTIER)}

@@ -1,0 +1,221 @@
+"""The bytes/quality frontier: each method's main knob swept on one workload, the Pareto set of
+(total bytes, eval loss), and for each method the fewest bytes at which it stays within +1% of
+FedAvg's eval loss. `fedsqueeze bench --suite frontier` (W4-lite) or `--suite tiny-frontier`.
+
+Ratios are stated against FedAvg's total bytes in fp32 (the `fedavg` row) and in bf16 (the
+`fedavg-bf16` row, both links in bfloat16): a reader who would ship bf16 anyway should not be
+credited a 2x that costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MB = 1e6
+TOLERANCE = 0.01  # "within 1% of FedAvg's eval loss"
+REFERENCE, REFERENCE_BF16 = "fedavg", "fedavg-bf16"
+
+
+def _fedavg_chain(fraction: float, bits: int) -> dict:
+    return {
+        "method": "fedavg",
+        "uplink": {"codec": f"topk(fraction={fraction}) > quantize(bits={bits}) > zstd", "error_feedback": True},
+        "downlink": {"codec": "quantize(bits=8) > zstd"},
+    }
+
+
+def _fedsrd(keep: float | None, bits: int | None) -> dict:
+    """keep: fraction of upload entries kept (None: the paper's kurtosis-adaptive ratio);
+    bits: uplink values quantized to this many bits (None: the default fp32 values)."""
+    row: dict = {"method": "fedsrd", "params": {"download_dtype": "bf16"}}
+    if keep is not None:
+        row["params"].update(adaptive_ratio=False, base_ratio=round(1.0 - keep, 6))
+    if bits is not None:
+        row["uplink"] = {"codec": f"sparse > quantize(bits={bits})", "error_feedback": True}
+    return row
+
+
+def _gradualdiff(fraction: float, bits: int) -> dict:
+    return {
+        "method": "gradualdiff",
+        "uplink": {"codec": f"topk(fraction={fraction}) > quantize(bits={bits}) > zstd"},
+    }
+
+
+# family (the method whose knob is swept) -> rows; a row's name says its setting.
+SWEEP: dict[str, dict[str, dict]] = {
+    "fedavg": {
+        REFERENCE: {"method": "fedavg"},
+        REFERENCE_BF16: {"method": "fedavg", "uplink": {"codec": "bf16"}, "downlink": {"codec": "bf16"}},
+    },
+    "fedavg + codecs": {
+        f"fedavg-top{f:g}-q{b}": _fedavg_chain(f, b) for f, b in ((0.1, 8), (0.05, 4), (0.02, 4), (0.01, 4))
+    },
+    "fedsrd": {
+        "fedsrd-paper-bf16down": _fedsrd(None, None),
+        "fedsrd-paper-q4": _fedsrd(None, 4),
+        "fedsrd-paper-q2": _fedsrd(None, 2),
+        "fedsrd-keep5-q4": _fedsrd(0.05, 4),
+        "fedsrd-keep2-q4": _fedsrd(0.02, 4),
+    },
+    "gradualdiff": {
+        f"gradualdiff-top{f:g}-q{b}": _gradualdiff(f, b) for f, b in ((0.5, 8), (0.2, 4), (0.05, 4), (0.02, 4))
+    },
+    "fed-sb": {f"fed-sb-r{r}": {"method": "fed-sb", "params": {"rank": r}} for r in (16, 32, 64)},
+}
+ROWS: dict[str, dict] = {name: row for rows in SWEEP.values() for name, row in rows.items()}
+FAMILY: dict[str, str] = {name: family for family, rows in SWEEP.items() for name in rows}
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both bytes and loss (fewer or equal bytes and a lower
+    loss, or fewer bytes and an equal loss), cheapest first."""
+    front, best = [], float("inf")
+    for p in sorted(points, key=lambda p: (p["bytes_total"], p["final_eval_loss"])):
+        if p["final_eval_loss"] < best:
+            front.append(p)
+            best = p["final_eval_loss"]
+    return front
+
+
+def analyse(results: list[dict], tolerance: float = TOLERANCE) -> dict:
+    """Pareto set, the +1% line and each family's cheapest point within it (or its best try)."""
+    by_name = {r["method"]: r for r in results}
+    ref = by_name.get(REFERENCE)
+    ref_bf16 = by_name.get(REFERENCE_BF16)
+    limit = ref["final_eval_loss"] * (1 + tolerance) if ref else None
+    front = {p["method"] for p in pareto(results)}
+    points = []
+    for r in sorted(results, key=lambda r: r["bytes_total"]):
+        p = {
+            "row": r["method"],
+            "family": FAMILY.get(r["method"], r["method"]),
+            "bytes_total": r["bytes_total"],
+            "final_eval_loss": r["final_eval_loss"],
+            "pareto": r["method"] in front,
+        }
+        if ref:
+            p["vs_fp32"] = r["bytes_total"] / ref["bytes_total"]
+            p["loss_vs_fedavg"] = r["final_eval_loss"] / ref["final_eval_loss"] - 1
+            p["within"] = r["final_eval_loss"] <= limit
+        if ref_bf16:
+            p["vs_bf16"] = r["bytes_total"] / ref_bf16["bytes_total"]
+        points.append(p)
+    families = {}
+    for family in dict.fromkeys(p["family"] for p in points):
+        mine = [p for p in points if p["family"] == family]
+        inside = [p for p in mine if p.get("within")]
+        families[family] = {
+            "cheapest_within": min(inside, key=lambda p: p["bytes_total"])["row"] if inside else None,
+            "best_loss": min(mine, key=lambda p: p["final_eval_loss"])["row"],
+        }
+    return {
+        "tolerance": tolerance,
+        "fedavg_loss": ref and ref["final_eval_loss"],
+        "limit": limit,
+        "points": points,
+        "families": families,
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def markdown(a: dict) -> str:
+    has_ref = a["fedavg_loss"] is not None
+    has_bf16 = any("vs_bf16" in p for p in a["points"])
+    head = "| row | method | total MB | vs fedavg fp32 |" + (" vs fedavg bf16 |" if has_bf16 else "")
+    head += " eval loss | vs fedavg loss | Pareto |"
+    lines = [head, "|" + "---|" * (6 + has_bf16)]
+    for p in a["points"]:
+        line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
+        line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
+        if has_bf16:
+            line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
+        delta = f"{100 * p['loss_vs_fedavg']:+.2f}%" if has_ref else "-"
+        line += f" {p['final_eval_loss']:.4f} | {delta} | {'yes' if p['pareto'] else ''} |"
+        lines.append(line)
+    if not has_ref:
+        return "\n".join(lines) + "\n\nNo `fedavg` row: no +1% line to judge against."
+    by_row = {p["row"]: p for p in a["points"]}
+    lines += [
+        "",
+        f"Within +{100 * a['tolerance']:g}% of FedAvg's eval loss ({a['fedavg_loss']:.4f}, limit "
+        f"{a['limit']:.4f}), the fewest bytes per method:",
+        "",
+    ]
+    for family, f in a["families"].items():
+        if f["cheapest_within"]:
+            p = by_row[f["cheapest_within"]]
+            bf16 = f" ({_pct(p['vs_bf16'])} of bf16)" if "vs_bf16" in p else ""
+            lines.append(
+                f"- {family}: {p['row']}, {_pct(p['vs_fp32'])} of FedAvg's bytes{bf16}, "
+                f"loss {100 * p['loss_vs_fedavg']:+.2f}%"
+            )
+        else:
+            p = by_row[f["best_loss"]]
+            lines.append(
+                f"- {family}: none within; its best loss {p['row']} at {100 * p['loss_vs_fedavg']:+.2f}% "
+                f"({_pct(p['vs_fp32'])} of the bytes)"
+            )
+    return "\n".join(lines)
+
+
+def plot(a: dict, path: Path, title: str) -> Path:
+    """Bytes (log) against eval loss, one colour per method family, the Pareto set joined,
+    FedAvg's loss and its +1% line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    from ..metrics.plots import mb_label, mb_ticks
+
+    fig, ax = plt.subplots(figsize=(7.2, 5.2), layout="constrained")
+    for family in a["families"]:
+        pts = [p for p in a["points"] if p["family"] == family]
+        ax.scatter([p["bytes_total"] / MB for p in pts], [p["final_eval_loss"] for p in pts], label=family, s=24)
+        for p in pts:
+            ax.annotate(
+                p["row"],
+                (p["bytes_total"] / MB, p["final_eval_loss"]),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=6,
+                color="0.35",
+            )
+    front = [p for p in a["points"] if p["pareto"]]
+    ax.plot(
+        [p["bytes_total"] / MB for p in front], [p["final_eval_loss"] for p in front], "k-", lw=0.8, label="Pareto set"
+    )
+    if a["fedavg_loss"] is not None:
+        ax.axhline(a["fedavg_loss"], ls="--", lw=1, color="gray", label=f"fedavg fp32 ({a['fedavg_loss']:.4f})")
+        ax.axhline(a["limit"], ls=":", lw=1, color="red", label=f"fedavg +{100 * a['tolerance']:g}%")
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(mb_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("total MB sent, both links, all rounds (log scale)")
+    ax.set_ylabel("final mean held-out eval loss")
+    ax.set_title(f"Bytes against quality\n{title}", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False, ncols=3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: list[dict], out: Path, title: str) -> str:
+    """frontier.json, frontier.md and frontier.png in `out`; returns the markdown."""
+    a = analyse(results)
+    (out / "frontier.json").write_text(json.dumps(a, indent=1))
+    text = markdown(a)
+    (out / "frontier.md").write_text(text + "\n")
+    if results:
+        plot(a, out / "frontier.png", title)
+    return text

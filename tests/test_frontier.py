@@ -1,0 +1,72 @@
+"""The bytes/quality frontier: Pareto set and the +1% verdicts by hand, then the tiny sweep end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedsqueeze.bench import frontier, run_suite
+
+
+def _r(name, mb, loss):
+    return {"method": name, "bytes_total": int(mb * 1e6), "final_eval_loss": loss}
+
+
+RESULTS = [
+    _r("fedavg", 100, 3.00),
+    _r("fedavg-bf16", 50, 3.00),
+    _r("fedsrd-paper-q4", 4, 3.02),  # +0.67%: within, and the cheapest within
+    _r("fedsrd-keep2-q4", 2, 3.05),  # +1.67%: cheaper still, but outside
+    _r("gradualdiff-top0.5-q8", 20, 3.01),  # within, dominated by fedsrd-paper-q4? no: lower loss
+    _r("gradualdiff-top0.2-q4", 30, 3.04),  # dominated (more bytes, worse loss than 20 MB at 3.01)
+    _r("fed-sb-r16", 1, 3.10),
+]
+
+
+def test_pareto_keeps_only_undominated_points_cheapest_first():
+    front = [p["method"] for p in frontier.pareto(RESULTS)]
+    # 1 MB 3.10 < 2 MB 3.05 < 4 MB 3.02 < 20 MB 3.01 < 50 MB 3.00; 100 MB at 3.00 ties 50 MB: dominated
+    assert front == ["fed-sb-r16", "fedsrd-keep2-q4", "fedsrd-paper-q4", "gradualdiff-top0.5-q8", "fedavg-bf16"]
+
+
+def test_verdicts_per_family_and_ratios_against_both_references():
+    a = frontier.analyse(RESULTS)
+    assert a["limit"] == pytest.approx(3.03)
+    points = {p["row"]: p for p in a["points"]}
+    assert points["fedsrd-paper-q4"]["vs_fp32"] == pytest.approx(0.04)
+    assert points["fedsrd-paper-q4"]["vs_bf16"] == pytest.approx(0.08)
+    assert points["fedsrd-paper-q4"]["within"] and not points["fedsrd-keep2-q4"]["within"]
+    assert not points["gradualdiff-top0.2-q4"]["pareto"]
+    fams = a["families"]
+    assert fams["fedsrd"]["cheapest_within"] == "fedsrd-paper-q4"
+    assert fams["gradualdiff"]["cheapest_within"] == "gradualdiff-top0.5-q8"
+    assert fams["fed-sb"] == {"cheapest_within": None, "best_loss": "fed-sb-r16"}
+    assert fams["fedavg"]["cheapest_within"] == "fedavg-bf16"
+    text = frontier.markdown(a)
+    assert "- fedsrd: fedsrd-paper-q4, 4.00% of FedAvg's bytes (8.00% of bf16), loss +0.67%" in text
+    assert "- fed-sb: none within; its best loss fed-sb-r16 at +3.33% (1.00% of the bytes)" in text
+
+
+def test_without_fedavg_there_is_no_line_to_judge_against():
+    a = frontier.analyse(RESULTS[2:])
+    assert a["limit"] is None and all("within" not in p for p in a["points"])
+    assert "No `fedavg` row" in frontier.markdown(a)
+
+
+def test_every_sweep_row_names_its_family():
+    assert set(frontier.FAMILY) == set(frontier.ROWS)
+    assert frontier.REFERENCE in frontier.ROWS and frontier.REFERENCE_BF16 in frontier.ROWS
+
+
+def test_tiny_sweep_end_to_end(tmp_path):
+    rows = ["fedavg", "fedavg-bf16", "fedavg-top0.01-q4"]
+    results = run_suite("tiny-frontier", rows, out=tmp_path, log=lambda *a, **k: None)
+    assert [r["method"] for r in results] == rows
+    a = json.loads((tmp_path / "frontier.json").read_text())
+    by = {p["row"]: p for p in a["points"]}
+    bf16 = by["fedavg-bf16"]["vs_fp32"]
+    assert 0.45 < bf16 < 0.55  # half the value bytes, plus the same headers
+    assert by["fedavg-top0.01-q4"]["vs_fp32"] < 0.1
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert "fewest bytes per method" in (tmp_path / "bench.md").read_text()

@@ -6,7 +6,7 @@ import torch
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
-from fedsqueeze.strategies.base import from_wire, to_wire
+from fedsqueeze.strategies.base import MASK_SEED, from_wire, to_wire, without_markers
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
@@ -111,13 +111,14 @@ def test_broadcast_is_one_sparse_factor_and_round_one_moves_b():
     b_names = [n for n in ctx.layout.names if n.endswith("lora_B.weight")]
     a_names = [n for n in ctx.layout.names if n.endswith("lora_A.weight")]
     msg = method.broadcast(2, 0)
-    assert sorted(msg) == sorted(b_names)
+    assert sorted(msg) == sorted([*b_names, MASK_SEED])  # the seed of its mask rides along
+    msg = without_markers(msg)
     density = sum(int(v.count_nonzero()) for v in msg.values()) / sum(v.numel() for v in msg.values())
     assert 0.05 < density < 0.4  # about 1 - download_drop = 0.2 kept
     assert all(torch.count_nonzero(method.global_adapter()[b]) > 0 for b in b_names)  # round 1 not wasted
     assert all(torch.equal(method.global_adapter()[a], ctx.init_adapter[a]) for a in a_names)
     run_rounds(method, ctx, [(2, [0, 1])])
-    assert sorted(method.broadcast(3, 0)) == sorted(a_names)  # then A
+    assert sorted(without_markers(method.broadcast(3, 0))) == sorted(a_names)  # then A
 
 
 def test_reference_order_wastes_round_one():
@@ -147,15 +148,16 @@ def test_bf16_broadcast_is_the_rounded_fp32_one_at_half_the_value_bytes():
     ctx = make_ctx()
     fp32 = build_method("fedsrd", {}, ctx)
     bf16 = build_method("fedsrd", {"download_dtype": "bf16"}, ctx)
-    assert (fp32.default_downlink, bf16.default_downlink) == ("sparse", "sparse > narrow")
+    assert (fp32.default_downlink, bf16.default_downlink) == ("seeded", "seeded > narrow")
     run_rounds(fp32, ctx, [(1, [0, 1])])
     run_rounds(bf16, ctx, [(1, [0, 1])])
     full, half = fp32.broadcast(2, 0), bf16.broadcast(2, 0)
     assert sorted(full) == sorted(half)
-    for name in full:
+    assert torch.equal(full[MASK_SEED], half[MASK_SEED])  # the same mask: only the precision differs
+    for name in without_markers(full):
         assert torch.equal(half[name], full[name].to(torch.bfloat16).float()), name  # same mask, rounded
         assert torch.count_nonzero(half[name]) > 0
-    nonzero = sum(int(v.count_nonzero()) for v in full.values())
+    nonzero = sum(int(v.count_nonzero()) for v in without_markers(full).values())
     link = build_codec(bf16.default_downlink, ctx.layout)  # the fp32 delta is not bf16-exact: 4 bytes a value
     assert len(link.encode(full)) - len(link.encode(half)) == 2 * nonzero
 
@@ -277,4 +279,16 @@ def test_params_are_validated():
     with pytest.raises(ConfigError, match="download_dtype"):
         build_method("fedsrd", {"download_dtype": "fp16"}, ctx)
     m = build_method("fedsrd", {"base_ratio": 0.5, "start_factor": "A"}, ctx)
-    assert m.params.base_ratio == 0.5 and m.default_uplink == m.default_downlink == "sparse"
+    assert m.params.base_ratio == 0.5 and m.default_uplink == "sparse" and m.default_downlink == "seeded"
+    with pytest.raises(ConfigError, match="download_bits"):
+        build_method("fedsrd", {"download_bits": 16}, ctx)
+    with pytest.raises(ConfigError, match="download_bits"):
+        build_method("fedsrd", {"download_bits": 8, "download_dtype": "bf16"}, ctx)
+    defaults = {
+        "seeded": {},
+        "seeded > grid(bits=4)": {"download_bits": 4},
+        "sparse": {"download_mask": "bernoulli"},
+        "sparse > grid(bits=8)": {"download_drop": 0.0, "download_bits": 8},
+    }
+    for spec, params in defaults.items():
+        assert build_method("fedsrd", params, ctx).default_downlink == spec

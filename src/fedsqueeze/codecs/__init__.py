@@ -23,7 +23,7 @@ e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd". Each stage's module states
 """
 
 # Each stage module registers itself in CODECS on import: a new codec is one file plus its name here.
-from . import autoencoder, bf16, fp16, fp32, lowrank, narrow, quantize, randk, sparse, topk, zstd  # noqa: F401
+from . import autoencoder, bf16, fp16, fp32, grid, lowrank, narrow, quantize, randk, seeded, sparse, topk, zstd  # noqa: F401
 from .base import CODECS, PayloadError
 from .chain import Codec, build_codec
 from .sender import Sender

@@ -149,6 +149,15 @@ class Stage:
 
 class Structure(Stage):
     kind = "structure"
+    value_bits: int = 32
+    """The value stage's Values.value_bits, set by the Codec."""
+    keeps_support: ClassVar[bool] = False
+    """True: it sends exactly the input's non-zero positions (or a superset the receiver can derive),
+    so error feedback must not add memory where the input is zero (sender.py)."""
+
+    def use_markers(self, markers: dict[str, np.ndarray]) -> None:
+        """The message's marker tensors (wire.MARKERS), told before each encode and decode; a stage
+        that reads one (seeded's mask seed) keeps them for that call. Default: ignored."""
 
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
         """Write this stage's metadata for all entries; return the values to send."""
@@ -161,6 +170,11 @@ class Structure(Stage):
 
 class Values(Stage):
     kind = "values"
+
+    @property
+    def value_bits(self) -> int:
+        """About how many bits a value costs (structures weigh values against positions with it)."""
+        return getattr(self, "bits", 32)
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool) -> np.ndarray | None:
         """Write `values` (flat float32 made of segments of `lengths`); return what the receiver

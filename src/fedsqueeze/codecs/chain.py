@@ -163,14 +163,14 @@ class Codec:
 def _markers(tensors: Tensors) -> dict[str, np.ndarray]:
     """The reserved marker tensors of a message (wire.MARKERS), as flat float32 arrays."""
     out = {}
-    for name in wire.MARKERS:
+    for name, size in zip(wire.MARKERS, wire.MARKER_SIZES):
         t = tensors.get(name)
         if t is None:
             continue
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim != 1:
             raise ValueError(f"marker {name!r} must be a one-dimensional floating-point tensor")
-        if not 0 < t.numel() <= wire.MAX_MARKER_ELEMENTS:
-            raise ValueError(f"marker {name!r} holds {t.numel()} values (1..{wire.MAX_MARKER_ELEMENTS})")
+        if t.numel() != size:
+            raise ValueError(f"marker {name!r} holds {t.numel()} values, not {size}")
         out[name] = t.detach().to("cpu", torch.float32).numpy().copy()
     return out
 

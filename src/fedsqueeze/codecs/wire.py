@@ -14,7 +14,7 @@ version 2 added Golomb-Rice positions, codecs/positions.py):
                  (LSB first, padding bits 0); tensors then follow the layout's order.
                  by name: varint count, then per tensor: varint length + UTF-8 name, u8 ndim, ndim varints
     markers      only with flag bit 1: u8 count (1..len(MARKERS)), then per marker u8 id (1-based index
-                 in MARKERS, rising), u8 numel (1..MAX_MARKER_ELEMENTS), numel fp32 values
+                 in MARKERS, rising), u8 numel (its MARKER_SIZES entry), numel fp32 values
     body size    varint    bytes of the body before the byte stage (if any)
     body         structure section then values section (see the stages), possibly compressed
     crc32        u32       zlib.crc32 of everything before it
@@ -43,7 +43,8 @@ FLAG_FINGERPRINT = 1
 FLAG_MARKERS = 2
 MARKERS = ("__full__", "__mask_seed__")
 """Reserved tensor names carried by id (1-based); appending keeps old ids valid."""
-MAX_MARKER_ELEMENTS = 8
+MARKER_SIZES = (1, 4)
+"""Each marker's number of fp32 values (the whole flag; a 64-bit seed in four 16-bit limbs)."""
 MAX_VARINT_BYTES = 5
 MAX_NDIM = 16
 MAX_NAME_BYTES = 1024
@@ -329,8 +330,8 @@ def _read_markers(r: Reader) -> dict[str, np.ndarray]:
             raise PayloadError(f"marker id {ident} unknown or out of order")
         last = ident
         numel = r.u8("marker size")
-        if not 0 < numel <= MAX_MARKER_ELEMENTS:
-            raise PayloadError(f"marker {MARKERS[ident - 1]!r} declares {numel} values (1..{MAX_MARKER_ELEMENTS})")
+        if numel != MARKER_SIZES[ident - 1]:
+            raise PayloadError(f"marker {MARKERS[ident - 1]!r} declares {numel} values, not {MARKER_SIZES[ident - 1]}")
         markers[MARKERS[ident - 1]] = r.array("<f4", numel, "marker values").copy()
     return markers
 

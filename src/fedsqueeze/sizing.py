@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .codecs import build_codec
+from .codecs.grid import snap
+from .codecs.seeded import seed_marker
 from .config import Config
 from .models.adapter import attach_lora, lora_parameters
 from .models.architectures import architecture_config, random_model
-from .codecs.grid import snap
-from .codecs.seeded import seed_marker
 from .strategies.base import MASK_SEED
 from .strategies.lora_math import A_SUFFIX, B_SUFFIX, random_drop, seeded_drop
 from .tensors import Layout, Tensors
@@ -102,7 +102,8 @@ def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
     ):
         a, b = broadcast(spec, bits)
         note = f"one factor, 20% kept (seeded), values only: A rounds {a:,} B, B rounds {b:,} B"
-        rows.append(MessageSize(label, None, (a + b) // 2, note + ("; uploads follow the data" if spec == "seeded" else "")))
+        note += "; uploads follow the data" if spec == "seeded" else ""
+        rows.append(MessageSize(label, None, (a + b) // 2, note))
     return rows
 
 

@@ -154,4 +154,3 @@ class Seeded(SparseStructure):
             return scatter_rebuild(entries, lengths, per_entry)(values)
 
         return Plan(lengths, rebuild)
-

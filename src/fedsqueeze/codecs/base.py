@@ -3,9 +3,10 @@
 A codec is a chain of at most three stages, always in this order:
 
     structure  what to send of each tensor: all of it (implicit), a sparse subset with positions
-               (topk, randk, sparse) or low-rank factors (lowrank). Produces float value segments
+               (topk, sparse) or with positions both ends draw (randk, seeded), or low-rank
+               factors (lowrank). Produces float value segments
                plus the metadata needed to put them back.
-    values     how each float is written: fp32 (implicit), fp16, bf16, quantize.
+    values     how each float is written: fp32 (implicit), fp16, bf16, narrow, grid, quantize.
     bytes      a lossless pass over the whole body: zstd.
 
 So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writes those values with

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsqueeze.codecs import Sender, build_codec, measure
+from fedsqueeze.codecs.grid import grid_exponent, snap
 from fedsqueeze.codecs.quantize import split_blocks
+from fedsqueeze.codecs.seeded import MASK_SEED, marker_seed, seed_marker, seeded_positions
 from fedsqueeze.codecs.sparsify import keep_count
 from fedsqueeze.tensors import Layout
 
@@ -65,7 +67,19 @@ def flat64(t: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "spec", ["fp32", "zstd", "zstd(level=19)", "sparse", "sparse > zstd", "narrow", "sparse > narrow > zstd"]
+    "spec",
+    [
+        "fp32",
+        "zstd",
+        "zstd(level=19)",
+        "sparse",
+        "sparse > zstd",
+        "narrow",
+        "sparse > narrow > zstd",
+        "seeded",
+        "grid(bits=4)",
+        "seeded > grid(bits=8) > zstd",
+    ],
 )
 @SETTINGS
 @given(tensors=updates())
@@ -87,6 +101,55 @@ def test_narrow_sends_bf16_exact_values_in_two_bytes(tensors):
     if any(not torch.equal(t, rounded[k]) for k, t in tensors.items()):  # else both are the same blob
         count = sum(t.numel() for t in tensors.values())
         assert len(roundtrip("narrow", tensors)[0]) - len(blob) >= 2 * count
+
+
+def seeded_message(tensors: dict, seed: int, fraction: float) -> dict:
+    """tensors masked at the seeded positions of (seed, name), plus the seed marker."""
+    out = {}
+    for name, t in tensors.items():
+        keep = torch.zeros(t.numel(), dtype=torch.bool)
+        keep[torch.from_numpy(seeded_positions(seed, name, t.numel(), keep_count(t.numel(), fraction, None)))] = True
+        out[name] = torch.where(keep.view(t.shape), t, torch.zeros(()))
+    return {**out, MASK_SEED: seed_marker(seed)}
+
+
+@SETTINGS
+@given(tensors=updates(), seed=st.integers(0, 2**64 - 1), fraction=st.floats(0.01, 1.0))
+def test_seeded_is_exact_and_sends_no_positions_for_a_seeded_mask(tensors, seed, fraction):
+    """Exact; a tensor masked at its seeded positions costs its prefix's values and no positions, so
+    its share of the blob is never more than sparse's; the marker comes back bit for bit."""
+    message = seeded_message(tensors, seed, fraction)
+    blob, decoded = roundtrip("seeded", message, Layout.of(tensors))
+    assert set(decoded) == set(message) and torch.equal(decoded[MASK_SEED], message[MASK_SEED])
+    for name, t in message.items():
+        assert torch.equal(decoded[name], t), name
+    sparse_blob = roundtrip("sparse", message, Layout.of(tensors))[0]
+    assert len(blob) <= len(sparse_blob) + len(tensors)  # never worse than sparse (but a count byte)
+    # at most the mask's values (zeros of the input inside it included), header, marker and counts:
+    # positions only where they cost less than the zeros the mask would send
+    kept = sum(keep_count(t.numel(), fraction, None) for t in tensors.values())
+    assert len(blob) <= 4 * kept + 64 + 16 * len(tensors)
+    assert marker_seed(seed_marker(seed).numpy()) == seed
+
+
+@SETTINGS
+@given(tensors=updates(), bits=st.integers(2, 8))
+def test_grid_writes_snapped_values_in_k_bits_and_anything_else_exactly(tensors, bits):
+    snapped = {k: snap(v, bits) for k, v in tensors.items()}
+    for t in snapped.values():  # on the grid: integers c * 2**e with |c| <= 2**(bits-1) - 1
+        e = grid_exponent(t.numpy().reshape(-1), bits)
+        assert e is not None
+        codes = np.ldexp(t.double().numpy(), -e)
+        assert (np.abs(codes) <= 2 ** (bits - 1) - 1).all()
+    for t, x in zip(snapped.values(), tensors.values()):  # nearest point of its grid: error <= 2**e / 2
+        top = float(x.abs().max()) if x.numel() else 0.0
+        step = 2.0 ** math.ceil(math.log2(top / (2 ** (bits - 1) - 1))) if top > 0 else 0.0
+        assert float((t.double() - x.double()).abs().max() if x.numel() else 0) <= step / 2 + 1e-6 * top
+    blob, decoded = roundtrip(f"grid(bits={bits})", snapped)
+    for name, t in snapped.items():
+        assert torch.equal(decoded[name], t), name
+    count = sum(t.numel() for t in tensors.values())
+    assert len(blob) <= 64 + 3 * len(tensors) + (count * bits + 7) // 8 + 32 * len(tensors)
 
 
 # ---- float formats ----------------------------------------------------------------------------------
@@ -314,6 +377,8 @@ ALL_SPECS = [
     "sparse",
     "zstd",
     "topk(fraction=0.01) > quantize(bits=8) > zstd",
+    "seeded > quantize(bits=4, rounding=stochastic)",
+    "sparse > grid(bits=4)",
 ]
 
 
@@ -338,7 +403,14 @@ def test_wire_bytes_determinism_and_reconstruction(spec, tensors):
 
 
 @pytest.mark.parametrize(
-    "spec", ["topk(fraction=0.1)", "quantize(bits=2)", "randk(fraction=0.3) > fp16", "lowrank(rank=1) > zstd"]
+    "spec",
+    [
+        "topk(fraction=0.1)",
+        "quantize(bits=2)",
+        "randk(fraction=0.3) > fp16",
+        "lowrank(rank=1) > zstd",
+        "sparse > quantize(bits=2, rounding=stochastic)",
+    ],
 )
 @settings(max_examples=15, deadline=None)
 @given(

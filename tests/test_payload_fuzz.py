@@ -16,6 +16,8 @@ import torch
 
 from fedsqueeze.codecs import Limits, PayloadError, build_codec, wire
 from fedsqueeze.codecs.base import Entry
+from fedsqueeze.codecs.grid import snap
+from fedsqueeze.codecs.seeded import MASK_SEED, seed_marker, seeded_positions
 from fedsqueeze.tensors import Layout
 
 SPECS = [
@@ -33,9 +35,15 @@ SPECS = [
     "zstd(level=5)",
     "sparse > narrow",
     "narrow",
+    "seeded",
+    "seeded > grid(bits=4)",
+    "sparse > grid(bits=8)",
+    "seeded > quantize(bits=2, rounding=stochastic)",
 ]
+SEED = 0x1234_5678_9ABC_DEF0
 DENSE_SPECS = ["fp32", "fp16", "bf16"]  # value count = element count: any shape lie must show
 COUNTED_SPECS = ["sparse", "topk(k=3, scope=global)"]  # raw body starting with the per-tensor counts
+SEEDED_SPECS = [s for s in SPECS if s.startswith("seeded")]  # raw body starting with k * 2 + 1 per tensor
 LIMITS = Limits(max_elements=4096)
 MAX_SECONDS_PER_DECODE = 2.0  # generous: the machine is shared; a hang would take far longer
 
@@ -61,11 +69,23 @@ REF = wire.LayoutRef.of(LAYOUT)
 CODECS = {spec: build_codec(spec, LAYOUT, LIMITS) for spec in SPECS}
 
 
+def _seeded_message(seed: int = SEED) -> dict[str, torch.Tensor]:
+    """20% of each tensor kept at the seeded positions (a mask both ends draw), values snapped to a
+    4-bit grid, with the seed marker: what FedSRD broadcasts with download_bits=4."""
+    out = {}
+    for k, v in _tensors(2).items():
+        keep = torch.zeros(v.numel())
+        keep[torch.from_numpy(seeded_positions(seed, k, v.numel(), max(1, v.numel() // 5)))] = 1
+        out[k] = snap(torch.randn(v.shape, generator=torch.Generator().manual_seed(5)) * keep.view(v.shape), 4)
+    return {**out, MASK_SEED: seed_marker(seed)}
+
+
 def _base_blobs() -> list[tuple[str, bytes]]:
     out = []
     for spec in SPECS:
         codec = build_codec(spec, LAYOUT, LIMITS)
         full = _tensors(1)
+        out.append((spec, codec.encode(_seeded_message())))  # with a marker
         out.append((spec, codec.encode(full)))  # by fingerprint, every tensor
         out.append((spec, codec.encode({k: full[k] for k in ("blk.0.b", "scale")})))  # by fingerprint, a subset
         out.append((spec, codec.encode({"blk.0.a": full["blk.0.a"], "foreign.w": torch.randn(4, 3)})))  # by name
@@ -76,7 +96,7 @@ def _fix_crc(blob: bytes) -> bytes:
     return blob[:-4] + struct.pack("<I", zlib.crc32(blob[:-4]))
 
 
-def _repack(blob: bytes, spec: str | None = None, entries=None, body_size=None, body=None) -> bytes:
+def _repack(blob: bytes, spec: str | None = None, entries=None, body_size=None, body=None, markers=None) -> bytes:
     """Rebuild a blob with some fields replaced, and a valid checksum: lies the CRC cannot catch."""
     env = wire.unpack(blob, REF, LIMITS)
     by_fingerprint = bool(blob[5] & wire.FLAG_FINGERPRINT) and entries is None
@@ -88,6 +108,7 @@ def _repack(blob: bytes, spec: str | None = None, entries=None, body_size=None, 
         by_fingerprint,
         env.body_size if body_size is None else body_size,
         body,
+        env.markers if markers is None else markers,
     )
 
 
@@ -123,10 +144,26 @@ def _must_raise(rng: random.Random):
             yield "wrong magic", spec, _fix_crc(bytes(b))
         for _ in range(4):
             b = bytearray(blob)
-            b[5] |= 1 << rng.randint(1, 7)
+            b[5] |= 1 << rng.randint(2, 7)
             yield "unknown flags", spec, _fix_crc(bytes(b))
 
         env = wire.unpack(blob, REF, LIMITS)
+        if env.markers:  # lying or malformed markers, behind a valid checksum
+            if spec in SEEDED_SPECS:
+                yield "seeded counts without a seed", spec, _repack(blob, markers={"__full__": np.ones(1, "f4")})
+            for bad in ([1.5, 0, 0, 0], [70000, 0, 0, 0], [-1, 0, 0, 0], [np.nan, 0, 0, 0], [1, 2, 3]):
+                markers = {**env.markers, MASK_SEED: np.array(bad, "f4")}
+                if spec in SEEDED_SPECS or len(bad) != 4:
+                    yield "malformed seed marker", spec, _repack(blob, markers=markers)
+            start = blob.index(bytes([len(env.markers)]), 7 + blob[6])  # the marker count byte
+            for lie, name in ((0, "marker count 0"), (3, "marker count 3"), (9, "marker count 9")):
+                b = bytearray(blob)
+                b[start] = lie
+                yield name, spec, _fix_crc(bytes(b))
+        else:
+            b = bytearray(blob)
+            b[5] |= wire.FLAG_MARKERS
+            yield "marker flag without markers", spec, _fix_crc(bytes(b))
         for delta in rng.sample([1, 2, 3, 7, 100, 5000], 4) + [2**34]:
             for sign in (1, -1):
                 size = env.body_size + sign * delta
@@ -190,6 +227,17 @@ def _must_raise(rng: random.Random):
                 if (lie != counts).any():
                     new_body = wire.encode_varints(lie).tobytes() + body[used:]
                     yield "lying kept count", spec, _repack(blob, body_size=len(new_body), body=new_body)
+        if spec == "seeded" and env.entries and env.markers:  # fp32 values: any count lie shows
+            body = bytes(env.body)
+            meta = wire.Reader(body).varints(len(env.entries), "counts")
+            used = len(wire.encode_varints(meta))
+            for _ in range(15):
+                lie = meta.copy()
+                i = rng.randrange(lie.size)
+                lie[i] = max(0, lie[i] + rng.choice([-4, -2, 1, 2, 8, 2 * 10**6]))  # k * 2 + 1
+                if (lie != meta).any():
+                    new_body = wire.encode_varints(lie).tobytes() + body[used:]
+                    yield "lying seeded count", spec, _repack(blob, body_size=len(new_body), body=new_body)
 
     for _ in range(800):
         spec = rng.choice(SPECS)
@@ -247,6 +295,21 @@ def test_checksum_fixed_random_edits_raise_or_decode_cleanly():
                 assert t.dtype == torch.float32 and t.is_contiguous()
                 assert t.numel() <= LIMITS.max_elements
     assert decoded_ok > 0  # the category is not vacuous: value edits do decode
+
+
+def test_a_wrong_seed_decodes_to_other_positions_and_never_crashes():
+    """A seed is 8 bytes with no redundancy: a valid but wrong one (behind a fixed checksum) cannot
+    be told from the right one. It must decode to the same values at other positions, in bounds."""
+    message = _seeded_message()
+    for spec in SEEDED_SPECS:
+        blob = CODECS[spec].encode(message)
+        for wrong in (SEED ^ 1, 0, 2**64 - 1):
+            out = CODECS[spec].decode(_repack(blob, markers={MASK_SEED: seed_marker(wrong).numpy()}))
+            right = CODECS[spec].decode(blob)
+            for k, v in right.items():
+                assert out[k].shape == v.shape and out[k].dtype == torch.float32
+            moved = [k for k in right if k != MASK_SEED and not torch.equal(out[k] != 0, right[k] != 0)]
+            assert moved  # the positions follow the seed
 
 
 def test_decode_allocates_little_beyond_blob_and_layout():

@@ -1,12 +1,16 @@
 """FedSRD / FedSRD-e driven through the Method API with synthetic 'trained' adapters."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from fedsqueeze.codecs import build_codec
+from fedsqueeze.codecs import Sender, build_codec, positions
+from fedsqueeze.codecs.wire import Writer
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
-from fedsqueeze.strategies.base import from_wire, to_wire
+from fedsqueeze.strategies.base import MASK_SEED, from_wire, to_wire, without_markers
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
@@ -72,6 +76,10 @@ VARIANTS = [
     ("fedsrd", {"projection_damping": 0.05, "download_drop": 0.0}),
     ("fedsrd", {"moves": "both", "download_dtype": "bf16"}),
     ("fedsrd-e", {"moves": "both", "start_factor": "A"}),
+    ("fedsrd", {"download_bits": 8}),  # over `seeded > grid(bits=8)`
+    ("fedsrd", {"download_bits": 4, "moves": "both"}),
+    ("fedsrd-e", {"download_bits": 2, "download_drop": 0.0}),  # over `sparse > grid(bits=2)`
+    ("fedsrd", {"download_mask": "bernoulli"}),  # the earlier draw, over `sparse`
 ]
 
 
@@ -111,13 +119,14 @@ def test_broadcast_is_one_sparse_factor_and_round_one_moves_b():
     b_names = [n for n in ctx.layout.names if n.endswith("lora_B.weight")]
     a_names = [n for n in ctx.layout.names if n.endswith("lora_A.weight")]
     msg = method.broadcast(2, 0)
-    assert sorted(msg) == sorted(b_names)
+    assert sorted(msg) == sorted([*b_names, MASK_SEED])  # the seed of its mask rides along
+    msg = without_markers(msg)
     density = sum(int(v.count_nonzero()) for v in msg.values()) / sum(v.numel() for v in msg.values())
     assert 0.05 < density < 0.4  # about 1 - download_drop = 0.2 kept
     assert all(torch.count_nonzero(method.global_adapter()[b]) > 0 for b in b_names)  # round 1 not wasted
     assert all(torch.equal(method.global_adapter()[a], ctx.init_adapter[a]) for a in a_names)
     run_rounds(method, ctx, [(2, [0, 1])])
-    assert sorted(method.broadcast(3, 0)) == sorted(a_names)  # then A
+    assert sorted(without_markers(method.broadcast(3, 0))) == sorted(a_names)  # then A
 
 
 def test_reference_order_wastes_round_one():
@@ -147,15 +156,16 @@ def test_bf16_broadcast_is_the_rounded_fp32_one_at_half_the_value_bytes():
     ctx = make_ctx()
     fp32 = build_method("fedsrd", {}, ctx)
     bf16 = build_method("fedsrd", {"download_dtype": "bf16"}, ctx)
-    assert (fp32.default_downlink, bf16.default_downlink) == ("sparse", "sparse > narrow")
+    assert (fp32.default_downlink, bf16.default_downlink) == ("seeded", "seeded > narrow")
     run_rounds(fp32, ctx, [(1, [0, 1])])
     run_rounds(bf16, ctx, [(1, [0, 1])])
     full, half = fp32.broadcast(2, 0), bf16.broadcast(2, 0)
     assert sorted(full) == sorted(half)
-    for name in full:
+    assert torch.equal(full[MASK_SEED], half[MASK_SEED])  # the same mask: only the precision differs
+    for name in without_markers(full):
         assert torch.equal(half[name], full[name].to(torch.bfloat16).float()), name  # same mask, rounded
         assert torch.count_nonzero(half[name]) > 0
-    nonzero = sum(int(v.count_nonzero()) for v in full.values())
+    nonzero = sum(int(v.count_nonzero()) for v in without_markers(full).values())
     link = build_codec(bf16.default_downlink, ctx.layout)  # the fp32 delta is not bf16-exact: 4 bytes a value
     assert len(link.encode(full)) - len(link.encode(half)) == 2 * nonzero
 
@@ -277,4 +287,160 @@ def test_params_are_validated():
     with pytest.raises(ConfigError, match="download_dtype"):
         build_method("fedsrd", {"download_dtype": "fp16"}, ctx)
     m = build_method("fedsrd", {"base_ratio": 0.5, "start_factor": "A"}, ctx)
-    assert m.params.base_ratio == 0.5 and m.default_uplink == m.default_downlink == "sparse"
+    assert m.params.base_ratio == 0.5 and m.default_uplink == "sparse" and m.default_downlink == "seeded"
+    with pytest.raises(ConfigError, match="download_bits"):
+        build_method("fedsrd", {"download_bits": 16}, ctx)
+    with pytest.raises(ConfigError, match="download_bits"):
+        build_method("fedsrd", {"download_bits": 8, "download_dtype": "bf16"}, ctx)
+    defaults = {
+        "seeded": {},
+        "seeded > grid(bits=4)": {"download_bits": 4},
+        "sparse": {"download_mask": "bernoulli"},
+        "sparse > grid(bits=8)": {"download_drop": 0.0, "download_bits": 8},
+    }
+    for spec, params in defaults.items():
+        assert build_method("fedsrd", params, ctx).default_downlink == spec
+
+
+# ---- coding: seeded masks, k-bit broadcasts, quantized uploads ---------------------------------------
+def test_seeded_broadcast_drops_the_positions_share_of_the_bytes():
+    """Same delta values, once with positions (sparse) and once without (seeded): the broadcast
+    shrinks by what its positions cost, and every client redraws the same mask."""
+    ctx = make_ctx()
+    params = {"sparsifier": "none"}  # dense uploads: a dense dW, so the mask is all that zeroes entries
+    method = build_method("fedsrd", params, ctx)
+    run_rounds(method, ctx, [(1, [0, 1])])
+    msg = to_wire(method.broadcast(2, 0))
+    values = without_markers(msg)
+    nonzero = sum(int(v.count_nonzero()) for v in values.values())
+    expected = sum(round(0.2 * v.numel()) for v in values.values())
+    assert nonzero == expected  # round((1 - drop) n) kept of each tensor, seeded by (seed, round, name)
+    seeded, sparse = build_codec("seeded", ctx.layout), build_codec("sparse", ctx.layout)
+    a, b = seeded.encode(msg), sparse.encode(msg)
+    numels = np.array([v.numel() for v in values.values()], np.int64)
+    counts = np.array([int(v.count_nonzero()) for v in values.values()], np.int64)
+    kept = np.concatenate([np.flatnonzero(v.reshape(-1).numpy()) for v in values.values()]).astype(np.int64)
+    w = Writer()
+    positions.write(w, numels, counts, kept)
+    # the positions section, less seeded's own count byte per tensor and its empty positions section
+    assert len(b) - len(a) >= w.size - len(values) - 1
+    assert len(a) <= 4 * nonzero + 64  # values, header, marker, counts
+    assert all(torch.equal(seeded.decode(a)[k], msg[k]) for k in msg)
+    other = build_method("fedsrd", params, ctx)  # a fresh server over the same round draws the same mask
+    run_rounds(other, ctx, [(1, [0, 1])])
+    again = other.broadcast(2, 1)
+    assert all(torch.equal(again[k], msg[k]) for k in msg)
+
+
+def test_k_bit_broadcast_is_on_its_grid_and_costs_k_bits_a_value():
+    ctx = make_ctx()
+    full = build_method("fedsrd", {}, ctx)
+    runs = {bits: build_method("fedsrd", {"download_bits": bits}, ctx) for bits in (8, 4)}
+    for m in (full, *runs.values()):
+        run_rounds(m, ctx, [(1, [0, 1])])
+    exact = without_markers(full.broadcast(2, 0))
+    for bits, m in runs.items():
+        msg = m.broadcast(2, 0)
+        levels = 2 ** (bits - 1) - 1
+        for name, v in without_markers(msg).items():
+            top = float(exact[name].abs().max())
+            e = math.ceil(math.log2(top / levels))
+            codes = v.double() / 2.0**e
+            assert torch.equal(codes, codes.round()) and codes.abs().max() <= levels  # c * 2**e, |c| <= L
+            assert (v.double() - exact[name].double()).abs().max() <= 2.0**e / 2 * (1 + 1e-6)  # nearest
+            assert torch.equal(v != 0, (exact[name] != 0) & (codes != 0))  # same mask, small ones rounded to 0
+        link = build_codec(m.default_downlink, ctx.layout)
+        assert m.default_downlink == f"seeded > grid(bits={bits})"
+        blob = link.encode(to_wire(msg))
+        assert all(torch.equal(link.decode(blob)[k], msg[k]) for k in msg)  # lossless: clients identical
+        values = sum(round(0.2 * v.numel()) for v in without_markers(msg).values())
+        assert len(blob) <= values * bits / 8 + 8 * len(msg) + 64
+
+
+def quantized_uploads(bits, rounding, rounds, error_feedback=True, seed=3, params=None):
+    """FedSRD uploads of one client over `rounds` rounds through sparse > quantize(bits) with a
+    Sender: (inputs, what the server decoded, the sender)."""
+    ctx = make_ctx()
+    method = build_method("fedsrd", params or {}, ctx)
+    spec = f"sparse > quantize(bits={bits}, rounding={rounding}, seed={seed})"
+    sender, receiver = Sender(build_codec(spec, ctx.layout), error_feedback), build_codec(spec, ctx.layout)
+    start = fake_training(ctx.init_adapter, 9, 9, scale=1.0)
+    inputs, decoded = [], []
+    for rnd in range(1, rounds + 1):
+        up = method.client_upload({}, start, fake_training(start, 1, rnd))
+        inputs.append(up)
+        decoded.append(receiver.decode(sender.encode(up)))
+    return inputs, decoded, sender
+
+
+def block_steps(kept: torch.Tensor, bits: int, block: int = 256) -> torch.Tensor:
+    """The quantizer's step for each kept value (its block's (max - min) / (2**bits - 1))."""
+    steps = []
+    for chunk in kept.split(block):
+        steps.append(torch.full_like(chunk, float(chunk.max() - chunk.min()) / (2**bits - 1)))
+    return torch.cat(steps) if steps else kept
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_quantized_upload_stays_sparse_and_within_the_quantizers_bound(bits):
+    """No error feedback: each decoded upload has the upload's support and every kept value within
+    one step of its block (stochastic rounding's bound, quantize.py)."""
+    inputs, decoded, _ = quantized_uploads(bits, "stochastic", 1, error_feedback=False)
+    for name, up in inputs[0].items():
+        got = decoded[0][name]
+        kept = up != 0
+        assert torch.equal(got[~kept], torch.zeros_like(got[~kept]))  # positions exact (sparse)
+        x, y = up.reshape(-1)[kept.reshape(-1)], got.reshape(-1)[kept.reshape(-1)]
+        assert ((y - x).abs() <= block_steps(x, bits) * (1 + 1e-5) + 1e-7).all()
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_error_feedback_tracks_the_unquantized_sum_and_keeps_uploads_sparse(bits):
+    """With error feedback the server's running sum stays within one residual of the clients' (the
+    residual is bounded by about one step per entry, not growing with the rounds); without it the
+    gap grows. Memory is added only where the next upload is non-zero, so uploads never densify."""
+    rounds = 12
+    # half of each delta kept, so that positions recur across rounds and the memory gets used
+    params = {"adaptive_ratio": False, "base_ratio": 0.5}
+    inputs, decoded, sender = quantized_uploads(bits, "stochastic", rounds, params=params)
+    _, plain, _ = quantized_uploads(bits, "stochastic", rounds, error_feedback=False, params=params)
+    max_step = max(float(block_steps(v[v != 0], bits).max()) for up in inputs for v in up.values())
+    for name in inputs[0]:
+        for up, got in zip(inputs, decoded):
+            assert int(got[name].count_nonzero()) <= int(up[name].count_nonzero())  # never denser
+        total_in = sum(up[name].double() for up in inputs)
+        total_ef = sum(d[name].double() for d in decoded)
+        total_plain = sum(d[name].double() for d in plain)
+        residual = sender.memory[name].double()
+        assert torch.allclose(total_ef + residual, total_in, atol=1e-5)  # nothing lost
+        # bounded, not growing: one step of a block whose range the memory widens, r <= step of
+        # (range + 2 r), i.e. r <= max_step * L / (L - 2) with L = 2**bits - 1 levels
+        levels = 2**bits - 1
+        assert residual.abs().max() <= max_step * levels / (levels - 2) * (1 + 1e-5)
+        gap_ef, gap_plain = (total_ef - total_in).norm(), (total_plain - total_in).norm()
+        assert gap_ef < gap_plain
+
+
+@pytest.mark.parametrize("bits, rounding", [(4, "nearest"), (4, "stochastic"), (2, "stochastic")])
+def test_quantizing_after_the_l1_rescale_keeps_the_l1_norm_within_the_quantizers_error(bits, rounding):
+    """What holds: the upload's L1 norm equals the dense delta's (the rescale); after quantizing it
+    moves by at most the L1 norm of the quantization error, sum_i |err_i| <= sum_i step_i (/2 when
+    nearest). It is not kept exactly; stochastic rounding keeps the signed sum unbiased, not the L1."""
+    ctx = make_ctx()
+    method = build_method("fedsrd", {}, ctx)
+    start = fake_training(ctx.init_adapter, 9, 9, scale=1.0)
+    trained = fake_training(start, 1, 1)
+    up = method.client_upload({}, start, trained)
+    codec = build_codec(f"sparse > quantize(bits={bits}, rounding={rounding})", ctx.layout)
+    got = codec.decode(codec.encode(up))
+    moved = 0.0
+    for name, v in up.items():
+        dense = (trained[name] - start[name]).double()
+        assert math.isclose(float(v.double().abs().sum()), float(dense.abs().sum()), rel_tol=1e-5)  # the rescale
+        kept = v.reshape(-1)[v.reshape(-1) != 0]
+        bound = float(block_steps(kept, bits).sum()) * (0.5 if rounding == "nearest" else 1.0)
+        change = abs(float(got[name].double().abs().sum() - v.double().abs().sum()))
+        err = float((got[name].double() - v.double()).abs().sum())
+        assert change <= err * (1 + 1e-6) + 1e-9 and err <= bound * (1 + 1e-5) + 1e-7
+        moved += change
+    assert moved > 0  # not exact: the statement above is the one that holds

@@ -13,10 +13,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .codecs import build_codec
+from .codecs.grid import snap
+from .codecs.seeded import seed_marker
 from .config import Config
 from .models.adapter import attach_lora, lora_parameters
 from .models.architectures import architecture_config, random_model
-from .strategies.lora_math import A_SUFFIX, B_SUFFIX, random_drop
+from .strategies.base import MASK_SEED
+from .strategies.lora_math import A_SUFFIX, B_SUFFIX, random_drop, seeded_drop
 from .tensors import Layout, Tensors
 
 MiB = 2**20
@@ -67,21 +70,41 @@ def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
     def dropped(tensors: Tensors, p: float) -> Tensors:
         return {n: random_drop(t, p, rng) for n, t in tensors.items()}
 
+    def seeded(tensors: Tensors, p: float, bits: int | None = None) -> Tensors:
+        out = {n: seeded_drop(t, p, seed, n) for n, t in tensors.items()}
+        return {**({n: snap(t, bits) for n, t in out.items()} if bits else out), MASK_SEED: seed_marker(seed)}
+
+    def broadcast(spec: str, bits: int | None = None) -> tuple[int, int]:
+        return blob(spec, seeded(a_only, 0.8, bits)), blob(spec, seeded(b_only, 0.8, bits))
+
     dense, dense16 = blob("fp32", ones), blob("bf16", ones)
     srd_a, srd_b = blob("sparse", dropped(a_only, 0.8)), blob("sparse", dropped(b_only, 0.8))
-    return [
+    rows = [
         MessageSize("fedavg", dense, dense, "the whole adapter (or its delta), fp32"),
         MessageSize("fedavg, bf16 values", dense16, dense16, "codec bf16 both ways"),
         MessageSize("ffa-lora", blob("fp32", b_only), blob("fp32", b_only), "B only, fp32"),
         MessageSize("flexlora", dense, dense, "dense delta up, SVD-truncated adapter down"),
-        MessageSize("fed-dare", blob("sparse", dropped(ones, 0.9)), dense, "10% of the delta kept (random), sparse"),
         MessageSize(
-            "fedsrd (broadcast)",
+            "fed-dare", blob("seeded", seeded(ones, 0.9)), dense, "10% of the delta kept (seeded), values only"
+        ),
+        MessageSize(
+            "fedsrd (broadcast), download_mask=bernoulli",
             None,
             (srd_a + srd_b) // 2,
-            f"one factor, 20% kept (random): A rounds {srd_a:,} B, B rounds {srd_b:,} B; uploads follow the data",
+            f"one factor, 20% kept, positions sent: A rounds {srd_a:,} B, B rounds {srd_b:,} B",
         ),
     ]
+    for label, spec, bits in (
+        ("fedsrd (broadcast)", "seeded", None),
+        ("fedsrd (broadcast), download_dtype=bf16", "seeded > narrow", None),
+        ("fedsrd (broadcast), download_bits=8", "seeded > grid(bits=8)", 8),
+        ("fedsrd (broadcast), download_bits=4", "seeded > grid(bits=4)", 4),
+    ):
+        a, b = broadcast(spec, bits)
+        note = f"one factor, 20% kept (seeded), values only: A rounds {a:,} B, B rounds {b:,} B"
+        note += "; uploads follow the data" if spec == "seeded" else ""
+        rows.append(MessageSize(label, None, (a + b) // 2, note))
+    return rows
 
 
 def describe(report: dict) -> str:

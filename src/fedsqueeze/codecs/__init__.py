@@ -15,15 +15,15 @@ Spec grammar: stages joined by ">", each `name` or `name(key=value, ...)`, in th
 sparsifier / low-rank > value encoding > byte compression (each optional, at most one of each):
 
     structure  topk(fraction|k, scope)  randk(fraction|k, seed, scale)  lowrank(rank, iterations, seed)
-               sparse                   (default: every value)
-    values     fp32  fp16  bf16  narrow  quantize(bits, block, rounding, seed)   (default: fp32)
+               sparse  seeded           (default: every value)
+    values     fp32  fp16  bf16  narrow  grid(bits)  quantize(bits, block, rounding, seed)   (default: fp32)
     bytes      zstd(level)
 
 e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd". Each stage's module states its error bound.
 """
 
 # Each stage module registers itself in CODECS on import: a new codec is one file plus its name here.
-from . import autoencoder, bf16, fp16, fp32, lowrank, narrow, quantize, randk, sparse, topk, zstd  # noqa: F401
+from . import autoencoder, bf16, fp16, fp32, grid, lowrank, narrow, quantize, randk, seeded, sparse, topk, zstd  # noqa: F401
 from .base import CODECS, PayloadError
 from .chain import Codec, build_codec
 from .sender import Sender

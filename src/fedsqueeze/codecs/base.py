@@ -3,9 +3,10 @@
 A codec is a chain of at most three stages, always in this order:
 
     structure  what to send of each tensor: all of it (implicit), a sparse subset with positions
-               (topk, randk, sparse) or low-rank factors (lowrank). Produces float value segments
+               (topk, sparse) or with positions both ends draw (randk, seeded), or low-rank
+               factors (lowrank). Produces float value segments
                plus the metadata needed to put them back.
-    values     how each float is written: fp32 (implicit), fp16, bf16, quantize.
+    values     how each float is written: fp32 (implicit), fp16, bf16, narrow, grid, quantize.
     bytes      a lossless pass over the whole body: zstd.
 
 So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writes those values with
@@ -149,6 +150,15 @@ class Stage:
 
 class Structure(Stage):
     kind = "structure"
+    value_bits: int = 32
+    """The value stage's Values.value_bits, set by the Codec."""
+    keeps_support: ClassVar[bool] = False
+    """True: it sends exactly the input's non-zero positions (or a superset the receiver can derive),
+    so error feedback must not add memory where the input is zero (sender.py)."""
+
+    def use_markers(self, markers: dict[str, np.ndarray]) -> None:
+        """The message's marker tensors (wire.MARKERS), told before each encode and decode; a stage
+        that reads one (seeded's mask seed) keeps them for that call. Default: ignored."""
 
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
         """Write this stage's metadata for all entries; return the values to send."""
@@ -161,6 +171,11 @@ class Structure(Stage):
 
 class Values(Stage):
     kind = "values"
+
+    @property
+    def value_bits(self) -> int:
+        """About how many bits a value costs (structures weigh values against positions with it)."""
+        return getattr(self, "bits", 32)
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool) -> np.ndarray | None:
         """Write `values` (flat float32 made of segments of `lengths`); return what the receiver

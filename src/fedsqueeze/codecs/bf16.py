@@ -20,6 +20,7 @@ class BF16(Values):
     """bfloat16; relative error <= 2**-8."""
 
     name = "bf16"
+    value_bits = 16
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):
         # numpy has no bfloat16; torch rounds to nearest even, then we keep the 16 raw bits.

@@ -58,6 +58,7 @@ class Codec:
                 compressor = stage
         self.structure = structure or Dense()
         self.values = values or FP32()
+        self.structure.value_bits = self.values.value_bits
         self.compressor = compressor
         self.spec = " > ".join(s.spec() for s in stages)
         self.wire_spec = ">".join(s.spec() for s in stages)
@@ -78,17 +79,19 @@ class Codec:
         return blob, decoded
 
     def _encode(self, tensors: Tensors, reconstruct: bool) -> tuple[bytes, Tensors | None]:
-        entries, by_fingerprint = self._entries(tensors)
+        markers = _markers(tensors)
+        entries, by_fingerprint = self._entries({k: v for k, v in tensors.items() if k not in markers})
         body = wire.Writer()
+        self.structure.use_markers(markers)
         plan = self.structure.encode(entries, body)
         assert plan.values is not None and plan.values.size == int(plan.lengths.sum())
         sent = self.values.encode(plan.values, plan.lengths, body, reconstruct)
         raw = body.getvalue()
         packed = self.compressor.compress(raw) if self.compressor else raw
-        blob = wire.pack(self.wire_spec, self._layout_ref, entries, by_fingerprint, len(raw), packed)
+        blob = wire.pack(self.wire_spec, self._layout_ref, entries, by_fingerprint, len(raw), packed, markers)
         if not reconstruct:
             return blob, None
-        return blob, self._tensors(entries, plan.rebuild(sent))
+        return blob, self._tensors(entries, plan.rebuild(sent), markers)
 
     def _entries(self, tensors: Tensors) -> tuple[list[Entry], bool]:
         entries = []
@@ -132,14 +135,17 @@ class Codec:
                 raise PayloadError(f"body declares {env.body_size} bytes but holds {len(env.body)}")
             body = env.body
         r = wire.Reader(body, "body")
+        self.structure.use_markers(env.markers)
         plan = self.structure.decode(env.entries, r)
         values = self.values.decode(r, plan.lengths)
         r.done("the values")
-        return self._tensors(env.entries, plan.rebuild(values))
+        return self._tensors(env.entries, plan.rebuild(values), env.markers)
 
     @staticmethod
-    def _tensors(entries: list[Entry], arrays: list[np.ndarray]) -> Tensors:
-        return {e.name: torch.from_numpy(a).view(e.shape) for e, a in zip(entries, arrays)}
+    def _tensors(entries: list[Entry], arrays: list[np.ndarray], markers: dict[str, np.ndarray]) -> Tensors:
+        out = {e.name: torch.from_numpy(a).view(e.shape) for e, a in zip(entries, arrays)}
+        out.update({name: torch.from_numpy(np.array(v, np.float32)) for name, v in markers.items()})
+        return out
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -152,6 +158,21 @@ class Codec:
         for stage in (self.structure, self.values):
             prefix = f"{stage.name}/"
             stage.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def _markers(tensors: Tensors) -> dict[str, np.ndarray]:
+    """The reserved marker tensors of a message (wire.MARKERS), as flat float32 arrays."""
+    out = {}
+    for name, size in zip(wire.MARKERS, wire.MARKER_SIZES):
+        t = tensors.get(name)
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim != 1:
+            raise ValueError(f"marker {name!r} must be a one-dimensional floating-point tensor")
+        if t.numel() != size:
+            raise ValueError(f"marker {name!r} holds {t.numel()} values, not {size}")
+        out[name] = t.detach().to("cpu", torch.float32).numpy().copy()
+    return out
 
 
 def build_codec(spec: str, layout: Layout, limits: wire.Limits | None = None) -> Codec:

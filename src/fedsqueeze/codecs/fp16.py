@@ -19,6 +19,7 @@ class FP16(Values):
     """IEEE half floats; relative error <= 2**-11 (saturates at 65504)."""
 
     name = "fp16"
+    value_bits = 16
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):
         half = np.clip(values, -FP16_MAX, FP16_MAX).astype("<f2")

@@ -22,6 +22,7 @@ class Narrow(Values):
     """bf16 when that is exact, else fp32; lossless."""
 
     name = "narrow"
+    value_bits = 16
     lossless = True
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):

@@ -19,6 +19,7 @@ class Sparse(SparseStructure):
 
     name = "sparse"
     lossless = True
+    keeps_support = True
 
     def select(self, entries: list[Entry]):
         kept = [np.flatnonzero(e.array()) for e in entries]

@@ -5,19 +5,25 @@ version 2 added Golomb-Rice positions, codecs/positions.py):
 
     magic        4 bytes   b"FSQZ"
     version      u8        2
-    flags        u8        bit 0: layout given by fingerprint; other bits must be 0
+    flags        u8        bit 0: layout given by fingerprint; bit 1: markers follow the layout;
+                           other bits must be 0
     spec         varint length + ASCII   canonical codec spec, e.g. "topk(fraction=0.05)>quantize>zstd"
                                          (parameters at their default are left out; defaults belong to
                                          the format version)
     layout       by fingerprint: 8-byte Layout.fingerprint + presence bitmap, one bit per layout entry
                  (LSB first, padding bits 0); tensors then follow the layout's order.
                  by name: varint count, then per tensor: varint length + UTF-8 name, u8 ndim, ndim varints
+    markers      only with flag bit 1: u8 count (1..len(MARKERS)), then per marker u8 id (1-based index
+                 in MARKERS, rising), u8 numel (its MARKER_SIZES entry), numel fp32 values
     body size    varint    bytes of the body before the byte stage (if any)
     body         structure section then values section (see the stages), possibly compressed
     crc32        u32       zlib.crc32 of everything before it
 
 Names cost bytes on every message, so when every tensor sent belongs to the shared layout (same
 shape) the 8-byte fingerprint and a bitmap replace them; the receiver checks the fingerprint.
+Markers are the few reserved one-dimensional tensors (MARKERS) that say something about the message
+rather than being part of the model: a whole-state flag, a mask seed. They travel by id, so a
+message carrying one still lists its tensors by fingerprint (structure stages may read them).
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from .entry import Entry, PayloadError
 MAGIC = b"FSQZ"
 VERSION = 2
 FLAG_FINGERPRINT = 1
+FLAG_MARKERS = 2
+MARKERS = ("__full__", "__mask_seed__")
+"""Reserved tensor names carried by id (1-based); appending keeps old ids valid."""
+MARKER_SIZES = (1, 4)
+"""Each marker's number of fp32 values (the whole flag; a 64-bit seed in four 16-bit limbs)."""
 MAX_VARINT_BYTES = 5
 MAX_NDIM = 16
 MAX_NAME_BYTES = 1024
@@ -220,12 +231,18 @@ def decode_varints(buf: np.ndarray, count: int, what: str) -> tuple[np.ndarray, 
 
 
 def pack(
-    spec: str, layout: LayoutRef, entries: list[Entry], by_fingerprint: bool, body_size: int, body: bytes
+    spec: str,
+    layout: LayoutRef,
+    entries: list[Entry],
+    by_fingerprint: bool,
+    body_size: int,
+    body: bytes,
+    markers: dict[str, np.ndarray] | None = None,
 ) -> bytes:
     head = Writer()
     head.raw(MAGIC)
     head.u8(VERSION)
-    head.u8(FLAG_FINGERPRINT if by_fingerprint else 0)
+    head.u8((FLAG_FINGERPRINT if by_fingerprint else 0) | (FLAG_MARKERS if markers else 0))
     spec_bytes = spec.encode("ascii")
     head.varint(len(spec_bytes))
     head.raw(spec_bytes)
@@ -243,6 +260,13 @@ def pack(
             head.u8(len(e.shape))
             for d in e.shape:
                 head.varint(d)
+    if markers:
+        head.u8(len(markers))
+        for name in sorted(markers, key=MARKERS.index):
+            values = np.asarray(markers[name], "<f4").reshape(-1)
+            head.u8(MARKERS.index(name) + 1)
+            head.u8(values.size)
+            head.array(values)
     head.varint(body_size)
     head.raw(body)
     crc = 0
@@ -258,6 +282,7 @@ class Envelope:
     entries: list[Entry]
     body_size: int
     body: memoryview
+    markers: dict[str, np.ndarray]
 
 
 def unpack(blob: bytes | bytearray | memoryview, layout: LayoutRef, limits: Limits) -> Envelope:
@@ -277,7 +302,7 @@ def unpack(blob: bytes | bytearray | memoryview, layout: LayoutRef, limits: Limi
     r = Reader(view[:-4])
     r.take(5, "magic and version")
     flags = r.u8("flags")
-    if flags & ~FLAG_FINGERPRINT:
+    if flags & ~(FLAG_FINGERPRINT | FLAG_MARKERS):
         raise PayloadError(f"unknown flags 0x{flags:02x}")
     spec_len = r.varint("spec length")
     try:
@@ -288,8 +313,27 @@ def unpack(blob: bytes | bytearray | memoryview, layout: LayoutRef, limits: Limi
         entries = _read_fingerprint_layout(r, layout)
     else:
         entries = _read_named_layout(r, limits.elements_cap(layout))
+    markers = _read_markers(r) if flags & FLAG_MARKERS else {}
     body_size = r.varint("body size")
-    return Envelope(spec, entries, body_size, r.take(r.remaining, "body"))
+    return Envelope(spec, entries, body_size, r.take(r.remaining, "body"), markers)
+
+
+def _read_markers(r: Reader) -> dict[str, np.ndarray]:
+    count = r.u8("marker count")
+    if not 0 < count <= len(MARKERS):
+        raise PayloadError(f"marker count {count} outside 1..{len(MARKERS)}")
+    markers: dict[str, np.ndarray] = {}
+    last = 0
+    for _ in range(count):
+        ident = r.u8("marker id")
+        if not last < ident <= len(MARKERS):
+            raise PayloadError(f"marker id {ident} unknown or out of order")
+        last = ident
+        numel = r.u8("marker size")
+        if numel != MARKER_SIZES[ident - 1]:
+            raise PayloadError(f"marker {MARKERS[ident - 1]!r} declares {numel} values, not {MARKER_SIZES[ident - 1]}")
+        markers[MARKERS[ident - 1]] = r.array("<f4", numel, "marker values").copy()
+    return markers
 
 
 def _read_fingerprint_layout(r: Reader, layout: LayoutRef) -> list[Entry]:

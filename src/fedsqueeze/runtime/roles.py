@@ -16,7 +16,7 @@ from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
-from ..strategies.base import SNAPSHOT, from_wire, to_wire
+from ..strategies.base import SNAPSHOT, from_wire, to_wire, without_markers
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
 from .session import Session
 from .state_store import StateStore
@@ -41,6 +41,7 @@ class ClientRole:
         t0 = time.perf_counter()
         message = from_wire(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
+        method.begin_client(rnd, self.client)
         start = method.client_receive(self.state, message)
         wanted = set(method.snapshot_steps(rnd, s.local_steps))
         snapshots: Tensors = {}
@@ -147,7 +148,7 @@ class ServerRole:
         """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
         t0 = time.perf_counter()
         try:
-            return self.decoder.decode(blob, self.method.accepts)
+            return without_markers(self.decoder.decode(blob, self.method.accepts))
         finally:
             self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
 

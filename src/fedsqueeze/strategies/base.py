@@ -3,6 +3,7 @@
 A method never sees bytes, clients' data or the network. The runtime calls, per round:
 
     msg   = method.broadcast(round, client)              # server -> downlink codec -> client
+    method.begin_client(round, client)                   # client: self.turn = ClientTurn(round, client)
     start = method.client_receive(client_state, msg)     # client: adapter to train from
     ... local training of the trainable tensors ...
     upd   = method.client_upload(client_state, start, trained)   # client -> uplink codec -> server
@@ -12,7 +13,10 @@ A method never sees bytes, clients' data or the network. The runtime calls, per 
 checkpoints for the in-process runtime, in `context.state` on Flower), so the client hooks must
 keep everything they need across rounds in it. A method that wants the adapter at intermediate
 local steps names them in `snapshot_steps`; client_upload then finds each one in the state as
-f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept).
+f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept). The client hooks find the
+round and the client they run for in `self.turn` (set by `begin_client`; None when a caller drives
+the hooks without saying, as unit tests may): a method that draws a random mask seeds it from them,
+so both ends can redraw it and only the values travel (codecs/seeded.py).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..codecs.wire import MARKERS
 from ..tensors import Layout, Tensors, clone, prefixed
 
 SNAPSHOT = "snapshot/"
-WHOLE = "__full__"
+WHOLE = MARKERS[0]
 """On the wire a whole Message carries this one-element tensor too (codecs see tensors only)."""
+MASK_SEED = MARKERS[1]
+"""A message whose random mask both ends draw carries its seed as this marker (codecs/seeded.py)."""
 
 
 class Message(dict):
@@ -60,10 +67,15 @@ def to_wire(message: Tensors | None) -> Tensors | None:
 
 
 def from_wire(tensors: Tensors | None) -> Message | None:
-    """The Message a decoded downlink blob holds."""
+    """The Message a decoded downlink blob holds (its markers read and left out)."""
     if tensors is None:
         return None
-    return Message({k: v for k, v in tensors.items() if k != WHOLE}, whole=WHOLE in tensors)
+    return Message(without_markers(tensors), whole=WHOLE in tensors)
+
+
+def without_markers(tensors: Tensors) -> Tensors:
+    """The tensors of a decoded message, less the wire's markers (a mask seed is the codec's business)."""
+    return {k: v for k, v in tensors.items() if k not in MARKERS}
 
 
 class NoParams(BaseModel):
@@ -111,6 +123,14 @@ class RunMode:
 FEDERATED = RunMode()
 
 
+@dataclass(frozen=True)
+class ClientTurn:
+    """Which round (1-based) and client the client hooks are running for."""
+
+    round: int
+    client: int
+
+
 @dataclass
 class ClientUpdate:
     client: int
@@ -136,6 +156,8 @@ class Method:
         self.params = params
         self.ctx = ctx
         self.adapter: Tensors = clone(ctx.init_adapter)
+        self.turn: ClientTurn | None = None
+        """The round and client of the client hooks' current call (see begin_client)."""
 
     # ---- server side -------------------------------------------------------------------------
     def global_adapter(self) -> Tensors:
@@ -194,6 +216,12 @@ class Method:
         self.adapter = {k: state[f"adapter/{k}"].clone() for k in self.ctx.layout.names}
 
     # ---- client side (pure over client_state) -----------------------------------------------
+    def begin_client(self, rnd: int, client: int) -> None:
+        """Called by the runtime before this client's client_receive / client_upload of round
+        `rnd`: the hooks read `self.turn`. Their signatures stay as they are, so overrides written
+        without it keep working."""
+        self.turn = ClientTurn(rnd, client)
+
     def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
         """Returns the adapter the client trains from this round."""
         return self.ctx.init_adapter if message is None else message

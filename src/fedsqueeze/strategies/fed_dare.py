@@ -1,18 +1,22 @@
-"""Fed-DARE: the client drops each entry of its delta with probability p (Bernoulli), rescales the
-survivors by 1/(1-p) so the upload is unbiased (E[upload] = delta), and sends it sparse; the server
-averages like FedAvg and broadcasts the dense adapter.
+"""Fed-DARE: the client drops each entry of its delta at rate p, rescales the survivors by 1/(1-p)
+so the upload is unbiased (E[upload] = delta, up to round((1-p) n) / n vs 1 - p), and sends it
+sparse; the server averages like FedAvg and broadcasts the dense adapter.
 
-The mask is seeded by (seed, the trained adapter's bytes): client hooks are told neither the client
-id nor the round, and the trained adapter is different for every client and round, so the masks are
-independent across clients and rounds yet reproducible on resume."""
+The mask keeps round((1-p) n) entries of each tensor, drawn from (seed, round, client) and the
+tensor's name with codecs/seeded.py's generator: independent across clients and rounds, reproducible
+on resume. The upload carries that seed as a wire marker, so the default uplink `seeded` sends the
+kept values only and the server redraws their positions (uplink.codec = "sparse" sends them).
+A caller that drives the hooks without telling the round and client (Method.begin_client) gets the
+mask seeded by the trained adapter's bytes instead, as before the hooks were told."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..codecs.seeded import seed_marker
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import ClientUpdate, Method
+from .base import MASK_SEED, ClientUpdate, Method, without_markers
 
 
 class FedDAREParams(BaseModel):
@@ -24,16 +28,23 @@ class FedDAREParams(BaseModel):
 class FedDARE(Method):
     name = "fed-dare"
     Params = FedDAREParams
-    default_uplink = "sparse"
+    default_uplink = "seeded"
 
     def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
-        rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "dare")
-        return {k: lm.random_drop(trained[k] - start[k], self.params.p, rng) for k in trained if self.trainable(k)}
+        if self.turn is not None:
+            seed = lm.mask_seed(self.ctx.seed, self.turn.round, self.turn.client, "dare")
+        else:
+            seed = lm.content_seed(self.ctx.seed, trained)
+        p = self.params.p
+        out = {k: lm.seeded_drop(trained[k] - start[k], p, seed, k) for k in trained if self.trainable(k)}
+        if p > 0:
+            out[MASK_SEED] = seed_marker(seed)
+        return out
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         """global += sum_i w_i upload_i (FedAvg of deltas; the uploads are unbiased estimates)."""
         weights = self.weights(updates)
         for w, u in zip(weights, updates):
-            for k, v in u.tensors.items():
+            for k, v in without_markers(u.tensors).items():
                 self.adapter[k] = self.adapter[k] + w * v.to(self.adapter[k].dtype)
         return {}

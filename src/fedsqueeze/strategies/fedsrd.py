@@ -14,6 +14,13 @@ Server (decompose): dW = W_r - B0 A0; one factor moves per round, alternately
 then a random mask drops `download_drop` of the moved factor's entries (survivors x 1/(1-drop)).
 The server applies exactly that sparse delta to the global adapter and broadcasts it.
 
+The download mask (download_mask = "seeded", default) keeps round((1 - drop) n) entries of each
+moved tensor, drawn from (seed, round, tensor name) with codecs/seeded.py's generator; the message
+carries that seed as a wire marker, so the default downlink `seeded` sends the kept values only and
+every client redraws their positions (the same mask for every client: the server applies one delta).
+download_mask = "bernoulli" is the earlier draw, each entry dropped independently by torch's
+generator, whose positions must travel (downlink `sparse`).
+
 Round 1 (deliberate difference from the reference code). peft starts B at 0, so the reference's
 first round, an A-round, computes pinv(0) dW = 0 and wastes the round. `start_factor = "B"` (default)
 moves B in round 1 (A0 is random and full rank, so dW pinv(A0) keeps all of dW's row-space part) and
@@ -50,8 +57,15 @@ Beyond the paper (off by default; docs/BENCHMARKS.md measures them on W4):
     parts; twice the broadcast values at the same drop rate. One factor a round throws away most of
     what the clients learnt in the other (see BENCHMARKS, "FedSRD's loss gap on W4").
   download_dtype="bf16": the server rounds the broadcast delta to bfloat16 before applying it, and
-    the default downlink becomes `sparse > narrow`, which writes bf16-exact values in 2 bytes and
+    the default downlink becomes `seeded > narrow`, which writes bf16-exact values in 2 bytes and
     anything else (the catch-up C) in 4, losslessly: clients stay bit-identical, a value costs half.
+  download_bits=k (2..8): the same with each moved tensor rounded to the nearest point of a k-bit
+    grid c * 2**e (|c| <= 2**(k-1) - 1, e the smallest that holds the tensor's largest entry; nearest,
+    deterministic), and the downlink `seeded > grid(bits=k)`: k bits a value, still lossless. The
+    rounding error is not lost: the next round's dW is measured from the adapter actually applied.
+Uploads through a lossy value stage: uplink.codec = "sparse > quantize(bits=4, rounding=stochastic)"
+(2 bits likewise) with uplink.error_feedback = true quantizes the kept values; the error feedback
+adds its memory only where the next upload is non-zero (codecs/sender.py), so uploads stay sparse.
   projection_damping=d: pinv(B0) amplifies dW along B0's weak directions by 1/s, and a B trained a
     few steps from zero is badly conditioned; with no download mask (whose noise hides it) the
     A-round moves some rows of A far more than their size and training diverges (see BENCHMARKS).
@@ -65,11 +79,13 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..codecs.grid import snap
+from ..codecs.seeded import seed_marker
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import ClientUpdate, Message, Method, MethodContext
+from .base import MASK_SEED, ClientUpdate, Message, Method, MethodContext, without_markers
 
 STATE_PREFIX = "global_delta/"
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -85,6 +101,12 @@ class FedSRDParams(BaseModel):
     download_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="precision of the broadcast values (bf16: half the bytes per kept value)"
     )
+    download_bits: int | None = Field(
+        None, ge=2, le=8, description="round the broadcast to a k-bit grid per tensor (None: download_dtype)"
+    )
+    download_mask: Literal["seeded", "bernoulli"] = Field(
+        "seeded", description="seeded: drawn by both ends, positions not sent; bernoulli: positions sent"
+    )
     moves: Literal["one", "both"] = Field(
         "one", description="factors moved per round: one (alternating, the paper) or both (that one, then the other)"
     )
@@ -97,6 +119,12 @@ class FedSRDParams(BaseModel):
     reconstruct: bool = Field(True, description="aggregate sum w_i B_i A_i (false: average A and B apart)")
     decompose: bool = Field(True, description="alternating one-factor sparse broadcast (false: dense SVD factors)")
     adaptive_ratio: bool = Field(True, description="kurtosis-adaptive upload ratio (false: base_ratio)")
+
+    @model_validator(mode="after")
+    def _one_rounding(self):
+        if self.download_bits is not None and self.download_dtype != "fp32":
+            raise ValueError("download_bits rounds the broadcast itself: leave download_dtype at fp32")
+        return self
 
 
 class FedSRD(Method):
@@ -121,8 +149,14 @@ class FedSRD(Method):
 
     @property
     def default_downlink(self) -> str:  # type: ignore[override]
-        # narrow: 2 bytes per bf16-exact value, still lossless for the fp32 catch-up message
-        return "sparse > narrow" if self.params.download_dtype == "bf16" else "sparse"
+        p = self.params
+        seeded = p.decompose and p.download_drop > 0 and p.download_mask == "seeded"
+        structure = "seeded" if seeded else "sparse"
+        # narrow / grid: bf16-exact / on-grid values in 2 bytes / k bits, still lossless for the
+        # fp32 catch-up message
+        if p.download_bits is not None:
+            return f"{structure} > grid(bits={p.download_bits})"
+        return f"{structure} > narrow" if p.download_dtype == "bf16" else structure
 
     # ---- messages ------------------------------------------------------------------------------
     def broadcast(self, rnd: int, client: int) -> Message | None:
@@ -140,7 +174,7 @@ class FedSRD(Method):
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
             whole = getattr(message, "whole", False)
-            message = {k: v.to(init[k].dtype) for k, v in message.items()}
+            message = {k: v.to(init[k].dtype) for k, v in without_markers(message).items()}
             if whole:
                 cumulative = message
             else:
@@ -189,9 +223,11 @@ class FedSRD(Method):
             self.cumulative = {
                 k: self.cumulative[k] + delta[k] if k in delta else self.cumulative[k] for k in self.cumulative
             }
-            self.last_delta = delta
             nonzero = sum(int(v.count_nonzero()) for v in delta.values())
             metrics = {"factor": factor, "broadcast_nonzero": nonzero}
+            if self._seeded_mask():  # the marker rides with the delta (and its checkpoint)
+                delta[MASK_SEED] = seed_marker(self._mask_seed(rnd))
+            self.last_delta = delta
         else:
             new = self._dense_factors(updates, weights)
             self.cumulative = {k: new[k] - self.ctx.init_adapter[k] for k in self.cumulative}
@@ -233,6 +269,7 @@ class FedSRD(Method):
         moves="both", then the other factor's, projected from what the first left of dW."""
         p = self.params
         rng = lm.generator_for(self.ctx.seed, rnd, "broadcast")
+        seed = self._mask_seed(rnd)
         order = [factor] + ([{"A": "B", "B": "A"}[factor]] if p.moves == "both" else [])
         delta: Tensors = {}
         for pair in self.pairs:
@@ -244,14 +281,27 @@ class FedSRD(Method):
                     name, moved = pair.a, lm.project_onto_a(b, left, right, p.projection_damping)
                 else:
                     name, moved = pair.b, lm.project_onto_b(a, left, right, p.projection_damping)
-                moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
+                if self._seeded_mask():
+                    moved = lm.seeded_drop(moved, p.download_drop, seed, name, rescale=p.rescale)
+                else:
+                    moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
                 # Rounded to the wire's precision here, so what the server applies is what clients decode.
-                delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
+                if p.download_bits is not None:
+                    delta[name] = snap(moved.to(self.adapter[name].dtype), p.download_bits)
+                else:
+                    delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
                 if moved_factor == "A":
                     a = a + delta[name]
                 else:
                     b = b + delta[name]
         return delta
+
+    def _seeded_mask(self) -> bool:
+        return self.params.download_mask == "seeded" and self.params.download_drop > 0
+
+    def _mask_seed(self, rnd: int) -> int:
+        """The broadcast mask's seed: (seed, round); each tensor's mask then by its name (seeded.py)."""
+        return lm.mask_seed(self.ctx.seed, rnd, "broadcast")
 
     def _dense_factors(self, updates, weights) -> Tensors:
         """decompose=false: the new adapter itself, (U_r S_r^(1/2), S_r^(1/2) V_r^T) or (B_bar, A_bar)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..codecs.seeded import seeded_positions
 from ..errors import ConfigError
 
 A_SUFFIX = ".lora_A.weight"
@@ -137,6 +138,28 @@ def l1_rescale(kept: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     if kept_l1.item() <= 0.0:
         return kept
     return kept * (original.abs().sum() / kept_l1).to(kept.dtype)
+
+
+def seeded_drop(t: torch.Tensor, p: float, seed: int, name: str, rescale: bool = True) -> torch.Tensor:
+    """Keep k = round((1 - p) n) entries (at least one), the seeded_positions of (seed, name), and zero
+    the rest; survivors times 1/(1-p) when `rescale`. A uniformly random k-subset, so E[output] = t
+    up to k/n vs 1 - p; both ends redraw the mask from (seed, name), so its positions never travel."""
+    if p <= 0.0:
+        return t.clone()
+    n = t.numel()
+    k = min(n, max(1, int((1.0 - p) * n + 0.5))) if n else 0
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.from_numpy(seeded_positions(seed, name, n, k))] = True
+    out = torch.where(keep.view(t.shape).to(t.device), t, torch.zeros((), dtype=t.dtype, device=t.device))
+    if rescale:
+        out = out / (1.0 - p)
+    return out
+
+
+def mask_seed(*keys: int | str) -> int:
+    """A 64-bit mask seed from a stable hash of `keys` (e.g. seed, round, purpose)."""
+    digest = hashlib.sha256(repr(keys).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def random_drop(t: torch.Tensor, p: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:

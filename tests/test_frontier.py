@@ -16,9 +16,9 @@ def _r(name, mb, loss):
 RESULTS = [
     _r("fedavg", 100, 3.00),
     _r("fedavg-bf16", 50, 3.00),
-    _r("fedsrd-paper-q4", 4, 3.02),  # +0.67%: within, and the cheapest within
-    _r("fedsrd-keep2-q4", 2, 3.05),  # +1.67%: cheaper still, but outside
-    _r("gradualdiff-top0.5-q8", 20, 3.01),  # within, dominated by fedsrd-paper-q4? no: lower loss
+    _r("fedsrd-b8-q4", 4, 3.02),  # +0.67%: within, and the cheapest within
+    _r("fedsrd-keep5-b4-q4", 2, 3.05),  # +1.67%: cheaper still, but outside
+    _r("gradualdiff-top0.5-q8", 20, 3.01),  # within, dominated by fedsrd-b8-q4? no: lower loss
     _r("gradualdiff-top0.2-q4", 30, 3.04),  # dominated (more bytes, worse loss than 20 MB at 3.01)
     _r("fed-sb-r16", 1, 3.10),
 ]
@@ -27,24 +27,24 @@ RESULTS = [
 def test_pareto_keeps_only_undominated_points_cheapest_first():
     front = [p["method"] for p in frontier.pareto(RESULTS)]
     # 1 MB 3.10 < 2 MB 3.05 < 4 MB 3.02 < 20 MB 3.01 < 50 MB 3.00; 100 MB at 3.00 ties 50 MB: dominated
-    assert front == ["fed-sb-r16", "fedsrd-keep2-q4", "fedsrd-paper-q4", "gradualdiff-top0.5-q8", "fedavg-bf16"]
+    assert front == ["fed-sb-r16", "fedsrd-keep5-b4-q4", "fedsrd-b8-q4", "gradualdiff-top0.5-q8", "fedavg-bf16"]
 
 
 def test_verdicts_per_family_and_ratios_against_both_references():
     a = frontier.analyse(RESULTS)
     assert a["limit"] == pytest.approx(3.03)
     points = {p["row"]: p for p in a["points"]}
-    assert points["fedsrd-paper-q4"]["vs_fp32"] == pytest.approx(0.04)
-    assert points["fedsrd-paper-q4"]["vs_bf16"] == pytest.approx(0.08)
-    assert points["fedsrd-paper-q4"]["within"] and not points["fedsrd-keep2-q4"]["within"]
+    assert points["fedsrd-b8-q4"]["vs_fp32"] == pytest.approx(0.04)
+    assert points["fedsrd-b8-q4"]["vs_bf16"] == pytest.approx(0.08)
+    assert points["fedsrd-b8-q4"]["within"] and not points["fedsrd-keep5-b4-q4"]["within"]
     assert not points["gradualdiff-top0.2-q4"]["pareto"]
     fams = a["families"]
-    assert fams["fedsrd"]["cheapest_within"] == "fedsrd-paper-q4"
+    assert fams["fedsrd"]["cheapest_within"] == "fedsrd-b8-q4"
     assert fams["gradualdiff"]["cheapest_within"] == "gradualdiff-top0.5-q8"
     assert fams["fed-sb"] == {"cheapest_within": None, "best_loss": "fed-sb-r16"}
     assert fams["fedavg"]["cheapest_within"] == "fedavg-bf16"
     text = frontier.markdown(a)
-    assert "- fedsrd: fedsrd-paper-q4, 4.00% of FedAvg's bytes (8.00% of bf16), loss +0.67%" in text
+    assert "- fedsrd: fedsrd-b8-q4, 4.00% of FedAvg's bytes (8.00% of bf16), loss +0.67%" in text
     assert "- fed-sb: none within; its best loss fed-sb-r16 at +3.33% (1.00% of the bytes)" in text
 
 

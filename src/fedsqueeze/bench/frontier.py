@@ -25,14 +25,18 @@ def _fedavg_chain(fraction: float, bits: int) -> dict:
     }
 
 
-def _fedsrd(keep: float | None, bits: int | None) -> dict:
-    """keep: fraction of upload entries kept (None: the paper's kurtosis-adaptive ratio);
-    bits: uplink values quantized to this many bits (None: the default fp32 values)."""
-    row: dict = {"method": "fedsrd", "params": {"download_dtype": "bf16"}}
+def _fedsrd(keep: float | None = None, up_bits: int | None = None, down_bits: int | None = None, **params) -> dict:
+    """keep: fraction of upload entries kept (None: the paper's kurtosis-adaptive ratio); up_bits:
+    upload values quantized (stochastic rounding, error feedback; None: fp32); down_bits: the
+    broadcast rounded to a k-bit grid by the server (None: fp32)."""
+    row: dict = {"method": "fedsrd", "params": dict(params)}
     if keep is not None:
         row["params"].update(adaptive_ratio=False, base_ratio=round(1.0 - keep, 6))
-    if bits is not None:
-        row["uplink"] = {"codec": f"sparse > quantize(bits={bits})", "error_feedback": True}
+    if down_bits is not None:
+        row["params"]["download_bits"] = down_bits
+    if up_bits is not None:
+        codec = f"sparse > quantize(bits={up_bits}, rounding=stochastic)"
+        row["uplink"] = {"codec": codec, "error_feedback": True}
     return row
 
 
@@ -53,11 +57,12 @@ SWEEP: dict[str, dict[str, dict]] = {
         f"fedavg-top{f:g}-q{b}": _fedavg_chain(f, b) for f, b in ((0.1, 8), (0.05, 4), (0.02, 4), (0.01, 4))
     },
     "fedsrd": {
-        "fedsrd-paper-bf16down": _fedsrd(None, None),
-        "fedsrd-paper-q4": _fedsrd(None, 4),
-        "fedsrd-paper-q2": _fedsrd(None, 2),
-        "fedsrd-keep5-q4": _fedsrd(0.05, 4),
-        "fedsrd-keep2-q4": _fedsrd(0.02, 4),
+        "fedsrd": _fedsrd(),  # the paper's defaults, today's coding (seeded broadcast positions)
+        "fedsrd-b8-q4": _fedsrd(down_bits=8, up_bits=4),  # the same algorithm, fewer bits a value
+        "fedsrd-b4-q4": _fedsrd(down_bits=4, up_bits=4),
+        "fedsrd-b4-q2": _fedsrd(down_bits=4, up_bits=2),
+        "fedsrd-keep5-b4-q4": _fedsrd(0.05, down_bits=4, up_bits=4),
+        "fedsrd-both-keep12-b8-q4": _fedsrd(0.12, 4, 8, moves="both", projection_damping=0.02),
     },
     "gradualdiff": {
         f"gradualdiff-top{f:g}-q{b}": _gradualdiff(f, b) for f, b in ((0.5, 8), (0.2, 4), (0.05, 4), (0.02, 4))

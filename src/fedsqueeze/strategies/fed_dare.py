@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import ClientUpdate, Method
+from .base import ClientUpdate, MeanOfDeltas, Method
 
 
 class FedDAREParams(BaseModel):
@@ -21,7 +21,7 @@ class FedDAREParams(BaseModel):
     p: float = Field(0.9, ge=0.0, lt=1.0, description="probability of dropping each uploaded entry")
 
 
-class FedDARE(Method):
+class FedDARE(MeanOfDeltas, Method):
     name = "fed-dare"
     Params = FedDAREParams
     default_uplink = "sparse"
@@ -37,3 +37,7 @@ class FedDARE(Method):
             for k, v in u.tensors.items():
                 self.adapter[k] = self.adapter[k] + w * v.to(self.adapter[k].dtype)
         return {}
+
+    @classmethod
+    def upload_selection(cls, params) -> str | None:
+        return "drops entries with a mask seeded by a hash of the trained adapter"

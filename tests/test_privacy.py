@@ -177,8 +177,6 @@ def test_select_first_with_a_data_dependent_mask_is_refused_unless_allowed():
         (["privacy.mode=central", "method=cg-fedllm"], "cannot run method 'cg-fedllm'.*autoencoder"),
         (["privacy.mode=central", "method=local"], "not federated"),
         (["privacy.mode=local", "method=centralized"], "not federated"),
-        (["privacy.mode=central", "train.weighting=examples"], "train.weighting.*uniform"),
-        (["privacy.mode=central", "server.norm_factor=5.0"], "server.norm_factor"),
         (["privacy.mode=local", "privacy.adaptive_clipping=true"], "adaptive_clipping.*central"),
         (["privacy.mode=central", "privacy.order=select-first"], "privacy.order"),
         (["privacy.mode=central", "privacy.target_epsilon=2"], "exactly one"),

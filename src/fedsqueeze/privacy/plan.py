@@ -108,6 +108,8 @@ class Plan:
             f"privacy: {where} | noise multiplier {self.z:.4g} | clip {self.clip_norm:g} | noise std {std:.3g} "
             f"| ends at epsilon {self.epsilon(self.rounds):.4g} (delta {self.delta:g}, {NAME})"
         )
+        if self.mode == "central":
+            line += " | uniform weights, server.norm_factor not applied"
         if self.unproven:
             line += " | NO FORMAL GUARANTEE: " + "; ".join(self.unproven)
         return line
@@ -127,6 +129,8 @@ class Plan:
             "guarantee": self.guarantee,
             "reproducible_noise": self.noise_seed is not None,
         }
+        if self.mode == "central":
+            out.update(weighting="uniform", norm_factor_applied=False)
         if self.count_std is not None:
             out.update(final_clip_norm=clip_norm, sum_noise_multiplier=self.z_sum, clipped_count_stddev=self.count_std)
         return out

@@ -5,6 +5,12 @@ another value) is always a ConfigError; an unproven combination (it runs, but so
 data-dependent information leaves the protected boundary) is a ConfigError unless
 `privacy.allow_unproven = true`, and then summary.json says "no formal guarantee: <reasons>".
 The reasons per method and codec are tabulated in docs/PRIVACY.md.
+
+Two server settings are overridden rather than refused under central mode (a saved config.toml
+names every key, so "set on purpose" cannot be told from a default): the aggregate weighs every
+client the same (train.weighting), and server.norm_factor (rejecting an upload by the median of the
+others' norms, which makes one client's admission depend on the others' data) is not applied.
+The console line and summary.json say so.
 """
 
 from __future__ import annotations
@@ -70,17 +76,6 @@ def refusals(cfg) -> list[str]:
         why = cls.central_dp_support(params) if params is not None else None
         if why:
             out.append(f"config key 'privacy.mode': 'central' cannot run method {cfg.method!r}: {why}; allowed: local")
-        if "weighting" in cfg.train.model_fields_set and cfg.train.weighting != "uniform":
-            out.append(
-                "config key 'train.weighting': under privacy.mode = 'central' every client's contribution "
-                "counts the same (weights by example counts would change the sensitivity); allowed: uniform"
-            )
-        if "norm_factor" in cfg.server.model_fields_set and cfg.server.norm_factor is not None:
-            out.append(
-                "config key 'server.norm_factor': under privacy.mode = 'central' whether one client is admitted "
-                "may not depend on the others' updates (a median of their norms); the clip bounds every norm; "
-                "allowed: unset (not applied)"
-            )
     return out
 
 

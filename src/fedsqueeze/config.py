@@ -288,7 +288,7 @@ class PrivacyConfig(Section):
     the run ends at `target_epsilon` for `delta`."""
 
     mode: Literal["none", "central", "local"] = "none"
-    clip_norm: float = Field(0.1, gt=0)
+    clip_norm: float = Field(1.0, gt=0)
     """L2 bound of one client's contribution (the starting bound under adaptive_clipping)."""
     noise_multiplier: float | None = Field(None, gt=0)
     """Noise std over the L2 sensitivity (dp-accounting's definition; the sensitivity is 2 x clip_norm:

@@ -196,7 +196,7 @@ def test_delta_is_required():
 
 def test_adaptive_clipping_needs_count_noise_above_the_multiplier():
     with pytest.raises(ConfigError, match="clipped_count_stddev"):
-        Plan.of(_cfg("privacy.mode=central", "privacy.adaptive_clipping=true"), 4)  # 4 / 20 < 1
+        _cfg("privacy.mode=central", "privacy.adaptive_clipping=true")  # 4 / 20 < 1
     plan = Plan.of(
         _cfg("privacy.mode=central", "privacy.adaptive_clipping=true", "privacy.clipped_count_stddev=2.0"), 4
     )

@@ -146,3 +146,19 @@ def test_local_noise_in_flowers_simulation_engine(tmp_path, corpus, cli):
     for k, v in _adapter(tmp_path / "local").items():
         torch.testing.assert_close(v, _adapter(tmp_path / "sim")[k], rtol=1e-4, atol=1e-6)
     assert _summary(tmp_path / "sim")["privacy"]["epsilon"] == _summary(tmp_path / "local")["privacy"]["epsilon"]
+
+
+def test_adaptive_clipping_moves_the_bound_between_rounds(tmp_path, corpus):
+    cfg = tiny_config(tmp_path, corpus, **{"train.rounds": "3"})
+    sets = [
+        "privacy.mode=central",
+        "privacy.noise_multiplier=1.0",
+        "privacy.delta=1e-5",
+        "privacy.adaptive_clipping=true",
+        "privacy.clipped_count_stddev=2.0",
+        "privacy.clip_norm=0.01",
+    ]
+    summary = _run(cfg, tmp_path / "out", sets)
+    bounds = [r["dp_clip_norm"] for r in _rows(tmp_path / "out")]
+    assert bounds[0] == 0.01 and len(set(bounds)) == 3  # it moves every round (noised count)
+    assert summary["privacy"]["sum_noise_multiplier"] > 1.0 and summary["privacy"]["final_clip_norm"] == bounds[-1]

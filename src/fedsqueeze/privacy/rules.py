@@ -34,7 +34,16 @@ def check(cfg) -> None:
             + "; ".join(why)
             + " (set privacy.allow_unproven = true to run it anyway, labelled so in summary.json)"
         )
-    noise_multiplier(cfg)  # an unreachable target_epsilon is a config error too
+    z = noise_multiplier(cfg)  # an unreachable target_epsilon is a config error too
+    p = cfg.privacy
+    if p.adaptive_clipping:
+        count_std = p.clipped_count_stddev if p.clipped_count_stddev is not None else per_round(cfg) / 20
+        if count_std <= z:
+            raise ConfigError(
+                f"config key 'privacy.clipped_count_stddev': {count_std:g} must be above the noise multiplier "
+                f"{z:.4g} for adaptive clipping to fit in the budget (1/z^2 = 1/z_sum^2 + 1/s^2); allowed: "
+                f"> {z:.4g}, or privacy.adaptive_clipping = false"
+            )
 
 
 def _method(cfg):

@@ -281,6 +281,36 @@ class FaultsConfig(Section):
     """`scale` multiplies the upload by this, `sign-flip` by minus this."""
 
 
+class PrivacyConfig(Section):
+    """Client-level differential privacy (docs/PRIVACY.md): `central` (the server clips each client's
+    contribution and noises the round's mean) or `local` (each client clips and noises its own update
+    before anything leaves it). The noise is `noise_multiplier`, or calibrated by the accountant so
+    the run ends at `target_epsilon` for `delta`."""
+
+    mode: Literal["none", "central", "local"] = "none"
+    clip_norm: float = Field(1.0, gt=0)
+    """L2 bound of one client's contribution (the starting bound under adaptive_clipping)."""
+    noise_multiplier: float | None = Field(None, gt=0)
+    """Noise std over the L2 sensitivity (dp-accounting's definition; the sensitivity is 2 x clip_norm:
+    a client's data replaced). None: calibrated from target_epsilon."""
+    target_epsilon: float | None = Field(None, gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+    adaptive_clipping: bool = False
+    """central: the bound follows `target_quantile` of the clients' update norms (Andrew et al. 2021)."""
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_learning_rate: float = Field(0.2, gt=0)
+    clipped_count_stddev: float | None = Field(None, gt=0)
+    """adaptive_clipping: noise std on the count of unclipped clients (None: clients per round / 20)."""
+    order: Literal["noise-first", "select-first"] = "noise-first"
+    """local: noise the whole update, then the method selects (keeps the guarantee), or let the method
+    select on the clean update and noise only what it kept (Fed-SMP's cheaper order; positions leak)."""
+    allow_unproven: bool = False
+    """Run a combination that voids the guarantee, labelled "no formal guarantee" in summary.json."""
+    noise_seed: int | None = None
+    """Tests only: noise (and the secret client sampling) from this seed instead of os.urandom;
+    anyone with the config can then subtract the noise, and the summary says so."""
+
+
 class Config(Section):
     method: str = "fedavg"
     seed: int = 0
@@ -296,6 +326,7 @@ class Config(Section):
     hybrid: HybridConfig = HybridConfig()
     server: ServerConfig = ServerConfig()
     faults: FaultsConfig = FaultsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 
@@ -447,6 +478,10 @@ def validate(raw: dict) -> Config:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
         )
+    if cfg.privacy.mode != "none":
+        from .privacy.rules import check
+
+        check(cfg)
     return cfg
 
 

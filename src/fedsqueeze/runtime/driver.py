@@ -190,7 +190,9 @@ class Driver:
         k = self.s.cfg.train.clients_per_round
         if k is None or k >= len(pool):
             return pool
-        return sorted(random.Random(f"{self.s.cfg.seed}/sample/{rnd}").sample(pool, k))
+        # Central DP: the sample must be secret for the accountant's amplification by sampling.
+        key = self.server.noise.sampling_seed if self.server.noise is not None else self.s.cfg.seed
+        return sorted(random.Random(f"{key}/sample/{rnd}").sample(pool, k))
 
     def run_round(self, rnd: int) -> dict:
         t0 = time.perf_counter()
@@ -273,7 +275,10 @@ class Driver:
             for up, _, tensors in decoded
             if tensors is not None
         ]
-        rejected.update(screen(self.s.method, rnd, candidates, self.s.cfg.server))
+        server = self.s.cfg.server
+        if self.server.noise is not None:  # one client's admission may not depend on the others' data
+            server = server.model_copy(update={"norm_factor": None})
+        rejected.update(screen(self.s.method, rnd, candidates, server))
         for up, staleness, tensors in decoded:
             if up.client in rejected:
                 self.progress.log(f"round {rnd}: rejected client {up.client}'s upload: {rejected[up.client]}")
@@ -383,6 +388,8 @@ def describe(s: Session, log) -> None:
         f"adapter {numel:,} params ({numel * 4 / 1e6:.2f} MB fp32)"
     )
     log(s.placement.describe())
+    if s.privacy is not None:
+        log(s.privacy.describe())
     rule = CloseRule.of(s.cfg.hybrid)
     if rule.keep_late:
         log(
@@ -443,6 +450,9 @@ def finish(
     }
     if undelivered:
         summary["bytes_undelivered"] = undelivered
+    if s.privacy is not None:
+        clip_norm = next((r["dp_clip_norm"] for r in reversed(rows) if "dp_clip_norm" in r), s.privacy.clip_norm)
+        summary["privacy"] = s.privacy.summary(rounds_done, clip_norm)
     if "eval_by" in final:
         summary["eval_by"] = final["eval_by"]
     if "ood_eval_loss" in final:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import time
 
+import torch
+
 from ..client import faults, train_client
 from ..codecs import build_codec
 from ..metrics import Ledger
@@ -31,6 +33,12 @@ class ClientRole:
         self.state: Tensors = {}
         self.sender = session.uplink_sender()
         self.decoder = session.downlink_decoder()
+        plan = session.privacy
+        self.noise = None
+        if plan is not None and plan.mode == "local":
+            from ..privacy.local import LocalNoise
+
+            self.noise = LocalNoise(plan, client)
 
     def handle(
         self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
@@ -62,12 +70,19 @@ class ClientRole:
             "num_examples": s.federation.clients[self.client].num_examples,
             **peaks(s.placement.device),
         }
+        select_first = self.noise is not None and s.cfg.privacy.order == "select-first"
+        if self.noise is not None:
+            metrics["train_loss"] = float("nan")  # a clean statistic of the data: it stays here
+            if not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
+                trained = self.noise.noise_first(rnd, start, trained, method.trainable)
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
             upload = method.client_upload(self.state, start, trained)
         finally:
             for key in snapshots:
                 self.state.pop(key, None)
+        if select_first and upload is not None:
+            upload = self.noise.select_first(rnd, upload)
         blob = None
         if upload is not None:
             t0 = time.perf_counter()
@@ -90,11 +105,16 @@ class ClientRole:
             return build_codec("fp32", self.s.adapter.layout).encode(tensors)
 
     def state_dict(self) -> Tensors:
-        return {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
+        state = {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
+        if self.noise is not None and self.noise.secret is not None:  # the client's own; never sent
+            state["privacy/secret"] = torch.tensor([self.noise.secret], dtype=torch.int64)
+        return state
 
     def load_state_dict(self, state: Tensors) -> None:
         self.state = {k: v.clone() for k, v in unprefixed("state/", state).items()}
         self.sender.load_state_dict(unprefixed("sender/", state))
+        if self.noise is not None and "privacy/secret" in state:
+            self.noise.secret = int(state["privacy/secret"][0])
 
 
 class ServerRole:
@@ -112,6 +132,11 @@ class ServerRole:
         self.client_peaks: list[dict] = []
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
+        self.noise = None  # central DP: the server's clipping and noise (privacy/central.py)
+        if session.privacy is not None and session.privacy.mode == "central":
+            from ..privacy.central import CentralNoise
+
+            self.noise = CentralNoise(session.privacy)
 
     def broadcast(self, rnd: int, clients: list[int]) -> dict[int, bytes | None]:
         """The round's downlink; every round starts here, so the round's memory peak starts here too."""
@@ -181,12 +206,17 @@ class ServerRole:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and
         returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
-        method_metrics = self.method.aggregate(rnd, updates)
+        if self.noise is not None:
+            method_metrics = self.noise.aggregate(self.method, rnd, updates)
+        else:
+            method_metrics = self.method.aggregate(rnd, updates)
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]
         record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
         record.update(method_metrics or {})
+        if self.s.privacy is not None:
+            record["epsilon"] = self.s.privacy.epsilon(rnd)  # a bound for every client after rnd rounds
         self.updates, self.train_losses = [], {}
         self.ledger.drop_round(rnd)
         return record
@@ -206,9 +236,14 @@ class ServerRole:
 
     def state_dict(self) -> Tensors:
         """The server's own state; what it keeps per client is in the store (flushed with it)."""
-        return prefixed("method/", self.method.state_dict())
+        state = prefixed("method/", self.method.state_dict())
+        if self.noise is not None:  # its secret too, so a resumed run draws the same noise
+            state.update(prefixed("privacy/", self.noise.state_dict()))
+        return state
 
     def load_state_dict(self, state: Tensors) -> None:
         self.method.load_state_dict(unprefixed("method/", state))
+        if self.noise is not None:
+            self.noise.load_state_dict(unprefixed("privacy/", state))
         for c, sender in unnested("down/", state).items():  # a checkpoint from before the store
             self.store.put(c, prefixed("down/", sender))

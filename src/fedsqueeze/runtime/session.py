@@ -32,6 +32,8 @@ class Session:
     uplink_spec: str
     downlink_spec: str
     placement: Placement
+    privacy: object = None
+    """privacy.plan.Plan under privacy.mode = central | local, else None."""
 
     @classmethod
     def build(cls, cfg: Config, log=print, caps=None) -> Session:
@@ -65,6 +67,10 @@ class Session:
             cfg.downlink.codec or method.default_downlink,
             placement,
         )
+        if cfg.privacy.mode != "none":
+            from ..privacy.plan import Plan
+
+            session.privacy = Plan.of(cfg, len(federation.clients))
         down = session.downlink_sender().codec  # also validates both specs before any training
         session.uplink_sender()
         if method.lossless_downlink and not down.lossless:

@@ -255,6 +255,35 @@ class Method:
             self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes) if self.trainable(n)}
         return self._shapes
 
+    # ---- differential privacy (privacy/, docs/PRIVACY.md) ---------------------------------------
+    def dp_contribution(self, update: ClientUpdate) -> Tensors:
+        """Central DP: the tensors of one client's contribution, such that this round's aggregate is
+        a function of their uniform mean alone (clipped and noised by the server in between)."""
+        raise NotImplementedError
+
+    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
+        """Central DP: the new global state from the noised mean of the contributions (`updates`
+        only for who took part, never their values). Returns metrics for rounds.jsonl."""
+        raise NotImplementedError
+
+    @classmethod
+    def central_dp_support(cls, params) -> str | None:
+        """Why central DP cannot run this method; None when dp_contribution / dp_aggregate express it."""
+        if cls.dp_contribution is Method.dp_contribution:
+            return "its aggregate is not declared as a function of the mean of per-client contributions"
+        return None
+
+    @classmethod
+    def upload_selection(cls, params) -> str | None:
+        """How client_upload chooses what it sends by the update's own values (say so: local DP's
+        select-first order then leaks the positions); None: it sends all of it, or chooses blind."""
+        return None
+
+    @classmethod
+    def local_dp_problem(cls, params) -> str | None:
+        """What else, un-noised, leaves a client under local DP (noise-first), or None."""
+        return None
+
     def update_values(self, tensors: Tensors) -> Tensors:
         """The tensors whose values are the update (checked finite, and their norm bounded)."""
         return tensors
@@ -271,3 +300,15 @@ class Method:
     def final_adapter(self, client_states: list[Tensors]) -> Tensors:
         """What the run saves as adapter/ (and judges on the out-of-domain set)."""
         return self.global_adapter()
+
+
+class MeanOfDeltas:
+    """Central DP for methods whose aggregate is global += the mean of the uploaded deltas."""
+
+    def dp_contribution(self, update: ClientUpdate) -> Tensors:
+        return without_markers(update.tensors)  # a mask seed is not part of the update
+
+    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
+        for k, v in mean.items():
+            self.adapter[k] = self.adapter[k] + v.to(self.adapter[k].dtype)
+        return {}

@@ -132,6 +132,22 @@ class CGFedLLM(Method):
     default_uplink = "zstd"
     default_downlink = "fp32"
 
+    @classmethod
+    def central_dp_support(cls, params) -> str | None:
+        return (
+            "its server trains the autoencoder on the clients' exact TGAP updates and broadcasts its weights "
+            "(un-noised client data on the downlink), and decodes each client's latents with that client's copy"
+        )
+
+    @classmethod
+    def local_dp_problem(cls, params) -> str | None:
+        if params.tgap_snapshots > 1:
+            return (
+                f"params.tgap_snapshots = {params.tgap_snapshots}: TGAP uploads carry the adapter at earlier local "
+                "steps, un-noised (use 1)"
+            )
+        return None
+
     def __init__(self, params: CGFedLLMParams, ctx: MethodContext):
         super().__init__(params, ctx)
         p = params

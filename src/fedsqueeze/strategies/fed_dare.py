@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..codecs.seeded import seed_marker
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import MASK_SEED, ClientUpdate, Method, without_markers
+from .base import MASK_SEED, ClientUpdate, MeanOfDeltas, Method, without_markers
 
 
 class FedDAREParams(BaseModel):
@@ -25,7 +25,7 @@ class FedDAREParams(BaseModel):
     p: float = Field(0.9, ge=0.0, lt=1.0, description="probability of dropping each uploaded entry")
 
 
-class FedDARE(Method):
+class FedDARE(MeanOfDeltas, Method):
     name = "fed-dare"
     Params = FedDAREParams
     default_uplink = "seeded"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import ClientUpdate, Method, NoParams
+from .base import ClientUpdate, MeanOfDeltas, Method, NoParams
 
 
 class FedAvgParams(NoParams):
@@ -14,7 +14,7 @@ class FedAvgParams(NoParams):
     adapter itself, as in FedIT (bit-exact with centralized training for a single client)."""
 
 
-class FedAvg(Method):
+class FedAvg(MeanOfDeltas, Method):
     name = "fedavg"
     Params = FedAvgParams
 
@@ -31,3 +31,9 @@ class FedAvg(Method):
             mean = sum(w * u.tensors[k] for w, u in zip(weights, updates))
             self.adapter[k] = mean if self.params.upload == "adapter" else self.adapter[k] + mean
         return {}
+
+    def dp_contribution(self, update: ClientUpdate):
+        """The client's change to the global adapter (upload = "adapter": trained minus global)."""
+        if self.params.upload == "adapter":
+            return {k: v - self.adapter[k] for k, v in update.tensors.items()}
+        return dict(update.tensors)

@@ -217,9 +217,13 @@ class FedSRD(Method):
         if not updates:
             return {}
         weights = lm.normalized(self.weights(updates))  # W is an average of B_i A_i
+        return self._finish(rnd, lambda pair: self._target(pair, updates, weights), updates)
+
+    def _finish(self, rnd: int, target, updates: list[ClientUpdate]) -> dict:
+        """Decompose (or split) each layer's target(pair) = (L, R), L @ R = the new W_r, and apply it."""
         if self.params.decompose:
             factor = self.moved_factor(rnd)
-            delta = self._decomposed_delta(rnd, factor, updates, weights)
+            delta = self._decomposed_delta(rnd, factor, target)
             self.cumulative = {
                 k: self.cumulative[k] + delta[k] if k in delta else self.cumulative[k] for k in self.cumulative
             }
@@ -229,7 +233,7 @@ class FedSRD(Method):
                 delta[MASK_SEED] = seed_marker(self._mask_seed(rnd))
             self.last_delta = delta
         else:
-            new = self._dense_factors(updates, weights)
+            new = self._dense_factors(target)
             self.cumulative = {k: new[k] - self.ctx.init_adapter[k] for k in self.cumulative}
             self.last_delta = {}
             metrics = {}
@@ -264,7 +268,7 @@ class FedSRD(Method):
         u, s, v = lm.truncated_svd_factored(left, right, rank=self.adapter[pair.a].shape[0])
         return u * s[None, :], v.T
 
-    def _decomposed_delta(self, rnd: int, factor: str, updates, weights) -> Tensors:
+    def _decomposed_delta(self, rnd: int, factor: str, target) -> Tensors:
         """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask); with
         moves="both", then the other factor's, projected from what the first left of dW."""
         p = self.params
@@ -273,10 +277,10 @@ class FedSRD(Method):
         order = [factor] + ([{"A": "B", "B": "A"}[factor]] if p.moves == "both" else [])
         delta: Tensors = {}
         for pair in self.pairs:
-            target = self._target(pair, updates, weights)
+            layer = target(pair)
             b, a = self.adapter[pair.b], self.adapter[pair.a]
             for moved_factor in order:
-                left, right = lm.delta_w_factored(*target, b, a)  # what is still missing
+                left, right = lm.delta_w_factored(*layer, b, a)  # what is still missing
                 if moved_factor == "A":
                     name, moved = pair.a, lm.project_onto_a(b, left, right, p.projection_damping)
                 else:
@@ -303,12 +307,12 @@ class FedSRD(Method):
         """The broadcast mask's seed: (seed, round); each tensor's mask then by its name (seeded.py)."""
         return lm.mask_seed(self.ctx.seed, rnd, "broadcast")
 
-    def _dense_factors(self, updates, weights) -> Tensors:
+    def _dense_factors(self, target) -> Tensors:
         """decompose=false: the new adapter itself, (U_r S_r^(1/2), S_r^(1/2) V_r^T) or (B_bar, A_bar)."""
         new: Tensors = {}
         for pair in self.pairs:
             rank = self.adapter[pair.a].shape[0]
-            left, right = self._target(pair, updates, weights)
+            left, right = target(pair)
             if self.params.reconstruct:
                 b, a = lm.balanced_factors(*lm.truncated_svd_factored(left, right, rank))
             else:
@@ -316,6 +320,39 @@ class FedSRD(Method):
             new[pair.b] = b.to(self.adapter[pair.b].dtype)
             new[pair.a] = a.to(self.adapter[pair.a].dtype)
         return new
+
+    # ---- central DP ------------------------------------------------------------------------------
+    # The contribution is what reconstruct averages: each layer's B_i A_i - B0 A0 (dense, clipped in
+    # Frobenius norm), or dA_i and dB_i without reconstruction. The server's W is B0 A0 + their noised
+    # mean; truncation, decomposition and the download mask are post-processing of it.
+    def dp_contribution(self, update: ClientUpdate) -> Tensors:
+        if not self.params.reconstruct:
+            return dict(update.tensors)
+        out = {}
+        for pair in self.pairs:
+            (b,), (a,) = self._client_factors(pair, [update])
+            out[pair.prefix + lm.PRODUCT_SUFFIX] = lm.product_delta(self.adapter[pair.b], self.adapter[pair.a], b, a)
+        return out
+
+    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
+        def target(pair):
+            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+            if not self.params.reconstruct:
+                zero = torch.zeros(())
+                return lm.wide(b0) + mean.get(pair.b, zero), lm.wide(a0) + mean.get(pair.a, zero)
+            left, right = lm.plus_dense(b0, a0, mean[pair.prefix + lm.PRODUCT_SUFFIX])
+            if not self.truncate:
+                return left, right
+            u, s, v = lm.truncated_svd_factored(left, right, rank=a0.shape[0])
+            return u * s[None, :], v.T
+
+        return self._finish(rnd, target, updates)
+
+    @classmethod
+    def upload_selection(cls, params) -> str | None:
+        if params.sparsifier == "none":
+            return None
+        return f"zeroes a fraction of each factor's delta by its {params.sparsifier} mask"
 
     # ---- checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

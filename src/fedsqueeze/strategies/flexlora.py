@@ -22,13 +22,37 @@ class FlexLoRA(Method):
         if not updates:
             return {}
         weights = lm.normalized(self.weights(updates))
-        new = {}
-        for pair in self.pairs:
+
+        def target(pair):
             b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
             bs = [b0 + u.tensors[pair.b].to(b0.dtype) for u in updates]
             as_ = [a0 + u.tensors[pair.a].to(a0.dtype) for u in updates]
-            left, right = lm.stacked_factors(bs, as_, weights)
-            b, a = lm.balanced_factors(*lm.truncated_svd_factored(left, right, rank=a0.shape[0]))
+            return lm.stacked_factors(bs, as_, weights)
+
+        return self._split(target)
+
+    def _split(self, target) -> dict:
+        """The new adapter: the balanced rank-r SVD factors of each layer's target L @ R."""
+        new = {}
+        for pair in self.pairs:
+            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+            b, a = lm.balanced_factors(*lm.truncated_svd_factored(*target(pair), rank=a0.shape[0]))
             new[pair.b], new[pair.a] = b.to(b0.dtype), a.to(a0.dtype)
         self.adapter = {k: new[k] for k in self.ctx.layout.names}
         return {}
+
+    # Central DP: a client's contribution is its layer changes B_i A_i - B0 A0 (dense, Frobenius
+    # norm clipped); the new W is B0 A0 + their noised mean, split like any other.
+    def dp_contribution(self, update: ClientUpdate):
+        out = {}
+        for pair in self.pairs:
+            b0, a0 = self.adapter[pair.b], self.adapter[pair.a]
+            b, a = b0 + update.tensors[pair.b].to(b0.dtype), a0 + update.tensors[pair.a].to(a0.dtype)
+            out[pair.prefix + lm.PRODUCT_SUFFIX] = lm.product_delta(b0, a0, b, a)
+        return out
+
+    def dp_aggregate(self, rnd: int, mean, updates) -> dict:
+        def target(pair):
+            return lm.plus_dense(self.adapter[pair.b], self.adapter[pair.a], mean[pair.prefix + lm.PRODUCT_SUFFIX])
+
+        return self._split(target)

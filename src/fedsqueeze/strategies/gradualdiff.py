@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import ClientUpdate, Message, Method, NoParams
+from .base import ClientUpdate, MeanOfDeltas, Message, Method, NoParams
 
 
 class GradualDiffParams(NoParams):
@@ -39,7 +39,7 @@ class GradualDiffParams(NoParams):
     is older gets the whole adapter."""
 
 
-class GradualDiff(Method):
+class GradualDiff(MeanOfDeltas, Method):
     name = "gradualdiff"
     Params = GradualDiffParams
     # Half the delta: with a small fraction most of each round's update waits in the error-feedback
@@ -102,6 +102,10 @@ class GradualDiff(Method):
         for k in updates[0].tensors:
             self.adapter[k] = self.adapter[k] + sum(w * u.tensors[k] for w, u in zip(weights, updates))
         return {}
+
+    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
+        self._forget(rnd)
+        return super().dp_aggregate(rnd, mean, updates)
 
     def _forget(self, rnd: int) -> None:
         """Snapshots past the horizon, or that no client holds any more (the clients that hold an

@@ -222,6 +222,22 @@ def balanced_factors(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> tuple
     return u * root[None, :], root[:, None] * v.T
 
 
+# ---- central DP: a layer's full-rank change, and a dense one added back -----------------------
+PRODUCT_SUFFIX = ".lora_BA"
+"""Name of a layer's dense B A - B0 A0 in a DP contribution (never an adapter tensor)."""
+
+
+def product_delta(b0: torch.Tensor, a0: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """B A - B0 A0, dense (d_out x d_in): what one client changed in the layer, for clipping."""
+    return wide(b) @ wide(a) - wide(b0) @ wide(a0)
+
+
+def plus_dense(b0: torch.Tensor, a0: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with L @ R = B0 A0 + dense: L = [B0, D], R = [A0; I]."""
+    eye = torch.eye(dense.shape[1], dtype=wide(dense).dtype)
+    return torch.cat([wide(b0), wide(dense)], dim=1), torch.cat([wide(a0), eye], dim=0)
+
+
 # ---- decompose: project a factored update onto one factor (FedSRD step 8) ----------------------
 def delta_w_factored(
     left: torch.Tensor, right: torch.Tensor, b0: torch.Tensor, a0: torch.Tensor

@@ -53,7 +53,10 @@ class ClientRole:
             if on_step:
                 on_step(loss)
 
-        trained, losses = train_client(s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
+        keep = method.client_trainable(self.state)
+        trained, losses = train_client(
+            s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=keep
+        )
         metrics = {
             "train_loss": sum(losses) / len(losses),
             "down_decode_s": decode_s,

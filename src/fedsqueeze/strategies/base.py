@@ -66,6 +66,18 @@ def from_wire(tensors: Tensors | None) -> Message | None:
     return Message({k: v for k, v in tensors.items() if k != WHOLE}, whole=WHOLE in tensors)
 
 
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The LoRA a method trains, declared before the model is built (the method never sees the
+    model; models/adapter.py builds it): peft rank and alpha, and `core`: an r x r matrix R between
+    A and B in every layer (the layer adds (alpha / rank) B R A x; R's name is
+    `<prefix>.lora_R.weight`, the identity at first)."""
+
+    rank: int
+    alpha: float
+    core: bool = False
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +91,8 @@ class MethodContext:
     weighting: str = "examples"
     rounds: int = 1
     staleness_exponent: float = 0.5
+    lora_r: int | None = None
+    """The config's lora.r (the layout's rank differs where the method's AdapterSpec says so)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,11 @@ class Method:
         self.params = params
         self.ctx = ctx
         self.adapter: Tensors = clone(ctx.init_adapter)
+
+    @classmethod
+    def adapter_spec(cls, params: BaseModel, lora_r: int, lora_alpha: float) -> AdapterSpec:
+        """The LoRA the models layer builds for this method. Default: the config's lora.r and alpha."""
+        return AdapterSpec(lora_r, lora_alpha)
 
     # ---- server side -------------------------------------------------------------------------
     def global_adapter(self) -> Tensors:
@@ -209,6 +228,11 @@ class Method:
 
     def trainable(self, name: str) -> bool:
         return True
+
+    def client_trainable(self, state: Tensors):
+        """What the client trains this round, as a name -> bool test, decided from its state after
+        client_receive (for methods whose trained tensors change between phases). Default: trainable."""
+        return self.trainable
 
     # ---- admission (the server checks every decoded upload before aggregate sees it) ---------
     def accepts(self, name: str, shape: tuple[int, ...]) -> bool:

@@ -61,6 +61,13 @@ def warm_up(method, clients=(0, 1, 2), examples=(1, 1, 2)):
     return states, trained, updates, metrics
 
 
+def test_the_models_layer_names_cores_as_the_methods_expect():
+    from fedsqueeze.models import adapter
+    from fedsqueeze.strategies import lora_math
+
+    assert adapter.R_SUFFIX == lora_math.R_SUFFIX and adapter.B_SUFFIX == lora_math.B_SUFFIX
+
+
 def test_adapter_spec_keeps_the_warm_up_scaling():
     spec = adapter_spec("fed-sb", {"rank": 12}, 4, 8.0)
     assert (spec.rank, spec.core) == (12, True) and spec.alpha / spec.rank == 8.0 / 4

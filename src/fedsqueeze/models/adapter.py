@@ -18,10 +18,12 @@ from peft import LoraConfig, get_peft_model
 
 from ..errors import ConfigError
 from ..quiet import no_checkpointing_alias_warning
-from ..strategies.lora_math import B_SUFFIX, R_SUFFIX
 from ..tensors import Layout, Tensors
 
 ADAPTER = "default"
+B_SUFFIX = ".lora_B.weight"
+R_SUFFIX = ".lora_R.weight"
+"""A core's name in the adapter (strategies/lora_math.py's R_SUFFIX: the methods' side of it)."""
 
 
 class _AThenCore(torch.nn.Module):

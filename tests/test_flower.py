@@ -231,7 +231,7 @@ def test_the_eval_sample_is_the_same_over_flower_messages(tmp_path, corpus):
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm"]
+    "method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm", "fed-sb"]
 )
 def test_every_method_runs_the_same_over_flower_messages(tmp_path, corpus, method):
     """A method whose client hooks kept anything outside client_state would differ here."""
@@ -239,7 +239,8 @@ def test_every_method_runs_the_same_over_flower_messages(tmp_path, corpus, metho
 
     if method not in METHODS.names():
         pytest.skip(f"{method} is not registered")
-    cfg = _config(tmp_path, corpus, method=f'"{method}"')
+    rounds = {"train.rounds": "3"} if method == "fed-sb" else {}  # round 3: R alone both ways
+    cfg = _config(tmp_path, corpus, method=f'"{method}"', **rounds)
     _local_run(cfg, tmp_path / "local")
     _serve_in_process(cfg, tmp_path / "grid")
     _assert_same_run(tmp_path / "local", tmp_path / "grid", exact=True)

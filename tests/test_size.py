@@ -99,3 +99,17 @@ def test_random_init_of_a_folder_uses_its_tokenizer(tmp_path):
     again, tok2 = load_base(str(tmp_path / "m"), init="random", dtype=torch.bfloat16)
     assert next(again.parameters()).dtype == torch.bfloat16
     assert tok2("abc")["input_ids"] == tok("abc")["input_ids"]
+
+
+def test_fed_sb_row_is_r_squared_per_layer_plus_the_header():
+    from fedsqueeze.sizing import fed_sb_size
+
+    raw = {"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}}
+    cfg = config_mod.validate({**raw, "method": "fed-sb", "params": {"rank": 6}})
+    row = fed_sb_size(cfg)
+    layout, _, _ = lora_layout(cfg, 6, core=True)
+    cores = [s for n, s in zip(layout.names, layout.shapes) if n.endswith("lora_R.weight")]
+    assert len(cores) == 14 and all(tuple(s) == (6, 6) for s in cores)
+    assert row.method == "fed-sb (rank 6)" and row.up == row.down
+    assert 0 < row.up - 14 * 36 * 4 < 64  # the values and the blob's header and checksum
+    assert fed_sb_size(config_mod.validate(raw)).method == "fed-sb (rank 4)"  # another method: lora.r

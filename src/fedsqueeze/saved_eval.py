@@ -79,7 +79,7 @@ def _load(s, folder: Path):
     file = folder / ADAPTER_FILE
     if not file.is_file():
         raise UserError(f"eval: {folder}: no {ADAPTER_FILE}")
-    tensors = load_file(str(file))
+    tensors = s.adapter.with_identity_cores(load_file(str(file)))  # a Fed-SB run saves R folded into B
     want = s.adapter.layout
     have = {k: tuple(v.shape) for k, v in tensors.items()}
     expected = dict(zip(want.names, want.shapes))

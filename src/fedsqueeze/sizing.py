@@ -19,7 +19,7 @@ from .config import Config
 from .models.adapter import attach_lora, lora_parameters
 from .models.architectures import architecture_config, random_model
 from .strategies.base import MASK_SEED
-from .strategies.lora_math import A_SUFFIX, B_SUFFIX, random_drop, seeded_drop
+from .strategies.lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX, random_drop, seeded_drop
 from .tensors import Layout, Tensors
 
 MiB = 2**20
@@ -33,14 +33,39 @@ class MessageSize:
     note: str
 
 
-def lora_layout(cfg: Config) -> tuple[Layout, int, str]:
-    """The run's adapter layout, the base model's parameter count and its class, with no memory."""
+def lora_layout(cfg: Config, rank: int | None = None, core: bool = False) -> tuple[Layout, int, str]:
+    """The run's adapter layout, the base model's parameter count and its class, with no memory.
+    rank / core: another LoRA rank, with an r x r core per layer (Fed-SB's layout)."""
     config = architecture_config(cfg.model.name)
     model = random_model(config, torch.float32, "meta")
     base = sum(p.numel() for p in model.parameters())
-    params = lora_parameters(attach_lora(model, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.target, cfg.seed))
+    r = rank or cfg.lora.r
+    params = lora_parameters(attach_lora(model, r, cfg.lora.alpha, 0.0, cfg.lora.target, cfg.seed, core=core))
     layout = Layout(tuple(params), tuple(tuple(p.shape) for p in params.values()))
     return layout, base, (config.architectures or [type(model).__name__])[0]
+
+
+def fed_sb_rank(cfg: Config) -> int:
+    """R's size: the run's params.rank where the config's method is fed-sb, else lora.r."""
+    rank = cfg.params.get("rank") if cfg.method == "fed-sb" else None
+    return int(rank or cfg.lora.r)
+
+
+def fed_sb_size(cfg: Config) -> MessageSize:
+    """Fed-SB from round 2: R (rank x rank per layer) each way; the one-off messages in the note."""
+    rank = fed_sb_rank(cfg)
+    layout, _, _ = lora_layout(cfg, rank, core=True)
+    shapes = dict(zip(layout.names, layout.shapes))
+    r_only = {n: torch.ones(s) for n, s in shapes.items() if n.endswith(R_SUFFIX)}
+    per_round = len(build_codec("fp32", layout).encode(r_only))
+    basis = len(build_codec("fp32", layout).encode({n: torch.ones(s) for n, s in shapes.items()}))
+    return MessageSize(
+        f"fed-sb (rank {rank})",
+        per_round,
+        per_round,
+        f"R only, fp32, from round 2; round 1 uploads a LoRA delta at rank {min(cfg.lora.r, rank)}, "
+        f"round 2 sends B, A and R once ({basis:,} B)",
+    )
 
 
 def size_report(cfg: Config) -> dict:
@@ -53,7 +78,7 @@ def size_report(cfg: Config) -> dict:
         "lora_target": cfg.lora.target,
         "lora_params": layout.numel,
         "lora_tensors": len(layout.names),
-        "messages": [asdict(m) for m in message_sizes(layout, cfg.seed)],
+        "messages": [asdict(m) for m in [*message_sizes(layout, cfg.seed), fed_sb_size(cfg)]],
     }
 
 

@@ -92,6 +92,11 @@ ROWS: dict[str, dict] = {
         "network": {"compute": STRAGGLER},
         "hybrid": {"deadline": 46.0, "partial_work": True},
     },
+    # Fed-SB (issue 18): only R (rank x rank per layer) travels after a one-round LoRA warm-up. On W4
+    # (210 layers, narrowest 192) rank 64 sends 3.4 MB per client per round against FedAvg's ~19.5 MB
+    # at r=16; rank 128, 13.8 MB. Not yet measured on W4.
+    "fed-sb": {"method": "fed-sb", "params": {"rank": 64}},
+    "fed-sb-r128": {"method": "fed-sb", "params": {"rank": 128}},
     # CG-FedLLM (issue 6)
     "cg-fedllm-paper": {"method": "cg-fedllm", "params": {"arch": "paper"}},
     "cg-fedllm-row": {"method": "cg-fedllm", "params": {"arch": "row"}},

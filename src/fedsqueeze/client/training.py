@@ -14,17 +14,25 @@ from .trainer import TrainSettings, train_local
 
 
 def train_client(
-    s, client: int, rnd: int, start: Tensors, on_step=None, steps: int | None = None, seconds: float | None = None
+    s,
+    client: int,
+    rnd: int,
+    start: Tensors,
+    on_step=None,
+    steps: int | None = None,
+    seconds: float | None = None,
+    trainable=None,
 ) -> tuple[Tensors, list[float]]:
     """Trains a Session's adapter from `start` on `client`'s data; deterministic in (seed, client, rnd).
 
     steps / seconds (hybrid partial work): stop after that many of the round's local steps, or
     before the step that would end past `seconds` of wall-clock (always at least one step); the
-    rest of the round's plan (and its learning-rate schedule) is simply not reached."""
+    rest of the round's plan (and its learning-rate schedule) is simply not reached.
+    trainable: name -> bool of the tensors trained (default: the method's `trainable`)."""
     t = s.cfg.train
     data = s.federation.clients[client]
     s.adapter.set(start)
-    params = s.adapter.trainable(s.method.trainable)
+    params = s.adapter.trainable(trainable or s.method.trainable)
     pad = s.tokenizer.pad_token_id
     lo, hi = s.method.data_slice(rnd)
     first, last = int(lo * len(data.train)), max(int(hi * len(data.train)), int(lo * len(data.train)) + 1)

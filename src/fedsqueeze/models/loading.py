@@ -121,8 +121,9 @@ def _load_pretrained(
     return model, tok
 
 
-def build_model(cfg, placement, log=print):
-    """The base model with the run's seeded LoRA attached, on the placement's device.
+def build_model(cfg, placement, log=print, spec=None):
+    """The base model with the run's seeded LoRA attached, on the placement's device. spec: the
+    method's AdapterSpec (rank, alpha, cores); None: the config's lora.r and alpha.
 
     The LoRA init is drawn on the CPU from `cfg.seed` before the move, so every device and every
     process starts from the same adapter."""
@@ -138,7 +139,8 @@ def build_model(cfg, placement, log=print):
             use_gradient_checkpointing=t.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    peft_model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed)
+    rank, alpha, core = (cfg.lora.r, cfg.lora.alpha, False) if spec is None else (spec.rank, spec.alpha, spec.core)
+    peft_model = attach_lora(model, rank, alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed, core=core)
     if m.quantize == "none":
         peft_model.to(placement.device)
     if t.gradient_checkpointing:

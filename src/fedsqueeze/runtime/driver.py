@@ -416,11 +416,11 @@ def finish(
     rows = rundir.read_rounds(out) if rows is None else rows
     final, final_seconds = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
     s.adapter.set(s.method.final_adapter(client_states))
-    s.model.save_pretrained(str(out / "adapter"))
+    s.adapter.save(out / "adapter")
     if s.method.mode.personalized:
         for i, name in enumerate(s.federation.eval_sets):
             s.adapter.set(s.method.eval_adapter(i, client_states[i]))
-            s.model.save_pretrained(str(out / "adapters" / name))
+            s.adapter.save(out / "adapters" / name)
     up = sum(r["bytes_up"] for r in rows)
     down = sum(r["bytes_down"] for r in rows)
     undelivered = sum(sum(r.get("undelivered", {}).values()) for r in rows)

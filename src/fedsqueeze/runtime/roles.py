@@ -62,7 +62,10 @@ class ClientRole:
             if on_step:
                 on_step(loss)
 
-        trained, losses = train_client(s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds)
+        keep = method.client_trainable(self.state)
+        trained, losses = train_client(
+            s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=keep
+        )
         metrics = {
             "train_loss": sum(losses) / len(losses),
             "down_decode_s": decode_s,
@@ -74,7 +77,7 @@ class ClientRole:
         if self.noise is not None:
             metrics["train_loss"] = float("nan")  # a clean statistic of the data: it stays here
             if not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
-                trained = self.noise.noise_first(rnd, start, trained, method.trainable)
+                trained = self.noise.noise_first(rnd, start, trained, keep)
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
             upload = method.client_upload(self.state, start, trained)

@@ -18,7 +18,7 @@ from ..data import build_federation
 from ..errors import ConfigError
 from ..hardware import Placement
 from ..models import LoraAdapter, build_model
-from ..strategies import ClientUpdate, Method, MethodContext, build_method
+from ..strategies import ClientUpdate, Method, MethodContext, adapter_spec, build_method
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Session:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
-        peft_model, tok = build_model(cfg, placement, log)
+        spec = adapter_spec(cfg.method, cfg.params, cfg.lora.r, cfg.lora.alpha)
+        peft_model, tok = build_model(cfg, placement, log, spec)
         adapter = LoraAdapter(peft_model)
         ctx = MethodContext(
             layout=adapter.layout,
@@ -50,6 +51,7 @@ class Session:
             weighting=cfg.train.weighting,
             rounds=cfg.train.rounds,
             staleness_exponent=cfg.hybrid.staleness_exponent,
+            lora_r=cfg.lora.r,
         )
         method = build_method(cfg.method, cfg.params, ctx)
         t0 = time.perf_counter()

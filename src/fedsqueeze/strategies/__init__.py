@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import ClientUpdate, Method, MethodContext, RunMode
+from .base import AdapterSpec, ClientUpdate, Method, MethodContext, RunMode
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -14,6 +14,7 @@ METHODS: Registry[type[Method]] = Registry("method")
 def _register() -> None:
     from .cg_fedllm import CGFedLLM
     from .fed_dare import FedDARE
+    from .fed_sb import FedSB
     from .fedavg import FedAvg
     from .fedsrd import FedSRD, FedSRDe
     from .ffa_lora import FFALoRA
@@ -21,7 +22,7 @@ def _register() -> None:
     from .gradualdiff import GradualDiff
     from .local import Centralized, Local
 
-    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM, GradualDiff):
+    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM, GradualDiff, FedSB):
         METHODS.register(cls.name)(cls)
 
 
@@ -29,6 +30,15 @@ _register()
 
 
 def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
+    return METHODS.get(name)(validated_params(name, params), ctx)
+
+
+def adapter_spec(name: str, params: dict, lora_r: int, lora_alpha: float) -> AdapterSpec:
+    """The LoRA method `name` trains (asked before the model is built)."""
+    return METHODS.get(name).adapter_spec(validated_params(name, params), lora_r, lora_alpha)
+
+
+def validated_params(name: str, params: dict):
     cls = METHODS.get(name)
     try:
         p = cls.Params.model_validate(params)
@@ -37,7 +47,16 @@ def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
         key = "params." + ".".join(str(x) for x in e["loc"])
         allowed = ", ".join(cls.Params.model_fields) or "(none)"
         raise ConfigError(f"config key {key!r} for method {name!r}: {e['msg']}; allowed keys: {allowed}") from None
-    return cls(p, ctx)
+    return p
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "ClientUpdate", "RunMode", "build_method"]
+__all__ = [
+    "METHODS",
+    "AdapterSpec",
+    "Method",
+    "adapter_spec",
+    "MethodContext",
+    "ClientUpdate",
+    "RunMode",
+    "build_method",
+]

@@ -78,6 +78,18 @@ def without_markers(tensors: Tensors) -> Tensors:
     return {k: v for k, v in tensors.items() if k not in MARKERS}
 
 
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The LoRA a method trains, declared before the model is built (the method never sees the
+    model; models/adapter.py builds it): peft rank and alpha, and `core`: an r x r matrix R between
+    A and B in every layer (the layer adds (alpha / rank) B R A x; R's name is
+    `<prefix>.lora_R.weight`, the identity at first)."""
+
+    rank: int
+    alpha: float
+    core: bool = False
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,6 +103,8 @@ class MethodContext:
     weighting: str = "examples"
     rounds: int = 1
     staleness_exponent: float = 0.5
+    lora_r: int | None = None
+    """The config's lora.r (the layout's rank differs where the method's AdapterSpec says so)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,11 @@ class Method:
         self.adapter: Tensors = clone(ctx.init_adapter)
         self.turn: ClientTurn | None = None
         """The round and client of the client hooks' current call (see begin_client)."""
+
+    @classmethod
+    def adapter_spec(cls, params: BaseModel, lora_r: int, lora_alpha: float) -> AdapterSpec:
+        """The LoRA the models layer builds for this method. Default: the config's lora.r and alpha."""
+        return AdapterSpec(lora_r, lora_alpha)
 
     # ---- server side -------------------------------------------------------------------------
     def global_adapter(self) -> Tensors:
@@ -237,6 +256,11 @@ class Method:
 
     def trainable(self, name: str) -> bool:
         return True
+
+    def client_trainable(self, state: Tensors):
+        """What the client trains this round, as a name -> bool test, decided from its state after
+        client_receive (for methods whose trained tensors change between phases). Default: trainable."""
+        return self.trainable
 
     # ---- admission (the server checks every decoded upload before aggregate sees it) ---------
     def accepts(self, name: str, shape: tuple[int, ...]) -> bool:

@@ -19,6 +19,8 @@ from ..errors import ConfigError
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
+R_SUFFIX = ".lora_R.weight"
+"""An r x r core between A and B (Fed-SB's R); models/adapter.py builds it under this name."""
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:

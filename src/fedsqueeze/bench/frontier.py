@@ -175,9 +175,8 @@ def plot(a: dict, path: Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    from ..metrics.plots import mb_label, mb_ticks
+    from ..metrics.plots import log_mb_axis
 
     fig, ax = plt.subplots(figsize=(7.2, 5.2), layout="constrained")
     for family in a["families"]:
@@ -199,12 +198,7 @@ def plot(a: dict, path: Path, title: str) -> Path:
     if a["fedavg_loss"] is not None:
         ax.axhline(a["fedavg_loss"], ls="--", lw=1, color="gray", label=f"fedavg fp32 ({a['fedavg_loss']:.4f})")
         ax.axhline(a["limit"], ls=":", lw=1, color="red", label=f"fedavg +{100 * a['tolerance']:g}%")
-    ax.set_xscale("log")
-    lo, hi = ax.get_xlim()
-    ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(FixedLocator(mb_ticks(lo, hi)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    log_mb_axis(ax)
     ax.set_xlabel("total MB sent, both links, all rounds (log scale)")
     ax.set_ylabel("final mean held-out eval loss")
     ax.set_title(f"Bytes against quality\n{title}", fontsize=11)

@@ -56,6 +56,18 @@ def mb_ticks(lo: float, hi: float) -> list[float]:
     return ticks[::step]
 
 
+def log_mb_axis(ax) -> None:
+    """A log x axis in MB over the data already drawn, with plain decimal ticks (mb_ticks)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(mb_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _codec(run) -> str:
     up = run.summary.get("uplink_codec") or run.config.get("uplink.codec") or "default codec"
     down = run.summary.get("downlink_codec") or run.config.get("downlink.codec") or "default codec"
@@ -137,7 +149,7 @@ def figures(runs) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
     names = labels(runs)
     fedavg = next((r for r in runs if r.method == "fedavg" and r.finished), None)
@@ -172,12 +184,7 @@ def figures(runs) -> dict:
             title = "Held-out loss by round"
         else:
             ax.set_xlabel("cumulative MB sent (up + down, log scale)")
-            ax.set_xscale("log")
-            lo, hi = ax.get_xlim()
-            ax.set_xlim(lo, hi)
-            ax.xaxis.set_major_locator(FixedLocator(mb_ticks(lo, hi)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: mb_label(v)))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            log_mb_axis(ax)
             title = "Held-out loss by traffic" if value is _loss else "Multiple-choice accuracy by traffic"
         ax.set_title(f"{title}\n{textwrap.fill(workload(runs), TITLE_WRAP)}", fontsize=11)
         ax.set_ylabel("mean held-out eval loss" if value is _loss else "mean accuracy (choice, log-likelihood)")

@@ -71,6 +71,13 @@ ROWS: dict[str, dict] = {
             "base_ratio": 0.88,
         },
     },
+    # FedSRD's own algorithm (paper defaults), only the coding changed (issue 18): the broadcast
+    # rounded to an 8-bit grid by the server, uploads in 4 bits (stochastic, error feedback).
+    "fedsrd-b8-q4": {
+        "method": "fedsrd",
+        "uplink": {"codec": "sparse > quantize(bits=4, rounding=stochastic)", "error_feedback": True},
+        "params": {"download_bits": 8},
+    },
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {
         "method": "fedavg",

@@ -48,6 +48,14 @@ def test_verdicts_per_family_and_ratios_against_both_references():
     assert "- fed-sb: none within; its best loss fed-sb-r16 at +3.33% (1.00% of the bytes)" in text
 
 
+def test_uplink_share_is_reported_where_the_split_is_known():
+    split = [{**r, "bytes_up": r["bytes_total"] // 4} for r in RESULTS[:2]]
+    a = frontier.analyse(split + RESULTS[2:])
+    points = {p["row"]: p for p in a["points"]}
+    assert points["fedavg"]["up_share"] == pytest.approx(0.25) and "up_share" not in points["fed-sb-r16"]
+    assert "| fedavg | fedavg | 100.000 | 100.00% | 200.00% | 25.00% | 3.0000 | +0.00% |  |" in frontier.markdown(a)
+
+
 def test_without_fedavg_there_is_no_line_to_judge_against():
     a = frontier.analyse(RESULTS[2:])
     assert a["limit"] is None and all("within" not in p for p in a["points"])

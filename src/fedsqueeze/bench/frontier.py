@@ -47,6 +47,12 @@ def _gradualdiff(fraction: float, bits: int) -> dict:
     }
 
 
+def _at_rank(row: dict, r: int) -> dict:
+    """`row` with a rank-r LoRA (alpha scaled with r, so alpha / r and the step size stay): the
+    adapter's rank is a knob of the bytes too, a quarter of them at r = 4 against 16."""
+    return {**row, "lora": {"r": r, "alpha": 2 * r}}
+
+
 # family (the method whose knob is swept) -> rows; a row's name says its setting.
 SWEEP: dict[str, dict[str, dict]] = {
     "fedavg": {
@@ -68,6 +74,11 @@ SWEEP: dict[str, dict[str, dict]] = {
         f"gradualdiff-top{f:g}-q{b}": _gradualdiff(f, b) for f, b in ((0.5, 8), (0.2, 4), (0.05, 4), (0.02, 4))
     },
     "fed-sb": {f"fed-sb-r{r}": {"method": "fed-sb", "params": {"rank": r}} for r in (16, 32, 64)},
+    "lora rank 4": {
+        "fedavg-r4": _at_rank({"method": "fedavg"}, 4),
+        "fedsrd-r4-both-keep12-b8-q4": _at_rank(_fedsrd(0.12, 4, 8, moves="both", projection_damping=0.02), 4),
+        "gradualdiff-r4-top0.2-q4": _at_rank(_gradualdiff(0.2, 4), 4),
+    },
 }
 ROWS: dict[str, dict] = {name: row for rows in SWEEP.values() for name, row in rows.items()}
 FAMILY: dict[str, str] = {name: family for family, rows in SWEEP.items() for name in rows}
@@ -100,6 +111,8 @@ def analyse(results: list[dict], tolerance: float = TOLERANCE) -> dict:
             "final_eval_loss": r["final_eval_loss"],
             "pareto": r["method"] in front,
         }
+        if "bytes_up" in r and r["bytes_total"]:
+            p["up_share"] = r["bytes_up"] / r["bytes_total"]  # which link a method's bytes are spent on
         if ref:
             p["vs_fp32"] = r["bytes_total"] / ref["bytes_total"]
             p["loss_vs_fedavg"] = r["final_eval_loss"] / ref["final_eval_loss"] - 1
@@ -132,14 +145,15 @@ def markdown(a: dict) -> str:
     has_ref = a["fedavg_loss"] is not None
     has_bf16 = any("vs_bf16" in p for p in a["points"])
     head = "| row | method | total MB | vs fedavg fp32 |" + (" vs fedavg bf16 |" if has_bf16 else "")
-    head += " eval loss | vs fedavg loss | Pareto |"
-    lines = [head, "|" + "---|" * (6 + has_bf16)]
+    head += " uplink share | eval loss | vs fedavg loss | Pareto |"
+    lines = [head, "|" + "---|" * (7 + has_bf16)]
     for p in a["points"]:
         line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
         line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
         if has_bf16:
             line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
         delta = f"{100 * p['loss_vs_fedavg']:+.2f}%" if has_ref else "-"
+        line += f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
         line += f" {p['final_eval_loss']:.4f} | {delta} | {'yes' if p['pareto'] else ''} |"
         lines.append(line)
     if not has_ref:

@@ -78,6 +78,9 @@ ROWS: dict[str, dict] = {
         "uplink": {"codec": "sparse > quantize(bits=4, rounding=stochastic)", "error_feedback": True},
         "params": {"download_bits": 8},
     },
+    # The frontier's winner on W4-lite (issue 18): the cheapest row within +1% of FedAvg's eval
+    # loss there, FedSRD's paper defaults with a 4-bit broadcast grid and 2-bit uploads.
+    "fedsrd-b4-q2": FRONTIER_ROWS["fedsrd-b4-q2"],
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {
         "method": "fedavg",

@@ -69,7 +69,7 @@ def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
     out, results = tiny_bench
     logs: list[str] = []
     again = run_suite("tiny", ["fedavg"], 2, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
-    assert not any("[bench tiny] fedavg" in line for line in logs)
+    assert not any("bench tiny, row fedavg" in line for line in logs)
     assert again[0]["final_eval_loss"] == results[0]["final_eval_loss"]
     assert "reused from earlier runs in the same folder: fedavg" in (out / "bench.md").read_text()
 
@@ -93,7 +93,7 @@ def test_reuse_only_a_row_finished_with_the_same_config(tiny_bench):
 
     logs.clear()
     run_suite("tiny", ["fedavg"], 1, out, log=lambda *a, **k: logs.append(" ".join(map(str, a))), reuse=True)
-    assert any("[bench tiny] fedavg" in line for line in logs)  # fewer rounds: a different run
+    assert any("bench tiny, row fedavg" in line for line in logs)  # fewer rounds: a different run
     assert len(rundir.read_rounds(out / "fedavg")) == 1
 
 

@@ -82,7 +82,7 @@ def run_suite(
             log(f"skipping {name}: no run in {run_dir} finished with this configuration")
             continue
         else:
-            log(f"[bench {suite_name}] {name}")
+            log(f"bench {suite_name}, row {name}")  # no [brackets]: rich would read them as markup
             progress = progress_factory() if progress_factory else None
             summary = RUNTIMES.get(cfg.runtime.kind)(cfg, run_dir, Launch(overwrite=True, progress=progress, log=log))
         rows_ = rundir.read_rounds(run_dir)

@@ -18,5 +18,5 @@ def test_example_config_is_valid(path):
 
 
 def test_frontier_example_is_the_w4_bench_row():
-    (_, raw), = row_configs("w4", ["fedsrd-b4-q2"], None)[1]
+    ((_, raw),) = row_configs("w4", ["fedsrd-b4-q2"], None)[1]
     assert config.load(EXAMPLES / "frontier.toml").to_toml() == config.validate(raw).to_toml()

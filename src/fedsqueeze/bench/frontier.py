@@ -146,7 +146,7 @@ def markdown(a: dict) -> str:
     has_bf16 = any("vs_bf16" in p for p in a["points"])
     head = "| row | method | total MB | vs fedavg fp32 |" + (" vs fedavg bf16 |" if has_bf16 else "")
     head += " uplink share | eval loss | vs fedavg loss | Pareto |"
-    lines = [head, "|" + "---|" * (7 + has_bf16)]
+    lines = [head, "|" + "---|" * (8 + has_bf16)]
     for p in a["points"]:
         line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
         line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"

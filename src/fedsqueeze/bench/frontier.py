@@ -10,6 +10,7 @@ credited a 2x that costs nothing.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 MB = 1e6
@@ -215,7 +216,7 @@ def plot(a: dict, path: Path, title: str) -> Path:
     log_mb_axis(ax)
     ax.set_xlabel("total MB sent, both links, all rounds (log scale)")
     ax.set_ylabel("final mean held-out eval loss")
-    ax.set_title(f"Bytes against quality\n{title}", fontsize=11)
+    ax.set_title("Bytes against quality\n" + "\n".join(textwrap.wrap(title, 80)), fontsize=10)
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", fontsize=8, frameon=False, ncols=3)
     fig.savefig(path, dpi=110)

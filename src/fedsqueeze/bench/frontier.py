@@ -153,8 +153,8 @@ def markdown(a: dict) -> str:
         line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
         if has_bf16:
             line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
-        delta = f"{100 * p['loss_vs_fedavg']:+.2f}%" if has_ref else "-"
         line += f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
+        delta = f"{100 * p['loss_vs_fedavg']:+.2f}%" if has_ref else "-"
         line += f" {p['final_eval_loss']:.4f} | {delta} | {'yes' if p['pareto'] else ''} |"
         lines.append(line)
     if not has_ref:

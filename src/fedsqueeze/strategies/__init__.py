@@ -21,8 +21,22 @@ def _register() -> None:
     from .flexlora import FlexLoRA
     from .gradualdiff import GradualDiff
     from .local import Centralized, Local
+    from .lora_xs import LoraXS
 
-    for cls in (FedAvg, Local, Centralized, FedSRD, FedSRDe, FFALoRA, FedDARE, FlexLoRA, CGFedLLM, GradualDiff, FedSB):
+    for cls in (
+        FedAvg,
+        Local,
+        Centralized,
+        FedSRD,
+        FedSRDe,
+        FFALoRA,
+        FedDARE,
+        FlexLoRA,
+        CGFedLLM,
+        GradualDiff,
+        FedSB,
+        LoraXS,
+    ):
         METHODS.register(cls.name)(cls)
 
 

@@ -80,6 +80,9 @@ SWEEP: dict[str, dict[str, dict]] = {
         "fedsrd-b4-q2": _fedsrd(down_bits=4, up_bits=2),
         "fedsrd-keep5-b4-q4": _fedsrd(0.05, down_bits=4, up_bits=4),
         "fedsrd-both-keep12-b8-q4": _fedsrd(0.12, 4, 8, moves="both", projection_damping=0.02),
+        # a candidate for the lag that grows with the rounds: error feedback on the broadcast
+        "fedsrd-b4-q2-fb": _fedsrd(down_bits=4, up_bits=2, download_feedback=True),
+        "fedsrd-b8-q4-fb": _fedsrd(down_bits=8, up_bits=4, download_feedback=True),
     },
     "gradualdiff": {
         f"gradualdiff-top{f:g}-q{b}": _gradualdiff(f, b) for f, b in ((0.5, 8), (0.2, 4), (0.05, 4), (0.02, 4))

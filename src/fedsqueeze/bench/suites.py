@@ -86,7 +86,10 @@ ROWS: dict[str, dict] = {
     "fedsrd-b4-q2-fb": FRONTIER_ROWS["fedsrd-b4-q2-fb"],
     "fedsrd-b8-q4-fb": FRONTIER_ROWS["fedsrd-b8-q4-fb"],
     # Issue 31: the data-free basis (LoRA-XS: only R, r x r per layer, travels from round 1)
-    **{name: FRONTIER_ROWS[name] for name in ("lora-xs-r16", "lora-xs-r16-s8", "lora-xs-r16-q4", "lora-xs-r32-q4")},
+    **{
+        name: FRONTIER_ROWS[name]
+        for name in ("lora-xs-r16", "lora-xs-r16-s8", "lora-xs-r16-s8-q4", "lora-xs-r32-s8-q4")
+    },
     "fed-sb-svdbase-r16": FRONTIER_ROWS["fed-sb-svdbase-r16"],
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {

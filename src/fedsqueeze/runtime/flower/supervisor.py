@@ -31,8 +31,17 @@ def worker_command(directory: Path) -> list[str]:
 
 
 class ResidentWorker:
-    def __init__(self, directory: Path, env: dict | None = None, log=print, first: float = 1.0, most: float = 30.0):
-        self.dir, self.env, self.log = Path(directory), env, log
+    def __init__(
+        self,
+        directory: Path,
+        env: dict | None = None,
+        log=print,
+        first: float = 1.0,
+        most: float = 30.0,
+        output: Path | None = None,
+    ):
+        """output: a file for the worker's log (default: this process's stderr, the node's log)."""
+        self.dir, self.env, self.log, self.output = Path(directory), env, log, output
         self.first, self.most = first, most
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -52,7 +61,12 @@ class ResidentWorker:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self.proc = subprocess.Popen(worker_command(self.dir), env=self.env)
+                out = open(self.output, "a") if self.output is not None else None  # noqa: SIM115
+                try:
+                    self.proc = subprocess.Popen(worker_command(self.dir), env=self.env, stdout=out, stderr=out)
+                finally:
+                    if out is not None:
+                        out.close()
                 self.starts += 1
             started = time.monotonic()
             code = self.proc.wait()

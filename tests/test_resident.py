@@ -149,10 +149,9 @@ class Uploads:
 
 
 def _serve(cfg_path: Path, out: Path, resident: Path | None) -> Uploads:
-    from test_flower import InProcessGrid
-
     from fedsqueeze.runtime.flower.client_app import make_client_app
     from fedsqueeze.runtime.flower.server import serve
+    from test_flower import InProcessGrid
 
     cfg = config_mod.load(cfg_path, [])
     rundir.prepare(out, cfg, overwrite=True)
@@ -193,11 +192,10 @@ def test_shim_and_worker_give_the_in_process_uploads_bit_for_bit(worker, tmp_pat
 # ---- a loopback deployment whose worker dies mid-round -----------------------------------------
 @pytest.mark.integration
 def test_kill_9_of_the_worker_mid_round_leaves_that_client_out_of_that_round_only(tmp_path, corpus):
-    from test_flower import FLOWER_TIMEOUTS, LoopbackFederation, _rounds, _wait
-
     from fedsqueeze.runtime.checkpoint import META
     from fedsqueeze.runtime.driver import check_resumable
     from fedsqueeze.runtime.flower import deploy
+    from test_flower import FLOWER_TIMEOUTS, LoopbackFederation, _rounds, _wait
 
     cfg_path = tiny_config(
         tmp_path,
@@ -230,7 +228,7 @@ def test_kill_9_of_the_worker_mid_round_leaves_that_client_out_of_that_round_onl
     assert [r["clients"] for r in rows] == [[0, 1], [0], [0, 1]]  # back in round 3
     assert [r["left_out"] for r in rows] == [[], [1], []]
     assert rows[1]["bytes_up"] * 2 == rows[0]["bytes_up"] == rows[2]["bytes_up"]  # fp16: equal blobs
-    assert rows[1]["bytes_down"] == rows[0]["bytes_down"]  # node 1 pulled its blob: billed
+    assert rows[1]["bytes_down"] == rows[2]["bytes_down"] > 0  # node 1 pulled its blob: billed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)

@@ -114,7 +114,8 @@ def _recv_small(conn: Connection, timeout: float | None) -> bytes:
 
 def peer_uid(conn: Connection) -> int:
     with socket.socket(fileno=os.dup(conn.fileno())) as s:
-        _pid, uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
 
 
@@ -133,8 +134,10 @@ def accept_peer(conn: Connection, secret: bytes) -> None:
 
 
 def prove(conn: Connection, secret: bytes) -> None:
-    """The shim's side: answer the worker's challenge, then check the worker's answer to ours."""
-    hello = _recv_small(conn, HANDSHAKE_SECONDS)
+    """The shim's side: answer the worker's challenge, then check the worker's answer to ours.
+    The challenge may take a while (the worker serves one message at a time, and a restarted one
+    imports torch first): no deadline for it; Flower's round timeout bounds the wait."""
+    hello = _recv_small(conn, None)
     if not hello.startswith(PROTOCOL + b" ") or len(hello) != len(PROTOCOL) + 1 + NONCE:
         raise Refused("the socket does not speak the resident worker's protocol")
     ours = secrets.token_bytes(NONCE)

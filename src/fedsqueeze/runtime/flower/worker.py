@@ -83,8 +83,13 @@ def serve(node_dir: Path) -> None:
     secret = channel.read_secret(node_dir)
     sock = Path(channel.read_address(node_dir))
     listener = listen(sock)
-    sessions = Sessions(log)
     log(f"listening on {sock}")
+    t0 = time.perf_counter()
+    from .. import roles  # noqa: F401  torch, transformers, peft: once, before the first message
+    from ..session import Session  # noqa: F401
+
+    log(f"ready (model stack imported in {time.perf_counter() - t0:.1f} s)")
+    sessions = Sessions(log)
     try:
         while True:
             try:

@@ -43,13 +43,23 @@ def _wait_for(predicate, seconds: float, what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def worker(tmp_path):
-    """A resident worker under its supervisor, its log in tmp_path/worker.log."""
-    log = tmp_path / "worker.log"
-    node = ResidentWorker(tmp_path / "node", ENV, log=lambda *_: None, output=log).start()
-    _wait_for(lambda: "listening on" in log.read_text(errors="replace") if log.is_file() else False, 60, "worker")
-    node.log_path = log
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A resident worker under its supervisor (one for this file: it imports torch once), its log
+    in worker.log; `node.new_log()` is what it wrote since the last call."""
+    tmp = tmp_path_factory.mktemp("resident")
+    log = tmp / "worker.log"
+    node = ResidentWorker(tmp / "node", ENV, log=lambda *_: None, output=log).start()
+    text = lambda: log.read_text(errors="replace") if log.is_file() else ""
+    _wait_for(lambda: "ready" in text(), 120, "the worker")
+    seen = [len(text())]
+
+    def new_log() -> str:
+        found = text()[seen[0] :]
+        return found
+
+    node.new_log = new_log
+    node.mark = lambda: seen.__setitem__(0, len(text()))
     yield node
     node.stop()
 
@@ -74,6 +84,7 @@ def test_the_node_directory_and_socket_are_owner_only(worker):
 
 
 def test_a_connection_without_the_node_secret_is_refused(worker, tmp_path):
+    worker.mark()
     address = channel.read_address(worker.dir)
     # 1. the wrong secret: refused at the handshake
     conn = Client(address, family="AF_UNIX")
@@ -91,9 +102,8 @@ def test_a_connection_without_the_node_secret_is_refused(worker, tmp_path):
     except (EOFError, OSError):
         pass
     conn.close()
-    text = lambda: worker.log_path.read_text(errors="replace")
-    _wait_for(lambda: text().count("refused a connection") == 2, 20, "two refusals in the worker's log")
-    assert "message for client" not in text()  # nothing reached the client's round
+    _wait_for(lambda: worker.new_log().count("refused a connection") == 2, 20, "two refusals in the worker's log")
+    assert "message for client" not in worker.new_log()  # nothing reached the client's round
     # 3. the worker is still there for the node's own ClientApp
     channel.connect(worker.dir, wait=5).close()
 
@@ -180,13 +190,38 @@ def test_shim_and_worker_give_the_in_process_uploads_bit_for_bit(worker, tmp_pat
             "train.threads": "1",
         },
     )
+    worker.mark()
     local = _serve(cfg, tmp_path / "in-process", None)
     resident = _serve(cfg, tmp_path / "resident", worker.dir)
     assert len(local.blobs) == 6 and all(local.blobs.values())
     assert resident.blobs == local.blobs  # the very bytes, client by client and round by round
     _assert_same_run(tmp_path / "in-process", tmp_path / "resident", exact=True)
-    log = worker.log_path.read_text(errors="replace")
+    log = worker.new_log()
     assert log.count("model loaded") == 1 and log.count("message for client") == 6, log
+
+
+def test_a_new_run_keeps_the_model_only_when_model_adapter_and_device_agree(tmp_path, corpus):
+    """The worker's Sessions: another learning rate keeps the loaded model, and the kept model
+    trains to the very bytes of a fresh load (its adapter back at the initial values, nothing
+    left over from the previous run); another rank loads a new model, and only one is held."""
+    from fedsqueeze.runtime.flower import client_work
+
+    def text(**overrides) -> str:
+        return config_mod.load(tiny_config(tmp_path, corpus, **{"train.threads": "1", **overrides}), []).to_toml()
+
+    first, second, other_rank = text(), text(**{"train.lr": "1e-3"}), text(**{"lora.r": "8"})
+    lines: list[str] = []
+    kept = client_work.Sessions(lines.append)
+    job = lambda cfg: Job(cfg, 1, 1, None)
+    model = kept.get(first).model
+    assert not client_work.run(kept.get(first), job(first)).error  # trains: the adapter moves
+    reused = client_work.run(kept.get(second), job(second))
+    assert kept.get(second).model is model and kept.loads == 1
+    fresh = client_work.run(client_work.Sessions().get(second), job(second))
+    assert reused.up == fresh.up and reused.state == fresh.state and reused.up
+    kept.get(other_rank)
+    assert kept.loads == 2 and kept.session.model is not model
+    assert [line.split(":")[0] for line in lines] == ["model loaded", "model kept", "model loaded"]
 
 
 # ---- a loopback deployment whose worker dies mid-round -----------------------------------------

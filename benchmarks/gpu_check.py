@@ -208,7 +208,8 @@ def resident_rounds(device: str = "cuda", model: str | None = None, rounds: tupl
             )
             state = b""
             for rnd in range(1, cfg.train.rounds + 1):
-                down = server.downlink_sender().encode(to_wire(server.method.broadcast(rnd, 0)))
+                message = server.method.broadcast(rnd, 0)  # None: round 1 starts from the initial adapter
+                down = server.downlink_sender().encode(to_wire(message)) if message is not None else None
                 t0 = time.perf_counter()
                 outcome = channel.call(node, Job(text, 0, rnd, down, None, state), wait=120)
                 if outcome.error:

@@ -144,6 +144,49 @@ def test_a_dead_worker_fails_the_message(tmp_path):
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.parametrize("resident", [True, False])
+def test_flower_supernode_starts_a_worker_unless_no_resident(tmp_path, monkeypatch, resident):
+    import typer
+    from typer.testing import CliRunner
+
+    from fedsqueeze import flower_cli
+    from fedsqueeze.runtime.flower import deploy, supervisor
+
+    calls = {}  # what would run: nothing is started
+
+    def supervise(cmd, env, log, max_restarts):
+        calls.update(cmd=cmd, max_restarts=max_restarts)
+        return 0
+
+    monkeypatch.setattr(deploy, "supervise", supervise)
+
+    class Fake:
+        def __init__(self, directory, env, log):
+            calls["worker"] = Path(directory)
+
+        def start(self):
+            return self
+
+        def stop(self):
+            calls["stopped"] = True
+
+    monkeypatch.setattr(supervisor, "ResidentWorker", Fake)
+    app = typer.Typer()
+    app.add_typer(flower_cli.flower_app, name="flower")
+    args = ["flower", "supernode", "--superlink", "127.0.0.1:9093", "--partition-id", "1", "--num-partitions", "3"]
+    monkeypatch.setattr(flower_cli, "_exec", lambda cmd, home: pytest.fail("would replace this process"))
+    args += ["--port", "9101", "--home", str(tmp_path / "home")]
+    res = CliRunner().invoke(app, args + (["--no-restart"] if resident else ["--no-resident"]))
+    assert res.exit_code == 0, res.output
+    node_config = calls["cmd"][calls["cmd"].index("--node-config") + 1]
+    if resident:
+        folder = (tmp_path / "home" / "resident" / "node-9101").resolve()
+        assert calls["worker"] == folder and calls["stopped"] and calls["max_restarts"] == 0  # --no-restart
+        assert node_config == f"partition-id=1 num-partitions=3 {RESIDENT_DIR}='{folder}'"
+    else:
+        assert "worker" not in calls and node_config == "partition-id=1 num-partitions=3"
+
+
 class Uploads:
     """Wraps a ClientApp: records each reply's upload blob by (round, partition)."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
+import traceback
 from dataclasses import dataclass, field
 
 ERROR_PREFIX = "client round failed"
@@ -53,7 +54,11 @@ def run(session, job: Job) -> Outcome:
     try:
         up, metrics = role.handle(job.round, job.down, seconds=job.seconds)
     except Exception as exc:  # a fault that drops the reply, a broken config...: the message fails
+        from ...client.faults import ClientDropped
+
         error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, ClientDropped):  # the node's log keeps the traceback
+            traceback.print_exc()
     state = wire.state_to_bytes(role.state_dict())
     delay = metrics.get("delay_s")
     if delay:  # fault 'slow': answer once the server has stopped waiting (never forever)

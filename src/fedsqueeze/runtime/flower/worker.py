@@ -35,7 +35,7 @@ def listen(sock: Path) -> Listener:
     sock.unlink(missing_ok=True)  # a dead worker's socket
     old = os.umask(0o177)
     try:
-        listener = Listener(str(sock), family="AF_UNIX")
+        listener = Listener(str(sock), family="AF_UNIX", backlog=16)
     finally:
         os.umask(old)
     os.chmod(sock, 0o600)

@@ -79,19 +79,48 @@ def supernode(
         help="Start the SuperNode again, with back-off, whenever it stops by itself (after a SuperLink restart "
         "Flower's exits 0); stop it with Ctrl-C or SIGTERM to this command.",
     ),
+    resident: bool = typer.Option(
+        True,
+        "--resident/--no-resident",
+        help="Keep the model loaded across rounds in a resident worker beside the SuperNode (restarted if it "
+        "dies); --no-resident: every message loads it in a fresh ClientApp process, as Flower does.",
+    ),
     home: Path = HOME,
 ):
     """Start a SuperNode holding one partition (client) of the federation."""
     from .runtime.flower.deploy import flower_env, supernode_command, supervise
 
+    # resident worker (docs/DEPLOY.md): its directory goes to the ClientApps in the node config
+    worker_dir = None
+    if resident:
+        from .runtime.flower.supervisor import node_dir
+
+        worker_dir = node_dir(home, port)
     cmd = supernode_command(
-        superlink_address, partition_id, num_partitions, port, root_cert=root_cert, auth_key=auth_key
+        superlink_address,
+        partition_id,
+        num_partitions,
+        port,
+        root_cert=root_cert,
+        auth_key=auth_key,
+        resident=worker_dir,
     )
-    if not restart:
+    if not restart and worker_dir is None:
         _exec(cmd, home)
     home.mkdir(parents=True, exist_ok=True)
+    env, say = flower_env(home), lambda text: typer.echo(text, err=True)
+    worker = None
+    if worker_dir is not None:
+        from .runtime.flower.supervisor import ResidentWorker
+
+        worker = ResidentWorker(worker_dir, env, log=say).start()
     typer.echo(" ".join(cmd), err=True)
-    raise typer.Exit(supervise(cmd, flower_env(home), log=lambda text: typer.echo(text, err=True)))
+    try:
+        code = supervise(cmd, env, log=say, max_restarts=None if restart else 0)
+    finally:
+        if worker is not None:
+            worker.stop()
+    raise typer.Exit(code)
 
 
 @flower_app.command()

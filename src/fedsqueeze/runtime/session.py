@@ -36,13 +36,15 @@ class Session:
     """privacy.plan.Plan under privacy.mode = central | local, else None."""
 
     @classmethod
-    def build(cls, cfg: Config, log=print, caps=None) -> Session:
-        """caps: the hardware's Capabilities (detected when None; tests inject them)."""
+    def build(cls, cfg: Config, log=print, caps=None, model=None) -> Session:
+        """caps: the hardware's Capabilities (detected when None; tests inject them). model: a
+        (peft model, tokenizer) built earlier by build_model for this very model, adapter spec,
+        seed and placement, its adapter back at its initial values (the resident worker's cache)."""
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
         spec = adapter_spec(cfg.method, cfg.params, cfg.lora.r, cfg.lora.alpha)
-        peft_model, tok = build_model(cfg, placement, log, spec)
+        peft_model, tok = model if model is not None else build_model(cfg, placement, log, spec)
         adapter = LoraAdapter(peft_model)
         ctx = MethodContext(
             layout=adapter.layout,

@@ -4,6 +4,11 @@ Deployment starts a fresh process per message, so all that survives between roun
 role puts in `context.state` (its method state and uplink error-feedback memory). The partition it
 trains on comes from the SuperNode's node config (`partition-id`, `num-partitions`); the Flower
 simulation engine sets the same keys for its virtual nodes.
+
+A SuperNode started by `fedsqueeze flower supernode` has a resident worker (worker.py), named by
+`resident-dir` in its node config: the ClientApp is then a shim that hands the round to the worker
+over the node's channel and imports neither torch nor transformers. Without one (--no-resident,
+`flower-supernode` itself, the simulation engine) the round runs in this process, as before.
 """
 
 from __future__ import annotations
@@ -13,21 +18,21 @@ import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from . import wire
+from . import client_work, wire
 
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
-_sessions: dict[str, object] = {}  # config text -> Session; reused while the process lives (simulation)
+_sessions = client_work.Sessions()  # reused while the process lives (simulation: a Ray actor)
 
 
-def _session(config_toml: str):
-    if config_toml not in _sessions:
-        from ..session import Session
-        from .settings import config_from_toml
+def _run(context: Context, job: client_work.Job) -> client_work.Outcome:
+    """On the node's resident worker if it has one, else in this process."""
+    from . import channel
 
-        _sessions.clear()  # one run per process at a time; do not keep old models alive
-        _sessions[config_toml] = Session.build(config_from_toml(config_toml), log=lambda *_: None)
-    return _sessions[config_toml]
+    resident = context.node_config.get(channel.RESIDENT_DIR)
+    if resident:  # a dead worker fails this message (channel.WorkerGone), as a dead node would
+        return channel.call(resident, job)
+    return client_work.run(_sessions.get(job.config_toml), job)
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -53,7 +58,6 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from ..roles import ClientRole
         from .settings import AppSettings
 
         text = config_toml if config_toml is not None else AppSettings.from_run_config(context.run_config).config_toml
@@ -61,21 +65,25 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
         info = msg.content.config_records[wire.INFO]
         if int(info[PARTITION_ID]) != partition:
             raise RuntimeError(f"message for partition {info[PARTITION_ID]} reached the node of partition {partition}")
-        role = ClientRole(_session(text), partition)
-        role.load_state_dict(wire.load_state(context.state))
         seconds = info.get(wire.TRAIN_SECONDS)
-        try:
-            up_blob, metrics = role.handle(
-                int(info["round"]),
-                wire.unpack(msg.content, "down"),
-                seconds=float(seconds) if seconds is not None else None,
-            )
-        finally:  # also when a fault drops the reply: the client did train
-            wire.save_state(context.state, role.state_dict())
+        job = client_work.Job(
+            text,
+            partition,
+            int(info["round"]),
+            wire.unpack(msg.content, "down"),
+            float(seconds) if seconds is not None else None,
+            wire.state_bytes(context.state),
+            dict(context.node_config),
+        )
+        outcome = _run(context, job)
+        wire.put_state_bytes(context.state, outcome.state)  # also when a fault drops the reply: it trained
+        if outcome.error:
+            raise RuntimeError(outcome.error)
+        metrics = dict(outcome.metrics)
         delay = metrics.pop("delay_s", 0.0)
         if delay:  # fault 'slow': answer after the server has stopped waiting
-            time.sleep(min(delay, role.s.cfg.runtime.round_timeout + 1.0))
-        return wire.train_reply(msg, partition, up_blob, metrics)
+            time.sleep(delay)
+        return wire.train_reply(msg, partition, outcome.up, metrics)
 
     return app
 

@@ -92,8 +92,13 @@ def supernode_command(
     host: str = "127.0.0.1",
     root_cert: Path | None = None,
     auth_key: Path | None = None,
+    resident: Path | None = None,
 ) -> list[str]:
-    """port: this SuperNode's own ClientApp API (one per SuperNode on a machine)."""
+    """port: this SuperNode's own ClientApp API (one per SuperNode on a machine). resident: the
+    directory of the node's resident worker (its ClientApps hand their rounds to it)."""
+    node_config = f"partition-id={partition} num-partitions={partitions}"
+    if resident is not None:
+        node_config += f" resident-dir='{Path(resident).resolve()}'"
     cmd = [
         executable("flower-supernode"),
         "--superlink",
@@ -103,7 +108,7 @@ def supernode_command(
         "--port",
         str(port),
         "--node-config",
-        f"partition-id={partition} num-partitions={partitions}",
+        node_config,
     ]
     cmd += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if auth_key is not None:

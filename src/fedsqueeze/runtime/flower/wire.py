@@ -7,12 +7,13 @@ The ledger counts len(blob), the bytes the other side decodes, whatever Flower a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from ...tensors import Tensors
+if TYPE_CHECKING:  # torch loads only where tensors are made: the resident shim never imports it
+    from ...tensors import Tensors
 
 # Message types: "query" asks a node which partition it holds; "train" runs one client round.
 QUERY, TRAIN = "query", "train"
@@ -67,12 +68,31 @@ def _number(value) -> int | float:
 
 # ---- client state in context.state (safetensors bytes keep every dtype exactly) ---------------
 def save_state(state: RecordDict, tensors: Tensors) -> None:
-    data = st_save({k: v.contiguous() for k, v in tensors.items()}) if tensors else b""
-    state[STATE] = ArrayRecord({BLOB: Array(np.frombuffer(data, dtype=np.uint8))})
+    put_state_bytes(state, state_to_bytes(tensors))
 
 
 def load_state(state: RecordDict) -> Tensors:
+    return state_from_bytes(state_bytes(state))
+
+
+def state_bytes(state: RecordDict) -> bytes:
+    """The client's state as the bytes it is kept in (b"": none yet); no torch needed."""
     if STATE not in state.array_records:
-        return {}
-    data = state.array_records[STATE][BLOB].numpy().tobytes()
+        return b""
+    return state.array_records[STATE][BLOB].numpy().tobytes()
+
+
+def put_state_bytes(state: RecordDict, data: bytes) -> None:
+    state[STATE] = ArrayRecord({BLOB: Array(np.frombuffer(data, dtype=np.uint8))})
+
+
+def state_to_bytes(tensors: Tensors) -> bytes:
+    from safetensors.torch import save as st_save
+
+    return st_save({k: v.contiguous() for k, v in tensors.items()}) if tensors else b""
+
+
+def state_from_bytes(data: bytes) -> Tensors:
+    from safetensors.torch import load as st_load
+
     return dict(st_load(data)) if data else {}

@@ -49,9 +49,7 @@ def owner_files(source: str) -> dict[str, Path]:
                 )
             found[path.stem] = path
     if not found:
-        raise DataError(
-            f"data.source {source!r}: no owner files in {where} (one file per owner: {', '.join(FORMATS)})"
-        )
+        raise DataError(f"data.source {source!r}: no owner files in {where} (one file per owner: {', '.join(FORMATS)})")
     return dict(sorted(found.items()))
 
 

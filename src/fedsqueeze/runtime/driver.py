@@ -32,6 +32,7 @@ from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
 from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .claims import cap_text, claims_counted
 from .roles import ServerRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
@@ -233,6 +234,8 @@ class Driver:
             )
         t_aggregate = time.perf_counter()
         record = self.server.close_round(rnd)
+        if "capped" in record:
+            self.progress.log(f"round {rnd}: " + cap_text(record["capped"], self.s.cfg.server.max_client_weight))
         t_eval = time.perf_counter()
         if rnd % self.s.cfg.eval.every == 0 or rnd == self.s.cfg.train.rounds:
             record.update(evaluate_round(self.s, self.client_states, rnd))
@@ -269,9 +272,14 @@ class Driver:
     def _admit(self, rnd: int, decoded: list, rejected: dict, stale: dict) -> None:
         """Screens the round's decoded uploads together (norms are judged against each other) and
         takes in those that pass; the others are logged and stay out of the aggregate."""
-        known = self.s.federation.clients
+        known = [None] * self.s.num_clients if claims_counted(self.s) else self.s.federation.clients
         candidates = [
-            Candidate(up.client, tensors, int(up.metrics.get("num_examples", -1)), known[up.client].num_examples)
+            Candidate(
+                up.client,
+                tensors,
+                int(up.metrics.get("num_examples", -1)),
+                getattr(known[up.client], "num_examples", None),
+            )
             for up, _, tensors in decoded
             if tensors is not None
         ]

@@ -1,0 +1,161 @@
+"""Every data owner keeps its data (issue 28): per-owner sources, owners' nodes that read only their
+own file, a coordinator that reads none, evaluation on the owners' side, claimed counts capped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedsqueeze import config as config_mod
+from fedsqueeze.data.owners import build_owner_federation, owner_view
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.runtime import LocalRuntime, Session, rundir
+from fedsqueeze.runtime.claims import cap_weights
+from fedsqueeze.runtime.client_eval import combine
+
+from conftest import tiny_config
+
+
+def write_owners(folder: Path, corpus: Path) -> Path:
+    """Three owners in three formats with their own field names: alice.jsonl, bob.csv, carol.json."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["domain"], []).append(r)
+    a, b, c = sorted(by)[:3]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "alice.jsonl", "w") as f:
+        for r in by[a]:
+            f.write(json.dumps(r) + "\n")
+    with open(folder / "bob.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["instruction", "response", "domain"])
+        w.writeheader()
+        for r in by[b][:30]:
+            w.writerow({k: r[k] for k in ("instruction", "response", "domain")})
+    (folder / "carol.json").write_text(json.dumps(by[c][:36]))
+    return folder
+
+
+@pytest.fixture
+def owners(tmp_path, corpus) -> Path:
+    return write_owners(tmp_path / "owners", corpus)
+
+
+def owners_config(tmp_path: Path, corpus: Path, folder: Path, **overrides) -> Path:
+    body = {"data.source": f'"owners:{folder}"', "data.clients": "3", "train.rounds": "2", **overrides}
+    return tiny_config(tmp_path, corpus, **body)
+
+
+def local_run(cfg_path: Path, out: Path, sets=()) -> tuple[dict, list[str]]:
+    cfg = config_mod.load(cfg_path, list(sets))
+    rundir.prepare(out, cfg, overwrite=True)
+    lines: list[str] = []
+
+    class Log:
+        def __getattr__(self, name):
+            return (lambda text: lines.append(text)) if name == "log" else (lambda *a, **k: None)
+
+    return LocalRuntime(Session.build(cfg, log=lambda *_: None), out, Log()).run(), lines
+
+
+def rounds(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+# ---- per-owner sources ---------------------------------------------------------------------------
+def test_owners_are_the_files_sorted_by_stem_and_clients_follow(tmp_path, corpus, owners):
+    path = tmp_path / "o.toml"
+    path.write_text(f'[data]\nsource = "owners:{owners}"\n')
+    cfg = config_mod.load(path)
+    assert cfg.data.owners == ["alice", "bob", "carol"] and cfg.data.clients == 3
+    with pytest.raises(ConfigError, match="data.clients.*3 owners"):
+        config_mod.load(path, ["data.clients=4"])
+
+
+def test_an_owners_split_comes_from_its_own_file_alone(tmp_path, corpus, owners):
+    cfg = config_mod.load(owners_config(tmp_path, corpus, owners))
+    tok = Session.build(cfg, log=lambda *_: None).tokenizer
+    whole = build_owner_federation(cfg.data, tok, cfg.seed)
+    assert [c.name for c in whole.clients] == ["alice", "bob", "carol"]
+    # Another folder with one more owner, and each owner's file alone in a folder of its own.
+    shutil.copy(owners / "bob.csv", owners / "aaron.csv")
+    bigger = build_owner_federation(cfg.data.model_copy(update={"clients": 4, "owners": None}), tok, cfg.seed)
+    for i, name in enumerate(["alice", "bob", "carol"]):
+        own = tmp_path / name
+        own.mkdir()
+        file = shutil.copy(next(owners.glob(f"{name}.*")), own)
+        view, index = owner_view(cfg.data, tok, cfg.seed, Path(file), ["alice", "bob", "carol"])
+        assert index == i
+        for other in (view.clients[i], bigger.clients[i + 1]):
+            assert other.eval.input_ids == whole.clients[i].eval.input_ids
+            assert other.train.input_ids == whole.clients[i].train.input_ids
+
+
+# ---- claims capped (Must show 4) -----------------------------------------------------------------
+def test_cap_weights_caps_the_largest_claims_and_keeps_honest_ones_exact():
+    assert cap_weights({0: 10, 1: 20, 2: 30}, 0.5) == ({0: 10, 1: 20, 2: 30}, {})
+    weights, capped = cap_weights({0: 10, 1: 10**9, 2: 30}, 0.5)
+    assert capped == {1: 10**9} and weights[1] / sum(weights.values()) == pytest.approx(0.5)
+    weights, capped = cap_weights({0: 10, 1: 10**9, 2: 10**9, 3: 5}, 0.3)
+    assert max(w / sum(weights.values()) for w in weights.values()) <= 0.3 + 1e-12
+    assert set(capped) == {1, 2}
+
+
+def test_an_inflated_claim_never_weighs_more_than_max_client_weight(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"faults.kind": '"inflate-examples"', "faults.clients": "[1]"})
+    _, lines = local_run(cfg, tmp_path / "run")
+    loaded = config_mod.load(cfg)
+    fed = build_owner_federation(loaded.data, Session.build(loaded, log=lambda *_: None).tokenizer, loaded.seed)
+    others = fed.clients[0].num_examples + fed.clients[2].num_examples  # alice's and carol's claims
+    for r in rounds(tmp_path / "run"):
+        counted = r["capped"]["1"]["counted"]
+        assert r["capped"]["1"]["claimed"] == 10**9
+        assert counted / (counted + others) == pytest.approx(0.5)  # server.max_client_weight
+    assert any("weights capped: client 1 claimed 1e+09" in line and "max_client_weight" in line for line in lines)
+
+
+# ---- evaluation at the clients -------------------------------------------------------------------
+def test_the_weighted_mean_is_the_pooled_figure_by_hand():
+    replies = {
+        "a": {"eval_loss_sum": 10.0, "eval_tokens": 5, "eval_examples": 2, "acc_sum": 1.0, "choice_n": 2},
+        "b": {"eval_loss_sum": 3.0, "eval_tokens": 1, "eval_examples": 1, "acc_sum": 1.0, "choice_n": 1},
+    }
+    fields = combine(replies)
+    assert fields["eval_loss"] == pytest.approx(13 / 6)
+    assert fields["eval"] == {"a": 2.0, "b": 3.0}
+    assert fields["eval_means"]["acc"] == pytest.approx(2 / 3)
+    capped = combine({**replies, "b": {**replies["b"], "eval_tokens": 1000, "eval_loss_sum": 3000.0}}, 0.5)
+    assert capped["eval_loss"] == pytest.approx(0.5 * 2.0 + 0.5 * 3.0) and "b" in capped["eval_capped"]
+
+
+def test_client_evaluation_equals_the_pooled_server_evaluation(tmp_path, corpus, owners):
+    cfg = owners_config(
+        tmp_path, corpus, owners, **{"eval.at": '"both"', "eval.pooled": "true", "server.max_client_weight": "1.0"}
+    )
+    local_run(cfg, tmp_path / "run")
+    rows = rounds(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for r in rows:
+        assert r["client_eval"]["eval_loss"] == pytest.approx(r["eval_loss"], rel=1e-6)
+        assert set(r["client_eval"]["eval"]) == {"alice", "bob", "carol"}
+    assert summary["base_eval_loss"] == pytest.approx(summary["base_eval_loss"])
+
+
+def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners)
+    local_run(cfg, tmp_path / "at-clients")
+    local_run(cfg, tmp_path / "at-server", ["eval.at=server"])
+    clients, server = rounds(tmp_path / "at-clients"), rounds(tmp_path / "at-server")
+    for rnd, (a, b) in enumerate(zip(clients, server), 1):
+        assert a["bytes_up"] == b["bytes_up"]
+        assert a["eval_at"] == "clients" and set(a["eval"]) == {"alice", "bob", "carol"}
+        sent = sum(a["eval_down"].values())
+        assert a["bytes_down"] == b["bytes_down"] + sent
+        blobs = 2 if rnd == 1 else 1  # round 1 also carries the base model's evaluation
+        assert set(a["eval_down"].values()) == {blobs * a["per_client"]["0"]["up"]}  # fp32: the adapter's size
+        for c in ("0", "1", "2"):
+            assert a["per_client"][c]["down"] == b["per_client"][c]["down"] + a["eval_down"][c]

@@ -159,3 +159,75 @@ def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
         assert set(a["eval_down"].values()) == {blobs * a["per_client"]["0"]["up"]}  # fp32: the adapter's size
         for c in ("0", "1", "2"):
             assert a["per_client"][c]["down"] == b["per_client"][c]["down"] + a["eval_down"][c]
+
+
+# ---- over Flower: nodes with their own file only, a coordinator with none --------------------------
+def private_copies(tmp_path: Path, folder: Path) -> dict[str, Path]:
+    """Each owner's file alone in a folder of its own (what its node holds)."""
+    out = {}
+    for file in sorted(folder.iterdir()):
+        home = tmp_path / "nodes" / file.stem
+        home.mkdir(parents=True)
+        out[file.stem] = Path(shutil.copy(file, home))
+    return out
+
+
+def serve_owners(cfg_path: Path, out: Path, files: dict[str, Path | None], sets=(), timeout: int = 5, lines=None):
+    """The ServerApp over an in-process Grid whose nodes have only `data-path` in their node config,
+    with a config whose data.source names a folder that does not exist (the coordinator has no data)."""
+    from fedsqueeze.runtime.flower.client_app import make_client_app
+    from fedsqueeze.runtime.flower.server import serve
+
+    from test_flower import InProcessGrid
+
+    cfg = config_mod.load(cfg_path, list(sets))  # beside the folder: data.owners filled in
+    cfg = config_mod.validate(
+        {
+            **cfg.model_dump(exclude_none=True),
+            "data": {**cfg.data.model_dump(exclude_none=True), "source": "owners:/nonexistent/owners"},
+            "runtime": {**cfg.runtime.model_dump(), "connect_timeout": timeout, "round_timeout": 30},
+        }
+    )
+    rundir.prepare(out, cfg, overwrite=True)
+    grid = InProcessGrid(make_client_app(), len(files))
+    for context, path in zip(sorted(grid.contexts.values(), key=lambda c: c.node_id), files.values()):
+        context.node_config = {"data-path": str(path)} if path is not None else {}
+        context.run_config = {"config-toml": cfg.to_toml()}
+    lines = [] if lines is None else lines
+    return serve(grid, cfg, out, log=lines.append), lines
+
+
+def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    local_run(cfg, tmp_path / "local")
+    summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
+    a, b = rounds(tmp_path / "local"), rounds(tmp_path / "grid")
+    for x, y in zip(a, b):
+        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"], x["eval_down"]) == (
+            y["clients"],
+            y["bytes_up"],
+            y["bytes_down"],
+            y["per_client"],
+            y["eval_down"],
+        )
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6)
+        assert x["eval"] == pytest.approx(y["eval"], rel=1e-6) and x["eval_tokens"] == y["eval_tokens"]
+    assert summary["base_eval_loss"] == pytest.approx(
+        json.loads((tmp_path / "local" / "summary.json").read_text())["base_eval_loss"], rel=1e-6
+    )
+
+
+def test_a_node_without_its_data_path_is_refused_with_a_clear_message(tmp_path, corpus, owners):
+    from fedsqueeze.errors import UserError
+
+    cfg = owners_config(tmp_path, corpus, owners)
+    lines: list[str] = []
+    with pytest.raises(UserError, match="no SuperNode connected"):
+        serve_owners(cfg, tmp_path / "grid", {"alice": None, "bob": None, "carol": None}, timeout=0, lines=lines)
+    assert any("has no 'data-path'" in line and "--data FILE" in line for line in lines), lines
+
+
+def test_the_coordinator_refuses_to_judge_data_it_does_not_hold(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"eval.at": '"server"'})
+    with pytest.raises(ConfigError, match="eval.at"):
+        serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))

@@ -177,7 +177,6 @@ def serve_owners(cfg_path: Path, out: Path, files: dict[str, Path | None], sets=
     with a config whose data.source names a folder that does not exist (the coordinator has no data)."""
     from fedsqueeze.runtime.flower.client_app import make_client_app
     from fedsqueeze.runtime.flower.server import serve
-
     from test_flower import InProcessGrid
 
     cfg = config_mod.load(cfg_path, list(sets))  # beside the folder: data.owners filled in
@@ -231,3 +230,125 @@ def test_the_coordinator_refuses_to_judge_data_it_does_not_hold(tmp_path, corpus
     cfg = owners_config(tmp_path, corpus, owners, **{"eval.at": '"server"'})
     with pytest.raises(ConfigError, match="eval.at"):
         serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
+
+
+# ---- the same folder on Flower's simulation engine (Must show 2) ----------------------------------
+@pytest.mark.integration
+def test_flower_simulation_of_an_owners_folder_equals_in_process(tmp_path, corpus, owners, cli):
+    cfg = owners_config(tmp_path, corpus, owners)
+    local, sim = tmp_path / "local", tmp_path / "sim"
+    assert cli("run", cfg, "--out", local).exit_code == 0
+    res = cli("run", cfg, "--out", sim, "--set", 'runtime.kind="flower-sim"')
+    assert res.exit_code == 0, res.output
+    for x, y in zip(rounds(local), rounds(sim), strict=True):
+        for key in ("clients", "bytes_up", "bytes_down", "per_client", "eval_down", "eval_tokens"):
+            assert x[key] == y[key], key
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
+        assert x["eval"] == pytest.approx(y["eval"], rel=1e-5)
+
+
+# ---- a deployment where each node sees only its own file (Must show 1) ------------------------------
+def _namespaces_missing() -> str | None:
+    import os
+
+    if os.geteuid() != 0:
+        return "needs root for mount namespaces (unshare --mount, bind mounts)"
+    if shutil.which("unshare") is None:
+        return "needs util-linux unshare"
+    import subprocess
+
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        return "unshare --mount is not permitted here"
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_namespaces_missing() is not None, reason=str(_namespaces_missing()))
+def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, corpus):
+    """SuperLink (and so its ServerApp) in a mount namespace with a tmpfs over the data folder; each
+    SuperNode (and so its ClientApps) in one where a tmpfs covers the data folder too, its own
+    file bind-mounted alone into an otherwise empty folder. Loopback network only."""
+    import os
+    import shlex
+    import subprocess
+
+    from fedsqueeze.runtime.flower import deploy
+
+    data = tmp_path / "data"
+    owners = write_owners(data / "owners", corpus)
+    corpus.unlink()  # the pooled corpus the owners were cut from: on no machine of this deployment
+    names = sorted(p.stem for p in owners.iterdir())
+    cfg = owners_config(tmp_path, corpus, owners, **{"train.rounds": "1", "runtime.round_timeout": "150"})
+    local_run(cfg, tmp_path / "local")
+    coord = tmp_path / "coord"
+    (coord / "views").mkdir(parents=True)
+    home = coord / "flwr-home"
+    env = deploy.flower_env(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    port = deploy.free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, setup: list[str], cmd: list[str]) -> None:
+        script = "set -e; " + "; ".join(setup) + f"; ls -A {shlex.quote(str(data))} > {coord}/views/{name}.txt"
+        script += f"; find {shlex.quote(str(tmp_path))} -name '*.jsonl' -o -name '*.csv' -o -name '*.json' -type f"
+        script += f" | grep -v '^{coord}' >> {coord}/views/{name}.txt || true; exec " + shlex.join(cmd)
+        log = open(coord / f"{name}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                env=env,
+                cwd=coord,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    hide = f"mount -t tmpfs fsq-empty {shlex.quote(str(data))}"
+    hide_local = f"mount -t tmpfs fsq-empty {shlex.quote(str(tmp_path / 'local'))}"  # the in-process run
+    try:
+        start("superlink", [hide, hide_local], deploy.superlink_command(port))
+        deploy.wait_for_port(port)
+        deploy.write_connection(home, f"127.0.0.1:{port}")
+        for name in names:
+            real = next(owners.glob(f"{name}.*"))
+            view = tmp_path / "nodes" / name
+            view.mkdir(parents=True)
+            mine = view / real.name
+            setup = [
+                f"mount -t tmpfs fsq-view {shlex.quote(str(view))}",
+                f"touch {shlex.quote(str(mine))}",
+                f"mount --bind {shlex.quote(str(real))} {shlex.quote(str(mine))}",
+                hide,
+                hide_local,
+            ]
+            start(
+                f"node-{name}",
+                setup,
+                deploy.supernode_command(f"127.0.0.1:{port}", None, None, deploy.free_port(), data=mine),
+            )
+        out = coord / "deployed"
+        loaded = config_mod.load(cfg)  # the submitter has the folder: data.owners travel in the config
+        run_config = deploy.write_run_config(coord / "run.toml", loaded.to_toml(), out)
+        run = subprocess.run(
+            deploy.run_command(run_config), env=env, cwd=coord, capture_output=True, text=True, timeout=480
+        )
+        logs = "\n".join(f"--- {p.name} ---\n{p.read_text()[-2500:]}" for p in sorted(coord.glob("*.log")))
+        assert run.returncode == 0 and (out / "summary.json").is_file(), run.stdout[-3000:] + logs
+    finally:
+        for proc in procs:
+            deploy.kill_tree(proc.pid)
+        for proc in procs:
+            proc.wait()
+    # What each process saw: the coordinator no data file at all, each node its own file only.
+    assert (coord / "views" / "superlink.txt").read_text().split() == []
+    for name in names:
+        seen = (coord / "views" / f"node-{name}.txt").read_text().split()
+        assert [Path(p).stem for p in seen] == [name], seen
+    a, b = rounds(tmp_path / "local"), rounds(out)
+    for x, y in zip(a, b, strict=True):
+        for key in ("clients", "bytes_up", "bytes_down", "per_client", "eval_down", "eval_tokens"):
+            assert x[key] == y[key], key
+        assert set(y["eval"]) == set(names)
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-4)
+    assert os.path.isdir(out / "adapter")

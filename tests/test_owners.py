@@ -262,12 +262,100 @@ def _namespaces_missing() -> str | None:
     return None
 
 
+class Forward:
+    """A TCP forwarder from a node's veth address (host side) to the SuperLink on 127.0.0.1, so the
+    SuperLink itself listens on loopback only. Threads; closed with close()."""
+
+    def __init__(self, host: str, port: int, target: int):
+        import socket
+        import threading
+
+        self.target, self.conns = target, []
+        self.server = socket.create_server((host, port))
+        self.server.settimeout(0.5)
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.stopped:
+            try:
+                a, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(x, y) -> None:
+        try:
+            while data := x.recv(65536):
+                y.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (x, y):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped = True
+        self.server.close()
+        for c in self.conns:
+            c.close()
+
+
+def veth_namespace(index: int) -> tuple[str, str, str] | None:
+    """A network namespace joined to this one by a veth pair (10.213.<index>.1 here, .2 there), or
+    None where that cannot be made. Returns (namespace, host address, node address)."""
+    import os
+    import subprocess
+
+    tag = f"{os.getpid() % 100000}x{index}"
+    ns, here, there = f"fsq{tag}", f"fsqh{tag}", f"fsqn{tag}"
+    host, node = f"10.213.{index}.1", f"10.213.{index}.2"
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+        ["ip", "link", "set", there, "netns", ns],
+        ["ip", "addr", "add", f"{host}/30", "dev", here],
+        ["ip", "link", "set", here, "up"],
+        ["ip", "-n", ns, "addr", "add", f"{node}/30", "dev", there],
+        ["ip", "-n", ns, "link", "set", there, "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+    ]
+    if shutil.which("ip") is None:
+        return None
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", here], capture_output=True)
+            return None
+    return ns, host, node
+
+
+def drop_namespace(ns: str) -> None:
+    import subprocess
+
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth end goes, and so the pair
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(_namespaces_missing() is not None, reason=str(_namespaces_missing()))
 def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, corpus):
     """SuperLink (and so its ServerApp) in a mount namespace with a tmpfs over the data folder; each
     SuperNode (and so its ClientApps) in one where a tmpfs covers the data folder too, its own
-    file bind-mounted alone into an otherwise empty folder. Loopback network only."""
+    file bind-mounted alone into an otherwise empty folder. Each SuperNode also in a network
+    namespace of its own, joined by a veth pair (10.213.i.1 <-> 10.213.i.2) and a forwarder to the
+    SuperLink on 127.0.0.1, where `ip netns` works; else on loopback."""
     import os
     import shlex
     import subprocess
@@ -288,14 +376,15 @@ def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, cor
     port = deploy.free_port()
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, setup: list[str], cmd: list[str]) -> None:
+    def start(name: str, setup: list[str], cmd: list[str], netns: str | None = None) -> None:
         script = "set -e; " + "; ".join(setup) + f"; ls -A {shlex.quote(str(data))} > {coord}/views/{name}.txt"
         script += f"; find {shlex.quote(str(tmp_path))} -name '*.jsonl' -o -name '*.csv' -o -name '*.json' -type f"
         script += f" | grep -v '^{coord}' >> {coord}/views/{name}.txt || true; exec " + shlex.join(cmd)
         log = open(coord / f"{name}.log", "w")
         procs.append(
             subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                (["ip", "netns", "exec", netns] if netns else [])
+                + ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                 env=env,
                 cwd=coord,
                 stdout=log,
@@ -306,6 +395,7 @@ def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, cor
 
     hide = f"mount -t tmpfs fsq-empty {shlex.quote(str(data))}"
     hide_local = f"mount -t tmpfs fsq-empty {shlex.quote(str(tmp_path / 'local'))}"  # the in-process run
+    nets, forwards = [], []
     try:
         start("superlink", [hide, hide_local], deploy.superlink_command(port))
         deploy.wait_for_port(port)
@@ -322,11 +412,14 @@ def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, cor
                 hide,
                 hide_local,
             ]
-            start(
-                f"node-{name}",
-                setup,
-                deploy.supernode_command(f"127.0.0.1:{port}", None, None, deploy.free_port(), data=mine),
-            )
+            net = veth_namespace(len(nets) + 1)
+            superlink = f"127.0.0.1:{port}"
+            if net is not None:
+                nets.append(net)
+                forwards.append(Forward(net[1], port, port))
+                superlink = f"{net[1]}:{port}"
+            command = deploy.supernode_command(superlink, None, None, deploy.free_port(), data=mine)
+            start(f"node-{name}", setup, command, net[0] if net else None)
         out = coord / "deployed"
         loaded = config_mod.load(cfg)  # the submitter has the folder: data.owners travel in the config
         run_config = deploy.write_run_config(coord / "run.toml", loaded.to_toml(), out)
@@ -340,6 +433,10 @@ def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, cor
             deploy.kill_tree(proc.pid)
         for proc in procs:
             proc.wait()
+        for forward in forwards:
+            forward.close()
+        for net in nets:
+            drop_namespace(net[0])
     # What each process saw: the coordinator no data file at all, each node its own file only.
     assert (coord / "views" / "superlink.txt").read_text().split() == []
     for name in names:

@@ -449,3 +449,18 @@ def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, cor
         assert set(y["eval"]) == set(names)
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-4)
     assert os.path.isdir(out / "adapter")
+
+
+def test_supernode_takes_the_owners_file_as_its_node_config(tmp_path, cli):
+    from flwr.common.config import parse_config_args
+
+    from fedsqueeze.runtime.flower.deploy import supernode_command
+
+    file = tmp_path / "alice.jsonl"
+    file.write_text("{}\n")
+    cmd = supernode_command("127.0.0.1:9093", None, None, 9100, data=file)
+    assert parse_config_args([cmd[cmd.index("--node-config") + 1]]) == {"data-path": str(file.resolve())}
+    res = cli("flower", "supernode", "--superlink", "127.0.0.1:9093", "--no-restart")
+    assert res.exit_code == 2 and "--data FILE" in res.output
+    res = cli("flower", "supernode", "--superlink", "127.0.0.1:9093", "--data", tmp_path / "nobody.csv")
+    assert res.exit_code == 2 and "file not found" in res.output

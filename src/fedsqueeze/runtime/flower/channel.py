@@ -162,7 +162,8 @@ def recv(conn: Connection) -> tuple[dict, dict[str, bytes]]:
 
 def send_job(conn: Connection, job: Job) -> None:
     header = {
-        "op": "train",
+        "op": job.op,
+        "data_file": job.data_file,
         "config_toml": job.config_toml,
         "partition": job.partition,
         "round": job.round,
@@ -181,6 +182,8 @@ def job_of(header: dict, parts: dict[str, bytes]) -> Job:
         header.get("seconds"),
         parts.get("state", b""),
         dict(header.get("node_config") or {}),
+        header.get("data_file"),
+        "evaluate" if header.get("op") == "evaluate" else "train",
     )
 
 

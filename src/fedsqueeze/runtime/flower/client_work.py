@@ -1,7 +1,7 @@
 """One client round on a node, as plain data in and out: what the ClientApp runs in its own process
 (no resident worker, and Flower's simulation engine) and what the resident worker runs for it.
 
-    Job(config_toml, partition, round, down blob, seconds, state bytes)
+    Job(config_toml, partition, round, down blob, seconds, state bytes, node config, data file, op)
       -> Outcome(up blob, metrics, state bytes, error)
 
 Bytes and plain numbers only (state: the safetensors bytes kept in `context.state`), so the same
@@ -33,6 +33,8 @@ class Job:
     seconds: float | None = None  # partial work: the wall-clock the client may train for
     state: bytes = b""  # the client's state as kept in context.state (b"": none yet)
     node_config: dict = field(default_factory=dict)  # the SuperNode's node config (plain values)
+    data_file: str | None = None  # per-owner data: the node's own file (node_data.py), else None
+    op: str = "train"  # or "evaluate": score the received adapter on the owner's held-out split
 
 
 @dataclass
@@ -44,10 +46,15 @@ class Outcome:
 
 
 def run(session, job: Job) -> Outcome:
-    """The client's round: ClientRole.handle between its state's load and save."""
+    """The client's round: ClientRole.handle between its state's load and save (or, for an
+    evaluate message, the owner's scores of the adapter it received; its state untouched)."""
     from ..roles import ClientRole
     from . import wire
 
+    if job.op == "evaluate":
+        from ..client_eval import score_blob
+
+        return Outcome(None, score_blob(session, job.partition, job.down), job.state)
     role = ClientRole(session, job.partition)
     role.load_state_dict(wire.state_from_bytes(job.state))
     up, metrics, error = None, {}, None
@@ -99,10 +106,11 @@ class Sessions:
         self.initial = None  # the adapter's initial values, to put back before a new session
         self.loads = 0
 
-    def get(self, config_toml: str):
-        if config_toml == self.text:
+    def get(self, config_toml: str, data_file: str | None = None):
+        if (config_toml, data_file) == self.text:
             return self.session
         from ..session import Session
+        from .node_data import owner_data
         from .settings import config_from_toml
 
         cfg = config_from_toml(config_toml)
@@ -114,7 +122,8 @@ class Sessions:
             self.log(f"model kept: {cfg.model.name} (same model, adapter layout and device)")
         self.drop()  # before the next model loads: one model per process
         t0 = time.perf_counter()
-        session = Session.build(cfg, log=lambda *_: None, model=model)
+        data = owner_data(data_file) if data_file is not None else None  # this owner's file alone
+        session = Session.build(cfg, log=lambda *_: None, model=model, data=data)
         if model is None:
             self.loads += 1
             self.initial = session.adapter.get()
@@ -122,7 +131,7 @@ class Sessions:
                 f"model loaded: {cfg.model.name} on {session.placement.device} "
                 f"({session.placement.precision}) in {time.perf_counter() - t0:.1f} s"
             )
-        self.text, self.session, self.key = config_toml, session, key
+        self.text, self.session, self.key = (config_toml, data_file), session, key
         return session
 
     def drop(self) -> None:

@@ -93,10 +93,17 @@ def supernode_command(
     root_cert: Path | None = None,
     auth_key: Path | None = None,
     resident: Path | None = None,
+    data: Path | None = None,
 ) -> list[str]:
     """port: this SuperNode's own ClientApp API (one per SuperNode on a machine). resident: the
-    directory of the node's resident worker (its ClientApps hand their rounds to it)."""
-    node_config = f"partition-id={partition} num-partitions={partitions}"
+    directory of the node's resident worker (its ClientApps hand their rounds to it). data: the
+    owner's own file (per-owner data, node config `data-path`) instead of a partition of a shared
+    source."""
+    from .node_data import node_config_entry
+
+    node_config = (
+        node_config_entry(data) if data is not None else f"partition-id={partition} num-partitions={partitions}"
+    )
     if resident is not None:
         node_config += f" resident-dir='{Path(resident).resolve()}'"
     cmd = [

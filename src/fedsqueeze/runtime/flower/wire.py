@@ -15,8 +15,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 if TYPE_CHECKING:  # torch loads only where tensors are made: the resident shim never imports it
     from ...tensors import Tensors
 
-# Message types: "query" asks a node which partition it holds; "train" runs one client round.
-QUERY, TRAIN = "query", "train"
+# Message types: "query" asks a node which partition it holds; "train" runs one client round;
+# "evaluate" has an owner judge the global adapter on its own held-out split (runtime/client_eval.py).
+QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 BLOB, INFO, METRICS = "blob", "info", "metrics"
 STATE = "fedsqueeze"  # key of the client's state in context.state
 TRAIN_SECONDS = "train-seconds"  # partial work: the wall-clock the client may train for
@@ -43,6 +44,18 @@ def train_message(
     if down_blob is not None:
         content["down"] = pack(down_blob)
     return Message(content=content, dst_node_id=node_id, message_type=TRAIN)
+
+
+def evaluate_message(node_id: int, rnd: int, client: int, blob: bytes) -> Message:
+    content = RecordDict({INFO: ConfigRecord({"round": rnd, "partition-id": client}), "down": pack(blob)})
+    return Message(content=content, dst_node_id=node_id, message_type=EVALUATE)
+
+
+def evaluate_reply(msg: Message, client: int, sums: dict) -> Message:
+    """Sums and counts, plus Flower's `num-examples` (the held-out examples judged)."""
+    record = MetricRecord({**{k: _number(v) for k, v in sums.items()}, "num-examples": int(sums["eval_examples"])})
+    content = RecordDict({INFO: ConfigRecord({"partition-id": client}), METRICS: record})
+    return Message(content=content, reply_to=msg)
 
 
 def train_reply(msg: Message, client: int, up_blob: bytes | None, metrics: dict) -> Message:

@@ -75,7 +75,7 @@ def serve_one(conn, secret: bytes, sessions: Sessions) -> None:
 def channel_outcome(sessions: Sessions, job) -> Outcome:
     from . import client_work
 
-    return client_work.run(sessions.get(job.config_toml), job)
+    return client_work.run(sessions.get(job.config_toml, job.data_file), job)
 
 
 def serve(node_dir: Path) -> None:

@@ -100,9 +100,10 @@ def render(s, out: Path, summary: dict, reference: dict, owner: str | None = Non
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
     title = f"{owner}'s personalized LoRA adapter" if owner else "A federated LoRA adapter"
     lines += [
-        f"# {title}: {cfg.method}, {len(s.federation.clients)} data owners, {summary['rounds']} rounds",
+        f"# {title}: {cfg.method}, {len(s.federation.clients)} data owners, "
+        f"{summary['rounds']} round{'s' if summary['rounds'] != 1 else ''}",
         "",
-        f"Fine-tuned with [fedsqueeze](https://pypi.org/project/fedsqueeze/) {__version__} by "
+        f"Fine-tuned with fedsqueeze {__version__} by "
         f"{len(s.federation.clients)} data owners who never pooled their data; every byte that crossed "
         "the wire is counted below. Load it with peft:",
         "",
@@ -186,7 +187,7 @@ def render(s, out: Path, summary: dict, reference: dict, owner: str | None = Non
         "",
         "## Reproduce",
         "",
-        f"With fedsqueeze {__version__} (`pip install fedsqueeze=={__version__}`), save this config as "
+        f"With fedsqueeze {__version__} installed, save this config as "
         f"`config.toml` (it is also the run directory's `{out.name}/config.toml`) and run:",
         "",
         "```",

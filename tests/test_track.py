@@ -134,6 +134,9 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "create_connection", guarded_create)
+    with pytest.raises(AssertionError, match="network connection attempted"):  # the guard itself works
+        socket.create_connection(("192.0.2.1", 443), timeout=0.1)
+    attempts.clear()
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -243,3 +246,18 @@ def test_record_scalars_skip_what_is_not_a_finite_figure():
         "bytes/total_cumulative": 10.0,
         "clients/aggregated": 1.0,
     }
+
+
+def test_the_flower_server_logs_the_same_through_the_driver(tmp_path, corpus):
+    """Flower's ServerApp runs `serve` (the driver over a Grid): its trackers hold its rounds.jsonl,
+    per-owner evaluation included. Here over the in-process Grid of test_flower.py."""
+    from test_flower import _config, _serve_in_process
+
+    cfg = _config(tmp_path, corpus, **{"track.to": '["tensorboard"]'})
+    summary, _ = _serve_in_process(cfg, tmp_path / "grid")
+    from fedsqueeze import rundir
+
+    rounds = rundir.read_rounds(tmp_path / "grid")
+    got = tensorboard_scalars(tmp_path / "grid")
+    check_all(got, rounds, summary, rel=1e-6)
+    assert any(tag.startswith("eval_by_set/") for tag in got)

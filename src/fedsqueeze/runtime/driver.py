@@ -377,7 +377,7 @@ def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
         raise UserError(
             f"{out}: cannot resume with a config that differs from its checkpoint's in "
             + "; ".join(diffs)
-            + " (only train.rounds, eval.every, threads, device, precision and runtime.* may change)"
+            + " (only train.rounds, eval.every, threads, device, precision, runtime.* and track.* may change)"
         )
     problem = rundir.rounds_problem(out, meta["records"])
     if problem and not rebuild_rounds:

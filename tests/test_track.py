@@ -34,6 +34,9 @@ def expected(tag: str, step: int, rounds: list[dict], summary: dict) -> float:
     record = next(r for r in rounds if r["round"] == step)
     before = [r for r in rounds if r["round"] <= step]
     group, _, rest = tag.partition("/")
+    if tag.startswith("bytes_by_client/"):
+        client, direction = rest.rsplit("/", 1)
+        return record["per_client"][client][direction]
     if tag.startswith("eval_by_set/"):
         name, metric = rest.rsplit("/", 1)
         return record["eval"][name] if metric == "loss" else record["eval_metrics"][name][metric]
@@ -74,6 +77,9 @@ def check_all(got: dict[str, dict[int, float]], rounds: list[dict], summary: dic
             for name in r["eval"]:
                 assert r["round"] in got[f"eval_by_set/{name}/loss"]
     assert 0 in got["eval/loss"]
+    for r in rounds:
+        for client in r["per_client"]:
+            assert r["round"] in got[f"bytes_by_client/{client}/up"]
 
 
 def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
@@ -261,3 +267,18 @@ def test_the_flower_server_logs_the_same_through_the_driver(tmp_path, corpus):
     got = tensorboard_scalars(tmp_path / "grid")
     check_all(got, rounds, summary, rel=1e-6)
     assert any(tag.startswith("eval_by_set/") for tag in got)
+
+
+def test_a_wandb_resume_in_the_same_second_waits_for_a_folder_of_its_own(tmp_path):
+    """W&B names an offline folder by its start second: a resume that starts within the second of
+    the process before it waits (at most a second) instead of writing into that folder."""
+    pytest.importorskip("wandb", reason="the [track] extra is not installed")
+    from datetime import datetime
+
+    from fedsqueeze.metrics.track.base import RunInfo
+    from fedsqueeze.metrics.track.wandb import WandbSink
+
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    (tmp_path / "wandb" / f"offline-run-{stamp}-abc").mkdir(parents=True)
+    WandbSink(RunInfo(tmp_path, "abc", "n", "p", 1))._wait_for_a_new_second()
+    assert datetime.now().strftime("%Y%m%d_%H%M%S") != stamp

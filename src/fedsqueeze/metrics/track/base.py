@@ -41,6 +41,7 @@ class Sink(Protocol):
         """Stops writing; the run stays open for a resume."""
 
 
+PER_CLIENT_LIMIT = 16  # bytes per client only for rounds of at most this many clients (a chart each)
 # Counts and constants, not figures to plot.
 SKIPPED_METRICS = ("choice_n", "generate_n", "chance")
 
@@ -49,7 +50,8 @@ def record_scalars(record: dict, totals: dict[str, int]) -> dict[str, float]:
     """A rounds.jsonl record (or the base evaluation, step 0) as tracker scalars. `totals` holds
     the bytes of the rounds before this one and is updated (cumulative bytes up and down).
 
-    bytes/{up,down}: this round; bytes/{up,down,total}_cumulative: since round 1.
+    bytes/{up,down}: this round; bytes/{up,down,total}_cumulative: since round 1;
+    bytes_by_client/<id>/{up,down}: this round's, per client (rounds of up to 16 clients).
     train/loss; eval/loss (the mean over the sets judged) and eval_by_set/<set>/loss per owner's
     set; eval/<metric> (mean) and eval_by_set/<set>/<metric> for task metrics; eval/ood_loss (no
     name is both a leaf and a folder: MLflow's file store keeps each as a file);
@@ -64,6 +66,11 @@ def record_scalars(record: dict, totals: dict[str, int]) -> dict[str, float]:
         out["bytes/up_cumulative"] = totals["up"]
         out["bytes/down_cumulative"] = totals["down"]
         out["bytes/total_cumulative"] = totals["up"] + totals["down"]
+    per_client = record.get("per_client") or {}
+    if len(per_client) <= PER_CLIENT_LIMIT:
+        for client, sent in per_client.items():
+            out[f"bytes_by_client/{client}/up"] = sent.get("up", 0)
+            out[f"bytes_by_client/{client}/down"] = sent.get("down", 0)
     if "clients" in record:
         out["clients/aggregated"] = len(record["clients"])
     if "train_loss" in record:

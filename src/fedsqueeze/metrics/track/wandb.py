@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
+from datetime import datetime
 from pathlib import Path
 
 from .base import RunInfo
@@ -35,6 +37,7 @@ class WandbSink:
         import wandb
 
         self.info.folder.mkdir(parents=True, exist_ok=True)
+        self._wait_for_a_new_second()
         settings = wandb.Settings(
             mode="offline",
             x_disable_stats=True,  # the system monitor probes cloud metadata addresses
@@ -56,6 +59,13 @@ class WandbSink:
         )
         self.run.define_metric("*", step_metric="round")
 
+    def _wait_for_a_new_second(self) -> None:
+        """W&B names an offline folder by the second its run started (local time): a resume that
+        starts in the same second as the process before it would write into that one's folder."""
+        taken = {p.name.split("-")[2] for p in offline_runs(self.info.folder)}
+        while datetime.now().strftime("%Y%m%d_%H%M%S") in taken:
+            time.sleep(0.05)
+
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log({**scalars, "round": step}, step=step)
 
@@ -65,8 +75,23 @@ class WandbSink:
 
     def close(self) -> None:
         if self.run is not None:
+            log = Path(self.run.settings.sync_file)
             self.run.finish()
             self.run = None
+            _wait_until_written(log)
+
+
+def _wait_until_written(log: Path, timeout: float = 30.0) -> None:
+    """`finish` returns before wandb-core has written the run's last records: wait for its exit
+    record, so a resume (or a reader) that follows at once finds every step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in read_records(log)):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
 
 
 def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:

@@ -282,3 +282,13 @@ def test_a_wandb_resume_in_the_same_second_waits_for_a_folder_of_its_own(tmp_pat
     (tmp_path / "wandb" / f"offline-run-{stamp}-abc").mkdir(parents=True)
     WandbSink(RunInfo(tmp_path, "abc", "n", "p", 1))._wait_for_a_new_second()
     assert datetime.now().strftime("%Y%m%d_%H%M%S") != stamp
+
+
+def test_a_tracker_added_on_resume_catches_up_from_the_checkpoint(tmp_path, corpus):
+    cfg = tiny_config(tmp_path, corpus, **{"train.rounds": "3"})
+    fedsqueeze.run(cfg, out=tmp_path / "run", until=2, log=None)
+    assert not (tmp_path / "run" / "track").exists()
+    result = fedsqueeze.resume(tmp_path / "run", ['track.to=["tensorboard"]'], log=None)
+    got = tensorboard_scalars(tmp_path / "run")
+    assert sorted(got["eval/loss"]) == [0, 1, 2, 3] and sorted(got["bytes/total_cumulative"]) == [1, 2, 3]
+    check_all(got, result.rounds, result.summary, rel=1e-6)

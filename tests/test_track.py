@@ -176,10 +176,12 @@ def no_network(monkeypatch):
 def test_tensorboard_and_wandb_hold_exactly_the_records_of_rounds_jsonl(tmp_path, corpus, no_network):
     pytest.importorskip("wandb", reason="the [track] extra is not installed")
     attempts, accepted = no_network
-    cfg = tiny_config(tmp_path, corpus, **{"track.to": '["tensorboard", "wandb"]', "track.project": '"fsq-test"'})
+    track = {"track.to": '["tensorboard", "wandb"]', "track.project": '"fsq-test"'}
+    cfg = tiny_config(tmp_path, corpus, **track, **{"eval.metrics": '["loss", "choice"]'})
     result = fedsqueeze.run(cfg, out=tmp_path / "run", log=None)
     rounds, summary = result.rounds, result.summary
     tb = tensorboard_scalars(tmp_path / "run")
+    assert {0, 1, 2} == set(tb["eval/acc"]) and any(t.startswith("eval_by_set/") and t.endswith("/acc") for t in tb)
     check_all(tb, rounds, summary, rel=1e-6)  # TensorBoard keeps float32
     wb = wandb_scalars(tmp_path / "run")
     check_all(wb, rounds, summary, rel=1e-12)  # W&B keeps the JSON float
@@ -216,7 +218,9 @@ def test_mlflow_file_store_holds_the_same_history(tmp_path, corpus):
     pytest.importorskip("mlflow", reason="mlflow (or mlflow-skinny) is not installed")
     from mlflow.tracking import MlflowClient
 
-    cfg = tiny_config(tmp_path, corpus, **{"track.to": '["mlflow"]'})
+    dp = {"privacy.mode": '"central"', "privacy.target_epsilon": "8.0", "privacy.delta": "1e-5"}
+    dp["privacy.noise_seed"] = "1"
+    cfg = tiny_config(tmp_path, corpus, **{"track.to": '["mlflow"]', **dp})
     result = fedsqueeze.run(cfg, out=tmp_path / "run", log=None)
     run_id = (tmp_path / "run" / "track" / "mlflow_run_id").read_text().strip()
     client = MlflowClient(tracking_uri=(tmp_path / "run" / "track" / "mlruns").as_uri())
@@ -225,6 +229,7 @@ def test_mlflow_file_store_holds_the_same_history(tmp_path, corpus):
     assert run.data.params["train.rounds"] == "2"
     got = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in run.data.metrics}
     check_all(got, result.rounds, result.summary, rel=1e-12)
+    assert sorted(got["privacy/epsilon"]) == [1, 2]
 
 
 def test_track_is_off_by_default_and_names_are_checked(tmp_path, corpus, monkeypatch):

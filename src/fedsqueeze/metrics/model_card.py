@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 CARD = "README.md"
+OWNER_ROWS = 64  # owners listed one by one; a larger federation's others in one row
 
 
 def fedavg_equivalent(s, rows: list[dict]) -> dict:
@@ -137,8 +138,16 @@ def render(s, out: Path, summary: dict, reference: dict, owner: str | None = Non
         "| data owner | training examples | held-out examples |",
         "|---|---:|---:|",
     ]
-    for client in s.federation.clients:
+    clients = s.federation.clients
+    for client in clients[:OWNER_ROWS]:
         lines.append(f"| {client.name} | {client.num_examples} | {len(client.eval)} |")
+    if len(clients) > OWNER_ROWS:
+        rest = clients[OWNER_ROWS:]
+        lines.append(
+            f"| ... {len(rest)} more | {sum(c.num_examples for c in rest)} | {sum(len(c.eval) for c in rest)} |"
+        )
+    train, held = sum(c.num_examples for c in clients), sum(len(c.eval) for c in clients)
+    lines.append(f"| all {len(clients)} | {train} | {held} |")
     lines += ["", "## Communication", ""]
     lines += [
         "| direction | bytes | MB | FedAvg fp32 would have sent | ratio |",

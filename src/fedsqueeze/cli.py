@@ -49,6 +49,10 @@ def _show(result) -> None:
     if result.summary is not None:
         console.print(summary_table(result.summary))
         console.print(f"run directory: {result.paths.out}")
+        if (result.paths.adapter / "README.md").is_file():
+            console.print(f"adapter: {result.paths.adapter} (peft; its model card: README.md)")
+        if (result.paths.out / "track").is_dir():
+            console.print(f"trackers: {result.paths.out / 'track'} (README: Experiment trackers)")
 
 
 def _log(text: str) -> None:

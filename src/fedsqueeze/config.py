@@ -321,6 +321,18 @@ class PrivacyConfig(Section):
     anyone with the config can then subtract the noise, and the summary says so."""
 
 
+class TrackConfig(Section):
+    """Experiment trackers fed the same records as rounds.jsonl (step = server round), written
+    inside the run directory (track/); off by default. docs/ARCHITECTURE.md "metrics/track"."""
+
+    to: list[str] = []
+    """Any of "tensorboard", "wandb" (offline: `wandb sync` uploads it later), "mlflow" (a file store)."""
+    project: str = "fedsqueeze"
+    """The W&B project / MLflow experiment name."""
+    run_name: str | None = None
+    """None: the run directory's name."""
+
+
 class Config(Section):
     method: str = "fedavg"
     seed: int = 0
@@ -337,6 +349,7 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     faults: FaultsConfig = FaultsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    track: TrackConfig = TrackConfig()
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 
@@ -372,6 +385,7 @@ RESUMABLE = (
     "train.micro_batch_size",
     "model.dtype",
     "runtime.",
+    "track.",
 )
 
 
@@ -493,6 +507,10 @@ def validate(raw: dict) -> Config:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
         )
+    if cfg.track.to:
+        from .metrics.track import check_sinks
+
+        check_sinks(cfg.track.to)
     if cfg.privacy.mode != "none":
         from .privacy.rules import check
 

@@ -29,7 +29,7 @@ def prepare(out: Path, cfg: Config, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
         import shutil
 
-        for name in ("adapter", "checkpoint", "checkpoint.tmp", "checkpoint.old"):
+        for name in ("adapter", "adapters", "checkpoint", "checkpoint.tmp", "checkpoint.old", "track"):
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(cfg.to_toml())

@@ -29,6 +29,8 @@ from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import REFERENCE_ROUND, evaluate_sets, sampled_sets
 from ..metrics.memory import merge_peaks
+from ..metrics.model_card import write_model_cards
+from ..metrics.track import Tracking
 from ..tensors import Tensors, prefixed, unprefixed
 from . import client_eval
 from .admission import Candidate, screen
@@ -309,6 +311,7 @@ class Driver:
             loss = self.base_eval["eval_loss"]
             self.progress.log(f"before training: eval loss {loss:.4f}" + _means_text(self.base_eval))
         self.progress.start(rounds, self.done, self.s.local_steps)
+        tracking = Tracking.open(self.s.cfg, self.out, self.records, self.base_eval)  # [track]: same records
         try:
             for rnd in range(self.done + 1, last + 1):
                 record = self.run_round(rnd)
@@ -316,12 +319,17 @@ class Driver:
                 self.done = rnd
                 self.save(record)
                 rundir.append_round(self.out, record)
+                tracking.log(record)  # [track]
                 self.progress.round_end(record)
         finally:
             self.progress.stop()
+            if self.done < rounds:
+                tracking.close()  # [track]: left open for the resume
         if self.done < rounds:
             return None
-        return finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval, self.records)
+        summary = finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval, self.records)
+        tracking.finish(summary)  # [track]
+        return summary
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, record: dict) -> None:
@@ -381,7 +389,7 @@ def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
         raise UserError(
             f"{out}: cannot resume with a config that differs from its checkpoint's in "
             + "; ".join(diffs)
-            + " (only train.rounds, eval.every, threads, device, precision and runtime.* may change)"
+            + " (only train.rounds, eval.every, threads, device, precision, runtime.* and track.* may change)"
         )
     problem = rundir.rounds_problem(out, meta["records"])
     if problem and not rebuild_rounds:
@@ -478,6 +486,7 @@ def finish(
         if base_eval.get("ood_eval_loss") is not None:
             summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
     rundir.write_summary(out, summary)
+    write_model_cards(s, out, summary, rows)  # adapter/README.md (and adapters/<client>/README.md)
     return summary
 
 

@@ -70,15 +70,18 @@ class Result:
 
 def load_config(config_or_path: Config | Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """A validated Config from a TOML file, a mapping shaped like one, or a Config, with
-    `key=value` overrides applied (as `--set`). None: the defaults. Raises ConfigError."""
+    `key=value` overrides applied (as `--set`). None: the defaults. Raises ConfigError.
+    Checked in full (config.validate, then checks.check: method params, codec stages, privacy
+    rules, runtime constraints) before anything loads."""
+    from . import checks
     from . import config as config_mod
 
     overrides = list(overrides)
     if config_or_path is None or isinstance(config_or_path, (str, Path)):
-        return config_mod.load(config_or_path, overrides)
+        return checks.check(config_mod.load(config_or_path, overrides))
     if isinstance(config_or_path, config_mod.Config):
         if not overrides:
-            return config_or_path
+            return checks.check(config_or_path)
         raw = config_or_path.model_dump()
     elif isinstance(config_or_path, Mapping):
         raw = json.loads(json.dumps(config_or_path))  # a deep copy the overrides may change
@@ -86,7 +89,7 @@ def load_config(config_or_path: Config | Mapping | str | Path | None = None, ove
         raise UserError(f"load_config: a Config, a mapping or a TOML path, not {type(config_or_path).__name__}")
     for item in overrides:
         config_mod.apply_override(raw, item)
-    return config_mod.validate(raw)
+    return checks.check(config_mod.validate(raw))
 
 
 def run(
@@ -200,10 +203,11 @@ def _launch(resume: bool, until, overwrite, progress, log, rebuild_rounds: bool 
 
 
 def _execute(cfg: Config, out: Path, launch) -> Result:
-    from . import rundir
+    from . import checks, rundir
     from .models.resolve import locate
     from .runtime.registry import RUNTIMES
 
+    checks.check(cfg, launch.until)  # load_config checked the rest; --until against the runtime
     locate(cfg.model.name, cfg.model.init)  # a model name that points nowhere fails here, before any loading
     summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
     return Result(summary, rundir.read_rounds(out), RunPaths(out))

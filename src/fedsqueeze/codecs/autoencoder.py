@@ -26,11 +26,10 @@ from ..autoencoder import build_network, build_view, half_vector, load_half
 from ..autoencoder.compressor import ZERO_EXP, norm_exponent
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param, Plan, Structure
+from .base import Entry, Param, Plan, Structure
 from .wire import Reader, Writer
 
 
-@CODECS.register("autoencoder")
 class Autoencoder(Structure):
     """LoRA layers (paper) or tensors (row) as autoencoder latents; learned, no bound."""
 

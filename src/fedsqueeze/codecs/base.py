@@ -10,7 +10,8 @@ A codec is a chain of at most three stages, always in this order:
     bytes      a lossless pass over the whole body: zstd.
 
 So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writes those values with
-8 bits, and zstd-compresses positions + codes. One stage file = one class + one `@CODECS.register`.
+8 bits, and zstd-compresses positions + codes. One stage file = one class + one line in registry.py's
+CODECS catalog (so a config's stage names are checked without importing a stage).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import CODECS
 from .entry import Entry, PayloadError
 from .wire import Reader, Writer
 
@@ -196,9 +197,6 @@ class Bytes(Stage):
     def decompress(self, data: memoryview, size: int) -> bytes:
         """Exactly `size` bytes or PayloadError; never produce more than `size`."""
         raise NotImplementedError
-
-
-CODECS: Registry[type[Stage]] = Registry("codec")
 
 
 def counter_state(count: int) -> torch.Tensor:

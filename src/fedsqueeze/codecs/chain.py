@@ -8,13 +8,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..codec_spec import parse_spec
 from ..errors import ConfigError
 from ..tensors import Layout, Tensors
 from . import wire
 from .base import CODECS, Bytes, Entry, PayloadError, Stage, Structure, Values
 from .dense import Dense
 from .fp32 import FP32
-from .spec import parse_spec
 
 Accepts = Callable[[str, tuple[int, ...]], bool]
 
@@ -41,14 +41,7 @@ class Codec:
         structure: Structure | None = None
         values: Values | None = None
         compressor: Bytes | None = None
-        for prev, stage in zip(stages, stages[1:]):
-            if ORDER.index(stage.kind) <= ORDER.index(prev.kind):
-                chain = " > ".join(s.spec() for s in stages)
-                raise ConfigError(
-                    f"codec chain {chain!r}: {stage.name!r} ({ROLE[stage.kind]}) cannot follow {prev.name!r} "
-                    f"({ROLE[prev.kind]}); the order is sparsifier / low-rank > value encoding > byte compression, "
-                    f"at most one of each"
-                )
+        check_order(stages)
         for stage in stages:
             if isinstance(stage, Structure):
                 structure = stage
@@ -175,7 +168,26 @@ def _markers(tensors: Tensors) -> dict[str, np.ndarray]:
     return out
 
 
-def build_codec(spec: str, layout: Layout, limits: wire.Limits | None = None) -> Codec:
-    """Parse `spec` (see spec.py) into a Codec for `layout`; ConfigError names any mistake."""
+def check_order(stages: list[Stage]) -> None:
+    """ConfigError unless the stages come as sparsifier / low-rank > values > bytes, one of each at most."""
+    for prev, stage in zip(stages, stages[1:]):
+        if ORDER.index(stage.kind) <= ORDER.index(prev.kind):
+            chain = " > ".join(s.spec() for s in stages)
+            raise ConfigError(
+                f"codec chain {chain!r}: {stage.name!r} ({ROLE[stage.kind]}) cannot follow {prev.name!r} "
+                f"({ROLE[prev.kind]}); the order is sparsifier / low-rank > value encoding > byte compression, "
+                f"at most one of each"
+            )
+
+
+def build_stages(spec: str) -> list[Stage]:
+    """The stages of `spec` (codec_spec.py's grammar), each parameter and their order checked;
+    needs no layout, so a config is checked before any model loads (checks.py)."""
     stages = [CODECS.get(name).from_params(params) for name, params in parse_spec(spec)]
-    return Codec(stages, layout, limits)
+    check_order(stages)
+    return stages
+
+
+def build_codec(spec: str, layout: Layout, limits: wire.Limits | None = None) -> Codec:
+    """Parse `spec` (see codec_spec.py) into a Codec for `layout`; ConfigError names any mistake."""
+    return Codec(build_stages(spec), layout, limits)

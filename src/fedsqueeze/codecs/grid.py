@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import CODECS, Param, PayloadError, Values
+from .base import Param, PayloadError, Values
 from .quantize import pack_codes, unpack_codes
 from .wire import Reader, Writer
 
@@ -74,7 +74,6 @@ def snap(x: torch.Tensor, bits: int) -> torch.Tensor:
     return out.reshape(x.shape).to(x.device)
 
 
-@CODECS.register("grid")
 class Grid(Values):
     """k-bit codes for values on a power-of-two k-bit grid, else fp32; lossless."""
 

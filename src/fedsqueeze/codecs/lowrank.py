@@ -18,11 +18,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .base import CODECS, Entry, Param, Plan, Structure
+from .base import Entry, Param, Plan, Structure
 from .wire import Reader, Writer
 
 
-@CODECS.register("lowrank")
 class LowRank(Structure):
     """PowerSGD rank-r factors, warm-started; ||M - M_hat||_F <= ||M||_F, small tensors dense."""
 

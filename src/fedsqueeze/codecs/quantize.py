@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import CODECS, Param, PayloadError, Values, counter_state
+from .base import Param, PayloadError, Values, counter_state
 from .wire import Reader, Writer
 
 
-@CODECS.register("quantize")
 class Quantize(Values):
     """b-bit codes with per-block min/step; error <= step/2 (nearest) or < step (stochastic, unbiased)."""
 

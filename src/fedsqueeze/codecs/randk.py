@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param, Plan, Structure, counter_state
+from .base import Entry, Param, Plan, Structure, counter_state
 from .sparsify import keep_count, scatter_rebuild
 from .wire import Reader, Writer
 
@@ -107,7 +107,6 @@ def _permute(x: np.ndarray, bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return x
 
 
-@CODECS.register("randk")
 class RandK(Structure):
     """k seeded random entries, positions not sent; ||x - x_hat|| <= ||x|| (scale: unbiased)."""
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import positions as pos_codec
-from .base import CODECS, Entry, PayloadError, Plan
+from .base import Entry, PayloadError, Plan
 from .randk import MASK64, mix64, sample_positions
 from .sparsify import SparseStructure, scatter_rebuild
 from .wire import MARKERS, Reader, Writer, encode_varints
@@ -85,7 +85,6 @@ def shortest_prefix(seed: int, name: str, data: np.ndarray, nonzero: int) -> np.
     return order[: int(rank[np.flatnonzero(data)].max()) + 1]
 
 
-@CODECS.register("seeded")
 class Seeded(SparseStructure):
     """sparse, but positions drawn from the message's mask seed are not sent; lossless."""
 

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param
+from .base import Entry, Param
 from .sparsify import SparseStructure, keep_count
 
 
-@CODECS.register("topk")
 class TopK(SparseStructure):
     """k largest magnitudes per tensor or global; ||x - x_hat||^2 <= (1 - k/n) ||x||^2."""
 

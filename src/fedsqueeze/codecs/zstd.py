@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import zstandard
 
-from .base import CODECS, Bytes, Param, PayloadError
+from .base import Bytes, Param, PayloadError
 
 
-@CODECS.register("zstd")
 class Zstd(Bytes):
     """zstd over the whole body; lossless."""
 

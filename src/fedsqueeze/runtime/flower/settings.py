@@ -50,7 +50,10 @@ class AppSettings:
 
 
 def config_from_toml(text: str) -> Config:
+    """The run's config, checked in full (config.validate, then checks.check) before anything loads."""
+    from ...checks import check
+
     try:
-        return validate(tomllib.loads(text))
+        return check(validate(tomllib.loads(text)))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"run config {CONFIG_TOML!r} is not valid TOML: {exc}") from None

@@ -134,7 +134,21 @@ def resume(
     if not (run_dir / "checkpoint").is_dir() and not (run_dir / "checkpoint.old").is_dir():
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
     cfg = load_config(run_dir / "config.toml", overrides)
+    _check_rounds(run_dir, cfg)
     return _execute(cfg, run_dir, _launch(True, until, False, progress, log, rebuild_rounds))
+
+
+def _check_rounds(run_dir: Path, cfg: Config) -> None:
+    """train.rounds may grow on resume, never fall below the rounds already done (config.toml would
+    then say fewer rounds than rounds.jsonl and the checkpoint hold)."""
+    from .runtime.checkpoint import read_meta
+
+    done = read_meta(run_dir).get("round", 0)
+    if cfg.train.rounds < done:
+        raise UserError(
+            f"config key 'train.rounds': {cfg.train.rounds} is fewer than the {done} rounds {run_dir} has already "
+            f"done; a resume can only extend a run (train.rounds >= {done}); nothing was changed"
+        )
 
 
 def report(run_dirs: Iterable[str | Path], out: str | Path | None = None, *, overwrite: bool = False) -> Report:
@@ -209,5 +223,8 @@ def _execute(cfg: Config, out: Path, launch) -> Result:
 
     checks.check(cfg, launch.until)  # load_config checked the rest; --until against the runtime
     locate(cfg.model.name, cfg.model.init)  # a model name that points nowhere fails here, before any loading
-    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
+    if not launch.resume:
+        rundir.check_free(out, launch.overwrite)
+    with rundir.lock(out, "resume" if launch.resume else "run"):  # one writer per run directory
+        summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
     return Result(summary, rundir.read_rounds(out), RunPaths(out))

@@ -21,10 +21,13 @@ demo: $(STAMP)
 	$(BIN)/fedsqueeze run examples/quickstart.toml --out runs/quickstart --overwrite
 	$(BIN)/fedsqueeze report runs/quickstart --overwrite
 
-# Lint and format check first: they take seconds, the suite minutes.
+# Lint, format, layer contracts (import-linter, pyproject's [tool.importlinter]) and types (mypy,
+# [tool.mypy]) first: they take seconds, the suite minutes.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

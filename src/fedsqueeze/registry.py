@@ -55,7 +55,7 @@ class Registry(Generic[T]):
             module, _, attr = obj.partition(":")
             obj = getattr(import_module(module), attr)
             self._items[name] = obj
-        return obj  # type: ignore[return-value]
+        return obj
 
     def info(self, name: str) -> dict[str, Any]:
         """The facts registered with `name` (imports nothing)."""

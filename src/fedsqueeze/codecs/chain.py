@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,7 +28,8 @@ class Codec:
     use one Codec per link end (Sender does) and save it with state_dict().
     """
 
-    lossless: ClassVar[bool] = False  # per instance: True when every stage is lossless
+    lossless: bool = False
+    """True when the structure and value stages are both lossless."""
 
     def __init__(self, stages: list[Stage], layout: Layout, limits: wire.Limits | None = None):
         self.layout = layout
@@ -48,6 +48,7 @@ class Codec:
             elif isinstance(stage, Values):
                 values = stage
             else:
+                assert isinstance(stage, Bytes)
                 compressor = stage
         self.structure = structure or Dense()
         self.values = values or FP32()
@@ -84,6 +85,7 @@ class Codec:
         blob = wire.pack(self.wire_spec, self._layout_ref, entries, by_fingerprint, len(raw), packed, markers)
         if not reconstruct:
             return blob, None
+        assert sent is not None  # Values.encode returns what is sent when asked to reconstruct
         return blob, self._tensors(entries, plan.rebuild(sent), markers)
 
     def _entries(self, tensors: Tensors) -> tuple[list[Entry], bool]:
@@ -119,6 +121,7 @@ class Codec:
             if accepts is not None and not accepts(e.name, e.shape):
                 raise PayloadError(f"tensor {e.name!r} of shape {e.shape} is not one this end accepts")
         ceiling = min(wire.max_body_size(env.entries), self.limits.max_blob_bytes)
+        body: bytes | memoryview
         if self.compressor:
             if env.body_size > ceiling:
                 raise PayloadError(f"body declares {env.body_size} bytes, more than these tensors can need ({ceiling})")

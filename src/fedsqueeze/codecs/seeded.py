@@ -141,7 +141,7 @@ class Seeded(SparseStructure):
         counts, explicit_positions = pos_codec.read(r, explicit)
         lengths = ks.copy()
         lengths[~is_seeded] = counts
-        seed = self.seed
+        seed = self.seed if self.seed is not None else 0  # unused unless an entry is seeded (checked above)
 
         def rebuild(values: np.ndarray) -> list[np.ndarray]:
             # Drawing positions is O(k) work: only once the values section has been validated.

@@ -97,10 +97,12 @@ def test_a_missing_rounds_file_is_reported_and_rebuilt_to_the_true_total(stopped
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
 
 
-def test_a_garbage_line_stops_resume_and_report_skips_it(stopped, cli):
+@pytest.mark.parametrize("garbage", ["not json at all", "123", "[1, 2]", '"text"', "\x00\x01 binary"])
+def test_a_garbage_line_stops_resume_and_report_skips_it(stopped, cli, garbage):
+    """Text, and JSON that is not an object (a number, a list, a string), alike: no traceback."""
     path = stopped / "rounds.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text(lines[0] + "\n" + "not json at all\n")
+    path.write_text(lines[0] + "\n" + garbage + "\n")
     before = _snapshot(stopped)
     _assert_refused(cli("resume", stopped), stopped, before, "rounds.jsonl", "line 2")
     res = cli("report", stopped)

@@ -148,6 +148,8 @@ def rounds_problem(out: Path, records: list[dict]) -> str | None:
             row = json.loads(lines[i])
         except ValueError:
             return f"line {i + 1} is not JSON ({lines[i][:40]!r})"
+        if not isinstance(row, dict):
+            return f"line {i + 1} is not a round record ({lines[i][:40]!r})"
         if json.dumps(row, sort_keys=True) != json.dumps(record, sort_keys=True):
             return f"line {i + 1} (round {row.get('round')}) differs from the checkpoint's record"
     return None

@@ -31,7 +31,11 @@ class Section(BaseModel):
     # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8";
     # allow_inf_nan=False: every float setting is finite (`--set x=1e999`, TOML `inf` / `nan` are
     # refused naming the key); a setting that can mean "none" says so with None, never infinity.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+    # use_attribute_docstrings: a knob's docstring is its pydantic description (the one way to
+    # declare a knob: a typed field with a description, as methods' Params declare theirs).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class ModelConfig(Section):

@@ -81,7 +81,7 @@ def read_text(file: Path) -> str:
 
 
 def _bomless_utf16(data: bytes) -> str | None:
-    """"UTF-16LE" / "UTF-16BE" when the start of `data` looks like it (most characters of text are
+    """ "UTF-16LE" / "UTF-16BE" when the start of `data` looks like it (most characters of text are
     below U+0100, so one byte of each pair is zero), else None."""
     head = data[:512]
     pairs = len(head) // 2

@@ -163,7 +163,7 @@ class InProcessGrid:
             context = self.contexts[node]
             info = msg.content.config_records.get(wire.INFO)
             rnd = int(info["round"]) if info else 0  # round 0: the query for the node's partition
-            fault = self.faults.get((rnd, context.node_config["partition-id"]))
+            fault = self.faults.get((rnd, context.node_config.get("partition-id")))
             if fault == "silent":
                 continue
             TaskIdentity.node_id = self.SUPERLINK if fault == "gone" else node

@@ -5,7 +5,7 @@ config.validate has already checked the schema, every cross-key rule and every n
 catalog without importing anything; this step adds, in order:
   method    its `params` (the method's Params model), every number in them finite
   runtime   a remote runtime (registry.py's RUNTIMES info) needs a federated method; --until only
-            where the runtime can stop after a round
+            where the runtime can stop after a round; eval.at = clients / both needs a global adapter
   codecs    each configured chain's stage parameters and order, a lossless downlink where the
             method needs one, no `autoencoder` stage (no method trains its network in a run)
   privacy   privacy/rules.py: refused and unproven combinations, the numbers a guarantee needs
@@ -30,6 +30,9 @@ def check(cfg: Config, until: int | None = None) -> Config:
     validated_params(cfg.method, cfg.params)
     _finite_params(cfg.params, "params")
     _runtime(cfg, method, until)
+    from .data.owners import check_eval_at
+
+    check_eval_at(cfg, method)  # eval.at = clients / both needs a global adapter
     _codecs(cfg, method)
     if cfg.privacy.mode != "none":
         from .privacy.rules import check as privacy_check

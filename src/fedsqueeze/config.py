@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .codec_spec import parse_spec
 from .errors import ConfigError
+from .owners_folder import is_owners, resolve
 from .registry import CODECS, METHODS, RUNTIMES
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class DataConfig(Section):
     "choice"; with answer_field. None: choices are drawn from other responses of the same domain."""
     answer_field: str | None = None
     """The column naming the right choice: its index (0-based) or its text."""
+    owners: list[str] | None = None
+    """source = "owners:DIR": the owners' names (file stems, sorted), filled from DIR where the config
+    is loaded, so that machines without the folder (the coordinator, each node) know them."""
 
 
 class TrainConfig(Section):
@@ -161,6 +165,10 @@ class EvalConfig(Section):
     """rouge / exact: greedy decoding stops after this many new tokens (or EOS)."""
     generate_examples: int = Field(32, ge=1)
     """rouge / exact: held-out examples generated for per eval set (a sample seeded by seed and set)."""
+    at: Literal["server", "clients", "both"] | None = None
+    """Who judges: the server on the held-out sets it holds, the clients each on its own (they reply
+    sums and counts; the figure is their example-weighted mean), or both. None: "clients" for
+    per-owner data (data.source = "owners:DIR"), else "server"."""
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -263,6 +271,9 @@ class ServerConfig(Section):
     norm_factor: float | None = Field(10.0, gt=1)
     """Reject an upload whose norm is above this many times the median norm of the round's other
     uploads (None: no relative bound; needs at least two uploads in the round)."""
+    max_client_weight: float = Field(0.5, gt=0, le=1)
+    """Where only a client knows its example count (per-owner data), the largest share of a round's
+    total weight its claim may get (in aggregation and in client-side evaluation); capped and logged."""
 
 
 FAULT_KINDS = (
@@ -452,6 +463,8 @@ def validate(raw: dict) -> Config:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
     METHODS.check(cfg.method)  # raises ConfigError naming the allowed methods (imports nothing)
     RUNTIMES.check(cfg.runtime.kind)
+    if is_owners(cfg.data.source):
+        resolve(cfg)  # data.owners and data.clients from the folder (eval.at's rule: checks.py)
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
         raise ConfigError(
             f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "

@@ -141,6 +141,10 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
 
     pooled=True (centralized training): one client "pooled" with every client's training examples, the same
     examples held out as in the federated run, and `eval_sets` still one per original client."""
+    if cfg.source.strip().startswith("owners:"):  # one file per owner (data/owners.py)
+        from .owners import build_owner_federation
+
+        return build_owner_federation(cfg, tokenizer, seed, pooled)
     examples = load_examples(cfg.source, cfg)
     key: str | None = label_key(cfg)
     if cfg.partition != "iid":

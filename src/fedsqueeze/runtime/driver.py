@@ -27,11 +27,13 @@ from .. import rundir
 from ..codecs import PayloadError
 from ..config import HybridConfig
 from ..errors import UserError
-from ..evaluation import REFERENCE_ROUND, evaluate_round, evaluate_sets, sampled_sets
+from ..evaluation import REFERENCE_ROUND, evaluate_sets, sampled_sets
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
+from . import client_eval
 from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .claims import cap_text, claims_counted
 from .roles import ServerRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
@@ -233,9 +235,14 @@ class Driver:
             )
         t_aggregate = time.perf_counter()
         record = self.server.close_round(rnd)
+        if "capped" in record:
+            self.progress.log(f"round {rnd}: " + cap_text(record["capped"], self.s.cfg.server.max_client_weight))
         t_eval = time.perf_counter()
         if rnd % self.s.cfg.eval.every == 0 or rnd == self.s.cfg.train.rounds:
-            record.update(evaluate_round(self.s, self.client_states, rnd))
+            record.update(client_eval.judge(self, rnd))  # eval.at: server, clients or both
+            client_eval.bill(record, record)  # evaluate messages are downlink
+        if rnd == 1:
+            client_eval.bill(record, self.base_eval)  # and so are the base model's
         t_end = time.perf_counter()
         record.update(
             seconds=t_end - t0,
@@ -269,9 +276,14 @@ class Driver:
     def _admit(self, rnd: int, decoded: list, rejected: dict, stale: dict) -> None:
         """Screens the round's decoded uploads together (norms are judged against each other) and
         takes in those that pass; the others are logged and stay out of the aggregate."""
-        known = self.s.federation.clients
+        known = [None] * self.s.num_clients if claims_counted(self.s) else self.s.federation.clients
         candidates = [
-            Candidate(up.client, tensors, int(up.metrics.get("num_examples", -1)), known[up.client].num_examples)
+            Candidate(
+                up.client,
+                tensors,
+                int(up.metrics.get("num_examples", -1)),
+                getattr(known[up.client], "num_examples", None),
+            )
             for up, _, tensors in decoded
             if tensors is not None
         ]
@@ -293,7 +305,7 @@ class Driver:
         if self.done < rounds:
             self.transport.start()
         if self.done == 0 and self.base_eval is None:
-            self.base_eval = evaluate_round(self.s, self.client_states, REFERENCE_ROUND)
+            self.base_eval = client_eval.judge(self, REFERENCE_ROUND)
             loss = self.base_eval["eval_loss"]
             self.progress.log(f"before training: eval loss {loss:.4f}" + _means_text(self.base_eval))
         self.progress.start(rounds, self.done, self.s.local_steps)
@@ -480,7 +492,7 @@ def final_evaluation(s: Session, client_states, last_eval: dict) -> tuple[dict, 
     sample-sized pass, so a large federation's summary still costs what a round's evaluation does."""
     names = list(s.federation.eval_sets)
     reference = sampled_sets(s, REFERENCE_ROUND)
-    if last_eval.get("eval_sets", names) == [names[i] for i in reference]:
+    if last_eval.get("eval_sets", names) == [names[i] for i in reference] or last_eval.get("eval_at") == "clients":
         return last_eval, 0.0
     t0 = time.perf_counter()
     fields = evaluate_sets(s, client_states, reference)

@@ -20,6 +20,7 @@ from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT, from_wire, to_wire, without_markers
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
+from .claims import cap_updates, weight_of
 from .session import Session
 from .state_store import StateStore
 
@@ -185,7 +186,7 @@ class ServerRole:
         self.train_losses[client] = metrics["train_loss"]
         self.client_peaks.append(metrics)
         if tensors is not None:
-            num_examples = self.s.federation.clients[client].num_examples
+            num_examples = weight_of(self.s, client, metrics)  # a claim where only the client knows
             self.updates.append(ClientUpdate(client, tensors, num_examples, staleness))
 
     def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
@@ -209,6 +210,7 @@ class ServerRole:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and
         returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
+        updates, capped = cap_updates(self.s, updates)  # claims above server.max_client_weight
         if self.noise is not None:
             method_metrics = self.noise.aggregate(self.method, rnd, updates)
         else:
@@ -218,6 +220,8 @@ class ServerRole:
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]
         record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
         record.update(method_metrics or {})
+        if capped:
+            record["capped"] = capped
         if self.s.privacy is not None:
             record["epsilon"] = self.s.privacy.epsilon(rnd)  # a bound for every client after rnd rounds
         self.updates, self.train_losses = [], {}

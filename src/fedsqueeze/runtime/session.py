@@ -44,13 +44,17 @@ class Session:
     """The resolved noise and guarantee under privacy.mode = central | local, else None."""
 
     @classmethod
-    def build(cls, cfg: Config, log=print, caps=None) -> Session:
-        """caps: the hardware's Capabilities (detected when None; tests inject them)."""
+    def build(cls, cfg: Config, log=print, caps=None, model=None, data=None) -> Session:
+        """caps: the hardware's Capabilities (detected when None; tests inject them). model: a
+        (peft model, tokenizer) built earlier by build_model for this very model, adapter spec,
+        seed and placement, its adapter back at its initial values (the resident worker's cache).
+        data: where the federation comes from, `data(cfg, tokenizer) -> Federation` (None: the
+        whole of data.source; data/owners.py gives a node's own owner, or only the owners' names)."""
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
         spec = adapter_spec(cfg.method, cfg.params, cfg.lora.r, cfg.lora.alpha)
-        peft_model, tok = build_model(cfg, placement, log, spec)
+        peft_model, tok = model if model is not None else build_model(cfg, placement, log, spec)
         adapter = LoraAdapter(peft_model)
         ctx = MethodContext(
             layout=adapter.layout,
@@ -63,7 +67,10 @@ class Session:
         )
         method = build_method(cfg.method, cfg.params, ctx)
         t0 = time.perf_counter()
-        federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
+        if data is None:
+            federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
+        else:
+            federation = data(cfg, tok)
         federation.build_seconds = time.perf_counter() - t0
         log(f"federation of {len(federation.clients)} clients built in {federation.build_seconds:.1f} s")
         session = cls(

@@ -25,6 +25,7 @@ from ..driver import CloseRule, Driver, LogProgress, Upload, check_resumable, de
 from ..session import Session
 from . import wire
 from .client_app import NUM_PARTITIONS, PARTITION_ID
+from .node_data import server_data
 
 # A client times its own training, not the transfers: it gets this share of the rule's budget.
 WORK_SHARE = 0.8
@@ -144,6 +145,20 @@ class GridTransport:
                 self.log(f"round {rnd}: no answer from client {p.client} within {self.rt.round_timeout} s: left out")
         return sorted(uploads, key=lambda u: u.client), None  # client order: arrival order is not reproducible
 
+    def evaluate(self, rnd: int, blobs: dict[int, bytes]) -> dict[int, dict | None]:
+        """Evaluate messages (runtime/client_eval.py): each owner's sums and counts, None where it
+        failed or did not answer within runtime.round_timeout."""
+        messages = [wire.evaluate_message(self.nodes[c], rnd, c, blob) for c, blob in blobs.items()]
+        out: dict[int, dict | None] = {}
+        for (client, _), (_, reply) in zip(blobs.items(), exchange(self.grid, messages, self.rt.round_timeout)):
+            if reply is None or reply.has_error():
+                why = "no answer" if reply is None else reply.error.reason
+                self.log(f"round {rnd}: client {client} did not evaluate ({why})")
+                out[client] = None
+            else:
+                out[client] = wire.reply_metrics(reply.content)
+        return out
+
     # ---- checkpoints (the server part only) ------------------------------------------------------
     def state_dict(self) -> tuple[Tensors, dict]:
         return {}, {"runtime": "flower", "in_flight": len(self.pending)}
@@ -195,7 +210,7 @@ def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
     """Runs (or resumes) a whole fedsqueeze run over `grid`; returns the summary."""
     if resume:
         check_resumable(out, cfg)  # before the model loads: another run's config or a damaged checkpoint
-    session = Session.build(cfg, log=log)
+    session = Session.build(cfg, log=log, data=server_data(cfg))  # per-owner data: the owners' names only
     driver = Driver(session, GridTransport(session, grid, log), out, LogProgress(log))
     if resume:
         driver.restore()

@@ -50,10 +50,9 @@ class AppSettings:
 
 
 def config_from_toml(text: str) -> Config:
-    """The run's config, checked in full (config.validate, then checks.check) before anything loads."""
-    from ...checks import check
-
+    """The run's config (config.validate: no torch, so a resident node's shim stays light); the
+    ServerApp runs checks.check on it too, before anything loads."""
     try:
-        return check(validate(tomllib.loads(text)))
+        return validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"run config {CONFIG_TOML!r} is not valid TOML: {exc}") from None

@@ -24,10 +24,13 @@ demo: $(STAMP)
 	$(BIN)/fedsqueeze report runs/quickstart --overwrite
 	$(BIN)/fedsqueeze size examples/quickstart.toml
 
-# Lint and format check first: they take seconds, the suite minutes.
+# Lint, format, layer contracts (import-linter, pyproject's [tool.importlinter]) and types (mypy,
+# [tool.mypy]) first: they take seconds, the suite minutes.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

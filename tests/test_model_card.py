@@ -43,7 +43,7 @@ def test_the_card_states_the_summary_figures_and_peft_still_loads_the_folder(tmp
 
 
 def test_smollm2_names_its_hub_id_without_loading_anything():
-    from fedsqueeze.metrics.model_card import base_model_id, base_model_source
+    from fedsqueeze.runtime.model_card import base_model_id, base_model_source
 
     cfg = fedsqueeze.load_config(None, ["model.name=smollm2-135m"])
     assert base_model_id(cfg) == "HuggingFaceTB/SmolLM2-135M-Instruct"

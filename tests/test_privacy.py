@@ -145,8 +145,11 @@ def test_target_epsilon_ends_at_or_below_its_target(target, rounds, clients, k):
 
 # ---- the composition rules ----------------------------------------------------------------------
 def _cfg(*sets):
+    """A config checked in full: config.load, then checks.check (the privacy rules need the method)."""
+    from fedsqueeze.checks import check
+
     base = ["privacy.delta=1e-5", "privacy.noise_multiplier=1.0"]
-    return config_mod.load(None, base + list(sets))
+    return check(config_mod.load(None, base + list(sets)))
 
 
 def test_local_noise_before_a_topk_uplink_keeps_the_guarantee():
@@ -190,8 +193,10 @@ def test_refusals_name_the_key_and_the_reason(sets, match):
 
 
 def test_delta_is_required():
+    from fedsqueeze.checks import check
+
     with pytest.raises(ConfigError, match="privacy.delta"):
-        config_mod.load(None, ["privacy.mode=central", "privacy.noise_multiplier=1.0"])
+        check(config_mod.load(None, ["privacy.mode=central", "privacy.noise_multiplier=1.0"]))
 
 
 def test_adaptive_clipping_needs_count_noise_above_the_multiplier():

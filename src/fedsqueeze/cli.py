@@ -186,13 +186,19 @@ def data(
 ):
     """Load, tokenize and partition the data of a config, and print the partition summary."""
     from . import config as config_mod
+
+    try:
+        cfg = config_mod.load(config, set_)  # before torch: a typo costs no import
+    except UserError as exc:
+        _fail(exc)
+    from .checks import check
     from .data import build_federation
     from .models import load_base
-    from .strategies import METHODS
+    from .registry import METHODS
 
     _quiet_libraries(verbose)
     try:
-        cfg = config_mod.load(config, set_)
+        check(cfg)
         _, tok = load_base(cfg.model.name, log=console.print)
         t0 = time.perf_counter()
         fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).mode.pooled)

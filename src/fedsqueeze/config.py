@@ -1,11 +1,16 @@
 """Typed, validated run configuration: a TOML file plus `--set key=value` overrides.
 
-Every error names the offending key and what is allowed (see `ConfigError`).
+Every error names the offending key and what is allowed (see `ConfigError`). This module is the
+bottom layer: it imports neither torch nor anything above it. `validate` checks the schema, every
+cross-key rule and the names of the method, runtime and codec stages (registry.py's catalog, nothing
+imported); checks.py then checks what needs a method's or a stage's class, before anything loads.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,15 +18,25 @@ import tomli_w
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .codec_spec import parse_spec
 from .errors import ConfigError
+from .owners_folder import is_owners, resolve
+from .registry import CODECS, METHODS, RUNTIMES, TRACKERS
 
 log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class Section(BaseModel):
-    # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8"
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8";
+    # allow_inf_nan=False: every float setting is finite (`--set x=1e999`, TOML `inf` / `nan` are
+    # refused naming the key); a setting that can mean "none" says so with None, never infinity.
+    # use_attribute_docstrings: a knob's docstring is its pydantic description (the one way to
+    # declare a knob: a typed field with a description, as methods' Params declare theirs).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class ModelConfig(Section):
@@ -117,8 +132,6 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        from .hardware import DEVICE_PATTERN
-
         if not DEVICE_PATTERN.match(value):
             raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
         return value
@@ -431,7 +444,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -439,7 +452,12 @@ def _describe(err: dict) -> str:
         allowed = _allowed_keys(section)
         return f"unknown config key {key!r}; allowed here: {', '.join(allowed)}"
     got = err.get("input")
+    if kind == "finite_number" or kind == "float_type" and str(got).strip().lstrip("+-").lower() in _NOT_FINITE:
+        return f"config key {key!r}: must be a finite number; infinity and NaN are not settings (got {got!r})"
     return f"config key {key!r}: {err['msg'].removeprefix('Value error, ')} (got {got!r})"
+
+
+_NOT_FINITE = ("inf", "nan", "infinity")
 
 
 def _allowed_keys(section: tuple) -> list[str]:
@@ -457,17 +475,12 @@ def validate(raw: dict) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
-    # Imported here: the registries import modules that import this one.
-    from .runtime.registry import RUNTIMES
-    from .strategies import METHODS
-
-    METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
-    RUNTIMES.get(cfg.runtime.kind)
-    from .data.owners import check_eval_at, is_owners, resolve
-
+    METHODS.check(cfg.method)  # raises ConfigError naming the allowed methods (imports nothing)
+    RUNTIMES.check(cfg.runtime.kind)
+    for name in cfg.track.to:
+        TRACKERS.check(name)
     if is_owners(cfg.data.source):
-        resolve(cfg)  # data.owners and data.clients from the folder
-    check_eval_at(cfg, METHODS.get(cfg.method))
+        resolve(cfg)  # data.owners and data.clients from the folder (eval.at's rule: checks.py)
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
         raise ConfigError(
             f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
@@ -484,11 +497,8 @@ def validate(raw: dict) -> Config:
             '(one per client, data.clients); use a smaller number or "all"'
         )
     for link in ("uplink", "downlink"):
-        if getattr(cfg, link).codec is not None and not getattr(cfg, link).codec.strip():
-            raise ConfigError(
-                f"config key '{link}.codec': empty; name a codec (e.g. fp32, sparse > zstd) "
-                "or leave the key out for the method's default"
-            )
+        if getattr(cfg, link).codec is not None:
+            check_codec_names(f"{link}.codec", getattr(cfg, link).codec)
     if cfg.faults.clients and cfg.faults.kind is None:
         raise ConfigError(
             f"config key 'faults.kind': faults.clients = {cfg.faults.clients} needs a kind; "
@@ -507,18 +517,29 @@ def validate(raw: dict) -> Config:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
         )
-    if cfg.track.to:
-        from .metrics.track import check_sinks
-
-        check_sinks(cfg.track.to)
-    if cfg.privacy.mode != "none":
-        from .privacy.rules import check
-
-        check(cfg)
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def check_codec_names(key: str, spec: str) -> None:
+    """The spec's grammar and every stage name, against the catalog (no stage imported); each
+    stage's parameters and the chain's order are checked by checks.py with the stages' classes."""
+    if not spec.strip():
+        raise ConfigError(
+            f"config key {key!r}: empty; name a codec (e.g. fp32, sparse > zstd) or leave the key out for the "
+            "method's default"
+        )
+    try:
+        stages = parse_spec(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key!r}: {exc}") from None
+    for name, _ in stages:
+        if name not in CODECS:
+            raise ConfigError(
+                f"config key {key!r}: unknown codec stage {name!r} in {spec!r}; allowed: {', '.join(CODECS.names())}"
+            )
+
+
+def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     raw: dict = {}
     if path is not None:
         path = Path(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, rundir
+from .. import __version__, checks, rundir
 from .. import config as config_mod
 from ..errors import UserError
 from ..metrics.plots import plot, workload
@@ -73,7 +73,7 @@ def run_suite(
         if raw["method"] not in METHODS:
             log(f"skipping {name}: method {raw['method']!r} is not available in this build")
             continue
-        cfg = config_mod.validate(raw)
+        cfg = checks.check(config_mod.validate(raw))
         run_dir = out / name
         if reuse and _finished_with(run_dir, cfg):
             summary = json.loads((run_dir / rundir.SUMMARY).read_text())

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import positions as pos_codec
-from .base import CODECS, Entry, PayloadError, Plan
+from .base import Entry, PayloadError, Plan
 from .randk import MASK64, mix64, sample_positions
 from .sparsify import SparseStructure, scatter_rebuild
 from .wire import MARKERS, Reader, Writer, encode_varints
@@ -85,7 +85,6 @@ def shortest_prefix(seed: int, name: str, data: np.ndarray, nonzero: int) -> np.
     return order[: int(rank[np.flatnonzero(data)].max()) + 1]
 
 
-@CODECS.register("seeded")
 class Seeded(SparseStructure):
     """sparse, but positions drawn from the message's mask seed are not sent; lossless."""
 
@@ -142,7 +141,7 @@ class Seeded(SparseStructure):
         counts, explicit_positions = pos_codec.read(r, explicit)
         lengths = ks.copy()
         lengths[~is_seeded] = counts
-        seed = self.seed
+        seed = self.seed if self.seed is not None else 0  # unused unless an entry is seeded (checked above)
 
         def rebuild(values: np.ndarray) -> list[np.ndarray]:
             # Drawing positions is O(k) work: only once the values section has been validated.

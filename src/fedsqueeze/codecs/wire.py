@@ -107,7 +107,7 @@ class Writer:
         self.size += len(data)
 
     def array(self, values: np.ndarray) -> None:
-        self.raw(memoryview(np.ascontiguousarray(values)).cast("B"))
+        self.raw(np.ascontiguousarray(values).data.cast("B"))
 
     def u8(self, value: int) -> None:
         self.raw(bytes((value,)))
@@ -262,9 +262,9 @@ def pack(
                 head.varint(d)
     if markers:
         head.u8(len(markers))
-        for name in sorted(markers, key=MARKERS.index):
-            values = np.asarray(markers[name], "<f4").reshape(-1)
-            head.u8(MARKERS.index(name) + 1)
+        for marker in sorted(markers, key=MARKERS.index):
+            values = np.asarray(markers[marker], "<f4").reshape(-1)
+            head.u8(MARKERS.index(marker) + 1)
             head.u8(values.size)
             head.array(values)
     head.varint(body_size)

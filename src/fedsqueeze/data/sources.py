@@ -59,18 +59,40 @@ _BOMS = (
 
 def read_text(file: Path) -> str:
     """A data file's text: UTF-8, or UTF-16/32 with a byte-order mark; anything else is a
-    DataError that says where decoding failed and how to convert the file."""
+    DataError that says where decoding failed and how to convert the file. UTF-16 without a
+    byte-order mark is told apart by its zero bytes (ASCII text in it even decodes as UTF-8,
+    with a NUL between letters), and named with the iconv command that converts it."""
     data = file.read_bytes()
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    utf16 = _bomless_utf16(data) if encoding == "utf-8" else None
+    if utf16:
+        raise DataError(
+            f"{file}: {utf16} text without a byte-order mark (every other byte is zero); convert it, e.g. "
+            f"`iconv -f {utf16} -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
+        )
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        guess = "UTF-16 without a byte-order mark" if b"\x00" in data[:200] else "Latin-1 or another 8-bit code"
         raise DataError(
-            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like {guess}); "
-            f"convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
+            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like Latin-1 or another 8-bit "
+            f"code); convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
         ) from None
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """ "UTF-16LE" / "UTF-16BE" when the start of `data` looks like it (most characters of text are
+    below U+0100, so one byte of each pair is zero), else None."""
+    head = data[:512]
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    zero_odd, zero_even = head[1 : 2 * pairs : 2].count(0), head[0 : 2 * pairs : 2].count(0)
+    if zero_odd >= pairs * 0.6 and zero_even == 0:
+        return "UTF-16LE"
+    if zero_even >= pairs * 0.6 and zero_odd == 0:
+        return "UTF-16BE"
+    return None
 
 
 def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:

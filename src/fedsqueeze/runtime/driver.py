@@ -29,13 +29,13 @@ from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import REFERENCE_ROUND, evaluate_sets, sampled_sets
 from ..metrics.memory import merge_peaks
-from ..metrics.model_card import write_model_cards
 from ..metrics.track import Tracking
 from ..tensors import Tensors, prefixed, unprefixed
 from . import client_eval
 from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .claims import cap_text, claims_counted
+from .model_card import write_model_cards
 from .roles import ServerRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
@@ -435,7 +435,9 @@ def finish(
     that was. Its `seconds` are the rounds' whole seconds plus that evaluation's, if it ran."""
     rows = rundir.read_rounds(out) if rows is None else rows
     final, final_seconds = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
-    s.adapter.set(s.method.final_adapter(client_states))
+    final_adapter = s.method.final_adapter(client_states)
+    finite = all(bool(v.isfinite().all()) for v in final_adapter.values())
+    s.adapter.set(final_adapter)
     s.adapter.save(out / "adapter")
     if s.method.mode.personalized:
         for i, name in enumerate(s.federation.eval_sets):
@@ -473,6 +475,8 @@ def finish(
     if s.privacy is not None:
         clip_norm = next((r["dp_clip_norm"] for r in reversed(rows) if "dp_clip_norm" in r), s.privacy.clip_norm)
         summary["privacy"] = s.privacy.summary(rounds_done, clip_norm)
+        if not finite:  # the run's own numbers support no claim about it
+            summary["privacy"]["guarantee"] = "void: the final adapter holds non-finite values (NaN or infinity)"
     if "eval_by" in final:
         summary["eval_by"] = final["eval_by"]
     if "ood_eval_loss" in final:

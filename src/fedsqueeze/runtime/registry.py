@@ -1,4 +1,5 @@
-"""Runtime registry: `runtime.kind` -> how a run executes. One file per runtime, one line here.
+"""Runtimes: `runtime.kind` -> how a run executes. One file per runtime, one line in the catalog
+(registry.py's RUNTIMES, with the facts a config check reads: remote, until).
 
 An entry is a callable `execute(cfg, out, launch)` that runs (or resumes, per `Launch`) a whole run
 into `out` and returns its summary (None when stopped early by `launch.until`).
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..registry import Registry
+from ..registry import RUNTIMES
 
-RUNTIMES: Registry[Callable[..., dict | None]] = Registry("runtime", key="runtime.kind")
+__all__ = ["RUNTIMES", "Launch", "in_process", "run_flower_sim", "run_local"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,13 @@ def _local(session, out: Path):
     return InProcessTransport(session, client_store(session, out))
 
 
-def _flower_sim(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
+def run_flower_sim(cfg: Config, out: Path, launch: Launch = Launch()) -> dict | None:
     from ..errors import UserError
     from .flower import run_flower_simulation
 
-    if launch.until is not None:
+    if launch.until is not None:  # checks.py refuses it first (RUNTIMES' until = False)
         raise UserError('--until works with runtime.kind = "local"; on Flower, stop the run and resume it')
     return run_flower_simulation(cfg, out, overwrite=launch.overwrite, resume=launch.resume, log=launch.log)
 
 
-RUNTIMES.register("local")(in_process(_local))
-RUNTIMES.register("flower-sim")(_flower_sim)
+run_local = in_process(_local)

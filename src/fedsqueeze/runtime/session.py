@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,20 +21,27 @@ from ..hardware import Placement
 from ..models import LoraAdapter, build_model
 from ..strategies import ClientUpdate, Method, MethodContext, adapter_spec, build_method
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..data.federation import Federation
+    from ..privacy.plan import Plan
+
 
 @dataclass
 class Session:
     cfg: Config
-    model: object
-    tokenizer: object
+    model: torch.nn.Module
+    """The base model with the run's LoRA attached (a peft model)."""
+    tokenizer: PreTrainedTokenizerBase
     adapter: LoraAdapter
-    federation: object
+    federation: Federation
     method: Method
     uplink_spec: str
     downlink_spec: str
     placement: Placement
-    privacy: object = None
-    """privacy.plan.Plan under privacy.mode = central | local, else None."""
+    privacy: Plan | None = None
+    """The resolved noise and guarantee under privacy.mode = central | local, else None."""
 
     @classmethod
     def build(cls, cfg: Config, log=print, caps=None, model=None, data=None) -> Session:

@@ -2,7 +2,7 @@
 
 Each sink gets the same scalars from the same records that rounds.jsonl holds (base.py), with the
 server round as the step, and writes inside the run directory (DIR/track/). One file per sink and
-one line in TRACKERS; the library a sink needs is imported only when a run uses it (the `[track]`
+one line in registry.py's TRACKERS; the library a sink needs is imported only when a run uses it (the `[track]`
 extra installs all three). A resume continues each tracker's run (same id, same folder) from the
 step after the last one it logged, so no step is written twice and none is missing.
 """
@@ -12,33 +12,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ConfigError
-from ...registry import Registry
+from ...registry import TRACKERS
 from .base import RunInfo, Sink, base_scalars, flat_config, record_scalars
 
 TRACK_DIR = "track"
 STATE = "state.json"
-
-
-@dataclass(frozen=True)
-class Tracker:
-    """How to build a sink: `module:Class` under this package, and the PyPI package it needs."""
-
-    target: str
-    needs: str  # the importable module, and its pip name
-
-    def build(self, info: RunInfo) -> Sink:
-        module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(info)
-
-
-TRACKERS: Registry[Tracker] = Registry("tracker", key="track.to")
-TRACKERS.register("tensorboard")(Tracker("tensorboard:TensorBoardSink", "tensorboard"))
-TRACKERS.register("wandb")(Tracker("wandb:WandbSink", "wandb"))
-TRACKERS.register("mlflow")(Tracker("mlflow:MlflowSink", "mlflow"))
 
 
 def check_sinks(names: list[str]) -> None:
@@ -46,10 +27,10 @@ def check_sinks(names: list[str]) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"config key 'track.to': {names} names a tracker twice")
     for name in names:
-        tracker = TRACKERS.get(name)
-        if importlib.util.find_spec(tracker.needs) is None:
+        needs = TRACKERS.info(name)["needs"]
+        if importlib.util.find_spec(needs) is None:
             raise ConfigError(
-                f"config key 'track.to': {name!r} needs the {tracker.needs!r} package, which is not installed: "
+                f"config key 'track.to': {name!r} needs the {needs!r} package, which is not installed: "
                 "pip install 'fedsqueeze[track]' (or leave it out of track.to)"
             )
 
@@ -83,7 +64,7 @@ class Tracking:
         sinks, totals = [], {}
         for sink_name in cfg.track.to:
             info = RunInfo(folder, run_id, name, cfg.track.project, logged.get(sink_name))
-            sink = TRACKERS.get(sink_name).build(info)
+            sink = TRACKERS.get(sink_name)(info)
             sink.start(config)
             sinks.append(sink)
             totals[sink_name] = {}
@@ -142,6 +123,6 @@ def _write_state(folder: Path, state: dict) -> None:
 
 
 def _version() -> str:
-    from ... import __version__
+    from ...version import __version__
 
     return __version__

@@ -88,7 +88,7 @@ def base_model_source(cfg) -> str:
 
 
 def render(s, out: Path, summary: dict, reference: dict, owner: str | None = None) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     cfg = s.cfg
     hub_id = base_model_id(cfg)

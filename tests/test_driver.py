@@ -14,7 +14,7 @@ import torch
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import RUNTIMES, Launch, Session, in_process
-from fedsqueeze.runtime.driver import Upload
+from fedsqueeze.runtime.reply import Upload
 from fedsqueeze.runtime.roles import ClientRole
 
 from conftest import tiny_config
@@ -77,8 +77,7 @@ class ThreadTransport:
         uploads = []
         for f in done:
             client, origin = self.futures.pop(f)
-            blob, metrics = f.result()
-            uploads.append(Upload(client, origin, blob, metrics))
+            uploads.append(Upload(client, origin, f.result()))
         return sorted(uploads, key=lambda u: u.client), None
 
     def state_dict(self):

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import FaultsConfig
 from ..tensors import Tensors
+
+if TYPE_CHECKING:
+    from ..runtime.reply import Reply
 
 FOREIGN = "foreign.weight"  # a tensor no layout has
 
@@ -30,33 +35,30 @@ def spoil(
     client: int,
     rnd: int,
     upload: Tensors | None,
-    blob: bytes | None,
-    metrics: dict,
+    reply: Reply,
     encode,
-) -> tuple[bytes | None, dict]:
-    """The faulty (blob, metrics) for this round; `encode(tensors)` writes tensors with a codec of
-    the uplink's spec that is not the client's own (its state must stay honest)."""
-    kind, metrics = faults.kind, dict(metrics)
+) -> Reply:
+    """The faulty reply for this round; `encode(tensors)` writes tensors with a codec of the
+    uplink's spec that is not the client's own (its state must stay honest)."""
+    kind, blob = faults.kind, reply.blob
     if kind == "drop":
         raise ClientDropped(f"fault 'drop': client {client} sends no reply in round {rnd}")
-    if kind == "slow":
-        metrics["delay_s"] = math.inf  # in-process: never arrives; on Flower: past the round timeout
-        return blob, metrics
+    if kind == "slow":  # in-process: never arrives; on Flower: past the round timeout
+        return replace(reply, delay_s=math.inf)
     if kind == "inflate-examples":
-        metrics["num_examples"] = 10**9
-        return blob, metrics
+        return replace(reply, num_examples=10**9)
     rng = random.Random(f"{seed}/fault/{client}/{rnd}")
     if kind in ("truncate", "bitflip", "garbage"):
         if not blob:
-            return blob, metrics
+            return reply
         if kind == "truncate":
-            return blob[: len(blob) // 2], metrics
+            return replace(reply, blob=blob[: len(blob) // 2])
         if kind == "bitflip":
             at = rng.randrange(len(blob))
-            return blob[:at] + bytes([blob[at] ^ (1 << rng.randrange(8))]) + blob[at + 1 :], metrics
-        return rng.randbytes(len(blob)), metrics
+            return replace(reply, blob=blob[:at] + bytes([blob[at] ^ (1 << rng.randrange(8))]) + blob[at + 1 :])
+        return replace(reply, blob=rng.randbytes(len(blob)))
     if upload is None:
-        return blob, metrics
+        return reply
     tensors = {k: v.clone() for k, v in upload.items()}
     first = next(iter(tensors))
     if kind == "nan":
@@ -70,4 +72,4 @@ def spoil(
         del tensors[first]
     elif kind == "foreign":
         tensors[FOREIGN] = torch.ones(64, 64)
-    return encode(tensors), metrics
+    return replace(reply, blob=encode(tensors))

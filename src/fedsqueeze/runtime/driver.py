@@ -24,29 +24,16 @@ from typing import Protocol
 import tomllib
 
 from .. import rundir
-from ..codecs import PayloadError
 from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import REFERENCE_ROUND, evaluate_round, evaluate_sets, sampled_sets
 from ..metrics.memory import merge_peaks
 from ..tensors import Tensors, prefixed, unprefixed
-from .admission import Candidate, screen
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .reply import Upload
 from .roles import ServerRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A client's reply as a transport delivers it."""
-
-    client: int
-    origin: int  # the round it trained in
-    blob: bytes | None
-    metrics: dict
-    error: str | None = None  # the client failed: nothing to use, and it is left out
-    gone: bool = False  # with error: its node went away, maybe before it pulled the downlink
 
 
 @dataclass(frozen=True)
@@ -191,8 +178,7 @@ class Driver:
         if k is None or k >= len(pool):
             return pool
         # Central DP: the sample must be secret for the accountant's amplification by sampling.
-        key = self.server.noise.sampling_seed if self.server.noise is not None else self.s.cfg.seed
-        return sorted(random.Random(f"{key}/sample/{rnd}").sample(pool, k))
+        return sorted(random.Random(f"{self.server.sampling_key()}/sample/{rnd}").sample(pool, k))
 
     def run_round(self, rnd: int) -> dict:
         t0 = time.perf_counter()
@@ -204,29 +190,8 @@ class Driver:
         uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
         train_seconds = time.perf_counter() - t_train
         late = sorted(self.transport.in_flight())
-        arrived, stale, dropped, partial, rejected, decoded = [], {}, [], {}, {}, []
-        for up in uploads:
-            if up.error is not None:
-                self.progress.log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
-                if up.gone and up.origin == rnd:
-                    self.server.ledger.mark_undelivered(rnd, up.client)
-                continue
-            arrived.append(up.client)
-            if up.metrics.get("steps", self.s.local_steps) < self.s.local_steps:
-                partial[str(up.client)] = int(up.metrics["steps"])  # the steps it had time for
-            staleness = rnd - up.origin
-            if staleness > self.s.cfg.hybrid.max_staleness:
-                # Too old to help; its bytes crossed the wire all the same.
-                self.progress.log(
-                    f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
-                    f"(staleness {staleness} > {self.s.cfg.hybrid.max_staleness})"
-                )
-                self.server.count_dropped(rnd, up.client, up.blob, up.metrics)
-                dropped.append(up.client)
-                continue
-            decoded.append((up, staleness, self._decode(rnd, up, rejected)))
-        self._admit(rnd, decoded, rejected, stale)
-        if not arrived and not late:
+        got = self.server.receive(rnd, uploads, self.progress.log)
+        if not got.arrived and not late:
             raise UserError(
                 f"round {rnd}: no client answered; stopped after round {self.done} "
                 "(the last finished round is checkpointed)"
@@ -247,45 +212,14 @@ class Driver:
         record.update(self.server.placement_if_new())
         if sim_seconds is not None:
             record["sim_seconds"] = sim_seconds
-        record.update(late=late, stale=stale, left_out=sorted(set(sampled) - set(arrived) - set(late)))
-        if dropped:
-            record["dropped"] = dropped
-        if rejected:
-            record["rejected"] = {str(c): why for c, why in sorted(rejected.items())}
+        record.update(late=late, stale=got.stale, left_out=sorted(set(sampled) - set(got.arrived) - set(late)))
+        if got.dropped:
+            record["dropped"] = got.dropped
+        if got.rejected:
+            record["rejected"] = {str(c): why for c, why in sorted(got.rejected.items())}
         if self.rule.work_seconds is not None:
-            record["partial"] = partial
+            record["partial"] = got.partial
         return record
-
-    def _decode(self, rnd: int, up: Upload, rejected: dict) -> Tensors | None:
-        """The upload's tensors (None: nothing sent, or rejected as undecodable); billed either way."""
-        if up.blob is None:
-            return None
-        try:
-            return self.server.decode(rnd, up.client, up.blob, up.metrics)
-        except PayloadError as exc:
-            rejected[up.client] = f"undecodable: {exc}"
-            return None
-
-    def _admit(self, rnd: int, decoded: list, rejected: dict, stale: dict) -> None:
-        """Screens the round's decoded uploads together (norms are judged against each other) and
-        takes in those that pass; the others are logged and stay out of the aggregate."""
-        known = self.s.federation.clients
-        candidates = [
-            Candidate(up.client, tensors, int(up.metrics.get("num_examples", -1)), known[up.client].num_examples)
-            for up, _, tensors in decoded
-            if tensors is not None
-        ]
-        server = self.s.cfg.server
-        if self.server.noise is not None:  # one client's admission may not depend on the others' data
-            server = server.model_copy(update={"norm_factor": None})
-        rejected.update(screen(self.s.method, rnd, candidates, server))
-        for up, staleness, tensors in decoded:
-            if up.client in rejected:
-                self.progress.log(f"round {rnd}: rejected client {up.client}'s upload: {rejected[up.client]}")
-                continue
-            if staleness:
-                stale[str(up.client)] = staleness
-            self.server.admit(up.client, tensors, up.metrics, staleness)
 
     def run(self, until: int | None = None) -> dict | None:
         rounds = self.s.cfg.train.rounds
@@ -316,9 +250,9 @@ class Driver:
         """Checkpoints the finished round; `record` gets the bytes this wrote (`checkpoint_bytes`:
         the changed clients' state files and the server's state) and joins the checkpoint's records."""
         tensors, meta = self.transport.state_dict()  # flushes the transport's client store, if any
-        server_store = self.server.store.flush()
-        state = {**prefixed("server/", self.server.state_dict()), **tensors}
-        store_bytes = server_store["bytes"] + meta.get("client_store", {}).get("bytes", 0)
+        server_state, server_meta = self.server.checkpoint()
+        state = {**prefixed("server/", server_state), **tensors}
+        store_bytes = server_meta["server_store"]["bytes"] + meta.get("client_store", {}).get("bytes", 0)
 
         def full_meta(state_bytes: int) -> dict:
             record["checkpoint_bytes"] = store_bytes + state_bytes
@@ -327,27 +261,25 @@ class Driver:
                 "round": self.done,
                 "seconds": self.elapsed,
                 "base_eval": self.base_eval,
-                "placement": self.server.recorded_placement,
+                "placement": server_meta["placement"],
                 "config": self.s.cfg.to_toml(),  # what a resume must match
                 "records": self.records,  # the ledger, so a lost rounds.jsonl cannot undercount
-                "server_store": server_store,
+                "server_store": server_meta["server_store"],
                 **meta,
             }
 
         save_checkpoint(self.out, state, full_meta)
-        self.server.store.prune()  # only now: the old checkpoint named the files it deletes
+        self.server.committed()  # only now: the old checkpoint named the files it deletes
         self.transport.committed()
 
     def restore(self) -> None:
         """Continues from the checkpoint (its checksums verified). Callers run `check_resumable`
         first, before they build anything; rounds.jsonl is then rewritten from the checkpoint."""
         state, meta = load_checkpoint(self.out)
-        self.server.store.load(meta.get("server_store", {}))
-        self.server.load_state_dict(unprefixed("server/", state))
+        self.server.restore(unprefixed("server/", state), meta)
         self.transport.load_state_dict(state, meta)
         self.done, self.elapsed = meta["round"], meta["seconds"]
         self.base_eval = meta.get("base_eval")
-        self.server.recorded_placement = meta.get("placement")
         if "records" not in meta:  # a checkpoint from before the ledger was kept in it
             rundir.truncate_rounds(self.out, self.done)
             self.records = rundir.read_rounds(self.out)

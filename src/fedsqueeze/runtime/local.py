@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ import torch
 from ..client.faults import ClientDropped
 from ..tensors import Tensors, unnested, unprefixed
 from .clock import NetworkModel
-from .driver import CloseRule, Driver, Upload
+from .driver import CloseRule, Driver
+from .reply import Reply, Upload
 from .roles import ClientRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
@@ -32,8 +33,7 @@ class InFlight:
     arrival: float
     origin: int  # the round it was trained in
     client: int
-    blob: bytes | None
-    metrics: dict
+    reply: Reply
 
 
 class StoredStates(Sequence):
@@ -97,13 +97,13 @@ class InProcessTransport:
                 steps = self.network.steps_that_fit(c, rule.work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
             try:
-                up_blob, metrics = self._handle(rnd, c, blob, progress, steps)
+                reply = self._handle(rnd, c, blob, progress, steps)
             except ClientDropped:
                 continue  # no reply will ever come: the driver counts it left out
-            self.last_up[c] = len(up_blob or b"")
-            trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c]) + metrics.pop("delay_s", 0.0)
+            self.last_up[c] = len(reply.blob or b"")
+            trip = self.network.round_trip(c, down, reply.steps, self.last_up[c]) + reply.delay_s
             if math.isfinite(trip):
-                started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
+                started.append(InFlight(self.clock + trip, rnd, c, replace(reply, delay_s=0.0)))
         self.flights += started
         close = rule.close_time(
             self.clock, [f.arrival for f in started], [f.arrival for f in self.flights if f.origin < rnd]
@@ -111,21 +111,21 @@ class InProcessTransport:
         arrived = sorted((f for f in self.flights if f.arrival <= close), key=lambda f: (f.arrival, f.client))
         self.flights = [f for f in self.flights if f.arrival > close]
         elapsed, self.clock = close - self.clock, close
-        return [Upload(f.client, f.origin, f.blob, f.metrics) for f in arrived], elapsed
+        return [Upload(f.client, f.origin, f.reply) for f in arrived], elapsed
 
     def state_dict(self) -> tuple[Tensors, dict]:
         state: Tensors = {}
         flights = []
         for i, f in enumerate(self.flights):
-            if f.blob is not None:
-                state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.blob, dtype=np.uint8).copy())
+            if f.reply.blob is not None:
+                state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.reply.blob, dtype=np.uint8).copy())
             flights.append(
                 {
                     "arrival": f.arrival,
                     "origin": f.origin,
                     "client": f.client,
-                    "metrics": f.metrics,
-                    "has_blob": f.blob is not None,
+                    "metrics": f.reply.fields(),
+                    "has_blob": f.reply.blob is not None,
                 }
             )
         meta = {
@@ -151,11 +151,20 @@ class InProcessTransport:
                 f["arrival"],
                 f["origin"],
                 f["client"],
-                state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None,
-                f["metrics"],
+                Reply.of_fields(
+                    state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, _legacy(f["metrics"])
+                ),
             )
             for i, f in enumerate(in_flight if isinstance(in_flight, list) else [])
         ]
+
+
+def _legacy(fields: dict) -> dict:
+    """Checkpoints from before the typed Reply wrote a withheld train loss as NaN."""
+    loss = fields.get("train_loss")
+    if isinstance(loss, float) and math.isnan(loss):
+        return {k: v for k, v in fields.items() if k != "train_loss"}
+    return fields
 
 
 def LocalRuntime(session: Session, out: Path, progress=None) -> Driver:

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from ..client import faults, train_client
-from ..codecs import build_codec
+from ..codecs import PayloadError, build_codec
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import SNAPSHOT, from_wire, to_wire, without_markers
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
+from .admission import Candidate, screen
+from .reply import Receipt, Reply, Upload
 from .session import Session
 from .state_store import StateStore
+
+
+def _quiet(_: str) -> None: ...
 
 
 class ClientRole:
@@ -42,8 +49,9 @@ class ClientRole:
 
     def handle(
         self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
-    ) -> tuple[bytes | None, dict]:
-        """steps / seconds: the partial-work limit of the round's close rule (client.train_client)."""
+    ) -> Reply:
+        """This client's round: its reply to `down_blob` (None: nothing was sent to it). steps /
+        seconds: the partial-work limit of the round's close rule (client.train_client)."""
         s, method = self.s, self.s.method
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
@@ -66,18 +74,9 @@ class ClientRole:
         trained, losses = train_client(
             s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=keep
         )
-        metrics = {
-            "train_loss": sum(losses) / len(losses),
-            "down_decode_s": decode_s,
-            "steps": len(losses),
-            "num_examples": s.federation.clients[self.client].num_examples,
-            **peaks(s.placement.device),
-        }
         select_first = self.noise is not None and s.cfg.privacy.order == "select-first"
-        if self.noise is not None:
-            metrics["train_loss"] = float("nan")  # a clean statistic of the data: it stays here
-            if not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
-                trained = self.noise.noise_first(rnd, start, trained, keep)
+        if self.noise is not None and not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
+            trained = self.noise.noise_first(rnd, start, trained, keep)
         self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
             upload = method.client_upload(self.state, start, trained)
@@ -86,18 +85,31 @@ class ClientRole:
                 self.state.pop(key, None)
         if select_first and upload is not None:
             upload = self.noise.select_first(rnd, upload)
-        blob = None
+        reply = Reply(
+            blob=None,
+            num_examples=s.federation.clients[self.client].num_examples,
+            steps=len(losses),
+            # Under local DP the train loss is a clean statistic of the data: it stays here.
+            train_loss=None if self.noise is not None else sum(losses) / len(losses),
+            down_decode_s=decode_s,
+            peaks=peaks(s.placement.device),
+        )
         if upload is not None:
             t0 = time.perf_counter()
             blob = self.sender.encode(upload)
-            metrics["up_encode_s"] = time.perf_counter() - t0
+            encode_s = time.perf_counter() - t0
             # What the server will see, for the ledger's error column (the blob is what it decodes).
             received = self.sender.last_received  # the codec's own reconstruction: no second decode
-            metrics["up_rel_error"] = relative_error(upload, received) if received is not None else 0.0
-            metrics["up_raw_bytes"] = fp32_bytes(upload)
+            reply = replace(
+                reply,
+                blob=blob,
+                up_encode_s=encode_s,
+                up_rel_error=relative_error(upload, received) if received is not None else 0.0,
+                up_raw_bytes=fp32_bytes(upload),
+            )
         if faults.applies(s.cfg.faults, self.client, rnd):
-            blob, metrics = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, blob, metrics, self._raw)
-        return blob, metrics
+            reply = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, reply, self._raw)
+        return reply
 
     def _raw(self, tensors: Tensors) -> bytes:
         """A faulty client's blob: the uplink's codec, fresh (the client's own keeps its honest
@@ -131,7 +143,7 @@ class ServerRole:
         self.decoder = session.uplink_decoder()
         self.ledger = Ledger()
         self.updates: list[ClientUpdate] = []
-        self.train_losses: dict[int, float] = {}
+        self.train_losses: dict[int, float | None] = {}
         self.client_peaks: list[dict] = []
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
@@ -172,37 +184,92 @@ class ServerRole:
         self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
         return blob
 
-    def decode(self, rnd: int, client: int, blob: bytes, metrics: dict) -> Tensors:
-        """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
+    # ---- uploads -------------------------------------------------------------------------------
+    def receive(self, rnd: int, uploads: list[Upload], log: Callable[[str], None] = _quiet) -> Receipt:
+        """Takes a round's uploads (in the order they are to be applied): checks each reply, bills
+        its blob, drops the too stale, decodes, screens the decoded ones together (norms are judged
+        against each other) and admits those that pass. The rest are logged and left out."""
+        got = Receipt()
+        local_steps = self.s.local_steps
+        max_staleness = self.s.cfg.hybrid.max_staleness
+        decoded: list[tuple[Upload, Reply, int, Tensors | None]] = []
+        for up in uploads:
+            if up.error is not None or up.reply is None:
+                log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
+                if up.gone and up.origin == rnd:
+                    self.ledger.mark_undelivered(rnd, up.client)
+                continue
+            got.arrived.append(up.client)
+            reply = up.reply
+            problem = reply.problem(local_steps, loss_withheld=self.loss_withheld)
+            if problem is not None:
+                if isinstance(reply.blob, bytes):  # its bytes crossed the wire all the same
+                    self.ledger.add(rnd, up.client, UP, len(reply.blob), 0, 0.0, 0.0, 0.0)
+                got.rejected[up.client] = f"bad reply: {problem}"
+                continue
+            if reply.steps < local_steps:
+                got.partial[str(up.client)] = reply.steps  # the steps it had time for
+            staleness = rnd - up.origin
+            if staleness > max_staleness:
+                # Too old to help; its bytes crossed the wire all the same.
+                log(
+                    f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
+                    f"(staleness {staleness} > {max_staleness})"
+                )
+                if reply.blob is not None:
+                    self._bill_upload(rnd, up.client, reply, 0.0)
+                got.dropped.append(up.client)
+                continue
+            decoded.append((up, reply, staleness, self._decode(rnd, up.client, reply, got.rejected)))
+        known = self.s.federation.clients
+        candidates = [
+            Candidate(up.client, tensors, reply.num_examples, known[up.client].num_examples)
+            for up, reply, _, tensors in decoded
+            if tensors is not None
+        ]
+        server = self.s.cfg.server
+        if self.noise is not None:  # one client's admission may not depend on the others' data
+            server = server.model_copy(update={"norm_factor": None})
+        got.rejected.update(screen(self.method, rnd, candidates, server))
+        for up, reply, staleness, tensors in decoded:
+            if up.client in got.rejected:
+                log(f"round {rnd}: rejected client {up.client}'s upload: {got.rejected[up.client]}")
+                continue
+            if staleness:
+                got.stale[str(up.client)] = staleness
+            self._admit(up.client, tensors, reply, staleness)
+        return got
+
+    @property
+    def loss_withheld(self) -> bool:
+        """Clients keep their train loss to themselves (local DP)."""
+        return self.s.privacy is not None and self.s.privacy.mode == "local"
+
+    def _decode(self, rnd: int, client: int, reply: Reply, rejected: dict[int, str]) -> Tensors | None:
+        """The upload's tensors (None: nothing sent, or rejected as undecodable); billed either way."""
+        if reply.blob is None:
+            return None
         t0 = time.perf_counter()
         try:
-            return without_markers(self.decoder.decode(blob, self.method.accepts))
+            return without_markers(self.decoder.decode(reply.blob, self.method.accepts))
+        except PayloadError as exc:
+            rejected[client] = f"undecodable: {exc}"
+            return None
         finally:
-            self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
+            self._bill_upload(rnd, client, reply, time.perf_counter() - t0)
 
-    def admit(self, client: int, tensors: Tensors | None, metrics: dict, staleness: int = 0) -> None:
+    def _admit(self, client: int, tensors: Tensors | None, reply: Reply, staleness: int = 0) -> None:
         """Takes a checked upload into the round (None: a method that sends nothing)."""
-        self.train_losses[client] = metrics["train_loss"]
-        self.client_peaks.append(metrics)
+        self.train_losses[client] = reply.train_loss
+        self.client_peaks.append(reply.peaks)
         if tensors is not None:
             num_examples = self.s.federation.clients[client].num_examples
             self.updates.append(ClientUpdate(client, tensors, num_examples, staleness))
 
-    def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
-        """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
-        if blob is not None:
-            self._bill_upload(rnd, client, blob, metrics, 0.0)
-
-    def _bill_upload(self, rnd: int, client: int, blob: bytes, metrics: dict, decode_s: float) -> None:
+    def _bill_upload(self, rnd: int, client: int, reply: Reply, decode_s: float) -> None:
+        assert reply.blob is not None
         self.ledger.add(
-            rnd,
-            client,
-            UP,
-            len(blob),
-            metrics.get("up_raw_bytes", 0),
-            metrics.get("up_rel_error", 0.0),
-            metrics.get("up_encode_s", 0.0),
-            decode_s,
+            rnd, client, UP, len(reply.blob), reply.up_raw_bytes, reply.up_rel_error, reply.up_encode_s, decode_s
         )
 
     def close_round(self, rnd: int) -> dict:
@@ -216,7 +283,9 @@ class ServerRole:
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]
-        record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
+        # NaN when nobody reported one, or when clients withhold theirs (local DP)
+        known = [x for x in losses if x is not None]
+        record["train_loss"] = sum(known) / len(known) if known and len(known) == len(losses) else float("nan")
         record.update(method_metrics or {})
         if self.s.privacy is not None:
             record["epsilon"] = self.s.privacy.epsilon(rnd)  # a bound for every client after rnd rounds
@@ -236,6 +305,26 @@ class ServerRole:
             return {}
         self.recorded_placement = self.placement
         return dict(self.placement)
+
+    def sampling_key(self) -> str | int:
+        """What seeds the round's client sample: under central DP the server's secret (the
+        accountant's amplification by sampling needs a sample nobody can recompute), else the seed."""
+        return self.noise.sampling_seed if self.noise is not None else self.s.cfg.seed
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self) -> tuple[Tensors, dict]:
+        """The server's tensors and its part of the checkpoint's metadata (the per-client store,
+        flushed now, and the placement last recorded)."""
+        return self.state_dict(), {"server_store": self.store.flush(), "placement": self.recorded_placement}
+
+    def committed(self) -> None:
+        """The checkpoint is written: state files it no longer names may go."""
+        self.store.prune()
+
+    def restore(self, state: Tensors, meta: dict) -> None:
+        self.store.load(meta.get("server_store", {}))
+        self.load_state_dict(state)
+        self.recorded_placement = meta.get("placement")
 
     def state_dict(self) -> Tensors:
         """The server's own state; what it keeps per client is in the store (flushed with it)."""

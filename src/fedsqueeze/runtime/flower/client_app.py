@@ -65,17 +65,16 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
         role.load_state_dict(wire.load_state(context.state))
         seconds = info.get(wire.TRAIN_SECONDS)
         try:
-            up_blob, metrics = role.handle(
+            reply = role.handle(
                 int(info["round"]),
                 wire.unpack(msg.content, "down"),
                 seconds=float(seconds) if seconds is not None else None,
             )
         finally:  # also when a fault drops the reply: the client did train
             wire.save_state(context.state, role.state_dict())
-        delay = metrics.pop("delay_s", 0.0)
-        if delay:  # fault 'slow': answer after the server has stopped waiting
-            time.sleep(min(delay, role.s.cfg.runtime.round_timeout + 1.0))
-        return wire.train_reply(msg, partition, up_blob, metrics)
+        if reply.delay_s:  # fault 'slow': answer after the server has stopped waiting
+            time.sleep(min(reply.delay_s, role.s.cfg.runtime.round_timeout + 1.0))
+        return wire.train_reply(msg, partition, reply)
 
     return app
 

@@ -21,7 +21,8 @@ from flwr.serverapp import Grid
 from ... import rundir
 from ...errors import UserError
 from ...tensors import Tensors
-from ..driver import CloseRule, Driver, LogProgress, Upload, check_resumable, describe
+from ..driver import CloseRule, Driver, LogProgress, check_resumable, describe
+from ..reply import Upload
 from ..session import Session
 from . import wire
 from .client_app import NUM_PARTITIONS, PARTITION_ID
@@ -133,10 +134,9 @@ class GridTransport:
             p = self.pending.pop(mid)
             if reply.has_error():
                 gone = reply.error.code == ErrorCode.NODE_UNAVAILABLE
-                uploads.append(Upload(p.client, p.origin, None, {}, error=reply.error.reason, gone=gone))
+                uploads.append(Upload(p.client, p.origin, None, error=reply.error.reason, gone=gone))
             else:
-                content = reply.content
-                uploads.append(Upload(p.client, p.origin, wire.unpack(content, "up"), wire.reply_metrics(content)))
+                uploads.append(Upload(p.client, p.origin, wire.reply_of(reply.content)))
         now = time.monotonic()
         for mid, p in list(self.pending.items()):
             if not rule.keep_late or now - p.sent >= self.rt.round_timeout:

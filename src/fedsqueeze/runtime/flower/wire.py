@@ -13,6 +13,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ...tensors import Tensors
+from ..reply import Reply
 
 # Message types: "query" asks a node which partition it holds; "train" runs one client round.
 QUERY, TRAIN = "query", "train"
@@ -44,20 +45,26 @@ def train_message(
     return Message(content=content, dst_node_id=node_id, message_type=TRAIN)
 
 
-def train_reply(msg: Message, client: int, up_blob: bytes | None, metrics: dict) -> Message:
+def train_reply(msg: Message, client: int, reply: Reply) -> Message:
+    """The reply's Flower form: its blob as "up", its other fields as a MetricRecord (a withheld
+    train loss left out; `Reply.fields`)."""
     content = RecordDict(
         {
             INFO: ConfigRecord({"partition-id": client}),
-            METRICS: MetricRecord({k: _number(v) for k, v in metrics.items()}),
+            METRICS: MetricRecord({k: _number(v) for k, v in reply.fields().items() if k != "delay_s"}),
         }
     )
-    if up_blob is not None:
-        content["up"] = pack(up_blob)
+    if reply.blob is not None:
+        content["up"] = pack(reply.blob)
     return Message(content=content, reply_to=msg)
 
 
-def reply_metrics(content: RecordDict) -> dict:
-    return dict(content.metric_records[METRICS])
+def reply_of(content: RecordDict) -> Reply:
+    """The Reply a train message's answer carries, its fields as they came: a remote client may send
+    anything (a ConfigRecord of strings, missing keys); ServerRole.receive checks them."""
+    record = content.get(METRICS)
+    values = dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
+    return Reply.of_fields(unpack(content, "up"), values)
 
 
 def _number(value) -> int | float:

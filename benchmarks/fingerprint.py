@@ -64,6 +64,7 @@ EXTRA = {
             "privacy.noise_seed=7",
             "privacy.delta=1e-5",
             "privacy.adaptive_clipping=true",
+            "privacy.clipped_count_stddev=2.0",
         ],
     ),
     "fedavg-local-dp": (

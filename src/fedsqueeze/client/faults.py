@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..codecs.wire import Message, as_message, message_tensors
 from ..config import FaultsConfig
 from ..tensors import Tensors
 
@@ -34,7 +35,7 @@ def spoil(
     seed: int,
     client: int,
     rnd: int,
-    upload: Tensors | None,
+    upload: Tensors | Message | None,
     reply: Reply,
     encode,
 ) -> Reply:
@@ -59,6 +60,7 @@ def spoil(
         return replace(reply, blob=rng.randbytes(len(blob)))
     if upload is None:
         return reply
+    # Only the values are spoiled: side information (a mask seed) is the message's, not the update's.
     tensors = {k: v.clone() for k, v in upload.items()}
     first = next(iter(tensors))
     if kind == "nan":
@@ -72,4 +74,4 @@ def spoil(
         del tensors[first]
     elif kind == "foreign":
         tensors[FOREIGN] = torch.ones(64, 64)
-    return replace(reply, blob=encode(tensors))
+    return replace(reply, blob=encode(message_tensors(as_message(upload).carrying(tensors))))

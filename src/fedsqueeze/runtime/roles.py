@@ -16,11 +16,12 @@ import torch
 
 from ..client import faults, train_client
 from ..codecs import PayloadError, build_codec
+from ..codecs.wire import as_message, message_tensors, read_message
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
-from ..strategies.base import SNAPSHOT, from_wire, to_wire, without_markers
+from ..strategies.base import SNAPSHOT
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
 from .admission import Candidate, screen
 from .reply import Receipt, Reply, Upload
@@ -55,7 +56,7 @@ class ClientRole:
         s, method = self.s, self.s.method
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
-        message = from_wire(self.decoder.decode(down_blob)) if down_blob is not None else None
+        message = read_message(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
         method.begin_client(rnd, self.client)
         start = method.client_receive(self.state, message)
@@ -95,8 +96,10 @@ class ClientRole:
             peaks=peaks(s.placement.device),
         )
         if upload is not None:
+            upload = as_message(upload)
+            tensors = message_tensors(upload)
             t0 = time.perf_counter()
-            blob = self.sender.encode(upload)
+            blob = self.sender.encode(tensors)
             encode_s = time.perf_counter() - t0
             # What the server will see, for the ledger's error column (the blob is what it decodes).
             received = self.sender.last_received  # the codec's own reconstruction: no second decode
@@ -104,8 +107,8 @@ class ClientRole:
                 reply,
                 blob=blob,
                 up_encode_s=encode_s,
-                up_rel_error=relative_error(upload, received) if received is not None else 0.0,
-                up_raw_bytes=fp32_bytes(upload),
+                up_rel_error=relative_error(tensors, received) if received is not None else 0.0,
+                up_raw_bytes=fp32_bytes(tensors),
             )
         if faults.applies(s.cfg.faults, self.client, rnd):
             reply = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, reply, self._raw)
@@ -174,12 +177,13 @@ class ServerRole:
         message = self.method.broadcast(rnd, c)
         if message is None:
             return None
-        tensors = to_wire(message)
+        message = as_message(message)
+        tensors = message_tensors(message)
         t0 = time.perf_counter()
         blob = sender.encode(tensors)
         t1 = time.perf_counter()
         decoded = sender.last_received  # None: lossless, the client decodes `tensors`
-        self.method.delivered(rnd, c, message if decoded is None else from_wire(decoded))
+        self.method.delivered(rnd, c, message if decoded is None else read_message(decoded))
         err = relative_error(tensors, decoded) if decoded is not None else 0.0
         self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
         return blob
@@ -251,7 +255,7 @@ class ServerRole:
             return None
         t0 = time.perf_counter()
         try:
-            return without_markers(self.decoder.decode(reply.blob, self.method.accepts))
+            return dict(read_message(self.decoder.decode(reply.blob, self.method.accepts)))
         except PayloadError as exc:
             rejected[client] = f"undecodable: {exc}"
             return None

@@ -27,23 +27,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ..codecs.wire import MARKERS
+from ..codecs.wire import Message
 from ..tensors import Layout, Tensors, clone, prefixed
 
 SNAPSHOT = "snapshot/"
-WHOLE = MARKERS[0]
-"""On the wire a whole Message carries this one-element tensor too (codecs see tensors only)."""
-MASK_SEED = MARKERS[1]
-"""A message whose random mask both ends draw carries its seed as this marker (codecs/seeded.py)."""
-
-
-class Message(dict):
-    """What a method broadcasts: tensors by name, and whether they are the whole of what the
-    client should hold (`whole`, e.g. a catch-up state) or a change to add to it."""
-
-    def __init__(self, tensors: Tensors | None = None, whole: bool = False):
-        super().__init__(tensors or {})
-        self.whole = whole
 
 
 def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> str | None:
@@ -57,25 +44,6 @@ def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> s
         if tuple(tensors[name].shape) != tuple(shape):
             return f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
     return None
-
-
-def to_wire(message: Tensors | None) -> Tensors | None:
-    """The tensors a codec encodes for `message` (its flag as a marker entry)."""
-    if message is None:
-        return None
-    return {**message, WHOLE: torch.ones(1)} if getattr(message, "whole", False) else dict(message)
-
-
-def from_wire(tensors: Tensors | None) -> Message | None:
-    """The Message a decoded downlink blob holds (its markers read and left out)."""
-    if tensors is None:
-        return None
-    return Message(without_markers(tensors), whole=WHOLE in tensors)
-
-
-def without_markers(tensors: Tensors) -> Tensors:
-    """The tensors of a decoded message, less the wire's markers (a mask seed is the codec's business)."""
-    return {k: v for k, v in tensors.items() if k not in MARKERS}
 
 
 @dataclass(frozen=True)
@@ -184,7 +152,8 @@ class Method:
 
     def broadcast(self, rnd: int, client: int) -> Tensors | Message | None:
         """What the server sends `client` at the start of round `rnd` (1-based); None = nothing.
-        A `Message(tensors, whole=True)` says the tensors replace what the client holds.
+        A `Message(tensors, whole=True)` says the tensors replace what the client holds; a
+        `Message(tensors, mask_seed=s)` that both ends draw its random mask from `s` (codecs/seeded.py).
 
         Default: the global adapter, except while it is still the initial one, which every
         participant builds from the shared seed: sending it would only inflate the bill."""
@@ -202,7 +171,7 @@ class Method:
         forgotten here (it comes back through `attach_client`)."""
         return {}
 
-    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+    def delivered(self, rnd: int, client: int, received: Message) -> None:
         """What `client` decoded from this round's message (after the downlink codec); methods that
         track each client's copy of the global state use it, so lossy downlinks never drift."""
 
@@ -245,8 +214,9 @@ class Method:
         """Returns the adapter the client trains from this round."""
         return self.ctx.init_adapter if message is None else message
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | None:
-        """Default: the delta over all tensors this method trains."""
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | Message | None:
+        """What the client sends (a Message for side information such as a mask seed). Default:
+        the delta over all tensors this method trains."""
         return {k: trained[k] - start[k] for k in trained if self.trainable(k)}
 
     def snapshot_steps(self, rnd: int, local_steps: int) -> list[int]:
@@ -330,7 +300,7 @@ class MeanOfDeltas:
     """Central DP for methods whose aggregate is global += the mean of the uploaded deltas."""
 
     def dp_contribution(self, update: ClientUpdate) -> Tensors:
-        return without_markers(update.tensors)  # a mask seed is not part of the update
+        return dict(update.tensors)
 
     def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
         for k, v in mean.items():

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..codecs.seeded import seed_marker
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import MASK_SEED, ClientUpdate, MeanOfDeltas, Method, without_markers
+from .base import ClientUpdate, MeanOfDeltas, Message, Method
 
 
 class FedDAREParams(BaseModel):
@@ -30,21 +29,19 @@ class FedDARE(MeanOfDeltas, Method):
     Params = FedDAREParams
     default_uplink = "seeded"
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Message:
         if self.turn is not None:
             seed = lm.mask_seed(self.ctx.seed, self.turn.round, self.turn.client, "dare")
         else:
             seed = lm.content_seed(self.ctx.seed, trained)
         p = self.params.p
         out = {k: lm.seeded_drop(trained[k] - start[k], p, seed, k) for k in trained if self.trainable(k)}
-        if p > 0:
-            out[MASK_SEED] = seed_marker(seed)
-        return out
+        return Message(out, mask_seed=seed if p > 0 else None)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         """global += sum_i w_i upload_i (FedAvg of deltas; the uploads are unbiased estimates)."""
         weights = self.weights(updates)
         for w, u in zip(weights, updates):
-            for k, v in without_markers(u.tensors).items():
+            for k, v in u.tensors.items():
                 self.adapter[k] = self.adapter[k] + w * v.to(self.adapter[k].dtype)
         return {}

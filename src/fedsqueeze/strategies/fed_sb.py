@@ -146,7 +146,7 @@ class FedSB(Method):
         if message is None:
             state[PHASE] = torch.tensor(0)
             return self.warm_init
-        with_basis = getattr(message, "whole", False) or any(not k.endswith(R_SUFFIX) for k in message)
+        with_basis = message.whole or any(not k.endswith(R_SUFFIX) for k in message)
         dtypes = {k: v.dtype for k, v in self.ctx.init_adapter.items()}
         message = {k: v.to(dtypes[k]) for k, v in message.items()}
         if with_basis:

@@ -82,10 +82,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..codecs.grid import snap
-from ..codecs.seeded import seed_marker
+from ..codecs.wire import message_tensors, read_message
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import MASK_SEED, ClientUpdate, Message, Method, MethodContext, without_markers
+from .base import ClientUpdate, Message, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -139,7 +139,7 @@ class FedSRD(Method):
         super().__init__(params, ctx)
         self.pairs = lm.lora_pairs(ctx.layout.names)
         self.cumulative: Tensors = {k: torch.zeros_like(v) for k, v in ctx.init_adapter.items()}
-        self.last_delta: Tensors = {}
+        self.last_delta = Message()
         self.version = 0
         """Aggregations applied so far; the global adapter is version `version`."""
         self.held: dict[int, int] = {}
@@ -166,15 +166,15 @@ class FedSRD(Method):
         if held == sent == self.version:
             return None
         if self.params.decompose and held == sent == self.version - 1:
-            return Message(self.last_delta)
+            return self.last_delta.carrying(dict(self.last_delta))
         return Message(self.cumulative, whole=True)  # C itself (a delta may hold every tensor too)
 
-    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
         init = self.ctx.init_adapter
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
-            whole = getattr(message, "whole", False)
-            message = {k: v.to(init[k].dtype) for k, v in without_markers(message).items()}
+            whole = message.whole
+            message = {k: v.to(init[k].dtype) for k, v in message.items()}
             if whole:
                 cumulative = message
             else:
@@ -229,13 +229,12 @@ class FedSRD(Method):
             }
             nonzero = sum(int(v.count_nonzero()) for v in delta.values())
             metrics = {"factor": factor, "broadcast_nonzero": nonzero}
-            if self._seeded_mask():  # the marker rides with the delta (and its checkpoint)
-                delta[MASK_SEED] = seed_marker(self._mask_seed(rnd))
-            self.last_delta = delta
+            # the mask's seed rides with the delta (and its checkpoint)
+            self.last_delta = Message(delta, mask_seed=self._mask_seed(rnd) if self._seeded_mask() else None)
         else:
             new = self._dense_factors(target)
             self.cumulative = {k: new[k] - self.ctx.init_adapter[k] for k in self.cumulative}
-            self.last_delta = {}
+            self.last_delta = Message()
             metrics = {}
         self.adapter = _plus(self.ctx.init_adapter, self.cumulative)
         for u in updates:
@@ -356,7 +355,8 @@ class FedSRD(Method):
 
     # ---- checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", self.last_delta)}
+        last = message_tensors(self.last_delta)  # its mask seed kept as the wire writes it
+        state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", last)}
         state["version"] = torch.tensor(self.version)
         state["held"] = torch.tensor(sorted(self.held.items()), dtype=torch.int64).reshape(-1, 2)
         state["sent"] = torch.tensor(sorted(self.sent.items()), dtype=torch.int64).reshape(-1, 2)
@@ -364,7 +364,7 @@ class FedSRD(Method):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
-        self.last_delta = clone(unprefixed("last_delta/", state))
+        self.last_delta = read_message(clone(unprefixed("last_delta/", state)))
         self.version = int(state["version"])
         self.held = {int(c): int(v) for c, v in state["held"].tolist()}
         self.sent = {int(c): int(v) for c, v in state["sent"].tolist()}

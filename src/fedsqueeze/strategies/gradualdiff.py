@@ -75,7 +75,7 @@ class GradualDiff(MeanOfDeltas, Method):
                 return Message(self.adapter, whole=True)  # the adapter itself, not a difference
         return Message(diff)
 
-    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+    def delivered(self, rnd: int, client: int, received: Message) -> None:
         held = _apply(self._view(client) or self.adapter, received)
         if all(torch.equal(held[k], v) for k, v in self.adapter.items()):
             self.views.pop(client, None)
@@ -130,14 +130,16 @@ class GradualDiff(MeanOfDeltas, Method):
         self.synced = {int(c): int(r) for c, r in state["synced"].tolist()} if "synced" in state else {}
 
     # ---- client ---------------------------------------------------------------------------------
-    def client_receive(self, state: Tensors, message: Tensors) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
         known = unprefixed("global/", state)
         held = _apply({k: known.get(k, v) for k, v in self.ctx.init_adapter.items()}, message)
         state.update(prefixed("global/", held))
         return clone(held)
 
 
-def _apply(held: Tensors, message: Tensors) -> Tensors:
-    if getattr(message, "whole", False):
+def _apply(held: Tensors, message: Message | None) -> Tensors:
+    if message is None:
+        return held
+    if message.whole:
         return {k: message[k].clone() if k in message else v for k, v in held.items()}
     return {k: held[k] + message[k] if k in message else held[k] for k in held}

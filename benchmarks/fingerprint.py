@@ -198,8 +198,10 @@ def _diff(a, b, path: str = "") -> list[str]:
 
 def compare(before: Path, after: Path) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
-    diffs = _diff(a, b)
     rows = sorted(set(a) & set(b))
+    diffs = [d for row in rows for d in _diff(a[row], b[row], row)]
+    for row in sorted(set(a) ^ set(b)):
+        print(f"(row {row} only in {'before' if row in a else 'after'}: not compared)")
     if diffs:
         print(f"{len(diffs)} difference(s) over {len(rows)} common rows:")
         for d in diffs[:40]:

@@ -7,6 +7,7 @@ import torch
 from fedsqueeze.codecs import build_codec
 from fedsqueeze.codecs.wire import message_tensors
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
+from fedsqueeze.strategies.base import ClientTurn
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.1.self_attn.v_proj")
@@ -93,8 +94,7 @@ def test_fed_dare_mask_comes_from_seed_round_and_client_and_its_positions_never_
     trained = fake_training(method, start, 0, 1)
 
     def upload(rnd, client, tensors=trained):
-        method.begin_client(rnd, client)
-        return method.client_upload({}, start, tensors)
+        return method.client_upload({}, start, tensors, turn=ClientTurn(rnd, client))
 
     def mask(up):
         return torch.cat([(v != 0).flatten() for v in dict(up).values()])

@@ -12,18 +12,17 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-import torch
-
-from ..client import faults, train_client
-from ..codecs import PayloadError, build_codec
-from ..codecs.wire import as_message, message_tensors, read_message
+from ..client import train_client
+from ..codecs import PayloadError
+from ..codecs.wire import Message, as_message, message_tensors, read_message
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
-from ..strategies.base import SNAPSHOT
+from ..strategies.base import ClientTurn
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
 from .admission import Candidate, screen
+from .filters import ClientRound, filters_for
 from .reply import Receipt, Reply, Upload
 from .session import Session
 from .state_store import StateStore
@@ -33,7 +32,9 @@ def _quiet(_: str) -> None: ...
 
 
 class ClientRole:
-    """One data owner. All it keeps across rounds is in `state_dict()` (Flower: context.state)."""
+    """One data owner. All it keeps across rounds is in `state_dict()` (Flower: context.state).
+    Cross-cutting features (snapshots, local DP, faults) are upload filters around its round
+    (runtime/filters/)."""
 
     def __init__(self, session: Session, client: int):
         self.s = session
@@ -41,98 +42,87 @@ class ClientRole:
         self.state: Tensors = {}
         self.sender = session.uplink_sender()
         self.decoder = session.downlink_decoder()
-        plan = session.privacy
-        self.noise = None
-        if plan is not None and plan.mode == "local":
-            from ..privacy.local import LocalNoise
-
-            self.noise = LocalNoise(plan, client)
+        self.filters = filters_for(session, client)
 
     def handle(
         self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
     ) -> Reply:
         """This client's round: its reply to `down_blob` (None: nothing was sent to it). steps /
         seconds: the partial-work limit of the round's close rule (client.train_client)."""
-        s, method = self.s, self.s.method
+        s, method, filters = self.s, self.s.client_method, self.filters
+        turn = ClientTurn(rnd, self.client)
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
         message = read_message(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
-        method.begin_client(rnd, self.client)
-        start = method.client_receive(self.state, message)
-        wanted = set(method.snapshot_steps(rnd, s.local_steps))
-        snapshots: Tensors = {}
+        start = method.client_receive(self.state, message, turn=turn)
+        up = ClientRound(s, self.client, turn, self.state, start, start, method.client_trainable(self.state))
         counter = itertools.count(1)
 
         def step(loss: float) -> None:
             n = next(counter)
-            if n in wanted:
-                snapshots.update(prefixed(f"{SNAPSHOT}{n}/", s.adapter.get()))
+            for f in filters:
+                f.step(up, n)
             if on_step:
                 on_step(loss)
 
-        keep = method.client_trainable(self.state)
-        trained, losses = train_client(
-            s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=keep
-        )
-        select_first = self.noise is not None and s.cfg.privacy.order == "select-first"
-        if self.noise is not None and not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
-            trained = self.noise.noise_first(rnd, start, trained, keep)
-        self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
-            upload = method.client_upload(self.state, start, trained)
+            for f in filters:
+                f.begin(up)
+            up.trained, losses = train_client(
+                s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=up.keep
+            )
+            for f in filters:
+                f.before_upload(up)
+            made = method.client_upload(up.state, up.start, up.trained, turn=turn)
+            upload = None if made is None else as_message(made)
+            for f in filters:
+                upload = f.upload(up, upload)
+            reply = self._encode(upload, losses, decode_s)
+            for f in filters:
+                reply = f.reply(up, reply, upload)
+            return reply
         finally:
-            for key in snapshots:
-                self.state.pop(key, None)
-        if select_first and upload is not None:
-            upload = self.noise.select_first(rnd, upload)
+            for f in filters:
+                f.after(up)
+
+    def _encode(self, upload: Message | None, losses: list[float], decode_s: float) -> Reply:
+        s = self.s
         reply = Reply(
             blob=None,
             num_examples=s.federation.clients[self.client].num_examples,
             steps=len(losses),
-            # Under local DP the train loss is a clean statistic of the data: it stays here.
-            train_loss=None if self.noise is not None else sum(losses) / len(losses),
+            train_loss=sum(losses) / len(losses),
             down_decode_s=decode_s,
             peaks=peaks(s.placement.device),
         )
-        if upload is not None:
-            upload = as_message(upload)
-            tensors = message_tensors(upload)
-            t0 = time.perf_counter()
-            blob = self.sender.encode(tensors)
-            encode_s = time.perf_counter() - t0
-            # What the server will see, for the ledger's error column (the blob is what it decodes).
-            received = self.sender.last_received  # the codec's own reconstruction: no second decode
-            reply = replace(
-                reply,
-                blob=blob,
-                up_encode_s=encode_s,
-                up_rel_error=relative_error(tensors, received) if received is not None else 0.0,
-                up_raw_bytes=fp32_bytes(tensors),
-            )
-        if faults.applies(s.cfg.faults, self.client, rnd):
-            reply = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, reply, self._raw)
-        return reply
-
-    def _raw(self, tensors: Tensors) -> bytes:
-        """A faulty client's blob: the uplink's codec, fresh (the client's own keeps its honest
-        state), or plain fp32 where that codec refuses the values (quantize and NaN)."""
-        try:
-            return build_codec(self.s.uplink_spec, self.s.adapter.layout).encode(tensors)
-        except ValueError:
-            return build_codec("fp32", self.s.adapter.layout).encode(tensors)
+        if upload is None:
+            return reply
+        tensors = message_tensors(upload)
+        t0 = time.perf_counter()
+        blob = self.sender.encode(tensors)
+        encode_s = time.perf_counter() - t0
+        # What the server will see, for the ledger's error column (the blob is what it decodes).
+        received = self.sender.last_received  # the codec's own reconstruction: no second decode
+        return replace(
+            reply,
+            blob=blob,
+            up_encode_s=encode_s,
+            up_rel_error=relative_error(tensors, received) if received is not None else 0.0,
+            up_raw_bytes=fp32_bytes(tensors),
+        )
 
     def state_dict(self) -> Tensors:
         state = {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
-        if self.noise is not None and self.noise.secret is not None:  # the client's own; never sent
-            state["privacy/secret"] = torch.tensor([self.noise.secret], dtype=torch.int64)
+        for f in self.filters:
+            state.update(f.state_dict())
         return state
 
     def load_state_dict(self, state: Tensors) -> None:
         self.state = {k: v.clone() for k, v in unprefixed("state/", state).items()}
         self.sender.load_state_dict(unprefixed("sender/", state))
-        if self.noise is not None and "privacy/secret" in state:
-            self.noise.secret = int(state["privacy/secret"][0])
+        for f in self.filters:
+            f.load_state_dict(state)
 
 
 class ServerRole:
@@ -150,11 +140,13 @@ class ServerRole:
         self.client_peaks: list[dict] = []
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
+        self.aggregate: Callable[[int, list[ClientUpdate]], dict] = self.method.aggregate
         self.noise = None  # central DP: the server's clipping and noise (privacy/central.py)
         if session.privacy is not None and session.privacy.mode == "central":
             from ..privacy.central import CentralNoise
 
             self.noise = CentralNoise(session.privacy)
+            self.aggregate = self.noise.around(self.method)  # clip, noise, then the method's dp_aggregate
 
     def broadcast(self, rnd: int, clients: list[int]) -> dict[int, bytes | None]:
         """The round's downlink; every round starts here, so the round's memory peak starts here too."""
@@ -280,10 +272,7 @@ class ServerRole:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and
         returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
-        if self.noise is not None:
-            method_metrics = self.noise.aggregate(self.method, rnd, updates)
-        else:
-            method_metrics = self.method.aggregate(rnd, updates)
+        method_metrics = self.aggregate(rnd, updates)
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]

@@ -6,7 +6,7 @@ The mask keeps round((1-p) n) entries of each tensor, drawn from (seed, round, c
 tensor's name with codecs/seeded.py's generator: independent across clients and rounds, reproducible
 on resume. The upload carries that seed as a wire marker, so the default uplink `seeded` sends the
 kept values only and the server redraws their positions (uplink.codec = "sparse" sends them).
-A caller that drives the hooks without telling the round and client (Method.begin_client) gets the
+A caller that drives the hooks without telling the round and client (their `turn`) gets the
 mask seeded by the trained adapter's bytes instead, as before the hooks were told."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import ClientUpdate, MeanOfDeltas, Message, Method
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method
 
 
 class FedDAREParams(BaseModel):
@@ -29,9 +29,11 @@ class FedDARE(MeanOfDeltas, Method):
     Params = FedDAREParams
     default_uplink = "seeded"
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Message:
-        if self.turn is not None:
-            seed = lm.mask_seed(self.ctx.seed, self.turn.round, self.turn.client, "dare")
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Message:
+        if turn is not None:
+            seed = lm.mask_seed(self.ctx.seed, turn.round, turn.client, "dare")
         else:
             seed = lm.content_seed(self.ctx.seed, trained)
         p = self.params.p

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import AdapterSpec, ClientUpdate, Message, Method, MethodContext, layout_mismatch
+from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext, layout_mismatch
 from .lora_math import R_SUFFIX
 
 BASIS = "fed_sb/basis/"
@@ -108,7 +108,7 @@ class FedSB(Method):
             return self.trainable
         return lambda name: not name.endswith(R_SUFFIX)
 
-    def _upload_shapes(self) -> dict[str, tuple[int, ...]]:
+    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._phase_shapes(self.fixed)
 
     def _phase_shapes(self, fixed: bool) -> dict[str, tuple[int, ...]]:
@@ -127,7 +127,7 @@ class FedSB(Method):
         return any(self._phase_shapes(fixed).get(name) == tuple(shape) for fixed in (False, True))
 
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
-        why = layout_mismatch(tensors, self._upload_shapes())
+        why = layout_mismatch(tensors, self.upload_shapes())
         if why and self.fixed:
             return f"{why} (fed-sb has fixed B and A: uploads carry R only)"
         return why
@@ -142,7 +142,7 @@ class FedSB(Method):
         basis = {k: self.adapter[k] for a, b, _ in self.triples for k in (a, b)}
         return Message({**basis, **r_only}, whole=True)
 
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         if message is None:
             state[PHASE] = torch.tensor(0)
             return self.warm_init
@@ -158,7 +158,9 @@ class FedSB(Method):
         state[PHASE] = torch.tensor(1)
         return {k: basis[k] if k in basis else message[k] for k in self.ctx.layout.names}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         if int(state.get(PHASE, torch.tensor(0))) == 1:
             return {r: trained[r] - start[r] for _, _, r in self.triples}
         w = self.warm_rank

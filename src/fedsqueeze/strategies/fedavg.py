@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import ClientUpdate, MeanOfDeltas, Method, NoParams
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Method, NoParams
 
 
 class FedAvgParams(NoParams):
@@ -18,10 +18,10 @@ class FedAvg(MeanOfDeltas, Method):
     name = "fedavg"
     Params = FedAvgParams
 
-    def client_upload(self, state, start, trained):
+    def client_upload(self, state, start, trained, turn: ClientTurn | None = None):
         if self.params.upload == "adapter":
             return {k: v for k, v in trained.items() if self.trainable(k)}
-        return super().client_upload(state, start, trained)
+        return super().client_upload(state, start, trained, turn)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:

@@ -85,7 +85,7 @@ from ..codecs.grid import snap
 from ..codecs.wire import message_tensors, read_message
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import ClientUpdate, Message, Method, MethodContext
+from .base import CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -127,7 +127,7 @@ class FedSRDParams(BaseModel):
         return self
 
 
-class FedSRD(Method):
+class FedSRD(CentralDP, Method):
     name = "fedsrd"
     Params = FedSRDParams
     default_uplink = "sparse"
@@ -169,7 +169,7 @@ class FedSRD(Method):
             return self.last_delta.carrying(dict(self.last_delta))
         return Message(self.cumulative, whole=True)  # C itself (a delta may hold every tensor too)
 
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         init = self.ctx.init_adapter
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
@@ -184,7 +184,9 @@ class FedSRD(Method):
         return _plus(init, cumulative)
 
     # ---- client: sparsify ----------------------------------------------------------------------
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         p = self.params
         rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "upload")
         out: Tensors = {}

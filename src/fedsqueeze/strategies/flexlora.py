@@ -8,10 +8,10 @@ core, see lora_math.truncated_svd_factored), never a d_out x d_in matrix."""
 from __future__ import annotations
 
 from . import lora_math as lm
-from .base import ClientUpdate, Method, MethodContext
+from .base import CentralDP, ClientUpdate, Method, MethodContext
 
 
-class FlexLoRA(Method):
+class FlexLoRA(CentralDP, Method):
     name = "flexlora"
 
     def __init__(self, params, ctx: MethodContext):

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import ClientUpdate, MeanOfDeltas, Message, Method, NoParams
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method, NoParams
 
 
 class GradualDiffParams(NoParams):
@@ -130,7 +130,7 @@ class GradualDiff(MeanOfDeltas, Method):
         self.synced = {int(c): int(r) for c, r in state["synced"].tolist()} if "synced" in state else {}
 
     # ---- client ---------------------------------------------------------------------------------
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         known = unprefixed("global/", state)
         held = _apply({k: known.get(k, v) for k, v in self.ctx.init_adapter.items()}, message)
         state.update(prefixed("global/", held))

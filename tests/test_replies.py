@@ -13,6 +13,7 @@ import pytest
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import RUNTIMES, Launch
+from fedsqueeze.runtime.filters import UPLOAD_FILTERS, ClientRound, UploadFilter
 from fedsqueeze.runtime.reply import Reply
 
 from conftest import tiny_config
@@ -78,20 +79,22 @@ def test_reply_fields_round_trip():
     assert "train_loss" not in withheld.fields() and Reply.of_fields(b"abc", withheld.fields()) == withheld
 
 
-def test_bad_replies_in_process_are_rejected_and_the_run_finishes_finite(tmp_path, corpus, monkeypatch):
-    from fedsqueeze.runtime.roles import ClientRole
+class LyingReplies(UploadFilter):
+    """What BAD says, in the reply of its (round, client); registered for runs with seed LYING."""
 
-    handle = ClientRole.handle
-
-    def lying(self, rnd, *args, **kwargs):
-        reply = handle(self, rnd, *args, **kwargs)
-        if (rnd, self.client) in BAD:
-            name, value, _ = BAD[rnd, self.client]
+    def reply(self, up: ClientRound, reply: Reply, message) -> Reply:
+        if (up.turn.round, up.client) in BAD:
+            name, value, _ = BAD[up.turn.round, up.client]
             reply = spoiled(reply, name, value)
         return reply
 
-    monkeypatch.setattr(ClientRole, "handle", lying)
-    cfg = config_mod.load(tiny_config(tmp_path, corpus, **{"train.rounds": "3"}))
+
+LYING = 27
+UPLOAD_FILTERS.register("test-lying-replies")(lambda s, c: LyingReplies() if s.cfg.seed == LYING else None)
+
+
+def test_bad_replies_in_process_are_rejected_and_the_run_finishes_finite(tmp_path, corpus):
+    cfg = config_mod.load(tiny_config(tmp_path, corpus, **{"train.rounds": "3", "seed": str(LYING)}))
     out = tmp_path / "run"
     RUNTIMES.get("local")(cfg, out, Launch(log=lambda *_: None))
     assert_finite_run(out, BAD)

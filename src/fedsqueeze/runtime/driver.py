@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,11 +74,16 @@ class CloseRule:
 
 
 class Transport(Protocol):
-    """Moves one round's blobs between the server and its clients; holds no round logic."""
+    """Moves blobs between the server and its clients and says when each reply arrived; holds no
+    round logic (the driver applies the close rule, `Driver.exchange`)."""
 
     remote: bool
     """True: clients run elsewhere and only messages reach them (a method that sends nothing
     cannot run on it)."""
+    simulated: bool
+    """True: `now` is a simulated clock, so arrival order is reproducible (records get sim_seconds)."""
+    patience: float
+    """Seconds after which a sent message is given up if no reply came (math.inf: never)."""
 
     def start(self) -> None:
         """Before the first round of this process (e.g. wait for the clients to connect)."""
@@ -85,17 +91,24 @@ class Transport(Protocol):
     def reachable(self, clients: list[int]) -> list[int]:
         """Of the sampled clients, those a message can reach now."""
 
-    def in_flight(self) -> set[int]:
-        """Clients whose upload has not arrived yet."""
+    def in_flight(self) -> dict[int, int]:
+        """Client -> the round it was sent in, for every reply not received yet."""
 
-    def exchange(
-        self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress
-    ) -> tuple[list[Upload], float | None]:
-        """Delivers the blobs, lets the clients train and returns the uploads that arrived by the
-        close (late ones from earlier rounds included) in the order they are to be applied, and the
-        simulated seconds the round took (None on a real clock)."""
+    def now(self) -> float:
+        """The transport's clock, in seconds."""
 
-    def client_states(self) -> list[Tensors]:
+    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+        """Delivers round `rnd`'s blobs (None: nothing for that client); the clients start training.
+        work_seconds: the partial-work budget of the round, or None."""
+
+    def poll(self, until: float) -> list[Upload]:
+        """Replies that arrived by `until` on its clock: waits at most until then, and returns all
+        that arrived at the same instant together (possibly none)."""
+
+    def abandon(self, client: int) -> None:
+        """Stops waiting for `client`'s reply (it will not be returned by poll)."""
+
+    def client_states(self) -> Sequence[Tensors]:
         """What the server may evaluate personalized adapters with (empty dicts where clients keep
         their state themselves)."""
 
@@ -165,6 +178,7 @@ class Driver:
         self.elapsed = 0.0
         self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
         self.records: list[dict] = []  # every finished round's record, as in rounds.jsonl
+        self.sent_at: dict[int, float] = {}  # round -> when its blobs were sent (transport clock)
 
     @property
     def client_states(self) -> list[Tensors]:
@@ -172,7 +186,7 @@ class Driver:
 
     def sample(self, rnd: int) -> list[int]:
         """Seeded by (seed, round), among the clients not busy with an earlier round's upload."""
-        busy = self.transport.in_flight()
+        busy = set(self.transport.in_flight())
         pool = [c for c in range(self.s.num_clients) if c not in busy]
         k = self.s.cfg.train.clients_per_round
         if k is None or k >= len(pool):
@@ -187,7 +201,7 @@ class Driver:
         reachable = self.transport.reachable(sampled)
         blobs = self.server.broadcast(rnd, reachable)
         t_train = time.perf_counter()
-        uploads, sim_seconds = self.transport.exchange(rnd, blobs, self.rule, self.progress)
+        uploads, sim_seconds = self.exchange(rnd, blobs)
         train_seconds = time.perf_counter() - t_train
         late = sorted(self.transport.in_flight())
         got = self.server.receive(rnd, uploads, self.progress.log)
@@ -220,6 +234,37 @@ class Driver:
         if self.rule.work_seconds is not None:
             record["partial"] = got.partial
         return record
+
+    def exchange(self, rnd: int, blobs: dict[int, bytes | None]) -> tuple[list[Upload], float | None]:
+        """Sends the round's blobs and takes replies until the close rule says the round closes:
+        `need(sent)` of this round's clients replied, or the rule's deadline (or the transport's
+        patience) passed, or nothing is in flight; with nobody sent to, the first reply closes it.
+        Returns the replies in the order they are to be applied (arrival order on a simulated clock,
+        client order on a real one, where arrival order is not reproducible) and the simulated
+        seconds the round took (None on a real clock). Replies that miss the close stay in flight
+        when the rule keeps late uploads, until the transport's patience runs out."""
+        t, rule = self.transport, self.rule
+        start = t.now()
+        t.send(rnd, blobs, rule.work_seconds, self.progress)
+        self.sent_at[rnd] = start
+        sent = sum(1 for origin in t.in_flight().values() if origin == rnd)
+        need = rule.need(sent)
+        limit = start + min(rule.deadline if rule.deadline is not None else math.inf, t.patience)
+        got: list[Upload] = []
+        while t.in_flight():
+            got += t.poll(limit)
+            mine = sum(1 for u in got if u.origin == rnd)
+            if (mine >= need if sent else bool(got)) or t.now() >= limit:
+                break
+        now = t.now()
+        for client, origin in sorted(t.in_flight().items()):
+            if not rule.keep_late or now - self.sent_at.get(origin, start) >= t.patience:
+                t.abandon(client)
+                self.progress.log(f"round {rnd}: no answer from client {client} within {t.patience:g} s: left out")
+        self.sent_at = {r: at for r, at in self.sent_at.items() if r in t.in_flight().values() or r == rnd}
+        if not t.simulated:
+            got.sort(key=lambda u: u.client)
+        return got, (now - start if t.simulated else None)
 
     def run(self, until: int | None = None) -> dict | None:
         rounds = self.s.cfg.train.rounds

@@ -19,7 +19,7 @@ import torch
 from ..client.faults import ClientDropped
 from ..tensors import Tensors, unnested, unprefixed
 from .clock import NetworkModel
-from .driver import CloseRule, Driver
+from .driver import Driver
 from .reply import Reply, Upload
 from .roles import ClientRole
 from .session import Session
@@ -57,6 +57,8 @@ class InProcessTransport:
     as a Flower SuperNode keeps it in context.state."""
 
     remote = False
+    simulated = True
+    patience = math.inf
 
     def __init__(self, session: Session, store: StateStore):
         self.s = session
@@ -71,8 +73,8 @@ class InProcessTransport:
     def reachable(self, clients: list[int]) -> list[int]:
         return clients
 
-    def in_flight(self) -> set[int]:
-        return {f.client for f in self.flights}
+    def in_flight(self) -> dict[int, int]:
+        return {f.client: f.origin for f in self.flights}
 
     def client_states(self) -> Sequence[Tensors]:
         return StoredStates(self.store, self.s.num_clients)
@@ -87,14 +89,18 @@ class InProcessTransport:
             if state or client in self.store:
                 self.store.put(client, state)
 
-    def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress):
-        started = []
+    def now(self) -> float:
+        return self.clock
+
+    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+        """Each client trains as soon as its blob is delivered; its reply is in flight until the
+        simulated time its round trip ends."""
         for c, blob in blobs.items():
             down = len(blob or b"")
             steps = self.s.local_steps
-            if rule.work_seconds is not None:
+            if work_seconds is not None:
                 # Sized by the upload this client sent last time (its download's size before that).
-                steps = self.network.steps_that_fit(c, rule.work_seconds, down, self.last_up.get(c, down), steps)
+                steps = self.network.steps_that_fit(c, work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
             try:
                 reply = self._handle(rnd, c, blob, progress, steps)
@@ -103,15 +109,24 @@ class InProcessTransport:
             self.last_up[c] = len(reply.blob or b"")
             trip = self.network.round_trip(c, down, reply.steps, self.last_up[c]) + reply.delay_s
             if math.isfinite(trip):
-                started.append(InFlight(self.clock + trip, rnd, c, replace(reply, delay_s=0.0)))
-        self.flights += started
-        close = rule.close_time(
-            self.clock, [f.arrival for f in started], [f.arrival for f in self.flights if f.origin < rnd]
-        )
-        arrived = sorted((f for f in self.flights if f.arrival <= close), key=lambda f: (f.arrival, f.client))
-        self.flights = [f for f in self.flights if f.arrival > close]
-        elapsed, self.clock = close - self.clock, close
-        return [Upload(f.client, f.origin, f.reply) for f in arrived], elapsed
+                self.flights.append(InFlight(self.clock + trip, rnd, c, replace(reply, delay_s=0.0)))
+
+    def poll(self, until: float) -> list[Upload]:
+        """The next replies to arrive, all of those at that instant, if it is by `until`; the
+        simulated clock moves to it (to `until` when none arrives by then)."""
+        if not self.flights:
+            return []
+        first = min(f.arrival for f in self.flights)
+        if first > until:
+            self.clock = max(self.clock, until)
+            return []
+        self.clock = max(self.clock, first)
+        arrived = sorted((f for f in self.flights if f.arrival <= self.clock), key=lambda f: (f.arrival, f.client))
+        self.flights = [f for f in self.flights if f.arrival > self.clock]
+        return [Upload(f.client, f.origin, f.reply) for f in arrived]
+
+    def abandon(self, client: int) -> None:
+        self.flights = [f for f in self.flights if f.client != client]
 
     def state_dict(self) -> tuple[Tensors, dict]:
         state: Tensors = {}

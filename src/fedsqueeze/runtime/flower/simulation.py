@@ -19,7 +19,9 @@ from ...hardware import Placement
 from ...quiet import flower_simulation_quietly
 
 
-def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:
+def run_flower_simulation(
+    cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print, rebuild_rounds: bool = False
+) -> dict:
     from flwr.simulation import run_simulation
 
     from .client_app import make_client_app
@@ -33,7 +35,7 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     result: dict = {}
 
     def main(grid, context) -> None:
-        result["summary"] = serve(grid, cfg, out, resume=resume, log=log)
+        result["summary"] = serve(grid, cfg, out, resume=resume, log=log, rebuild_rounds=rebuild_rounds)
 
     # Ray keeps sockets under its temp dir; a short path keeps them under the 107-byte limit.
     ray_tmp = tempfile.mkdtemp(prefix="fsq-ray-")

@@ -140,13 +140,11 @@ class ServerRole:
         self.client_peaks: list[dict] = []
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
-        self.aggregate: Callable[[int, list[ClientUpdate]], dict] = self.method.aggregate
         self.noise = None  # central DP: the server's clipping and noise (privacy/central.py)
         if session.privacy is not None and session.privacy.mode == "central":
             from ..privacy.central import CentralNoise
 
             self.noise = CentralNoise(session.privacy)
-            self.aggregate = self.noise.around(self.method)  # clip, noise, then the method's dp_aggregate
 
     def broadcast(self, rnd: int, clients: list[int]) -> dict[int, bytes | None]:
         """The round's downlink; every round starts here, so the round's memory peak starts here too."""
@@ -272,7 +270,9 @@ class ServerRole:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and
         returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
-        method_metrics = self.aggregate(rnd, updates)
+        # Central DP wraps the method's aggregate: clip, noise, then the method's dp_aggregate.
+        aggregate = self.noise.around(self.method) if self.noise is not None else self.method.aggregate
+        method_metrics = aggregate(rnd, updates)
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]

@@ -1,14 +1,14 @@
 """The one round loop of every runtime.
 
 Per round the driver samples clients (busy ones skipped), has the ServerRole encode their
-downlink blobs, hands them to a Transport, and takes back the uploads that arrived by the round's
-close; it applies the close rule's consequences (staleness, dropping, partial work, who is late
-or left out), aggregates, evaluates (a seeded sample of the eval sets, `[eval]`), writes the
-record and the checkpoint. A record's `seconds` is the whole round, with `train_seconds` (the
-exchange), `aggregate_seconds` and `eval_seconds` beside it. `finish` writes adapter/ and
-summary.json. A Transport only moves blobs and says when each arrived: the
-in-process simulation on its simulated clock (local.py), Flower's Grid on the real one
-(flower/server.py), or anything registered in runtime/registry.py.
+downlink blobs, sends them over a Transport and polls the replies until the round's close rule
+says it closes (`Driver.exchange`); the ServerRole receives them (checks, bills, decodes, screens,
+admits: `ServerRole.receive`) and aggregates; the driver evaluates (a seeded sample of the eval
+sets, `[eval]`), writes the record and the checkpoint. A record's `seconds` is the whole round,
+with `train_seconds` (the exchange), `aggregate_seconds` and `eval_seconds` beside it; summary.py
+writes adapter/ and summary.json at the end. A Transport only sends blobs and says when each reply
+arrived: the in-process simulation on its simulated clock (local.py), Flower's Grid on the real
+one (flower/server.py), or anything registered in runtime/registry.py.
 """
 
 from __future__ import annotations
@@ -22,19 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import tomllib
-
 from .. import rundir
 from ..config import HybridConfig
 from ..errors import UserError
-from ..evaluation import REFERENCE_ROUND, evaluate_round, evaluate_sets, sampled_sets
-from ..metrics.memory import merge_peaks
+from ..evaluation import REFERENCE_ROUND, evaluate_round
 from ..tensors import Tensors, prefixed, unprefixed
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .progress import NullProgress, _means_text
 from .reply import Upload
 from .roles import ServerRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
+from .summary import finish
 
 
 @dataclass(frozen=True)
@@ -119,44 +118,6 @@ class Transport(Protocol):
 
     def committed(self) -> None:
         """The checkpoint that state_dict() was for is written (state files it superseded may go)."""
-
-
-class NullProgress:
-    def start(self, total_rounds: int, done: int, steps: int) -> None: ...
-    def round_start(self, rnd: int, clients: list[int]) -> None: ...
-    def client_start(self, rnd: int, client: int, steps: int | None = None) -> None: ...
-    def step(self, loss: float) -> None: ...
-    def round_end(self, record: dict) -> None: ...
-    def log(self, text: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class LogProgress(NullProgress):
-    """One line per round through `log` (Flower's logger, a test's list)."""
-
-    def __init__(self, log):
-        self.log = log
-
-    def round_end(self, r: dict) -> None:
-        line = (
-            f"round {r['round']}: clients {r['clients']} | up {r['bytes_up']:,} B | down {r['bytes_down']:,} B | "
-            f"train loss {r['train_loss']:.4f}"
-        )
-        if "eval_loss" in r:
-            line += f" | eval loss {r['eval_loss']:.4f}" + _means_text(r)
-        self.log(line + f" | {r['seconds']:.1f} s")
-
-
-def _means_text(fields: dict) -> str:
-    """' | acc 0.31 (chance 0.25) | rougeL 0.12' for a record with task metrics, else ''."""
-    m = fields.get("eval_means") or {}
-    text = ""
-    if "acc" in m:
-        text += f" | acc {m['acc']:.3f} / norm {m.get('acc_norm', float('nan')):.3f} (chance {m['chance']:.3f})"
-    for key in ("rougeL", "exact"):
-        if key in m:
-            text += f" | {key} {m[key]:.3f}"
-    return text
 
 
 class Driver:
@@ -331,130 +292,3 @@ class Driver:
             return
         self.records = meta["records"]
         rundir.write_rounds(self.out, self.records)  # checked against them, or rebuilt from them
-
-
-def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
-    """Refuses, before any work, a resume from a damaged checkpoint, with a config that would
-    continue another federation, model or method, or over a rounds.jsonl that lost rounds."""
-    from ..config import resume_differences, validate
-
-    meta = read_meta(out)
-    if "config" not in meta:
-        return  # a checkpoint from before these checks
-    diffs = resume_differences(validate(tomllib.loads(meta["config"])), cfg)
-    if diffs:
-        raise UserError(
-            f"{out}: cannot resume with a config that differs from its checkpoint's in "
-            + "; ".join(diffs)
-            + " (only train.rounds, eval.every, threads, device, precision and runtime.* may change)"
-        )
-    problem = rundir.rounds_problem(out, meta["records"])
-    if problem and not rebuild_rounds:
-        raise UserError(
-            f"{out / rundir.ROUNDS}: {problem}; the checkpoint holds all {meta['round']} finished rounds: "
-            f"`fedsqueeze resume {out} --rebuild-rounds` rewrites the file from it"
-        )
-
-
-def describe(s: Session, log) -> None:
-    """The console header every runtime prints before its first round."""
-    log(s.federation.summary())
-    numel = s.adapter.layout.numel
-    log(
-        f"method {s.cfg.method} | uplink {s.uplink_spec} | downlink {s.downlink_spec} | "
-        f"adapter {numel:,} params ({numel * 4 / 1e6:.2f} MB fp32)"
-    )
-    log(s.placement.describe())
-    if s.privacy is not None:
-        log(s.privacy.describe())
-    rule = CloseRule.of(s.cfg.hybrid)
-    if rule.keep_late:
-        log(
-            f"a round closes at a quorum of {rule.quorum:g} of its clients"
-            + (f" or after {rule.deadline:g} s" if rule.deadline is not None else "")
-            + "; late uploads join the round in which they arrive"
-        )
-
-
-def finish(
-    s: Session,
-    out: Path,
-    client_states,
-    rounds_done: int,
-    elapsed: float,
-    base_eval: dict | None = None,
-    rows: list[dict] | None = None,
-) -> dict:
-    """Writes adapter/ (and adapters/<client>/ for personalized methods) and summary.json.
-
-    The summary judges the final adapter on the reference round's eval sets, those the untrained
-    adapter was judged on before round 1 (`final_evaluation`), and says how many of how many sets
-    that was. Its `seconds` are the rounds' whole seconds plus that evaluation's, if it ran."""
-    rows = rundir.read_rounds(out) if rows is None else rows
-    final, final_seconds = final_evaluation(s, client_states, next(r for r in reversed(rows) if "eval_loss" in r))
-    s.adapter.set(s.method.final_adapter(client_states))
-    s.adapter.save(out / "adapter")
-    if s.method.mode.personalized:
-        for i, name in enumerate(s.federation.eval_sets):
-            s.adapter.set(s.method.eval_adapter(i, client_states[i]))
-            s.adapter.save(out / "adapters" / name)
-    up = sum(r["bytes_up"] for r in rows)
-    down = sum(r["bytes_down"] for r in rows)
-    undelivered = sum(sum(r.get("undelivered", {}).values()) for r in rows)
-    summary = {
-        "method": s.cfg.method,
-        "rounds": rounds_done,
-        "bytes_up": up,
-        "bytes_down": down,
-        "bytes_total": up + down,
-        "final_eval_loss": final["eval_loss"],
-        "eval": final["eval"],
-        "eval_sets_evaluated": len(final.get("eval_sets", s.federation.eval_sets)),
-        "eval_sets_total": len(s.federation.eval_sets),
-        "eval_sets": final.get("eval_sets", list(s.federation.eval_sets)),
-        "seconds": elapsed + final_seconds,
-        **{key: sum(r.get(key, 0.0) for r in rows) for key in ("train_seconds", "aggregate_seconds")},
-        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in rows) + final_seconds,
-        "sim_seconds": sum(r.get("sim_seconds", 0.0) for r in rows),
-        "uplink_codec": s.uplink_spec,
-        "downlink_codec": s.downlink_spec,
-        "clients": s.num_clients,
-        "adapter_params": s.adapter.layout.numel,
-        "device": str(s.placement.device),
-        "precision": s.placement.precision,
-        "federation_seconds": s.federation.build_seconds,
-        **merge_peaks(*rows),
-    }
-    if undelivered:
-        summary["bytes_undelivered"] = undelivered
-    if s.privacy is not None:
-        clip_norm = next((r["dp_clip_norm"] for r in reversed(rows) if "dp_clip_norm" in r), s.privacy.clip_norm)
-        summary["privacy"] = s.privacy.summary(rounds_done, clip_norm)
-    if "eval_by" in final:
-        summary["eval_by"] = final["eval_by"]
-    if "ood_eval_loss" in final:
-        summary["ood_eval_loss"] = final["ood_eval_loss"]
-    if "eval_metrics" in final:
-        summary["eval_metrics"], summary["eval_means"] = final["eval_metrics"], final["eval_means"]
-    if base_eval is not None:
-        summary["base_eval_loss"] = base_eval["eval_loss"]
-        if "eval_means" in base_eval:
-            summary["base_eval_means"] = base_eval["eval_means"]
-        if base_eval.get("ood_eval_loss") is not None:
-            summary["base_ood_eval_loss"] = base_eval["ood_eval_loss"]
-    rundir.write_summary(out, summary)
-    return summary
-
-
-def final_evaluation(s: Session, client_states, last_eval: dict) -> tuple[dict, float]:
-    """The final adapter's eval fields on the reference round's sets, and the seconds it took:
-    the last round's evaluation where it judged those very sets (always so when every set is
-    judged: 16 or fewer under eval.clients = "auto"), else one more evaluation of them. One more
-    sample-sized pass, so a large federation's summary still costs what a round's evaluation does."""
-    names = list(s.federation.eval_sets)
-    reference = sampled_sets(s, REFERENCE_ROUND)
-    if last_eval.get("eval_sets", names) == [names[i] for i in reference]:
-        return last_eval, 0.0
-    t0 = time.perf_counter()
-    fields = evaluate_sets(s, client_states, reference)
-    return fields, time.perf_counter() - t0

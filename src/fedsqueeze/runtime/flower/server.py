@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from ...errors import UserError
 from ...tensors import Tensors
-from ..driver import LogProgress
+from ..progress import LogProgress
 from ..reply import Upload
 from ..session import Session
 from . import wire

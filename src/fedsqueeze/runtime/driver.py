@@ -142,7 +142,7 @@ class Driver:
         self.sent_at: dict[int, float] = {}  # round -> when its blobs were sent (transport clock)
 
     @property
-    def client_states(self) -> list[Tensors]:
+    def client_states(self) -> Sequence[Tensors]:
         return self.transport.client_states()
 
     def sample(self, rnd: int) -> list[int]:

@@ -36,18 +36,18 @@ class InFlight:
     reply: Reply
 
 
-class StoredStates(Sequence):
+class StoredStates(Sequence[Tensors]):
     """Every client's method state, read from the store on demand (evaluation of personalized
     adapters; {} for a client that never took part)."""
 
     def __init__(self, store: StateStore, count: int):
-        self.store, self.count = store, count
+        self.store, self.size = store, count
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
-    def __getitem__(self, client: int) -> Tensors:
-        if not 0 <= client < self.count:
+    def __getitem__(self, client: int) -> Tensors:  # type: ignore[override]  # no slices
+        if not 0 <= client < self.size:
             raise IndexError(client)
         return unprefixed("state/", self.store.get(client))
 

@@ -18,7 +18,10 @@ class LogProgress(NullProgress):
     """One line per round through `log` (Flower's logger, a test's list)."""
 
     def __init__(self, log):
-        self.log = log
+        self._log = log
+
+    def log(self, text: str) -> None:
+        self._log(text)
 
     def round_end(self, r: dict) -> None:
         line = (
@@ -27,7 +30,7 @@ class LogProgress(NullProgress):
         )
         if "eval_loss" in r:
             line += f" | eval loss {r['eval_loss']:.4f}" + _means_text(r)
-        self.log(line + f" | {r['seconds']:.1f} s")
+        self._log(line + f" | {r['seconds']:.1f} s")
 
 
 def _means_text(fields: dict) -> str:

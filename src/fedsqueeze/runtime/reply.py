@@ -83,7 +83,7 @@ class Reply:
         says what is wrong). The inverse of `fields`."""
         peaks = {k: values[k] for k in PEAK_KEYS if k in values}
         known = {f.name for f in fields(cls)} - {"blob", "peaks"}
-        kwargs = {k: values.get(k) for k in ("num_examples", "steps", "train_loss")}
+        kwargs: dict[str, Any] = {k: values.get(k) for k in ("num_examples", "steps", "train_loss")}
         kwargs.update({k: values[k] for k in known - set(kwargs) if k in values})
         return cls(blob=blob, peaks=peaks, **kwargs)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,14 +22,19 @@ from ..hardware import Placement
 from ..models import LoraAdapter, build_model
 from ..strategies import ClientUpdate, Method, MethodContext, adapter_spec, build_method
 
+if TYPE_CHECKING:
+    from ..data.federation import Federation
+    from ..privacy.plan import Plan
+
 
 @dataclass
 class Session:
     cfg: Config
-    model: object
-    tokenizer: object
+    model: Any
+    """The peft-wrapped base model (models/loading.py)."""
+    tokenizer: Any
     adapter: LoraAdapter
-    federation: object
+    federation: Federation
     method: Method
     """The method's server half (its global state); the clients' hooks run on `client_method`."""
     client_method: Method
@@ -37,7 +43,7 @@ class Session:
     uplink_spec: str
     downlink_spec: str
     placement: Placement
-    privacy: object = None
+    privacy: Plan | None = None
     """privacy.plan.Plan under privacy.mode = central | local, else None."""
 
     @classmethod

@@ -129,6 +129,7 @@ class CGFedLLMParams(BaseModel):
 class CGFedLLM(Method):
     name = "cg-fedllm"
     Params = CGFedLLMParams
+    params: CGFedLLMParams
     default_uplink = "zstd"
     default_downlink = "fp32"
 

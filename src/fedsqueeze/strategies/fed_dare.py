@@ -27,6 +27,7 @@ class FedDAREParams(BaseModel):
 class FedDARE(MeanOfDeltas, Method):
     name = "fed-dare"
     Params = FedDAREParams
+    params: FedDAREParams
     default_uplink = "seeded"
 
     def client_upload(

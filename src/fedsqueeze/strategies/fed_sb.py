@@ -63,10 +63,11 @@ class FedSBParams(BaseModel):
 class FedSB(Method):
     name = "fed-sb"
     Params = FedSBParams
+    params: FedSBParams
     lossless_downlink = True
 
     @classmethod
-    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:
+    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:  # type: ignore[override]
         rank = params.rank or lora_r
         return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True)
 
@@ -116,7 +117,7 @@ class FedSB(Method):
         if fixed:
             return {r: (self.rank, self.rank) for _, _, r in self.triples}
         shapes = dict(zip(self.ctx.layout.names, self.ctx.layout.shapes))
-        out = {}
+        out: dict[str, tuple[int, ...]] = {}
         for a, b, _ in self.triples:
             out[a] = (self.warm_rank, shapes[a][1])
             out[b] = (shapes[b][0], self.warm_rank)
@@ -148,15 +149,15 @@ class FedSB(Method):
             return self.warm_init
         with_basis = message.whole or any(not k.endswith(R_SUFFIX) for k in message)
         dtypes = {k: v.dtype for k, v in self.ctx.init_adapter.items()}
-        message = {k: v.to(dtypes[k]) for k, v in message.items()}
+        values = {k: v.to(dtypes[k]) for k, v in message.items()}
         if with_basis:
             for a, b, _ in self.triples:
-                state[BASIS + a], state[BASIS + b] = message[a], message[b]
+                state[BASIS + a], state[BASIS + b] = values[a], values[b]
         basis = unprefixed(BASIS, state)
         if not basis:
             raise ValueError("fed-sb: an R-only message reached a client that holds no B and A")
         state[PHASE] = torch.tensor(1)
-        return {k: basis[k] if k in basis else message[k] for k in self.ctx.layout.names}
+        return {k: basis[k] if k in basis else values[k] for k in self.ctx.layout.names}
 
     def client_upload(
         self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None

@@ -3,7 +3,9 @@ the server takes the (example- or uniform-) weighted mean. A and B are averaged 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
+
+import torch
 
 from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Method, NoParams
 
@@ -17,6 +19,7 @@ class FedAvgParams(NoParams):
 class FedAvg(MeanOfDeltas, Method):
     name = "fedavg"
     Params = FedAvgParams
+    params: FedAvgParams
 
     def client_upload(self, state, start, trained, turn: ClientTurn | None = None):
         if self.params.upload == "adapter":
@@ -28,7 +31,7 @@ class FedAvg(MeanOfDeltas, Method):
             return {}
         weights = self.weights(updates, renormalize=self.params.upload == "adapter")
         for k in updates[0].tensors:
-            mean = sum(w * u.tensors[k] for w, u in zip(weights, updates))
+            mean = cast(torch.Tensor, sum(w * u.tensors[k] for w, u in zip(weights, updates)))
             self.adapter[k] = mean if self.params.upload == "adapter" else self.adapter[k] + mean
         return {}
 

@@ -76,6 +76,7 @@ staleness model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -88,6 +89,8 @@ from . import lora_math as lm
 from .base import CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
+Target = Callable[[lm.LoraPair], tuple[torch.Tensor, torch.Tensor]]
+"""A layer's new W_r as factors (L, R), L @ R."""
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -130,6 +133,7 @@ class FedSRDParams(BaseModel):
 class FedSRD(CentralDP, Method):
     name = "fedsrd"
     Params = FedSRDParams
+    params: FedSRDParams
     default_uplink = "sparse"
     lossless_downlink = True
     truncate: ClassVar[bool] = True
@@ -174,11 +178,11 @@ class FedSRD(CentralDP, Method):
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
             whole = message.whole
-            message = {k: v.to(init[k].dtype) for k, v in message.items()}
+            values = {k: v.to(init[k].dtype) for k, v in message.items()}
             if whole:
-                cumulative = message
+                cumulative = values
             else:
-                cumulative = {k: cumulative[k] + message[k] if k in message else cumulative[k] for k in init}
+                cumulative = {k: cumulative[k] + values[k] if k in values else cumulative[k] for k in init}
         for k, v in cumulative.items():
             state[STATE_PREFIX + k] = v
         return _plus(init, cumulative)
@@ -221,7 +225,7 @@ class FedSRD(CentralDP, Method):
         weights = lm.normalized(self.weights(updates))  # W is an average of B_i A_i
         return self._finish(rnd, lambda pair: self._target(pair, updates, weights), updates)
 
-    def _finish(self, rnd: int, target, updates: list[ClientUpdate]) -> dict:
+    def _finish(self, rnd: int, target: Target, updates: list[ClientUpdate]) -> dict:
         """Decompose (or split) each layer's target(pair) = (L, R), L @ R = the new W_r, and apply it."""
         if self.params.decompose:
             factor = self.moved_factor(rnd)
@@ -269,7 +273,7 @@ class FedSRD(CentralDP, Method):
         u, s, v = lm.truncated_svd_factored(left, right, rank=self.adapter[pair.a].shape[0])
         return u * s[None, :], v.T
 
-    def _decomposed_delta(self, rnd: int, factor: str, target) -> Tensors:
+    def _decomposed_delta(self, rnd: int, factor: str, target: Target) -> Tensors:
         """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask); with
         moves="both", then the other factor's, projected from what the first left of dW."""
         p = self.params

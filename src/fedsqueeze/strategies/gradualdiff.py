@@ -42,6 +42,7 @@ class GradualDiffParams(NoParams):
 class GradualDiff(MeanOfDeltas, Method):
     name = "gradualdiff"
     Params = GradualDiffParams
+    params: GradualDiffParams
     # Half the delta: with a small fraction most of each round's update waits in the error-feedback
     # memory, a delay that costs eval loss within 10 rounds (BENCHMARKS, "GradualDiff's uplink fraction").
     default_uplink = "topk(fraction=0.5) > quantize(bits=8) > zstd"

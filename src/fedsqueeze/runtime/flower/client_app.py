@@ -9,6 +9,7 @@ simulation engine sets the same keys for its virtual nodes.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -58,7 +59,7 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
 
         text = config_toml if config_toml is not None else AppSettings.from_run_config(context.run_config).config_toml
         partition, _ = _partition(context)
-        info = msg.content.config_records[wire.INFO]
+        info: Any = msg.content.config_records[wire.INFO]  # what the server wrote (wire.train_message)
         if int(info[PARTITION_ID]) != partition:
             raise RuntimeError(f"message for partition {info[PARTITION_ID]} reached the node of partition {partition}")
         role = ClientRole(_session(text), partition)

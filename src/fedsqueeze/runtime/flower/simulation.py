@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ... import rundir
 from ...config import Config
@@ -42,7 +43,7 @@ def run_flower_simulation(
     old_tmp = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = ray_tmp
     workers = cfg.runtime.sim_workers
-    backend = {
+    backend: dict[str, Any] = {
         # Ray runs as many ClientApps at once as both resources allow: sim_gpus 0.25 puts four on a GPU.
         "client_resources": {"num_cpus": 1, "num_gpus": cfg.runtime.sim_gpus},
         "init_args": {

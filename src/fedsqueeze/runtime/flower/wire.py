@@ -7,6 +7,8 @@ The ledger counts len(blob), the bytes the other side decodes, whatever Flower a
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from safetensors.torch import load as st_load
@@ -36,7 +38,7 @@ def unpack(content: RecordDict, key: str) -> bytes | None:
 def train_message(
     node_id: int, rnd: int, client: int, down_blob: bytes | None, train_seconds: float | None = None
 ) -> Message:
-    info = {"round": rnd, "partition-id": client}
+    info: dict[str, Any] = {"round": rnd, "partition-id": client}
     if train_seconds is not None:
         info[TRAIN_SECONDS] = float(train_seconds)
     content = RecordDict({INFO: ConfigRecord(info)})

@@ -264,11 +264,9 @@ def test_private_aggregate_without_noise_or_clipping_equals_the_uniform_aggregat
 
 def test_select_first_leaves_a_mask_seed_marker_alone():
     """Fed-DARE's upload carries its mask seed: neither clipped with the values nor noised."""
-    from fedsqueeze.codecs.seeded import seed_marker
-    from fedsqueeze.strategies.base import MASK_SEED
+    from fedsqueeze.codecs.wire import Message
 
-    marker = seed_marker(12345)
-    upload = {"w": torch.tensor([3.0, 0.0, 4.0]), MASK_SEED: marker.clone()}
+    upload = Message({"w": torch.tensor([3.0, 0.0, 4.0])}, mask_seed=12345)
     out = LocalNoise(_plan("local", z=1.0), 0).select_first(1, upload)
-    assert torch.equal(out[MASK_SEED], marker)
+    assert out.mask_seed == 12345 and list(out) == ["w"]
     assert out["w"][1] == 0 and not torch.equal(out["w"], upload["w"])

@@ -9,6 +9,7 @@ in the record as `eval_metrics` ({set: {acc, acc_norm, chance, rougeL, exact, ..
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from .client import evaluate, example_losses
 from .data.tokenization import TokenizedSet
@@ -41,12 +42,12 @@ def evaluate_set(s, adapter: Tensors, dataset, max_batch: int = MAX_BATCH) -> fl
     return evaluate(s.model, _batches(s, dataset, max_batch), s.placement)
 
 
-def evaluate_round(s, client_states: list[Tensors], rnd: int) -> dict:
+def evaluate_round(s, client_states: Sequence[Tensors], rnd: int) -> dict:
     """The eval fields of round `rnd`'s record (REFERENCE_ROUND: the untrained adapter)."""
     return evaluate_sets(s, client_states, sampled_sets(s, rnd))
 
 
-def evaluate_sets(s, client_states: list[Tensors], sets: list[int]) -> dict:
+def evaluate_sets(s, client_states: Sequence[Tensors], sets: list[int]) -> dict:
     """`eval_loss`, `eval`, `eval_sets` (the names judged) and, where the method has one global
     adapter and the data an out-of-domain set, `ood_eval_loss`. Set i is judged with the adapter
     the method shows its owner (`RunMode.eval_owner`)."""

@@ -69,6 +69,10 @@ class Registry(Generic[T]):
         """Every entry, imported."""
         return [(name, self.get(name)) for name in self.names()]
 
+    def in_order(self) -> list[tuple[str, T]]:
+        """Every entry, imported, in registration order (for registries whose order means something)."""
+        return [(name, self.get(name)) for name in self._items]
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -135,3 +139,12 @@ TRACKERS: Registry[Any] = Registry("tracker", key="track.to")
 TRACKERS.add("tensorboard", _T + "tensorboard:TensorBoardSink", needs="tensorboard")
 TRACKERS.add("wandb", _T + "wandb:WandbSink", needs="wandb")
 TRACKERS.add("mlflow", _T + "mlflow:MlflowSink", needs="mlflow")
+
+_F = "fedsqueeze.runtime.filters."
+UPLOAD_FILTERS: Registry[Any] = Registry("upload filter")
+"""Filter name -> factory(session, client) -> UploadFilter | None (runtime/filters/). The order is
+the order around the upload: snapshots feed client_upload, local DP noises what it sees (or what it
+chose), faults spoil what leaves; a filter registered later runs after these."""
+UPLOAD_FILTERS.add("snapshots", _F + "snapshots:of")
+UPLOAD_FILTERS.add("local-dp", _F + "local_dp:of")
+UPLOAD_FILTERS.add("faults", _F + "faults:of")

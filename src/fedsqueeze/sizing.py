@@ -14,13 +14,12 @@ import torch
 
 from .codecs import build_codec
 from .codecs.grid import snap
-from .codecs.seeded import seed_marker
+from .codecs.wire import Message, message_tensors
 from .config import Config
 from .models.adapter import attach_lora, lora_parameters
 from .models.architectures import architecture_config, random_model
 from .registry import METHODS
 from .strategies import validated_params
-from .strategies.base import MASK_SEED
 from .strategies.lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX, random_drop, seeded_drop
 from .tensors import Layout, Tensors
 
@@ -108,7 +107,7 @@ def message_sizes(layout: Layout, seed: int = 0, cfg: Config | None = None) -> l
 
     def seeded(tensors: Tensors, p: float, bits: int | None = None) -> Tensors:
         out = {n: seeded_drop(t, p, seed, n) for n, t in tensors.items()}
-        return {**({n: snap(t, bits) for n, t in out.items()} if bits else out), MASK_SEED: seed_marker(seed)}
+        return message_tensors(Message({n: snap(t, bits) for n, t in out.items()} if bits else out, mask_seed=seed))
 
     def broadcast(spec: str, bits: int | None = None) -> tuple[int, int]:
         return blob(spec, seeded(a_only, srd_drop, bits)), blob(spec, seeded(b_only, srd_drop, bits))

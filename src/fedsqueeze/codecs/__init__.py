@@ -27,6 +27,18 @@ from .base import CODECS, PayloadError
 from .chain import Codec, build_codec
 from .sender import Sender
 from .stats import blob_stats, measure
-from .wire import Limits
+from .wire import Limits, Message, message_tensors, read_message
 
-__all__ = ["CODECS", "Codec", "Limits", "PayloadError", "Sender", "blob_stats", "build_codec", "measure"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "Limits",
+    "Message",
+    "PayloadError",
+    "Sender",
+    "blob_stats",
+    "build_codec",
+    "measure",
+    "message_tensors",
+    "read_message",
+]

@@ -12,9 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import tomllib
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import rundir
 from ..errors import UserError
 
 STATE = "state.safetensors"
@@ -128,3 +130,26 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_resumable(out: Path, cfg, rebuild_rounds: bool = False) -> None:
+    """Refuses, before any work, a resume from a damaged checkpoint, with a config that would
+    continue another federation, model or method, or over a rounds.jsonl that lost rounds."""
+    from ..config import resume_differences, validate
+
+    meta = read_meta(out)
+    if "config" not in meta:
+        return  # a checkpoint from before these checks
+    diffs = resume_differences(validate(tomllib.loads(meta["config"])), cfg)
+    if diffs:
+        raise UserError(
+            f"{out}: cannot resume with a config that differs from its checkpoint's in "
+            + "; ".join(diffs)
+            + " (only train.rounds, eval.every, threads, device, precision, runtime.* and track.* may change)"
+        )
+    problem = rundir.rounds_problem(out, meta["records"])
+    if problem and not rebuild_rounds:
+        raise UserError(
+            f"{out / rundir.ROUNDS}: {problem}; the checkpoint holds all {meta['round']} finished rounds: "
+            f"`fedsqueeze resume {out} --rebuild-rounds` rewrites the file from it"
+        )

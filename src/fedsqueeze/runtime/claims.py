@@ -50,10 +50,10 @@ def claims_counted(session) -> bool:
     return is_owners(session.cfg.data.source)
 
 
-def weight_of(session, client: int, metrics: dict) -> float | int:
+def weight_of(session, client: int, claimed: int) -> float | int:
     """An admitted upload's weight before capping: its claim, or what the server knows it holds."""
     if claims_counted(session):
-        return float(metrics["num_examples"])
+        return float(claimed)
     return session.federation.clients[client].num_examples
 
 

@@ -74,6 +74,25 @@ def score_blob(s, client: int, blob: bytes) -> dict[str, float]:
     return score(s, client, decode_blob(s, blob))
 
 
+def sums_problem(sums) -> str | None:
+    """Why an owner's evaluate reply cannot be counted, or None: a remote owner may send anything,
+    so every sum must be a finite number and every count a non-negative integer (as Reply.problem
+    checks a train reply)."""
+    import math
+
+    if not isinstance(sums, dict):
+        return f"not a mapping ({type(sums).__name__})"
+    for key in (LOSS_SUM, TOKENS, EXAMPLES):
+        if key not in sums:
+            return f"missing {key}"
+    for key, value in sums.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key} is not a finite number ({value!r})"
+        if key in (TOKENS, EXAMPLES, "choice_n", "generate_n") and (not isinstance(value, int) or value < 0):
+            return f"{key} = {value!r} is not a count"
+    return None
+
+
 # ---- the server's side -----------------------------------------------------------------------------
 def judge(driver, rnd: int) -> dict:
     """The eval fields of round `rnd` (REFERENCE_ROUND: the base adapter), as `eval.at` says."""
@@ -105,7 +124,11 @@ def at_clients(driver, rnd: int) -> dict:
     else:
         reached = transport.reachable(sets)
         replies = evaluate(rnd, {c: blob for c in reached})
-    got = {c: r for c, r in replies.items() if r is not None}
+    for c, r in replies.items():
+        why = sums_problem(r) if r is not None else None
+        if why is not None:
+            driver.progress.log(f"round {rnd}: client {c}'s evaluation rejected ({why})")
+    got = {c: r for c, r in replies.items() if r is not None and sums_problem(r) is None}
     missing = sorted(set(sets) - set(got))
     if missing:
         driver.progress.log(f"round {rnd}: no evaluation from clients {missing}: left out of the figure")

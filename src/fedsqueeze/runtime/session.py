@@ -7,6 +7,7 @@ training is client/, evaluation evaluation.py, the round the driver.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,10 @@ class Session:
     adapter: LoraAdapter
     federation: Federation
     method: Method
+    """The method's server half (its global state); the clients' hooks run on `client_method`."""
+    client_method: Method
+    """A separate instance for the client hooks (one per process, as on Flower), so that a client
+    hook never sees server state in-process either."""
     uplink_spec: str
     downlink_spec: str
     placement: Placement
@@ -66,6 +71,7 @@ class Session:
             lora_r=cfg.lora.r,
         )
         method = build_method(cfg.method, cfg.params, ctx)
+        client_method = copy.deepcopy(method)  # before anything happened to it: a fresh instance
         t0 = time.perf_counter()
         if data is None:
             federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
@@ -80,6 +86,7 @@ class Session:
             adapter,
             federation,
             method,
+            client_method,
             cfg.uplink.codec or method.default_uplink,
             cfg.downlink.codec or method.default_downlink,
             placement,

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import AdapterSpec, ClientUpdate, Message, Method, MethodContext, layout_mismatch
+from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext, layout_mismatch
 from .lora_math import R_SUFFIX
 
 BASIS = "fed_sb/basis/"
@@ -63,10 +63,11 @@ class FedSBParams(BaseModel):
 class FedSB(Method):
     name = "fed-sb"
     Params = FedSBParams
+    params: FedSBParams
     lossless_downlink = True
 
     @classmethod
-    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:
+    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:  # type: ignore[override]
         rank = params.rank or lora_r
         return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True)
 
@@ -108,7 +109,7 @@ class FedSB(Method):
             return self.trainable
         return lambda name: not name.endswith(R_SUFFIX)
 
-    def _upload_shapes(self) -> dict[str, tuple[int, ...]]:
+    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._phase_shapes(self.fixed)
 
     def _phase_shapes(self, fixed: bool) -> dict[str, tuple[int, ...]]:
@@ -116,7 +117,7 @@ class FedSB(Method):
         if fixed:
             return {r: (self.rank, self.rank) for _, _, r in self.triples}
         shapes = dict(zip(self.ctx.layout.names, self.ctx.layout.shapes))
-        out = {}
+        out: dict[str, tuple[int, ...]] = {}
         for a, b, _ in self.triples:
             out[a] = (self.warm_rank, shapes[a][1])
             out[b] = (shapes[b][0], self.warm_rank)
@@ -127,7 +128,7 @@ class FedSB(Method):
         return any(self._phase_shapes(fixed).get(name) == tuple(shape) for fixed in (False, True))
 
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
-        why = layout_mismatch(tensors, self._upload_shapes())
+        why = layout_mismatch(tensors, self.upload_shapes())
         if why and self.fixed:
             return f"{why} (fed-sb has fixed B and A: uploads carry R only)"
         return why
@@ -142,23 +143,25 @@ class FedSB(Method):
         basis = {k: self.adapter[k] for a, b, _ in self.triples for k in (a, b)}
         return Message({**basis, **r_only}, whole=True)
 
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         if message is None:
             state[PHASE] = torch.tensor(0)
             return self.warm_init
-        with_basis = getattr(message, "whole", False) or any(not k.endswith(R_SUFFIX) for k in message)
+        with_basis = message.whole or any(not k.endswith(R_SUFFIX) for k in message)
         dtypes = {k: v.dtype for k, v in self.ctx.init_adapter.items()}
-        message = {k: v.to(dtypes[k]) for k, v in message.items()}
+        values = {k: v.to(dtypes[k]) for k, v in message.items()}
         if with_basis:
             for a, b, _ in self.triples:
-                state[BASIS + a], state[BASIS + b] = message[a], message[b]
+                state[BASIS + a], state[BASIS + b] = values[a], values[b]
         basis = unprefixed(BASIS, state)
         if not basis:
             raise ValueError("fed-sb: an R-only message reached a client that holds no B and A")
         state[PHASE] = torch.tensor(1)
-        return {k: basis[k] if k in basis else message[k] for k in self.ctx.layout.names}
+        return {k: basis[k] if k in basis else values[k] for k in self.ctx.layout.names}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         if int(state.get(PHASE, torch.tensor(0))) == 1:
             return {r: trained[r] - start[r] for _, _, r in self.triples}
         w = self.warm_rank

@@ -152,7 +152,7 @@ def send(conn: Connection, header: dict, parts: dict[str, bytes | None]) -> None
     names = [k for k, v in parts.items() if v is not None]
     conn.send_bytes(json.dumps({**header, "parts": names}, default=float).encode())
     for name in names:
-        conn.send_bytes(parts[name])
+        conn.send_bytes(parts[name] or b"")  # names holds only the parts that are not None
 
 
 def recv(conn: Connection) -> tuple[dict, dict[str, bytes]]:

@@ -16,10 +16,13 @@ over the node's channel and imports neither torch nor transformers. Without one 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from ..reply import Reply  # plain data, no torch
 from . import client_work, wire
 from .node_data import NUM_PARTITIONS, PARTITION_ID
 
@@ -32,7 +35,7 @@ def _run(context: Context, job: client_work.Job) -> client_work.Outcome:
 
     resident = context.node_config.get(channel.RESIDENT_DIR)
     if resident:  # a dead worker fails this message (channel.WorkerGone), as a dead node would
-        return channel.call(resident, job)
+        return channel.call(Path(str(resident)), job)
     return client_work.run(_sessions.get(job.config_toml, job.data_file), job)
 
 
@@ -54,7 +57,7 @@ def _node(config_toml: str | None, context: Context):
 def _job(msg: Message, context: Context, config_toml: str | None, op: str) -> client_work.Job:
     text = _config_text(config_toml, context)
     partition, _, data_file = _node(config_toml, context)
-    info = msg.content.config_records[wire.INFO]
+    info: Any = msg.content.config_records[wire.INFO]  # what the server wrote (wire.train_message)
     if int(info[PARTITION_ID]) != partition:
         raise RuntimeError(f"message for partition {info[PARTITION_ID]} reached the node of partition {partition}")
     seconds = info.get(wire.TRAIN_SECONDS)
@@ -89,11 +92,10 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
         wire.put_state_bytes(context.state, outcome.state)  # also when a fault drops the reply: it trained
         if outcome.error:
             raise RuntimeError(outcome.error)
-        metrics = dict(outcome.metrics)
-        delay = metrics.pop("delay_s", 0.0)
-        if delay:  # fault 'slow': answer after the server has stopped waiting
-            time.sleep(delay)
-        return wire.train_reply(msg, job.partition, outcome.up, metrics)
+        reply = Reply.of_fields(outcome.up, outcome.metrics)
+        if reply.delay_s:  # fault 'slow': answer after the server has stopped waiting
+            time.sleep(reply.delay_s)
+        return wire.train_reply(msg, job.partition, reply)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -20,6 +20,7 @@ import gc
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ERROR_PREFIX = "client round failed"
 
@@ -54,14 +55,17 @@ def run(session, job: Job) -> Outcome:
     if job.op == "evaluate":
         from ..client_eval import score_blob
 
+        if job.down is None:
+            return Outcome(None, {}, job.state, "an evaluate message without an adapter")
         return Outcome(None, score_blob(session, job.partition, job.down), job.state)
     role = ClientRole(session, job.partition)
     role.load_state_dict(wire.state_from_bytes(job.state))
     up, metrics, error = None, {}, None
     try:
-        up, metrics = role.handle(job.round, job.down, seconds=job.seconds)
+        reply = role.handle(job.round, job.down, seconds=job.seconds)
+        up, metrics = reply.blob, reply.fields()  # plain data for the channel (Reply.of_fields reads it back)
     except Exception as exc:  # a fault that drops the reply, a broken config...: the message fails
-        from ...client.faults import ClientDropped
+        from ..filters.faults import ClientDropped
 
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, ClientDropped):  # the node's log keeps the traceback
@@ -100,7 +104,7 @@ class Sessions:
 
     def __init__(self, log=lambda *_: None):
         self.log = log
-        self.text: str | None = None
+        self.text: tuple[str, str | None] | None = None  # (config text, data file) of the session
         self.session = None
         self.key: tuple | None = None
         self.initial = None  # the adapter's initial values, to put back before a new session
@@ -122,7 +126,7 @@ class Sessions:
             self.log(f"model kept: {cfg.model.name} (same model, adapter layout and device)")
         self.drop()  # before the next model loads: one model per process
         t0 = time.perf_counter()
-        data = owner_data(data_file) if data_file is not None else None  # this owner's file alone
+        data = owner_data(Path(data_file)) if data_file is not None else None  # this owner's file alone
         session = Session.build(cfg, log=lambda *_: None, model=model, data=data)
         if model is None:
             self.loads += 1

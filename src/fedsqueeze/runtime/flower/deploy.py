@@ -158,6 +158,7 @@ def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
         run_command(run_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     run_id = None
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         out.write(line)
         found = STARTED.search(line)

@@ -7,10 +7,12 @@ The ledger counts len(blob), the bytes the other side decodes, whatever Flower a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from ..reply import Reply  # plain data, no torch
 
 if TYPE_CHECKING:  # torch loads only where tensors are made: the resident shim never imports it
     from ...tensors import Tensors
@@ -37,7 +39,7 @@ def unpack(content: RecordDict, key: str) -> bytes | None:
 def train_message(
     node_id: int, rnd: int, client: int, down_blob: bytes | None, train_seconds: float | None = None
 ) -> Message:
-    info = {"round": rnd, "partition-id": client}
+    info: dict[str, Any] = {"round": rnd, "partition-id": client}
     if train_seconds is not None:
         info[TRAIN_SECONDS] = float(train_seconds)
     content = RecordDict({INFO: ConfigRecord(info)})
@@ -58,20 +60,32 @@ def evaluate_reply(msg: Message, client: int, sums: dict) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def train_reply(msg: Message, client: int, up_blob: bytes | None, metrics: dict) -> Message:
+def train_reply(msg: Message, client: int, reply: Reply) -> Message:
+    """The reply's Flower form: its blob as "up", its other fields as a MetricRecord (a withheld
+    train loss left out; `Reply.fields`)."""
     content = RecordDict(
         {
             INFO: ConfigRecord({"partition-id": client}),
-            METRICS: MetricRecord({k: _number(v) for k, v in metrics.items()}),
+            METRICS: MetricRecord({k: _number(v) for k, v in reply.fields().items() if k != "delay_s"}),
         }
     )
-    if up_blob is not None:
-        content["up"] = pack(up_blob)
+    if reply.blob is not None:
+        content["up"] = pack(reply.blob)
     return Message(content=content, reply_to=msg)
 
 
-def reply_metrics(content: RecordDict) -> dict:
-    return dict(content.metric_records[METRICS])
+def reply_of(content: RecordDict) -> Reply:
+    """The Reply a train message's answer carries, its fields as they came: a remote client may send
+    anything (a ConfigRecord of strings, missing keys); ServerRole.receive checks them."""
+    record = content.get(METRICS)
+    values = dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
+    return Reply.of_fields(unpack(content, "up"), values)
+
+
+def eval_sums(content: RecordDict) -> dict:
+    """An evaluate reply's sums and counts, as they came (client_eval.sums_problem checks them)."""
+    record = content.get(METRICS)
+    return dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
 
 
 def _number(value) -> int | float:

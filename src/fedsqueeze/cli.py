@@ -178,9 +178,13 @@ def data(
     config: Path = typer.Argument(..., help="TOML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
     all_clients: bool = typer.Option(False, "--all", help="List every client (default: 20 and the spread)."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write the label distribution per owner as stacked bars to this PNG."
+    ),
     verbose: bool = VERBOSE,
 ):
-    """Load, tokenize and partition the data of a config, and print the partition summary."""
+    """Load, tokenize and partition the data of a config, and print the partition summary and the
+    label distribution per owner."""
     from . import config as config_mod
     from .data import build_federation
     from .models import load_base
@@ -195,6 +199,14 @@ def data(
         seconds = time.perf_counter() - t0
         console.print(fed.summary(show=len(fed.clients) if all_clients else 20), highlight=False)
         console.print(f"built in {seconds:.1f} s (read, tokenize, partition)", highlight=False)
+        from .data import distribution
+
+        shown = distribution.table(fed, show=len(fed.clients) if all_clients else 20)
+        if shown:
+            console.print(shown, highlight=False, soft_wrap=True)
+        if plot is not None:
+            written = distribution.plot(fed, plot, fed.description)
+            console.print(f"wrote {written}", highlight=False)
     except UserError as exc:
         _fail(exc)
 

@@ -18,6 +18,7 @@ from fedsqueeze.scoring.classify import (
     LabelTrie,
     confusion,
     from_confusion,
+    needs_eos,
     pooled,
     predict,
     score_each,
@@ -47,11 +48,11 @@ def _inputs(tok, n=5):
     return prompt_token_ids(examples, tok, "alpaca"), response_token_ids(LABELS, tok)
 
 
-def _by_hand(model, prompt, label, eos):
-    """log P(label tokens, EOS | prompt): one full sequence, log-softmax, the tokens' entries summed."""
-    ids = torch.tensor([prompt + label + [eos]])
+def _by_hand(model, prompt, label, end):
+    """log P(label tokens [, EOS] | prompt): one full sequence, log-softmax, the tokens' entries summed."""
+    ids = torch.tensor([prompt + label + end])
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-    return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(label + [eos]))
+    return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(label + end))
 
 
 def test_the_label_trie_shares_prefixes(tiny):
@@ -61,26 +62,36 @@ def test_the_label_trie_shares_prefixes(tiny):
     assert len(trie.tokens) < sum(map(len, label_ids))  # "noun" shared by three labels
     for ids, path in zip(label_ids, trie.paths):
         assert [trie.tokens[n] for n in path] == ids and [trie.depth[n] for n in path] == list(range(1, len(ids) + 1))
-    visible = trie.visible()
-    assert all(bool(visible[n, trie.parent[n]]) for n in range(len(trie.tokens)) if trie.parent[n] >= 0)
+    every = list(range(len(trie.tokens)))
+    visible = trie.visible(every)
+    assert all(bool(visible[n, trie.parent[n]]) for n in every if trie.parent[n] >= 0)
+    assert needs_eos(label_ids)  # "noun" begins "noun.act": the EOS tells a whole "noun" apart
+    assert not needs_eos([[1, 2], [1, 3], [4]])
+    inner = trie.fed(eos=False)
+    assert len(inner) < len(every) and all(any(trie.parent[m] == n for m in every) for n in inner)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_shared_prompt_scores_equal_each_label_on_its_own_and_by_hand(tiny, attention):
+@pytest.mark.parametrize("prefix_free", [False, True])
+def test_shared_prompt_scores_equal_each_label_on_its_own_and_by_hand(tiny, attention, prefix_free):
     model, tok = tiny
     model.config._attn_implementation = attention
     prompts, label_ids = _inputs(tok)
+    if prefix_free:  # no EOS scored, the labels' last tokens are never inputs
+        label_ids = [ids for ids in label_ids if not any(o != ids and o[: len(ids)] == ids for o in label_ids)]
+        assert not needs_eos(label_ids) and len(label_ids) == 5  # without "noun" and "no"
     eos, pad = tok.eos_token_id, tok.pad_token_id
+    end = [eos] if needs_eos(label_ids) else []
     shared = score_shared(model, prompts, label_ids, eos, pad, Placement.cpu_fp32())
     each = score_each(model, prompts, label_ids, eos, pad, Placement.cpu_fp32())
-    hand = [[_by_hand(model, p, lab, eos) for lab in label_ids] for p in prompts]
+    hand = [[_by_hand(model, p, lab, end) for lab in label_ids] for p in prompts]
     assert torch.allclose(torch.tensor(shared), torch.tensor(hand), atol=1e-4)
     assert torch.allclose(torch.tensor(each), torch.tensor(hand), atol=1e-4)
     # accuracy by log-likelihood = the hand-computed argmax, for any choice of gold labels
-    gold = [3, 0, 1, 6, 2]
-    hand_pred = [max(range(len(LABELS)), key=row.__getitem__) for row in hand]
+    gold = [k % len(label_ids) for k in (3, 0, 1, 6, 2)]
+    hand_pred = [max(range(len(label_ids)), key=row.__getitem__) for row in hand]
     assert predict(shared) == hand_pred
-    m = confusion(gold, predict(shared), len(LABELS))
+    m = confusion(gold, predict(shared), len(label_ids))
     assert from_confusion(m)["acc"] == sum(g == p for g, p in zip(gold, hand_pred)) / len(gold)
 
 

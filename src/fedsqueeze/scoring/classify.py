@@ -1,16 +1,18 @@
 """Classification by log-likelihood over the label set (lm-evaluation-harness `acc`), with the prompt shared.
 
-Every label is a continuation of the prompt: its tokens (tokenized on their own, as training sees the
-response) and the EOS that ends a response. The score of a label is the sum of those tokens'
-log-likelihoods; the prediction is the label of highest score (ties to the first).
+Every label is a continuation of the prompt: its tokens, tokenized on their own as training sees the
+response. The score of a label is the sum of those tokens' log-likelihoods (and of the EOS that ends a
+response where one label's tokens begin another's: `needs_eos`); the prediction is the label of highest
+score (ties to the first).
 
 Judging N items over L labels by scoring each (item, label) sequence on its own costs N x L forward
 passes of the prompt. Here the labels' tokens form a trie (labels that share a first token share its
 node), appended once after each prompt: one forward pass per batch of items over
 `prompt + trie nodes`, with a 4-D attention mask by which each trie node sees the prompt and its own
 ancestors only, and position ids that continue the prompt's. A label's tokens are then scored from the
-logits at its parent nodes; the EOS from the logits at its last node (EOS is never an input). The cost
-is about N passes of (prompt + trie) tokens: with short labels, not much more than N prompt passes.
+logits at its parent nodes (its first token from the prompt's last), so only the trie's inner nodes are
+inputs (its leaves too where the EOS is scored). The cost is about N passes of (prompt + inner nodes)
+tokens: with labels of a token or two, not much more than N prompt passes.
 `score_each` is the plain one-sequence-per-label reference (tests, and models without 4-D masks).
 """
 
@@ -56,28 +58,44 @@ class LabelTrie:
             paths.append(path)
         return cls(tokens, parent, depth, paths)
 
-    def visible(self) -> torch.Tensor:
-        """(T, T) bool: node q may attend to node k (k is q or one of its ancestors)."""
-        n = len(self.tokens)
-        out = torch.zeros((n, n), dtype=torch.bool)
-        for q in range(n):
+    def fed(self, eos: bool) -> list[int]:
+        """The nodes that must be inputs: those whose logits score something (a child's token, or the
+        EOS after a label's last token when EOS is scored). A label's last token is never an input
+        unless EOS is scored after it."""
+        has_child = set(p for p in self.parent if p >= 0)
+        return [n for n in range(len(self.tokens)) if eos or n in has_child]
+
+    def visible(self, fed: list[int]) -> torch.Tensor:
+        """(F, F) bool over the fed nodes: q may attend to k (k is q or one of its ancestors)."""
+        col = {n: j for j, n in enumerate(fed)}
+        out = torch.zeros((len(fed), len(fed)), dtype=torch.bool)
+        for q in fed:
             k = q
             while k != -1:
-                out[q, k] = True
+                out[col[q], col[k]] = True
                 k = self.parent[k]
         return out
 
-    def targets(self, eos: int) -> tuple[list[int], list[int], list[int]]:
-        """(row, token, label) triples flattened: the logit row (0 = the prompt's last token, 1 + node)
-        that predicts each scored token of each label, the token, and the label it counts for."""
+    def targets(self, fed: list[int], eos: int | None) -> tuple[list[int], list[int], list[int]]:
+        """(row, token, label) triples flattened: the logit row (0 = the prompt's last token, 1 + the
+        fed node's column) that predicts each scored token of each label, the token, and its label."""
+        col = {n: j for j, n in enumerate(fed)}
         rows, toks, owner = [], [], []
         for label, path in enumerate(self.paths):
-            before = [0] + [1 + node for node in path]
-            for row, tok in zip(before, [self.tokens[node] for node in path] + [eos]):
-                rows.append(row)
-                toks.append(tok)
-                owner.append(label)
+            scored = [self.tokens[node] for node in path] + ([eos] if eos is not None else [])
+            before = [0] + [1 + col[node] for node in path[: len(scored) - 1]]
+            rows += before
+            toks += scored
+            owner += [label] * len(scored)
         return rows, toks, owner
+
+
+def needs_eos(label_ids: list[list[int]]) -> bool:
+    """Whether the EOS after a label is scored: only where some label's tokens begin another label's
+    (e.g. "1" and "10"), so that the shorter one is a whole answer rather than a beginning. A label set
+    free of such prefixes is scored as lm-evaluation-harness scores continuations, without the EOS."""
+    seqs = [tuple(ids) for ids in label_ids]
+    return any(a != b and b[: len(a)] == a for a in seqs for b in seqs)
 
 
 def _mask_kind(model) -> str:
@@ -87,12 +105,17 @@ def _mask_kind(model) -> str:
 
 @torch.no_grad()
 def score_shared(model, prompts: list[list[int]], label_ids: list[list[int]], eos: int, pad: int, placement):
-    """Summed log-likelihood of every label (its tokens + EOS) after every prompt: [item][label]."""
+    """Log-likelihood of every label after every prompt ([item][label]): its tokens, and the EOS after
+    them where `needs_eos`."""
     trie = LabelTrie.build(label_ids)
-    n_nodes = len(trie.tokens)
-    visible = trie.visible()
-    rows, toks, owner = (torch.tensor(x, dtype=torch.long) for x in trie.targets(eos))
-    batch = max(1, min(MAX_BATCH, POSITIONS_PER_BATCH // (n_nodes + 1)))
+    end = eos if needs_eos(label_ids) else None
+    fed = trie.fed(end is not None)
+    visible = trie.visible(fed)
+    rows, toks, owner = (torch.tensor(x, dtype=torch.long) for x in trie.targets(fed, end))
+    fed_tokens = torch.tensor([trie.tokens[n] for n in fed], dtype=torch.long)
+    fed_depth = torch.tensor([trie.depth[n] for n in fed], dtype=torch.long)
+    n_fed = len(fed)
+    batch = max(1, min(MAX_BATCH, POSITIONS_PER_BATCH // (n_fed + 1)))
     kind = _mask_kind(model)
     device = placement.device
     model.eval()
@@ -101,7 +124,7 @@ def score_shared(model, prompts: list[list[int]], label_ids: list[list[int]], eo
     for start in range(0, len(order), batch):
         items = order[start : start + batch]
         width = max(len(prompts[i]) for i in items)
-        size = width + n_nodes
+        size = width + n_fed
         ids = torch.full((len(items), size), pad, dtype=torch.long)
         pos = torch.zeros((len(items), size), dtype=torch.long)
         allowed = torch.zeros((len(items), 1, size, size), dtype=torch.bool)
@@ -109,9 +132,9 @@ def score_shared(model, prompts: list[list[int]], label_ids: list[list[int]], eo
             p = len(prompts[i])
             lead = width - p
             ids[r, lead:width] = torch.tensor(prompts[i], dtype=torch.long)
-            ids[r, width:] = torch.tensor(trie.tokens, dtype=torch.long)
+            ids[r, width:] = fed_tokens
             pos[r, lead:width] = torch.arange(p)
-            pos[r, width:] = torch.tensor(trie.depth) + p - 1
+            pos[r, width:] = fed_depth + p - 1
             allowed[r, 0, lead:width, lead:width] = torch.ones((p, p), dtype=torch.bool).tril()
             allowed[r, 0, width:, lead:width] = True
             allowed[r, 0, width:, width:] = visible
@@ -129,7 +152,7 @@ def score_shared(model, prompts: list[list[int]], label_ids: list[list[int]], eo
                 position_ids=pos.to(device),
                 logits_to_keep=keep.to(device),
             ).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (items, 1 + nodes, vocab)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (items, 1 + fed nodes, vocab)
         picked = logp[:, rows, toks]  # (items, scored tokens)
         sums = torch.zeros((len(items), len(label_ids)), dtype=torch.float64)
         sums.index_add_(1, owner, picked.double())
@@ -140,14 +163,15 @@ def score_shared(model, prompts: list[list[int]], label_ids: list[list[int]], eo
 
 @torch.no_grad()
 def score_each(model, prompts: list[list[int]], label_ids: list[list[int]], eos: int, pad: int, placement, batch=16):
-    """The reference: every (prompt, label + EOS) its own sequence, its label tokens' log-likelihoods summed."""
+    """The reference: every (prompt, label [+ EOS]) its own sequence, its label tokens' log-likelihoods summed."""
     from ..client.trainer import example_losses
     from ..data.tokenization import TokenizedSet
 
+    end = [eos] if needs_eos(label_ids) else []
     seqs = TokenizedSet()
     for prompt in prompts:
         for ids in label_ids:
-            target = list(ids) + [eos]
+            target = list(ids) + end
             seqs.input_ids.append(list(prompt) + target)
             seqs.labels.append([-100] * len(prompt) + target)
     idx = list(range(len(seqs)))

@@ -96,7 +96,15 @@ def _nothing_trainable(client: str, what: str, examples: list[dict], cfg: DataCo
 
 
 def _client(
-    name: str, k: int, indices: list[int], examples: list[dict], cfg: DataConfig, tokenizer, seed: int, key: str | None
+    name: str,
+    k: int,
+    indices: list[int],
+    examples: list[dict],
+    cfg: DataConfig,
+    tokenizer,
+    seed: int,
+    key: str | None,
+    label_set: list[str] = (),
 ) -> tuple[ClientData, int]:
     if len(indices) < 2:
         raise DataError(
@@ -106,6 +114,11 @@ def _client(
     train_idx, eval_idx = eval_split(indices, cfg.eval_fraction, cfg.eval_examples, seed, k)
     eval_examples = [examples[i] for i in eval_idx]
     train_examples = [examples[i] for i in train_idx]
+    if label_set:  # classify: long texts cut to fit, not dropped (only those that will be tokenized)
+        from .classify import fit_inputs
+
+        fit_inputs(eval_examples, label_set, tokenizer, cfg.template, cfg.max_length)
+        fit_inputs(train_examples[: cfg.max_examples], label_set, tokenizer, cfg.template, cfg.max_length)
     eval_set, eval_kept, eval_skipped = tokenize_examples(eval_examples, tokenizer, cfg.template, cfg.max_length)
     train_set, kept, train_skipped = tokenize_examples(
         train_examples, tokenizer, cfg.template, cfg.max_length, limit=cfg.max_examples
@@ -166,14 +179,13 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         cfg.shards_per_owner,
     )
     if label_set:
-        from .classify import CLASS, fit_inputs
+        from .classify import CLASS
 
-        fit_inputs(examples, label_set, tokenizer, cfg.template, cfg.max_length)
         key = CLASS  # the summary counts classes whatever the partition split on
     clients: list[ClientData] = []
     skipped = 0
     for k, (name, indices) in enumerate(zip(names, parts)):
-        client, n_skipped = _client(name, k, indices, examples, cfg, tokenizer, seed, key)
+        client, n_skipped = _client(name, k, indices, examples, cfg, tokenizer, seed, key, label_set)
         clients.append(client)
         skipped += n_skipped
     eval_sets = {c.name: c.eval for c in clients}

@@ -169,15 +169,27 @@ def write_reviews(path, n=240, seed=0):
     return path
 
 
-def test_a_users_csv_runs_as_a_label_skewed_federation(tmp_path, cli):
-    """The README's one command, on the tiny model: summary with accuracy, macro-F1, confusion matrix."""
-    data = write_reviews(tmp_path / "reviews.csv")
-    out = tmp_path / "run"
-    args = ["run", EXAMPLE, "--set", f"data.source=csv:{data}", "--set", "data.task=classify"]
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """The README's one command on a user's CSV (columns id, review, stars), on the tiny model."""
+    from typer.testing import CliRunner
+
+    from fedsqueeze.cli import app
+
+    tmp = tmp_path_factory.mktemp("csv")
+    data = write_reviews(tmp / "reviews.csv")
+    out = tmp / "run"
+    args = ["run", str(EXAMPLE), "--set", f"data.source=csv:{data}", "--set", "data.task=classify"]
     args += ["--set", "data.text_field=review", "--set", "data.label_field=stars"]
     args += ["--set", "data.partition=dirichlet", "--set", "data.dirichlet_alpha=0.3"]
     args += ["--set", "train.rounds=2", "--set", "train.local_steps=2", "--set", "train.threads=1", "--out", str(out)]
-    res = cli(*args)
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    return out, res
+
+
+def test_a_users_csv_runs_as_a_label_skewed_federation(csv_run):
+    """Its summary has accuracy, macro-F1 and the confusion matrix."""
+    out, res = csv_run
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     means = summary["eval_means"]
@@ -189,6 +201,18 @@ def test_a_users_csv_runs_as_a_label_skewed_federation(tmp_path, cli):
     assert "macro-F1" in res.output
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert "eval_classify" in rows[-1] and "macro_f1" in rows[-1]["eval_means"]
+
+
+def test_eval_command_reproduces_the_classify_figures(csv_run, cli):
+    out, _ = csv_run
+    res = cli("eval", out)
+    assert res.exit_code == 0, res.output
+    assert "macro-F1" in res.output
+    result = json.loads((out / "eval.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("acc", "acc_se", "macro_f1", "classify_n"):
+        assert result["means"][key] == summary["eval_means"][key]
+    assert result["classify"] == summary["eval_classify"]
 
 
 def _eval_counts(out):

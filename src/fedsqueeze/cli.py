@@ -127,7 +127,9 @@ def eval_(
     ),
     data: str | None = typer.Option(None, "--data", help="data.source to judge on (default: the run's own)."),
     metrics: str | None = typer.Option(
-        None, "--metrics", help="Comma-separated: loss, choice, rouge, exact (default: the run's eval.metrics)."
+        None,
+        "--metrics",
+        help="Comma-separated: loss, choice, rouge, exact, classify (default: the run's eval.metrics).",
     ),
     base: bool = typer.Option(False, "--base", help="Judge the base model alone (the adapter disabled)."),
     model: str | None = typer.Option(

@@ -14,7 +14,7 @@ import random
 
 from .client import evaluate, example_losses
 from .data.tokenization import TokenizedSet
-from .scoring.judge import means, set_metrics
+from .scoring.judge import pooled_means, set_metrics
 from .tensors import Tensors
 
 REFERENCE_ROUND = 0
@@ -89,13 +89,10 @@ def _task_metrics(s, client_states: list[Tensors], sets: list[int]) -> dict:
         owner = method.mode.eval_owner(i)
         s.adapter.set(method.eval_adapter(owner, client_states[owner]))
         per_set[names[i]] = set_metrics(s, names[i], metrics)
-    fields = {"eval_metrics": per_set, "eval_means": means(per_set)}
-    if "classify" in metrics:  # accuracy over all judged items (each set holds only a few of them)
-        from .scoring.classify import pooled
-
-        everything = pooled(per_set, s.federation.labels)
-        fields["eval_classify"] = {k: everything.pop(k) for k in ("labels", "confusion")}
-        fields["eval_means"].update(everything)
+    pooled, matrix = pooled_means(s, per_set, metrics)
+    fields = {"eval_metrics": per_set, "eval_means": pooled}
+    if matrix is not None:
+        fields["eval_classify"] = matrix
     return fields
 
 

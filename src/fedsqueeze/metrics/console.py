@@ -108,6 +108,9 @@ def summary_table(summary: dict) -> Table:
 EVAL_COLUMNS = (
     ("loss", "loss", "{:.4f}"),
     ("acc", "acc", "{:.3f}"),
+    ("acc_se", "acc SE", "{:.3f}"),
+    ("macro_f1", "macro-F1", "{:.3f}"),
+    ("classify_n", "items", "{}"),
     ("acc_norm", "acc_norm", "{:.3f}"),
     ("chance", "chance", "{:.3f}"),
     ("rougeL", "Rouge-L", "{:.3f}"),
@@ -116,7 +119,7 @@ EVAL_COLUMNS = (
 
 
 def eval_table(result: dict) -> Table:
-    """`fedsqueeze eval`'s table: one row per eval set, then the mean over sets."""
+    """`fedsqueeze eval`'s table: one row per eval set, then the mean over sets (classify: all items pooled)."""
     rows = result["sets"]
     shown = [c for c in EVAL_COLUMNS if any(c[0] in r for r in rows.values())]
     t = Table(title=f"{result['adapter']} on {result['data']} ({result['model']})")

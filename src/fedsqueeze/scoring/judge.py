@@ -56,6 +56,20 @@ def means(per_set: dict[str, dict]) -> dict:
     return out
 
 
+def pooled_means(s, per_set: dict[str, dict], metrics: list[str]) -> tuple[dict, dict | None]:
+    """`means(per_set)` and, for "classify", its figures pooled over every judged item instead (each set
+    holds only a few of them) with the pooled confusion matrix ({labels, confusion}); else None."""
+    out = means(per_set)
+    if "classify" not in metrics:
+        return out, None
+    from .classify import pooled
+
+    everything = pooled(per_set, s.federation.labels)
+    matrix = {k: everything.pop(k) for k in ("labels", "confusion")}
+    out.update(everything)
+    return out, matrix
+
+
 def generation_sample(seed: int, name: str, total: int, size: int) -> list[int]:
     if size >= total:
         return list(range(total))

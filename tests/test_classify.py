@@ -132,6 +132,8 @@ def test_classify_config_keys_are_checked():
         load(None, ["data.task=classify", 'data.labels=["a", "a"]'])
     with pytest.raises(ConfigError, match=r"data\.task"):
         load(None, ["data.task=regress"])
+    with pytest.raises(ConfigError, match=r"data\.label_field.*only with data\.task = \"classify\""):
+        load(None, ["data.label_field=stars"])
     with pytest.raises(ConfigError, match=r"data\.partition.*pathological"):
         load(None, ["data.partition=label-skew"])
     with pytest.raises(ConfigError, match=r"data\.labels_per_owner"):

@@ -218,7 +218,9 @@ def bench(
     suite: str = typer.Option(
         "tiny",
         "--suite",
-        help="w4 (SmolLM2-135M, 4 domains), tiny, frontier (W4-lite sweep of each method's knob) or tiny-frontier.",
+        help="w4 (SmolLM2-135M, 4 domains), tiny, frontier (W4-lite sweep of each method's knob), tiny-frontier, "
+        "wordnet-cls (45-label classification, 10 label-skewed owners), wordnet-cls-frontier (its sweep, judged "
+        "by accuracy), tiny-cls or tiny-cls-frontier.",
     ),
     methods: str | None = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
     rounds: int | None = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),

@@ -512,6 +512,16 @@ def _check_classify(cfg: Config) -> None:
     metric judged (added when not listed), never asked for without the task."""
     data = cfg.data
     if data.task != "classify":
+        # (values, not keys set: a saved config.toml writes every key with its default)
+        defaults = DataConfig()
+        stray = [
+            k for k in ("text_field", "label_field", "labels", "instruction") if getattr(data, k) != getattr(defaults, k)
+        ]
+        if stray:
+            raise ConfigError(
+                f"config key 'data.{stray[0]}': only with data.task = \"classify\" (data.task is {data.task!r}); "
+                "allowed tasks: instruct, classify"
+            )
         if "classify" in cfg.eval.metrics:
             raise ConfigError(
                 "config key 'eval.metrics': classify needs data.task = \"classify\" (a text field and a label field)"

@@ -514,9 +514,8 @@ def _check_classify(cfg: Config) -> None:
     if data.task != "classify":
         # (values, not keys set: a saved config.toml writes every key with its default)
         defaults = DataConfig()
-        stray = [
-            k for k in ("text_field", "label_field", "labels", "instruction") if getattr(data, k) != getattr(defaults, k)
-        ]
+        keys = ("text_field", "label_field", "labels", "instruction")
+        stray = [k for k in keys if getattr(data, k) != getattr(defaults, k)]
         if stray:
             raise ConfigError(
                 f"config key 'data.{stray[0]}': only with data.task = \"classify\" (data.task is {data.task!r}); "

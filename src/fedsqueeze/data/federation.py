@@ -143,6 +143,10 @@ def _client(
 
 def _ood(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, int]:
     examples = load_examples(cfg.ood_source, cfg)
+    if cfg.task == "classify":
+        from .classify import to_classify
+
+        examples, _ = to_classify(examples, cfg, cfg.ood_source)
     order = seeded_rng(seed, OOD_TAG).permutation(len(examples))
     sample = [examples[int(i)] for i in order]
     ood, _, skipped = tokenize_examples(sample, tokenizer, cfg.template, cfg.max_length, limit=cfg.eval_examples)

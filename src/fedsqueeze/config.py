@@ -63,12 +63,32 @@ class DataConfig(Section):
     source: str = "builtin:pystdlib"
     """jsonl:PATH, csv:PATH, parquet:PATH, hf:NAME[:SPLIT], builtin:pystdlib, dictd:PATH, wordnet:PATH;
     several sources joined with ' + ' (each becomes one domain unless it has a domain field)."""
-    partition: Literal["iid", "dirichlet", "by-domain"] = "by-domain"
+    partition: Literal["iid", "dirichlet", "by-domain", "natural", "pathological", "shards"] = "by-domain"
+    """iid; dirichlet (shares of each label ~ Dirichlet(data.dirichlet_alpha)); by-domain / natural (one
+    owner per value of data.label, flwr-datasets' NaturalIdPartitioner); pathological (data.labels_per_owner
+    labels per owner); shards (sorted by label, cut into data.shards_per_owner shards per owner)."""
     clients: int = Field(4, ge=1, le=10_000)
     dirichlet_alpha: float = Field(0.5, gt=0)
+    labels_per_owner: int = Field(2, ge=1)
+    """pathological: the number of distinct labels each owner holds."""
+    shards_per_owner: int = Field(2, ge=1)
+    """shards: the number of label-sorted shards each owner holds."""
     label: str = "domain"
-    """What the dirichlet / by-domain partitioners split on: "domain", "source" (the name of each
-    joined source), "category" (WordNet lexicographer file, stdlib module) or a table column."""
+    """What the partitioners split on: "domain", "source" (the name of each joined source), "category"
+    (WordNet lexicographer file, stdlib module) or a table column. With data.task = "classify" and this
+    left at "domain", the label-skew partitioners (dirichlet, pathological, shards) split on the class."""
+    task: Literal["instruct", "classify"] = "instruct"
+    """instruct: instruction -> response. classify: data.text_field -> the label in data.label_field,
+    the label spoken as the response; judged by log-likelihood over the label set (eval metric classify)."""
+    text_field: str = "text"
+    """classify: the column (or example key) holding the text to classify."""
+    label_field: str = "label"
+    """classify: the column (or example key) holding its label."""
+    labels: list[str] | dict[str, str] | None = None
+    """classify: the label set in order (None: the distinct values found in the data); a table
+    {value = "words"} also says how each label is spoken (its verbalizer)."""
+    instruction: str | None = None
+    """classify: the instruction of every prompt (None: "Label the TEXT_FIELD with its LABEL_FIELD.")."""
     instruction_field: str = "instruction"
     input_field: str = "input"
     response_field: str = "response"
@@ -138,7 +158,7 @@ class TrainConfig(Section):
 
 
 EVAL_AUTO_LIMIT = 16
-EVAL_METRICS = ("loss", "choice", "rouge", "exact")
+EVAL_METRICS = ("loss", "choice", "rouge", "exact", "classify")
 """eval.clients = "auto": every eval set up to this many, else a seeded sample of this many."""
 
 
@@ -158,7 +178,8 @@ class EvalConfig(Section):
     them and `eval` breaks it down by domain (by eval set where all examples share one domain)."""
     metrics: list[str] = ["loss"]
     """Any of loss (always judged), choice (multiple-choice acc / acc_norm), rouge (Rouge-L F1 of
-    greedy generations), exact (exact match of them after normalisation)."""
+    greedy generations), exact (exact match of them after normalisation), classify (accuracy, macro-F1
+    and confusion matrix over the label set; added by itself when data.task = "classify")."""
     choices: int = Field(4, ge=2, le=26)
     """choice: continuations per question (the answer and choices - 1 distractors); chance 1/choices."""
     max_new_tokens: int = Field(48, ge=1, le=4096)
@@ -513,6 +534,7 @@ def validate(raw: dict) -> Config:
         given = "choices_field" if cfg.data.choices_field is not None else "answer_field"
         other = "answer_field" if given == "choices_field" else "choices_field"
         raise ConfigError(f"config key 'data.{given}': needs 'data.{other}' too (the choices and the right one)")
+    _check_classify(cfg)
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
@@ -537,6 +559,50 @@ def check_codec_names(key: str, spec: str) -> None:
             raise ConfigError(
                 f"config key {key!r}: unknown codec stage {name!r} in {spec!r}; allowed: {', '.join(CODECS.names())}"
             )
+
+
+def _check_classify(cfg: Config) -> None:
+    """data.task = "classify" and its keys: a label set of at least two distinct labels, the classify
+    metric judged (added when not listed), never asked for without the task."""
+    data = cfg.data
+    if data.task != "classify":
+        # (values, not keys set: a saved config.toml writes every key with its default)
+        defaults = DataConfig()
+        keys = ("text_field", "label_field", "labels", "instruction")
+        stray = [k for k in keys if getattr(data, k) != getattr(defaults, k)]
+        if stray:
+            raise ConfigError(
+                f"config key 'data.{stray[0]}': only with data.task = \"classify\" (data.task is {data.task!r}); "
+                "allowed tasks: instruct, classify"
+            )
+        if "classify" in cfg.eval.metrics:
+            raise ConfigError(
+                "config key 'eval.metrics': classify needs data.task = \"classify\" (a text field and a label field)"
+            )
+        return
+    if data.labels is not None:
+        values = list(data.labels)
+        spoken = list(data.labels.values()) if isinstance(data.labels, dict) else values
+        if len(values) < 2:
+            raise ConfigError(f"config key 'data.labels': at least 2 labels, got {data.labels!r}")
+        if any(not str(v).strip() for v in spoken) or len({str(v).strip() for v in spoken}) < len(spoken):
+            raise ConfigError(
+                "config key 'data.labels': every label must be spoken as a distinct non-empty text, "
+                f"got {data.labels!r}"
+            )
+    if data.text_field == data.label_field:
+        raise ConfigError(f"config key 'data.label_field': {data.label_field!r} is data.text_field too")
+    if data.choices_field is not None:
+        raise ConfigError(
+            "config key 'data.choices_field': not with data.task = \"classify\" (the labels are the choices)"
+        )
+    bad = [m for m in cfg.eval.metrics if m in ("choice", "rouge", "exact")]
+    if bad:
+        raise ConfigError(
+            f"config key 'eval.metrics': {', '.join(bad)} with data.task = \"classify\"; allowed: loss, classify"
+        )
+    if "classify" not in cfg.eval.metrics:
+        cfg.eval.metrics = [*cfg.eval.metrics, "classify"]
 
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:

@@ -4,7 +4,9 @@ losses combine (a mean over sets, or one pooled set broken down by domain). Its 
 by `eval.clients`, not by the size of the federation. Task metrics (`eval.metrics`: choice,
 rouge, exact; scoring/) are judged per set, with the same owner's adapter as the loss, and land
 in the record as `eval_metrics` ({set: {acc, acc_norm, chance, rougeL, exact, ...}}) and
-`eval_means` (their plain mean over sets)."""
+`eval_means` (their plain mean over sets). The classify metric's figures in `eval_means` (acc, acc_se,
+macro_f1, chance, majority, classify_n) are pooled over all judged items instead, and the pooled
+confusion matrix with its label order is `eval_classify` ({labels, confusion})."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 from .client import evaluate, example_losses
 from .data.tokenization import TokenizedSet
-from .scoring.judge import means, set_metrics
+from .scoring.judge import pooled_means, set_metrics
 from .tensors import Tensors
 
 REFERENCE_ROUND = 0
@@ -88,7 +90,11 @@ def _task_metrics(s, client_states: list[Tensors], sets: list[int]) -> dict:
         owner = method.mode.eval_owner(i)
         s.adapter.set(method.eval_adapter(owner, client_states[owner]))
         per_set[names[i]] = set_metrics(s, names[i], metrics)
-    return {"eval_metrics": per_set, "eval_means": means(per_set)}
+    pooled, matrix = pooled_means(s, per_set, metrics)
+    fields = {"eval_metrics": per_set, "eval_means": pooled}
+    if matrix is not None:
+        fields["eval_classify"] = matrix
+    return fields
 
 
 def _pooled(s, client_states: list[Tensors], sets: list[int]) -> dict:

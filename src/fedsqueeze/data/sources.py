@@ -190,6 +190,8 @@ def _text(value: Any, where: str = "", row: int = 0, column: str = "") -> str:
 
 def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
     """Rename the configured columns to the standard keys; keep the label column when it is an extra one."""
+    if cfg.task == "classify":
+        return _classify_rows(rows, columns, where, name, cfg)
     required = ("instruction_field", "response_field") + (
         ("choices_field", "answer_field") if cfg.choices_field is not None else ()
     )
@@ -216,6 +218,29 @@ def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, 
             ex[extra] = text(extra)
         if cfg.choices_field is not None:
             ex["choices"], ex["answer"] = _choices(row, where, i, cfg)
+        out.append(ex)
+    return out
+
+
+def _classify_rows(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
+    """data.task = "classify": the text and label columns under their own names (data/classify.py turns
+    them into prompts and spoken labels), the domain, and the data.label column when it is another one."""
+    for key in ("text_field", "label_field"):
+        column = getattr(cfg, key)
+        if column not in columns:
+            raise DataError(
+                f"{where}: no column {column!r} (data.{key}, data.task = 'classify'); "
+                f"columns present: {', '.join(map(str, columns)) or 'none'}"
+            )
+    has_domain = cfg.domain_field in columns
+    keep = [c for c in (cfg.text_field, cfg.label_field) if c]
+    if cfg.label not in ("domain", "source", cfg.domain_field) and cfg.label in columns and cfg.label not in keep:
+        keep.append(cfg.label)
+    out = []
+    for i, row in enumerate(rows):
+        ex = {column: _cell(row, where, i, column) for column in keep}
+        ex["domain"] = (_cell(row, where, i, cfg.domain_field) or name) if has_domain else name
+        ex["source"] = name
         out.append(ex)
     return out
 
@@ -304,7 +329,12 @@ def load_examples(spec: str, cfg: DataConfig) -> list[dict]:
 
 
 def label_key(cfg: DataConfig) -> str:
-    """The example key the dirichlet / by-domain partitioners split on ("domain" whatever its column was called)."""
+    """The example key the partitioners split on ("domain" whatever its column was called; the class of a
+    classify task for the label-skew partitioners while data.label is left at "domain")."""
+    from .classify import CLASS, PARTITION_ON_CLASS
+
+    if cfg.task == "classify" and cfg.partition in PARTITION_ON_CLASS and cfg.label == "domain":
+        return CLASS
     return "domain" if cfg.label in ("domain", cfg.domain_field) else cfg.label
 
 

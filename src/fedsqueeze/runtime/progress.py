@@ -37,7 +37,9 @@ def _means_text(fields: dict) -> str:
     """' | acc 0.31 (chance 0.25) | rougeL 0.12' for a record with task metrics, else ''."""
     m = fields.get("eval_means") or {}
     text = ""
-    if "acc" in m:
+    if "macro_f1" in m:
+        text += f" | acc {m['acc']:.3f} +- {m['acc_se']:.3f} / macro-F1 {m['macro_f1']:.3f} (chance {m['chance']:.3f})"
+    elif "acc" in m:
         text += f" | acc {m['acc']:.3f} / norm {m.get('acc_norm', float('nan')):.3f} (chance {m['chance']:.3f})"
     for key in ("rougeL", "exact"):
         if key in m:

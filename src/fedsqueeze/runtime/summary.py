@@ -76,6 +76,8 @@ def finish(
         summary["ood_eval_loss"] = final["ood_eval_loss"]
     if "eval_metrics" in final:
         summary["eval_metrics"], summary["eval_means"] = final["eval_metrics"], final["eval_means"]
+    if "eval_classify" in final:
+        summary["eval_classify"] = final["eval_classify"]
     if base_eval is not None:
         summary["base_eval_loss"] = base_eval["eval_loss"]
         if "eval_means" in base_eval:

@@ -23,7 +23,7 @@ seed = 0
 [model]
 name = "tiny"
 [lora]
-r = 4
+r = {r}
 alpha = 8
 target = "all-linear"
 [data]
@@ -41,7 +41,7 @@ precision = "fp32"
 [runtime]
 round_timeout = 150
 connect_timeout = 120
-"""
+{extra}"""
 
 
 @contextlib.contextmanager
@@ -82,10 +82,21 @@ def loopback(tmp: Path, tag: str, partitions: int = 4, dial=None, superlink_args
             deploy.kill_tree(proc.pid)
 
 
-def run(tmp: Path, tag: str, env: dict, method: str, rounds: int, resume: bool = False, out: Path | None = None):
-    """`fedsqueeze flower run` of CONFIG; returns (exit code, Flower's byte count, summary.json)."""
+def run(
+    tmp: Path,
+    tag: str,
+    env: dict,
+    method: str,
+    rounds: int,
+    resume: bool = False,
+    out: Path | None = None,
+    r: int = 4,
+    extra: str = "",
+):
+    """`fedsqueeze flower run` of CONFIG (LoRA rank r, `extra` TOML appended); returns (exit code,
+    Flower's byte count, summary.json)."""
     out = out or tmp / f"run-{tag}"
-    config = CONFIG.format(method=method, rounds=rounds)
+    config = CONFIG.format(method=method, rounds=rounds, r=r, extra=extra)
     run_config = deploy.write_run_config(tmp / f"run-{tag}.toml", config, out, resume=resume)
     text = io.StringIO()
     code = deploy.submit(run_config, env, text)

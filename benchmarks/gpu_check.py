@@ -7,6 +7,11 @@
 2. One QLoRA round (NF4, double quantization) of the SmolLM2 architecture, if bitsandbytes is there.
 3. One local step of the random-init Llama-3.2-3B with LoRA r=64 on all linear layers: tokens/s
    and peak memory.
+4. The resident worker (issue 29): a worker process on cuda serves 5 rounds of one run and 2 of a
+   second run with the same model (another learning rate: the model is kept); its GPU memory
+   (peak allocated per round, and what nvidia-smi says the process holds) must stay flat, and the
+   model must load once. `python benchmarks/gpu_check.py OUT --resident-dry-run` runs this case
+   alone on the CPU with the tiny model (RSS instead of GPU memory), to check the script anywhere.
 
 The model is SmolLM2-135M-Instruct where its cache exists (FEDSQUEEZE_CACHE), else the same
 architecture with seeded random weights (a GPU machine without internet has no weights): shapes,
@@ -30,7 +35,7 @@ from fedsqueeze.client import train_client
 from fedsqueeze.models.smollm2 import cache_root
 from fedsqueeze.runtime import LocalRuntime, Session, rundir
 
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gpu-check")
+OUT = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), "runs/gpu-check"))
 REAL = (cache_root() / "smollm2-135m-instruct" / "config.json").is_file()
 
 
@@ -148,8 +153,103 @@ def llama_3b_step() -> dict:
     }
 
 
+def _gpu_mb_of(pid: int) -> float | None:
+    """What nvidia-smi says process `pid` holds on the GPU (allocator cache included), MB."""
+    import subprocess
+
+    try:
+        rows = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in rows.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return float(fields[1])
+    return None
+
+
+def resident_rounds(device: str = "cuda", model: str | None = None, rounds: tuple[int, int] = (5, 2)) -> dict:
+    """A resident worker (a process, as under `fedsqueeze flower supernode`) trains client 0 for
+    rounds[0] rounds of one config, then rounds[1] of a second config with the same model; the
+    downlink blobs come from a CPU session of the same config. Memory per round from the worker's
+    own reply (peak allocated on the GPU, peak RSS) and nvidia-smi; "flat": the last round within
+    5% of round 2."""
+    import os
+
+    from fedsqueeze.runtime.flower import channel
+    from fedsqueeze.runtime.flower.client_work import Job
+    from fedsqueeze.runtime.flower.supervisor import ResidentWorker
+    from fedsqueeze.strategies.base import to_wire
+
+    raw = base(device, method="fedavg", train={"rounds": rounds[0]})
+    if model is not None:
+        raw["model"] = {"name": model}
+        raw["lora"] = {"r": 4, "alpha": 8, "target": "all-linear"}
+        raw["train"] = {**raw["train"], "local_steps": 3, "batch_size": 4}
+    second = {**raw, "train": {**raw["train"], "lr": raw["train"]["lr"] / 2, "rounds": rounds[1]}}
+    node = OUT / "resident-node"
+    log = OUT / "resident-worker.log"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    worker = ResidentWorker(node, env, log=lambda *_: None, output=log).start()
+    per_round, state = [], b""
+    try:
+        for run, cfg_raw in enumerate((raw, second), start=1):
+            cfg = config_mod.validate(cfg_raw)
+            text = cfg.to_toml()
+            server = Session.build(
+                config_mod.validate({**cfg_raw, "train": {**cfg_raw["train"], "device": "cpu", "precision": "fp32"}}),
+                log=lambda *_: None,
+            )
+            state = b""
+            for rnd in range(1, cfg.train.rounds + 1):
+                message = server.method.broadcast(rnd, 0)  # None: round 1 starts from the initial adapter
+                down = server.downlink_sender().encode(to_wire(message)) if message is not None else None
+                t0 = time.perf_counter()
+                outcome = channel.call(node, Job(text, 0, rnd, down, None, state), wait=120)
+                if outcome.error:
+                    raise RuntimeError(outcome.error)
+                state = outcome.state
+                per_round.append(
+                    {
+                        "run": run,
+                        "round": rnd,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                        "peak_gpu_mb": outcome.metrics.get("peak_gpu_mb"),
+                        "peak_rss_mb": outcome.metrics.get("peak_rss_mb"),
+                        "nvidia_smi_mb": _gpu_mb_of(worker.proc.pid) if device != "cpu" else None,
+                    }
+                )
+                print(json.dumps(per_round[-1]), flush=True)
+            del server
+    finally:
+        worker.stop()
+    text = log.read_text(errors="replace")
+    key = "peak_gpu_mb" if device != "cpu" else "peak_rss_mb"
+    values = [r[key] for r in per_round if r[key] is not None]
+    flat = len(values) > 2 and max(values[1:]) <= 1.05 * values[1]
+    return {
+        "row": "resident worker" + (" (dry run, cpu)" if device == "cpu" else ""),
+        "model_loads": text.count("model loaded"),
+        "model_kept": text.count("model kept"),
+        "memory_key": key,
+        "flat_within_5pct_from_round_2": flat,
+        "rounds": per_round,
+    }
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    if "--resident-dry-run" in sys.argv:
+        result = resident_rounds("cpu", model="tiny", rounds=(4, 2))
+        (OUT / "gpu_check_resident_dry_run.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
+        return
     if not torch.cuda.is_available():
         sys.exit("gpu_check: torch sees no CUDA device")
     results = {
@@ -167,6 +267,7 @@ def main() -> None:
         lambda: run_row("fedsrd-cpu", base("cpu", method="fedsrd")),
         qlora_round,
         llama_3b_step,
+        resident_rounds,
     ]
     for step in steps:
         try:

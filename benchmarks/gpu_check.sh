@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU check (issue 13), < 8 minutes on one GPU: environment, W4-shaped fedavg/fedsrd rows on cuda
-# and on the CPU, one QLoRA round, one local step of a random-init Llama-3.2-3B.
+# GPU check (issue 13), < 9 minutes on one GPU: environment, W4-shaped fedavg/fedsrd rows on cuda
+# and on the CPU, one QLoRA round, one local step of a random-init Llama-3.2-3B, and the resident
+# worker (issue 29): 5 + 2 rounds in one worker process on cuda, GPU memory flat, one model load.
 #   bash benchmarks/gpu_check.sh [OUTDIR]
+#   bash benchmarks/gpu_check.sh --resident-dry-run [OUTDIR]   # the resident case alone, on the CPU
+#                                                                 # with the tiny model (no GPU needed)
 # On a machine without internet, carry the wheels that its Python lacks in .whl/ (prepare them
 # with `bash benchmarks/gpu_check.sh --fetch-wheels` where pip works); they install into /tmp/site.
 set -uo pipefail
@@ -20,6 +23,13 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
   du -sh .whl; exit 0
 fi
 
+if [ "${1:-}" = "--resident-dry-run" ]; then
+  OUT_DIR=${2:-${OUT:-runs/gpu-check}}; mkdir -p "$OUT_DIR"
+  export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+  timeout 300 $PY benchmarks/gpu_check.py "$OUT_DIR" --resident-dry-run 2>&1 | tee "$OUT_DIR/gpu_check_resident.log"
+  exit "${PIPESTATUS[0]}"
+fi
+
 OUT_DIR=${1:-${OUT:-runs/gpu-check}}
 mkdir -p "$OUT_DIR"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -32,5 +42,5 @@ export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLE
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())'
   $PY -c 'import bitsandbytes as b; print("bitsandbytes", b.__version__)' 2>/dev/null || echo "bitsandbytes: not installed (the QLoRA row will say so)"
   echo "== rows"
-  timeout 460 $PY benchmarks/gpu_check.py "$OUT_DIR"
+  timeout 530 $PY benchmarks/gpu_check.py "$OUT_DIR"
 } 2>&1 | tee "$OUT_DIR/gpu_check.log"

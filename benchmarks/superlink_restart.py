@@ -64,7 +64,9 @@ def rounds_done(out: Path) -> int:
 
 
 def submit(tmp: Path, env: dict, out: Path, nodes: int, resume: bool, tag: str) -> tuple[int, str]:
-    config = CONFIG.format(method=METHOD, rounds=2).replace("clients = 4", f'clients = {nodes}\npartition = "iid"')
+    config = CONFIG.format(method=METHOD, rounds=2, r=4, extra="").replace(
+        "clients = 4", f'clients = {nodes}\npartition = "iid"'
+    )
     run_config = deploy.write_run_config(tmp / f"run-{tag}.toml", config, out, resume=resume)
     text = io.StringIO()
     code = deploy.submit(run_config, env, text)

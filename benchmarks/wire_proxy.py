@@ -14,6 +14,9 @@ query) cancel out; the fixed overhead is proxy(R1) minus R1 rounds' worth of mes
 
     python benchmarks/wire_proxy.py [METHOD ...] [--rounds 1 3] [--json FILE]
     python benchmarks/wire_proxy.py fedavg --rounds 2 --kill-node-after 2
+    python benchmarks/wire_proxy.py fedavg --evaluate [--lora-r 64]
+    (--evaluate: eval.at = "clients", 3 rounds with eval.every 3 and 1: the 2 x 4 evaluate messages
+    more, on the wire and in the ledger's eval_down, per message)
     (default: fedavg fedsrd, 1 and 3 rounds; --kill-node-after N: one run, SuperNode 3 killed
     after its N-th reply, and the ledger's bill for it beside what its connections carried;
     --from-json FILE prints the tables of an earlier --json again)
@@ -243,10 +246,12 @@ def ledger(out: Path) -> dict:
     return {"rows": rows, "up": sum(r["bytes_up"] for r in rows), "down": sum(r["bytes_down"] for r in rows)}
 
 
-def measure(method: str, rounds: int, tmp: Path, kill_after: int = 0) -> dict:
+def measure(method: str, rounds: int, tmp: Path, kill_after: int = 0, r: int = 4, extra: str = "") -> dict:
     """One fresh deployment (SuperLink, 4 SuperNodes, each behind its own proxy listener), one run.
     kill_after > 0: SuperNode 3 is killed once it has sent that many replies (push-messages)."""
-    tag = f"{method}-{rounds}" + (f"-kill{kill_after}" if kill_after else "")
+    tag = (
+        f"{method}-{rounds}" + (f"-kill{kill_after}" if kill_after else "") + (f"-{abs(hash(extra))}" if extra else "")
+    )
     holder: dict = {}
 
     def dial(port: int, partition: int) -> str:
@@ -260,7 +265,7 @@ def measure(method: str, rounds: int, tmp: Path, kill_after: int = 0) -> dict:
             if kill_after:
                 args = (holder["proxy"], procs, kill_after)
                 threading.Thread(target=kill_node_after, args=args, daemon=True).start()
-            _, flower, summary = run(tmp, tag, env, method, rounds)
+            _, flower, summary = run(tmp, tag, env, method, rounds, r=r, extra=extra)
             time.sleep(1)  # the last confirm / heartbeat replies
             snaps = [c.snapshot() for c in holder["proxy"].counters]
     finally:
@@ -289,6 +294,27 @@ def kill_node_after(proxy: WireProxy, procs: dict, replies: int, node: int = CLI
     deploy.kill_tree(procs[f"node-{node}"].pid)
     with proxy.counters[node].lock:
         proxy.counters[node].paths["(killed here)"]["calls"] += 1
+
+
+def evaluate_messages(method: str, tmp: Path, r: int) -> None:
+    """The wire's bytes per evaluate message (eval.at = "clients") beside the ledger's: two runs of
+    3 rounds, evaluated after every round or only after the last; they differ by 2 evaluate messages
+    per SuperNode and nothing else."""
+    runs = {}
+    for every in (3, 1):
+        extra = f'[eval]\nat = "clients"\nevery = {every}\n'
+        runs[every] = measure(method, 3, tmp, r=r, extra=extra)
+        print(f"# {method}, eval.every {every}: {runs[every]['seconds']:.0f} s", flush=True)
+    more = 2 * CLIENTS
+    a, b = runs[3], runs[1]
+    billed = [sum(sum(row.get("eval_down", {}).values()) for row in x["ledger"]["rows"]) for x in (a, b)]
+    ledger_msg = (billed[1] - billed[0]) / more
+    proxy_down = (b["proxy"]["down"] - a["proxy"]["down"]) / more
+    proxy_up = (b["proxy"]["up"] - a["proxy"]["up"]) / more
+    print(f"\nEvaluate messages, {method}, lora.r = {r}, 4 SuperNodes: {more} more in the second run")
+    print("| ledger per evaluate message (down) | proxy per message down | proxy / ledger | proxy per reply up |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {fmt(ledger_msg)} | {fmt(proxy_down)} | {proxy_down / max(ledger_msg, 1):.3f} | {fmt(proxy_up)} |")
 
 
 MESSAGE_ENDPOINTS = ("pull-object", "push-object", "pull-messages", "push-messages", "confirm-message-received")
@@ -381,11 +407,18 @@ def main(argv: list[str]) -> None:
         metavar="N",
         help="instead: one run of --rounds[-1] rounds per method, SuperNode 3 killed after its N-th reply",
     )
+    ap.add_argument("--evaluate", action="store_true", help="instead: bytes per evaluate message (eval.at clients)")
+    ap.add_argument("--lora-r", type=int, default=4, help="LoRA rank (the blob's size) of the runs")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--from-json", type=Path, help="only print the tables of an earlier --json")
     args = ap.parse_args(argv)
     if args.from_json:
         return report(json.loads(args.from_json.read_text()))
+    if args.evaluate:
+        with tempfile.TemporaryDirectory(prefix="fsq-wire-") as tmp:
+            for method in args.methods:
+                evaluate_messages(method, Path(tmp), args.lora_r)
+        return None
     results = []
     with tempfile.TemporaryDirectory(prefix="fsq-wire-") as tmp:
         for method in args.methods:

@@ -104,3 +104,13 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def every_stage(specs: list[str], leave_out: tuple[str, ...] = ()) -> list[str]:
+    """`specs` plus each registered codec stage none of them names, alone: a new stage is tested
+    without anyone adding it to a list (leave_out: stages a test cannot take, each said why there)."""
+    from fedsqueeze.codec_spec import parse_spec
+    from fedsqueeze.registry import CODECS
+
+    named = {name for spec in specs for name, _ in parse_spec(spec)}
+    return specs + [name for name in CODECS.names() if name not in named and name not in leave_out]

@@ -117,3 +117,37 @@ def test_out_naming_a_file_and_until_zero(tmp_path, corpus, cli):
     assert file.read_text() == "keep me"
     res = cli("run", tiny_config(tmp_path, corpus), "--out", tmp_path / "o", "--until", "0")
     assert res.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("accent", [False, True])
+def test_bomless_utf16_is_named_with_its_iconv_command(tmp_path, corpus, cli, encoding, accent):
+    """Pure-ASCII UTF-16 even decodes as UTF-8 (a NUL between letters): it is told apart by its
+    zero bytes, before any parsing, and named with the command that converts it."""
+    text = corpus.read_text()
+    if accent:
+        text = text.replace("cat", "caf\u00e9")
+    path = tmp_path / "u16.jsonl"
+    path.write_bytes(text.encode(encoding))
+    name = encoding.replace("utf-16-", "UTF-16").upper()
+    res = cli("data", tiny_config(tmp_path, corpus, **{"data.source": f'"jsonl:{path}"'}))
+    _assert_clean_error(res, "u16.jsonl", f"{name} text without a byte-order mark", f"iconv -f {name} -t UTF-8")
+
+
+def test_data_validates_the_config_before_importing_torch(tmp_path):
+    """`fedsqueeze data` with a config typo: exit 2 naming the key, torch never imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\nfrom fedsqueeze.cli import main\n"
+        "sys.argv = ['fedsqueeze', 'data', 'examples/tiny.toml', '--set', 'data.clientz=3']\n"
+        "try:\n    main()\nexcept SystemExit:\n    print('torch imported:', 'torch' in sys.modules)\n    raise\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "data.clientz" in res.stdout and "torch imported: False" in res.stdout, res.stdout

@@ -14,7 +14,7 @@ import torch
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.runtime import RUNTIMES, Launch, Session, in_process
-from fedsqueeze.runtime.driver import Upload
+from fedsqueeze.runtime.reply import Upload
 from fedsqueeze.runtime.roles import ClientRole
 
 from conftest import tiny_config
@@ -23,7 +23,11 @@ STRAGGLER = 3  # trains only once round 2 has begun: late on the real clock, det
 
 
 class ThreadTransport:
+    """Send, poll, now: no close rule here (the driver applies it)."""
+
     remote = True  # only blobs reach the clients
+    simulated = False
+    patience = 60.0
 
     def __init__(self, session, out):
         self.cfg = session.cfg
@@ -52,7 +56,7 @@ class ThreadTransport:
         return clients
 
     def in_flight(self):
-        return {c for c, _ in self.futures.values()}
+        return dict(self.futures.values())
 
     def client_states(self):
         return [{} for _ in range(self.cfg.data.clients)]
@@ -60,26 +64,25 @@ class ThreadTransport:
     def committed(self):
         pass
 
-    def exchange(self, rnd, blobs, rule, progress):
+    def now(self):
+        return time.monotonic()
+
+    def send(self, rnd, blobs, work_seconds, progress):
+        if rnd >= 2 and not self.gate.is_set():
+            # The straggler trains now, before this round's clients get their blobs: its reply
+            # arrives in this round, deterministically.
+            self.gate.set()
+            wait([f for f, (c, _) in self.futures.items() if c == STRAGGLER], timeout=60)
         for c, blob in blobs.items():
             self.futures[self.pool.submit(self._work, c, rnd, blob)] = (c, rnd)
-        if rnd >= 2:
-            self.gate.set()  # the straggler starts; its reply is awaited in this round
-        need, t_end = rule.need(len(blobs)), time.monotonic() + (rule.deadline or 60.0)
-        while time.monotonic() < t_end:
-            done = [f for f in self.futures if f.done()]
-            quorum = sum(1 for f in done if self.futures[f][1] == rnd) >= need
-            earlier = all(f.done() for f, (_, origin) in self.futures.items() if origin < rnd)
-            if quorum and (rnd < 2 or earlier):
-                break
-            wait(list(self.futures), timeout=0.05, return_when=FIRST_COMPLETED)
+
+    def poll(self, until):
+        wait(list(self.futures), timeout=max(0.0, min(0.05, until - time.monotonic())), return_when=FIRST_COMPLETED)
         done = [f for f in self.futures if f.done()]
-        uploads = []
-        for f in done:
-            client, origin = self.futures.pop(f)
-            blob, metrics = f.result()
-            uploads.append(Upload(client, origin, blob, metrics))
-        return sorted(uploads, key=lambda u: u.client), None
+        return [Upload(*self.futures.pop(f), f.result()) for f in done]
+
+    def abandon(self, client):
+        self.futures = {f: co for f, co in self.futures.items() if co[0] != client}
 
     def state_dict(self):
         return {}, {}

@@ -123,7 +123,8 @@ class InProcessGrid:
     way a SuperNode would (state kept per node). `faults[(round, partition)]`: "error" (the
     ClientApp raises), "silent" (no reply before the timeout), "gone" (the SuperLink answers
     that the node is offline, as it does for a dead SuperNode) or ("late", k): the reply is
-    withheld from the next k pulls that ask for it (a slow client, without sleeping)."""
+    withheld from the next k pulls that ask for it (a slow client, without sleeping); ("reply", f):
+    f(content) rewrites the reply's records as a remote client might send them."""
 
     SUPERLINK = 1
 
@@ -163,7 +164,7 @@ class InProcessGrid:
             context = self.contexts[node]
             info = msg.content.config_records.get(wire.INFO)
             rnd = int(info["round"]) if info else 0  # round 0: the query for the node's partition
-            fault = self.faults.get((rnd, context.node_config["partition-id"]))
+            fault = self.faults.get((rnd, context.node_config.get("partition-id")))
             if fault == "silent":
                 continue
             TaskIdentity.node_id = self.SUPERLINK if fault == "gone" else node
@@ -174,6 +175,8 @@ class InProcessGrid:
                     raise RuntimeError("injected failure")
                 else:
                     reply = self.app(msg, context)
+                    if isinstance(fault, tuple) and fault[0] == "reply":
+                        fault[1](reply.content)
             except Exception as exc:  # what a SuperNode reports for a ClientApp that raised
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             finally:
@@ -270,6 +273,54 @@ def test_failed_silent_and_gone_clients_are_left_out(tmp_path, corpus):
     assert all("undelivered" not in r for i, r in enumerate(rows) if i != 2)
     assert summary["bytes_undelivered"] == one_down
     assert summary["bytes_down"] == sum(r["bytes_down"] for r in rows)
+
+
+def _metrics(record_type=None, **changes):
+    """A reply rewrite: the METRICS record with `changes` (None: the key left out), as `record_type`."""
+    from flwr.app import MetricRecord
+
+    def rewrite(content) -> None:
+        values = {**dict(content[wire.METRICS]), **changes}
+        values = {k: v for k, v in values.items() if v is not None}
+        content[wire.METRICS] = (record_type or MetricRecord)(values)
+
+    return ("reply", rewrite)
+
+
+def _no_metrics(content) -> None:
+    del content[wire.METRICS]
+
+
+def test_bad_reply_fields_over_flower_messages_are_rejected(tmp_path, corpus):
+    """Issue 27: what a remote client puts in its reply is checked where the server receives it."""
+    import math
+
+    from flwr.app import ConfigRecord
+
+    cfg = _config(tmp_path, corpus, **{"train.rounds": "3"})
+    faults = {
+        (1, 1): _metrics(num_examples=math.nan),
+        (1, 2): _metrics(ConfigRecord, num_examples="24"),  # a string only a ConfigRecord can carry
+        (2, 1): _metrics(train_loss=None),
+        (2, 2): _metrics(train_loss=math.inf),
+        (3, 1): _metrics(steps=-2),
+        (3, 2): ("reply", _no_metrics),
+    }
+    summary, lines = _serve_in_process(cfg, tmp_path / "out", faults=faults)
+    rows = _rounds(tmp_path / "out")
+    assert [r["rejected"] for r in rows] == [
+        {
+            "1": "bad reply: num_examples is not an integer (nan)",
+            "2": "bad reply: num_examples is not an integer ('24')",
+        },
+        {"1": "bad reply: missing train_loss", "2": "bad reply: train_loss is not finite (inf)"},
+        {"1": "bad reply: steps = -2 is out of bounds [0, 3]", "2": "bad reply: missing num_examples"},
+    ]
+    assert [r["clients"] for r in rows] == [[0]] * 3
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in ("train_loss", "eval_loss", "bytes_up", "bytes_down"))
+        assert r["per_client"]["1"]["up"] > 0 and r["per_client"]["2"]["up"] > 0  # billed all the same
+    assert summary["rounds"] == 3 and math.isfinite(summary["final_eval_loss"])
 
 
 def test_hybrid_on_flower_closes_at_the_quorum_and_folds_a_late_reply_in_once(tmp_path, corpus):

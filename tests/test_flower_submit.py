@@ -107,11 +107,12 @@ def test_the_supernode_command_is_supervised_unless_told_not_to(tmp_path, monkey
     from fedsqueeze import flower_cli
 
     seen = {}
-    monkeypatch.setattr(deploy, "supervise", lambda cmd, env, log: seen.setdefault("supervised", cmd) and 0)
+    monkeypatch.setattr(deploy, "supervise", lambda cmd, env, log, **_: seen.setdefault("supervised", cmd) and 0)
     monkeypatch.setattr(flower_cli.os, "execvpe", lambda path, cmd, env: seen.setdefault("exec", cmd))
     app = typer.Typer()
     app.add_typer(flower_cli.flower_app, name="flower")
     args = ["flower", "supernode", "--superlink", "127.0.0.1:9", "--partition-id", "1", "--num-partitions", "3"]
+    args.append("--no-resident")  # with a resident worker: tests/test_resident.py
     assert CliRunner().invoke(app, [*args, "--home", str(tmp_path / "h")]).exit_code == 0
     assert "partition-id=1 num-partitions=3" in " ".join(seen["supervised"]) and "exec" not in seen
     CliRunner().invoke(app, [*args, "--home", str(tmp_path / "h"), "--no-restart"])

@@ -145,8 +145,11 @@ def test_target_epsilon_ends_at_or_below_its_target(target, rounds, clients, k):
 
 # ---- the composition rules ----------------------------------------------------------------------
 def _cfg(*sets):
+    """A config checked in full: config.load, then checks.check (the privacy rules need the method)."""
+    from fedsqueeze.checks import check
+
     base = ["privacy.delta=1e-5", "privacy.noise_multiplier=1.0"]
-    return config_mod.load(None, base + list(sets))
+    return check(config_mod.load(None, base + list(sets)))
 
 
 def test_local_noise_before_a_topk_uplink_keeps_the_guarantee():
@@ -190,8 +193,10 @@ def test_refusals_name_the_key_and_the_reason(sets, match):
 
 
 def test_delta_is_required():
+    from fedsqueeze.checks import check
+
     with pytest.raises(ConfigError, match="privacy.delta"):
-        config_mod.load(None, ["privacy.mode=central", "privacy.noise_multiplier=1.0"])
+        check(config_mod.load(None, ["privacy.mode=central", "privacy.noise_multiplier=1.0"]))
 
 
 def test_adaptive_clipping_needs_count_noise_above_the_multiplier():
@@ -259,11 +264,9 @@ def test_private_aggregate_without_noise_or_clipping_equals_the_uniform_aggregat
 
 def test_select_first_leaves_a_mask_seed_marker_alone():
     """Fed-DARE's upload carries its mask seed: neither clipped with the values nor noised."""
-    from fedsqueeze.codecs.seeded import seed_marker
-    from fedsqueeze.strategies.base import MASK_SEED
+    from fedsqueeze.codecs.wire import Message
 
-    marker = seed_marker(12345)
-    upload = {"w": torch.tensor([3.0, 0.0, 4.0]), MASK_SEED: marker.clone()}
+    upload = Message({"w": torch.tensor([3.0, 0.0, 4.0])}, mask_seed=12345)
     out = LocalNoise(_plan("local", z=1.0), 0).select_first(1, upload)
-    assert torch.equal(out[MASK_SEED], marker)
+    assert out.mask_seed == 12345 and list(out) == ["w"]
     assert out["w"][1] == 0 and not torch.equal(out["w"], upload["w"])

@@ -97,12 +97,44 @@ def test_a_missing_rounds_file_is_reported_and_rebuilt_to_the_true_total(stopped
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
 
 
-def test_a_garbage_line_stops_resume_and_report_skips_it(stopped, cli):
+@pytest.mark.parametrize("garbage", ["not json at all", "123", "[1, 2]", '"text"', "\x00\x01 binary"])
+def test_a_garbage_line_stops_resume_and_report_skips_it(stopped, cli, garbage):
+    """Text, and JSON that is not an object (a number, a list, a string), alike: no traceback."""
     path = stopped / "rounds.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text(lines[0] + "\n" + "not json at all\n")
+    path.write_text(lines[0] + "\n" + garbage + "\n")
     before = _snapshot(stopped)
     _assert_refused(cli("resume", stopped), stopped, before, "rounds.jsonl", "line 2")
     res = cli("report", stopped)
     assert res.exit_code == 0, res.output
     assert "line 2 is not a round record" in res.output
+
+
+@pytest.mark.parametrize("damage", ["digest", "name", "own-line"])
+def test_a_damaged_sha256sums_is_reported_as_itself_not_as_the_state(stopped, cli, damage):
+    path = stopped / "checkpoint" / "SHA256SUMS"
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "digest":  # one hex digit of the state's checksum changed: the file is fine, its sum is not
+        first = lines[0]
+        lines[0] = ("0" if first[0] != "0" else "1") + first[1:]
+    elif damage == "name":
+        lines[0] = lines[0].replace("state.safetensors", "state.safetensorz")
+    else:
+        lines = lines[:-1]  # its own checksum line lost: the two others still verify (an older checkpoint)
+    path.write_text("".join(lines))
+    before = _snapshot(stopped)
+    res = cli("resume", stopped)
+    if damage == "own-line":
+        assert res.exit_code == 0, res.output
+        return
+    _assert_refused(res, stopped, before, "SHA256SUMS", "damaged")
+    assert "state.safetensors: fails" not in res.output
+
+
+def test_resume_never_shrinks_a_finished_run(tmp_path, corpus, cli):
+    """`resume --set train.rounds=1` on a finished 2-round run: refused, config.toml still says 2."""
+    out = tmp_path / "done"
+    assert cli("run", tiny_config(tmp_path, corpus), "--out", out).exit_code == 0
+    before = _snapshot(out)
+    _assert_refused(cli("resume", out, "--set", "train.rounds=1"), out, before, "train.rounds", "already done")
+    assert "rounds = 2" in (out / "config.toml").read_text()

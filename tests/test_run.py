@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.codecs import build_codec
+from fedsqueeze.codecs.wire import read_message as from_wire
 from fedsqueeze.runtime import LocalRuntime, Session
-from fedsqueeze.strategies.base import from_wire
 
 from conftest import MEASURED, tiny_config
 

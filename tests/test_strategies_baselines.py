@@ -5,8 +5,9 @@ import math
 import torch
 
 from fedsqueeze.codecs import build_codec
+from fedsqueeze.codecs.wire import message_tensors
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
-from fedsqueeze.strategies.base import MASK_SEED, without_markers
+from fedsqueeze.strategies.base import ClientTurn
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.1.self_attn.v_proj")
@@ -71,8 +72,8 @@ def test_fed_dare_upload_is_sparse_rescaled_and_differs_per_client():
     start = ctx.init_adapter
     t0, t1 = fake_training(method, start, 0, 1), fake_training(method, start, 1, 1)
     up0, up1 = method.client_upload({}, start, t0), method.client_upload({}, start, t1)
-    assert up0.keys() == {*ctx.layout.names, MASK_SEED}
-    up0, up1 = without_markers(up0), without_markers(up1)
+    assert up0.keys() == set(ctx.layout.names) and up0.mask_seed is not None
+    up0, up1 = dict(up0), dict(up1)
     total = sum(v.numel() for v in up0.values())
     kept = sum(int(v.count_nonzero()) for v in up0.values())
     assert 0.03 < kept / total < 0.2
@@ -93,23 +94,22 @@ def test_fed_dare_mask_comes_from_seed_round_and_client_and_its_positions_never_
     trained = fake_training(method, start, 0, 1)
 
     def upload(rnd, client, tensors=trained):
-        method.begin_client(rnd, client)
-        return method.client_upload({}, start, tensors)
+        return method.client_upload({}, start, tensors, turn=ClientTurn(rnd, client))
 
     def mask(up):
-        return torch.cat([(v != 0).flatten() for v in without_markers(up).values()])
+        return torch.cat([(v != 0).flatten() for v in dict(up).values()])
 
     first = upload(3, 1)
     other = fake_training(method, start, 5, 7)  # different training, same (round, client): same mask
     assert torch.equal(mask(upload(3, 1, other)), mask(first))
     assert not torch.equal(mask(upload(4, 1)), mask(first)) and not torch.equal(mask(upload(3, 2)), mask(first))
-    kept = sum(int(v.count_nonzero()) for v in without_markers(first).values())
+    kept = sum(int(v.count_nonzero()) for v in dict(first).values())
     assert kept == sum(round(0.1 * v.numel()) for v in start.values())  # exactly round((1 - p) n) each
     seeded, sparse = build_codec("seeded", ctx.layout), build_codec("sparse", ctx.layout)
-    blob = seeded.encode(first)
+    blob = seeded.encode(message_tensors(first))
     decoded = seeded.decode(blob)
     assert all(torch.equal(decoded[k], first[k]) for k in first)
-    assert len(sparse.encode(first)) - len(blob) >= kept * 3 // 8  # the positions (>= 3 bits each here)
+    assert len(sparse.encode(message_tensors(first))) - len(blob) >= kept * 3 // 8  # positions: >= 3 bits each
 
 
 def test_fed_dare_is_unbiased_over_seeds():

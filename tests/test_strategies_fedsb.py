@@ -233,8 +233,8 @@ def test_tiny_run_bills_r_only_from_round_2_and_saves_a_peft_loadable_adapter(tm
     from fedsqueeze.client import evaluate
     from fedsqueeze.client.training import train_client
     from fedsqueeze.codecs import build_codec
+    from fedsqueeze.codecs.wire import message_tensors as to_wire
     from fedsqueeze.models import load_base
-    from fedsqueeze.strategies.base import to_wire
 
     rt, summary, out = _run(tmp_path, corpus, "run")
     s, method = rt.s, rt.s.method

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from fedsqueeze.codecs import Sender, build_codec, positions
-from fedsqueeze.codecs.wire import Writer
+from fedsqueeze.codecs.wire import MARKERS, Writer
+from fedsqueeze.codecs.wire import message_tensors as to_wire
+from fedsqueeze.codecs.wire import read_message as from_wire
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.strategies import ClientUpdate, MethodContext, build_method
-from fedsqueeze.strategies.base import MASK_SEED, from_wire, to_wire, without_markers
 from fedsqueeze.tensors import Layout
 
 PREFIXES = ("base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.up_proj")
@@ -40,6 +41,11 @@ def wire(message, ctx, spec="sparse"):
         return None
     codec = build_codec(spec, ctx.layout)
     return from_wire(codec.decode(codec.encode(to_wire(message))))
+
+
+def without_markers(tensors):
+    """Tensors less the wire's marker entries (side information travels as markers)."""
+    return {k: v for k, v in tensors.items() if k not in MARKERS}
 
 
 def run_rounds(method, ctx, schedule, states=None, on_receive=None):
@@ -121,8 +127,7 @@ def test_broadcast_is_one_sparse_factor_and_round_one_moves_b():
     b_names = [n for n in ctx.layout.names if n.endswith("lora_B.weight")]
     a_names = [n for n in ctx.layout.names if n.endswith("lora_A.weight")]
     msg = method.broadcast(2, 0)
-    assert sorted(msg) == sorted([*b_names, MASK_SEED])  # the seed of its mask rides along
-    msg = without_markers(msg)
+    assert sorted(msg) == sorted(b_names) and msg.mask_seed is not None  # the seed of its mask rides along
     density = sum(int(v.count_nonzero()) for v in msg.values()) / sum(v.numel() for v in msg.values())
     assert 0.05 < density < 0.4  # about 1 - download_drop = 0.2 kept
     assert all(torch.count_nonzero(method.global_adapter()[b]) > 0 for b in b_names)  # round 1 not wasted
@@ -191,13 +196,13 @@ def test_bf16_broadcast_is_the_rounded_fp32_one_at_half_the_value_bytes():
     run_rounds(bf16, ctx, [(1, [0, 1])])
     full, half = fp32.broadcast(2, 0), bf16.broadcast(2, 0)
     assert sorted(full) == sorted(half)
-    assert torch.equal(full[MASK_SEED], half[MASK_SEED])  # the same mask: only the precision differs
+    assert full.mask_seed == half.mask_seed is not None  # the same mask: only the precision differs
     for name in without_markers(full):
         assert torch.equal(half[name], full[name].to(torch.bfloat16).float()), name  # same mask, rounded
         assert torch.count_nonzero(half[name]) > 0
     nonzero = sum(int(v.count_nonzero()) for v in without_markers(full).values())
     link = build_codec(bf16.default_downlink, ctx.layout)  # the fp32 delta is not bf16-exact: 4 bytes a value
-    assert len(link.encode(full)) - len(link.encode(half)) == 2 * nonzero
+    assert len(link.encode(to_wire(full))) - len(link.encode(to_wire(half))) == 2 * nonzero
 
 
 def test_upload_is_sparse_and_keeps_l1_norm():
@@ -359,7 +364,7 @@ def test_seeded_broadcast_drops_the_positions_share_of_the_bytes():
     other = build_method("fedsrd", params, ctx)  # a fresh server over the same round draws the same mask
     run_rounds(other, ctx, [(1, [0, 1])])
     again = other.broadcast(2, 1)
-    assert all(torch.equal(again[k], msg[k]) for k in msg)
+    assert again.mask_seed == method.broadcast(2, 1).mask_seed and all(torch.equal(again[k], msg[k]) for k in again)
 
 
 def test_k_bit_broadcast_is_on_its_grid_and_costs_k_bits_a_value():
@@ -384,7 +389,7 @@ def test_k_bit_broadcast_is_on_its_grid_and_costs_k_bits_a_value():
         blob = link.encode(to_wire(msg))
         assert all(torch.equal(link.decode(blob)[k], msg[k]) for k in msg)  # lossless: clients identical
         values = sum(round(0.2 * v.numel()) for v in without_markers(msg).values())
-        assert len(blob) <= values * bits / 8 + 8 * len(msg) + 64
+        assert len(blob) <= values * bits / 8 + 8 * (len(msg) + 1) + 64  # + 1: the seed's marker
 
 
 def quantized_uploads(bits, rounding, rounds, error_feedback=True, seed=3, params=None):

@@ -2,6 +2,7 @@
 
 import torch
 
+from fedsqueeze.codecs.wire import Message
 from fedsqueeze.strategies import ClientUpdate, build_method
 from test_strategies_baselines import fake_training, make_ctx
 
@@ -10,8 +11,8 @@ def _round(method, rnd, clients, examples=None, lossy=None):
     """One round: each client decodes its message, trains, uploads its delta; returns the deltas."""
     updates, deltas = [], {}
     for c in clients:
-        msg = method.broadcast(rnd, c) or {}
-        received = lossy(msg) if lossy and msg else msg
+        msg = method.broadcast(rnd, c) or Message()
+        received = Message(lossy(msg)) if lossy and msg else msg
         if msg:
             method.delivered(rnd, c, received)
         state = _round.states.setdefault(c, {})
@@ -69,7 +70,7 @@ def test_what_a_lossy_downlink_lost_is_in_the_next_difference():
     _, method = _fresh({"full_above": 1.0})
     _round(method, 1, [0, 1])
     msg = method.broadcast(2, 0)
-    received = {k: torch.round(v * 100) / 100 for k, v in msg.items()}  # a coarse quantizer
+    received = Message({k: torch.round(v * 100) / 100 for k, v in msg.items()})  # a coarse quantizer
     method.delivered(2, 0, received)
     state: dict = {}
     held = method.client_receive(state, received)
@@ -106,7 +107,7 @@ def test_a_copy_a_lossy_link_made_differ_is_kept_whole_and_leaves_through_detach
     _, method = _fresh({"full_above": 1.0})
     _round(method, 1, [0, 1])
     msg = method.broadcast(2, 0)
-    received = {k: torch.round(v * 100) / 100 for k, v in msg.items()}
+    received = Message({k: torch.round(v * 100) / 100 for k, v in msg.items()})
     method.delivered(2, 0, received)
     assert 0 in method.views and 0 not in method.synced
     kept = method.detach_client(0)

@@ -9,7 +9,6 @@ importing this package loads neither torch nor transformers until a run needs th
 
 from .api import Result, RunPaths, load_config, report, resume, run
 from .errors import ConfigError, UserError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["ConfigError", "Result", "RunPaths", "UserError", "__version__", "load_config", "report", "resume", "run"]

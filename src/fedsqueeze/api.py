@@ -70,15 +70,18 @@ class Result:
 
 def load_config(config_or_path: Config | Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """A validated Config from a TOML file, a mapping shaped like one, or a Config, with
-    `key=value` overrides applied (as `--set`). None: the defaults. Raises ConfigError."""
+    `key=value` overrides applied (as `--set`). None: the defaults. Raises ConfigError.
+    Checked in full (config.validate, then checks.check: method params, codec stages, privacy
+    rules, runtime constraints) before anything loads."""
+    from . import checks
     from . import config as config_mod
 
     overrides = list(overrides)
     if config_or_path is None or isinstance(config_or_path, (str, Path)):
-        return config_mod.load(config_or_path, overrides)
+        return checks.check(config_mod.load(config_or_path, overrides))
     if isinstance(config_or_path, config_mod.Config):
         if not overrides:
-            return config_or_path
+            return checks.check(config_or_path)
         raw = config_or_path.model_dump()
     elif isinstance(config_or_path, Mapping):
         raw = json.loads(json.dumps(config_or_path))  # a deep copy the overrides may change
@@ -86,7 +89,7 @@ def load_config(config_or_path: Config | Mapping | str | Path | None = None, ove
         raise UserError(f"load_config: a Config, a mapping or a TOML path, not {type(config_or_path).__name__}")
     for item in overrides:
         config_mod.apply_override(raw, item)
-    return config_mod.validate(raw)
+    return checks.check(config_mod.validate(raw))
 
 
 def run(
@@ -131,7 +134,21 @@ def resume(
     if not (run_dir / "checkpoint").is_dir() and not (run_dir / "checkpoint.old").is_dir():
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
     cfg = load_config(run_dir / "config.toml", overrides)
+    _check_rounds(run_dir, cfg)
     return _execute(cfg, run_dir, _launch(True, until, False, progress, log, rebuild_rounds))
+
+
+def _check_rounds(run_dir: Path, cfg: Config) -> None:
+    """train.rounds may grow on resume, never fall below the rounds already done (config.toml would
+    then say fewer rounds than rounds.jsonl and the checkpoint hold)."""
+    from .runtime.checkpoint import read_meta
+
+    done = read_meta(run_dir).get("round", 0)
+    if cfg.train.rounds < done:
+        raise UserError(
+            f"config key 'train.rounds': {cfg.train.rounds} is fewer than the {done} rounds {run_dir} has already "
+            f"done; a resume can only extend a run (train.rounds >= {done}); nothing was changed"
+        )
 
 
 def report(run_dirs: Iterable[str | Path], out: str | Path | None = None, *, overwrite: bool = False) -> Report:
@@ -200,10 +217,14 @@ def _launch(resume: bool, until, overwrite, progress, log, rebuild_rounds: bool 
 
 
 def _execute(cfg: Config, out: Path, launch) -> Result:
-    from . import rundir
+    from . import checks, rundir
     from .models.resolve import locate
     from .runtime.registry import RUNTIMES
 
+    checks.check(cfg, launch.until)  # load_config checked the rest; --until against the runtime
     locate(cfg.model.name, cfg.model.init)  # a model name that points nowhere fails here, before any loading
-    summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
+    if not launch.resume:
+        rundir.check_free(out, launch.overwrite)
+    with rundir.lock(out, "resume" if launch.resume else "run"):  # one writer per run directory
+        summary = RUNTIMES.get(cfg.runtime.kind)(cfg, out, launch)
     return Result(summary, rundir.read_rounds(out), RunPaths(out))

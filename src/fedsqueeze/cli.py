@@ -49,6 +49,10 @@ def _show(result) -> None:
     if result.summary is not None:
         console.print(summary_table(result.summary))
         console.print(f"run directory: {result.paths.out}")
+        if (result.paths.adapter / "README.md").is_file():
+            console.print(f"adapter: {result.paths.adapter} (peft; its model card: README.md)")
+        if (result.paths.out / "track").is_dir():
+            console.print(f"trackers: {result.paths.out / 'track'} (README: Experiment trackers)")
 
 
 def _log(text: str) -> None:
@@ -127,7 +131,9 @@ def eval_(
     ),
     data: str | None = typer.Option(None, "--data", help="data.source to judge on (default: the run's own)."),
     metrics: str | None = typer.Option(
-        None, "--metrics", help="Comma-separated: loss, choice, rouge, exact (default: the run's eval.metrics)."
+        None,
+        "--metrics",
+        help="Comma-separated: loss, choice, rouge, exact, classify (default: the run's eval.metrics).",
     ),
     base: bool = typer.Option(False, "--base", help="Judge the base model alone (the adapter disabled)."),
     model: str | None = typer.Option(
@@ -178,23 +184,41 @@ def data(
     config: Path = typer.Argument(..., help="TOML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
     all_clients: bool = typer.Option(False, "--all", help="List every client (default: 20 and the spread)."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write the label distribution per owner as stacked bars to this PNG."
+    ),
     verbose: bool = VERBOSE,
 ):
-    """Load, tokenize and partition the data of a config, and print the partition summary."""
+    """Load, tokenize and partition the data of a config, and print the partition summary and the
+    label distribution per owner."""
     from . import config as config_mod
+
+    try:
+        cfg = config_mod.load(config, set_)  # before torch: a typo costs no import
+    except UserError as exc:
+        _fail(exc)
+    from .checks import check
     from .data import build_federation
     from .models import load_base
-    from .strategies import METHODS
+    from .registry import METHODS
 
     _quiet_libraries(verbose)
     try:
-        cfg = config_mod.load(config, set_)
+        check(cfg)
         _, tok = load_base(cfg.model.name, log=console.print)
         t0 = time.perf_counter()
         fed = build_federation(cfg.data, tok, cfg.seed, pooled=METHODS.get(cfg.method).mode.pooled)
         seconds = time.perf_counter() - t0
         console.print(fed.summary(show=len(fed.clients) if all_clients else 20), highlight=False)
         console.print(f"built in {seconds:.1f} s (read, tokenize, partition)", highlight=False)
+        from .data import distribution
+
+        shown = distribution.table(fed, show=len(fed.clients) if all_clients else 20)
+        if shown:
+            console.print(shown, highlight=False, soft_wrap=True)
+        if plot is not None:
+            written = distribution.plot(fed, plot, fed.description)
+            console.print(f"wrote {written}", highlight=False)
     except UserError as exc:
         _fail(exc)
 
@@ -204,7 +228,9 @@ def bench(
     suite: str = typer.Option(
         "tiny",
         "--suite",
-        help="w4 (SmolLM2-135M, 4 domains), tiny, frontier (W4-lite sweep of each method's knob) or tiny-frontier.",
+        help="w4 (SmolLM2-135M, 4 domains), tiny, frontier (W4-lite sweep of each method's knob), tiny-frontier, "
+        "wordnet-cls (45-label classification, 10 label-skewed owners), wordnet-cls-frontier (its sweep, judged "
+        "by accuracy), tiny-cls or tiny-cls-frontier.",
     ),
     methods: str | None = typer.Option(None, "--methods", help="Comma-separated rows (default: the suite's)."),
     rounds: int | None = typer.Option(None, "--rounds", help="Override the suite's number of rounds."),

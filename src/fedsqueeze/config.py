@@ -1,11 +1,16 @@
 """Typed, validated run configuration: a TOML file plus `--set key=value` overrides.
 
-Every error names the offending key and what is allowed (see `ConfigError`).
+Every error names the offending key and what is allowed (see `ConfigError`). This module is the
+bottom layer: it imports neither torch nor anything above it. `validate` checks the schema, every
+cross-key rule and the names of the method, runtime and codec stages (registry.py's catalog, nothing
+imported); checks.py then checks what needs a method's or a stage's class, before anything loads.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,15 +18,25 @@ import tomli_w
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .codec_spec import parse_spec
 from .errors import ConfigError
+from .owners_folder import is_owners, resolve
+from .registry import CODECS, METHODS, RUNTIMES, TRACKERS
 
 log = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class Section(BaseModel):
-    # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8"
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    # strict: `data.clients = true` or `uplink.codec = 8` is a mistake, not a 1 or an "8";
+    # allow_inf_nan=False: every float setting is finite (`--set x=1e999`, TOML `inf` / `nan` are
+    # refused naming the key); a setting that can mean "none" says so with None, never infinity.
+    # use_attribute_docstrings: a knob's docstring is its pydantic description (the one way to
+    # declare a knob: a typed field with a description, as methods' Params declare theirs).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class ModelConfig(Section):
@@ -48,12 +63,32 @@ class DataConfig(Section):
     source: str = "builtin:pystdlib"
     """jsonl:PATH, csv:PATH, parquet:PATH, hf:NAME[:SPLIT], builtin:pystdlib, dictd:PATH, wordnet:PATH;
     several sources joined with ' + ' (each becomes one domain unless it has a domain field)."""
-    partition: Literal["iid", "dirichlet", "by-domain"] = "by-domain"
+    partition: Literal["iid", "dirichlet", "by-domain", "natural", "pathological", "shards"] = "by-domain"
+    """iid; dirichlet (shares of each label ~ Dirichlet(data.dirichlet_alpha)); by-domain / natural (one
+    owner per value of data.label, flwr-datasets' NaturalIdPartitioner); pathological (data.labels_per_owner
+    labels per owner); shards (sorted by label, cut into data.shards_per_owner shards per owner)."""
     clients: int = Field(4, ge=1, le=10_000)
     dirichlet_alpha: float = Field(0.5, gt=0)
+    labels_per_owner: int = Field(2, ge=1)
+    """pathological: the number of distinct labels each owner holds."""
+    shards_per_owner: int = Field(2, ge=1)
+    """shards: the number of label-sorted shards each owner holds."""
     label: str = "domain"
-    """What the dirichlet / by-domain partitioners split on: "domain", "source" (the name of each
-    joined source), "category" (WordNet lexicographer file, stdlib module) or a table column."""
+    """What the partitioners split on: "domain", "source" (the name of each joined source), "category"
+    (WordNet lexicographer file, stdlib module) or a table column. With data.task = "classify" and this
+    left at "domain", the label-skew partitioners (dirichlet, pathological, shards) split on the class."""
+    task: Literal["instruct", "classify"] = "instruct"
+    """instruct: instruction -> response. classify: data.text_field -> the label in data.label_field,
+    the label spoken as the response; judged by log-likelihood over the label set (eval metric classify)."""
+    text_field: str = "text"
+    """classify: the column (or example key) holding the text to classify."""
+    label_field: str = "label"
+    """classify: the column (or example key) holding its label."""
+    labels: list[str] | dict[str, str] | None = None
+    """classify: the label set in order (None: the distinct values found in the data); a table
+    {value = "words"} also says how each label is spoken (its verbalizer)."""
+    instruction: str | None = None
+    """classify: the instruction of every prompt (None: "Label the TEXT_FIELD with its LABEL_FIELD.")."""
     instruction_field: str = "instruction"
     input_field: str = "input"
     response_field: str = "response"
@@ -72,6 +107,9 @@ class DataConfig(Section):
     "choice"; with answer_field. None: choices are drawn from other responses of the same domain."""
     answer_field: str | None = None
     """The column naming the right choice: its index (0-based) or its text."""
+    owners: list[str] | None = None
+    """source = "owners:DIR": the owners' names (file stems, sorted), filled from DIR where the config
+    is loaded, so that machines without the folder (the coordinator, each node) know them."""
 
 
 class TrainConfig(Section):
@@ -114,15 +152,13 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        from .hardware import DEVICE_PATTERN
-
         if not DEVICE_PATTERN.match(value):
             raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
         return value
 
 
 EVAL_AUTO_LIMIT = 16
-EVAL_METRICS = ("loss", "choice", "rouge", "exact")
+EVAL_METRICS = ("loss", "choice", "rouge", "exact", "classify")
 """eval.clients = "auto": every eval set up to this many, else a seeded sample of this many."""
 
 
@@ -142,13 +178,18 @@ class EvalConfig(Section):
     them and `eval` breaks it down by domain (by eval set where all examples share one domain)."""
     metrics: list[str] = ["loss"]
     """Any of loss (always judged), choice (multiple-choice acc / acc_norm), rouge (Rouge-L F1 of
-    greedy generations), exact (exact match of them after normalisation)."""
+    greedy generations), exact (exact match of them after normalisation), classify (accuracy, macro-F1
+    and confusion matrix over the label set; added by itself when data.task = "classify")."""
     choices: int = Field(4, ge=2, le=26)
     """choice: continuations per question (the answer and choices - 1 distractors); chance 1/choices."""
     max_new_tokens: int = Field(48, ge=1, le=4096)
     """rouge / exact: greedy decoding stops after this many new tokens (or EOS)."""
     generate_examples: int = Field(32, ge=1)
     """rouge / exact: held-out examples generated for per eval set (a sample seeded by seed and set)."""
+    at: Literal["server", "clients", "both"] | None = None
+    """Who judges: the server on the held-out sets it holds, the clients each on its own (they reply
+    sums and counts; the figure is their example-weighted mean), or both. None: "clients" for
+    per-owner data (data.source = "owners:DIR"), else "server"."""
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -251,6 +292,9 @@ class ServerConfig(Section):
     norm_factor: float | None = Field(10.0, gt=1)
     """Reject an upload whose norm is above this many times the median norm of the round's other
     uploads (None: no relative bound; needs at least two uploads in the round)."""
+    max_client_weight: float = Field(0.5, gt=0, le=1)
+    """Where only a client knows its example count (per-owner data), the largest share of a round's
+    total weight its claim may get (in aggregation and in client-side evaluation); capped and logged."""
 
 
 FAULT_KINDS = (
@@ -311,6 +355,18 @@ class PrivacyConfig(Section):
     anyone with the config can then subtract the noise, and the summary says so."""
 
 
+class TrackConfig(Section):
+    """Experiment trackers fed the same records as rounds.jsonl (step = server round), written
+    inside the run directory (track/); off by default. docs/ARCHITECTURE.md "metrics/track"."""
+
+    to: list[str] = []
+    """Any of "tensorboard", "wandb" (offline: `wandb sync` uploads it later), "mlflow" (a file store)."""
+    project: str = "fedsqueeze"
+    """The W&B project / MLflow experiment name."""
+    run_name: str | None = None
+    """None: the run directory's name."""
+
+
 class Config(Section):
     method: str = "fedavg"
     seed: int = 0
@@ -327,6 +383,7 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     faults: FaultsConfig = FaultsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    track: TrackConfig = TrackConfig()
     params: dict[str, Any] = {}
     """Method-specific parameters, validated by the method's own `Params` model."""
 
@@ -362,6 +419,7 @@ RESUMABLE = (
     "train.micro_batch_size",
     "model.dtype",
     "runtime.",
+    "track.",
 )
 
 
@@ -407,7 +465,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = _parse_value(value.strip())
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -415,7 +473,12 @@ def _describe(err: dict) -> str:
         allowed = _allowed_keys(section)
         return f"unknown config key {key!r}; allowed here: {', '.join(allowed)}"
     got = err.get("input")
+    if kind == "finite_number" or kind == "float_type" and str(got).strip().lstrip("+-").lower() in _NOT_FINITE:
+        return f"config key {key!r}: must be a finite number; infinity and NaN are not settings (got {got!r})"
     return f"config key {key!r}: {err['msg'].removeprefix('Value error, ')} (got {got!r})"
+
+
+_NOT_FINITE = ("inf", "nan", "infinity")
 
 
 def _allowed_keys(section: tuple) -> list[str]:
@@ -433,12 +496,12 @@ def validate(raw: dict) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
-    # Imported here: the registries import modules that import this one.
-    from .runtime.registry import RUNTIMES
-    from .strategies import METHODS
-
-    METHODS.get(cfg.method)  # raises ConfigError naming the allowed methods
-    RUNTIMES.get(cfg.runtime.kind)
+    METHODS.check(cfg.method)  # raises ConfigError naming the allowed methods (imports nothing)
+    RUNTIMES.check(cfg.runtime.kind)
+    for name in cfg.track.to:
+        TRACKERS.check(name)
+    if is_owners(cfg.data.source):
+        resolve(cfg)  # data.owners and data.clients from the folder (eval.at's rule: checks.py)
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size > cfg.train.batch_size:
         raise ConfigError(
             f"config key 'train.micro_batch_size': {cfg.train.micro_batch_size} is more than "
@@ -455,11 +518,8 @@ def validate(raw: dict) -> Config:
             '(one per client, data.clients); use a smaller number or "all"'
         )
     for link in ("uplink", "downlink"):
-        if getattr(cfg, link).codec is not None and not getattr(cfg, link).codec.strip():
-            raise ConfigError(
-                f"config key '{link}.codec': empty; name a codec (e.g. fp32, sparse > zstd) "
-                "or leave the key out for the method's default"
-            )
+        if getattr(cfg, link).codec is not None:
+            check_codec_names(f"{link}.codec", getattr(cfg, link).codec)
     if cfg.faults.clients and cfg.faults.kind is None:
         raise ConfigError(
             f"config key 'faults.kind': faults.clients = {cfg.faults.clients} needs a kind; "
@@ -474,18 +534,78 @@ def validate(raw: dict) -> Config:
         given = "choices_field" if cfg.data.choices_field is not None else "answer_field"
         other = "answer_field" if given == "choices_field" else "choices_field"
         raise ConfigError(f"config key 'data.{given}': needs 'data.{other}' too (the choices and the right one)")
+    _check_classify(cfg)
     if cfg.hybrid.partial_work and cfg.hybrid.deadline is None:
         raise ConfigError(
             "config key 'hybrid.partial_work': true needs 'hybrid.deadline' (seconds) to size the work by"
         )
-    if cfg.privacy.mode != "none":
-        from .privacy.rules import check
-
-        check(cfg)
     return cfg
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def check_codec_names(key: str, spec: str) -> None:
+    """The spec's grammar and every stage name, against the catalog (no stage imported); each
+    stage's parameters and the chain's order are checked by checks.py with the stages' classes."""
+    if not spec.strip():
+        raise ConfigError(
+            f"config key {key!r}: empty; name a codec (e.g. fp32, sparse > zstd) or leave the key out for the "
+            "method's default"
+        )
+    try:
+        stages = parse_spec(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key!r}: {exc}") from None
+    for name, _ in stages:
+        if name not in CODECS:
+            raise ConfigError(
+                f"config key {key!r}: unknown codec stage {name!r} in {spec!r}; allowed: {', '.join(CODECS.names())}"
+            )
+
+
+def _check_classify(cfg: Config) -> None:
+    """data.task = "classify" and its keys: a label set of at least two distinct labels, the classify
+    metric judged (added when not listed), never asked for without the task."""
+    data = cfg.data
+    if data.task != "classify":
+        # (values, not keys set: a saved config.toml writes every key with its default)
+        defaults = DataConfig()
+        keys = ("text_field", "label_field", "labels", "instruction")
+        stray = [k for k in keys if getattr(data, k) != getattr(defaults, k)]
+        if stray:
+            raise ConfigError(
+                f"config key 'data.{stray[0]}': only with data.task = \"classify\" (data.task is {data.task!r}); "
+                "allowed tasks: instruct, classify"
+            )
+        if "classify" in cfg.eval.metrics:
+            raise ConfigError(
+                "config key 'eval.metrics': classify needs data.task = \"classify\" (a text field and a label field)"
+            )
+        return
+    if data.labels is not None:
+        values = list(data.labels)
+        spoken = list(data.labels.values()) if isinstance(data.labels, dict) else values
+        if len(values) < 2:
+            raise ConfigError(f"config key 'data.labels': at least 2 labels, got {data.labels!r}")
+        if any(not str(v).strip() for v in spoken) or len({str(v).strip() for v in spoken}) < len(spoken):
+            raise ConfigError(
+                "config key 'data.labels': every label must be spoken as a distinct non-empty text, "
+                f"got {data.labels!r}"
+            )
+    if data.text_field == data.label_field:
+        raise ConfigError(f"config key 'data.label_field': {data.label_field!r} is data.text_field too")
+    if data.choices_field is not None:
+        raise ConfigError(
+            "config key 'data.choices_field': not with data.task = \"classify\" (the labels are the choices)"
+        )
+    bad = [m for m in cfg.eval.metrics if m in ("choice", "rouge", "exact")]
+    if bad:
+        raise ConfigError(
+            f"config key 'eval.metrics': {', '.join(bad)} with data.task = \"classify\"; allowed: loss, classify"
+        )
+    if "classify" not in cfg.eval.metrics:
+        cfg.eval.metrics = [*cfg.eval.metrics, "classify"]
+
+
+def load(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     raw: dict = {}
     if path is not None:
         path = Path(path)

@@ -4,15 +4,18 @@ losses combine (a mean over sets, or one pooled set broken down by domain). Its 
 by `eval.clients`, not by the size of the federation. Task metrics (`eval.metrics`: choice,
 rouge, exact; scoring/) are judged per set, with the same owner's adapter as the loss, and land
 in the record as `eval_metrics` ({set: {acc, acc_norm, chance, rougeL, exact, ...}}) and
-`eval_means` (their plain mean over sets)."""
+`eval_means` (their plain mean over sets). The classify metric's figures in `eval_means` (acc, acc_se,
+macro_f1, chance, majority, classify_n) are pooled over all judged items instead, and the pooled
+confusion matrix with its label order is `eval_classify` ({labels, confusion})."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from .client import evaluate, example_losses
 from .data.tokenization import TokenizedSet
-from .scoring.judge import means, set_metrics
+from .scoring.judge import pooled_means, set_metrics
 from .tensors import Tensors
 
 REFERENCE_ROUND = 0
@@ -41,12 +44,12 @@ def evaluate_set(s, adapter: Tensors, dataset, max_batch: int = MAX_BATCH) -> fl
     return evaluate(s.model, _batches(s, dataset, max_batch), s.placement)
 
 
-def evaluate_round(s, client_states: list[Tensors], rnd: int) -> dict:
+def evaluate_round(s, client_states: Sequence[Tensors], rnd: int) -> dict:
     """The eval fields of round `rnd`'s record (REFERENCE_ROUND: the untrained adapter)."""
     return evaluate_sets(s, client_states, sampled_sets(s, rnd))
 
 
-def evaluate_sets(s, client_states: list[Tensors], sets: list[int]) -> dict:
+def evaluate_sets(s, client_states: Sequence[Tensors], sets: list[int]) -> dict:
     """`eval_loss`, `eval`, `eval_sets` (the names judged) and, where the method has one global
     adapter and the data an out-of-domain set, `ood_eval_loss`. Set i is judged with the adapter
     the method shows its owner (`RunMode.eval_owner`)."""
@@ -87,7 +90,11 @@ def _task_metrics(s, client_states: list[Tensors], sets: list[int]) -> dict:
         owner = method.mode.eval_owner(i)
         s.adapter.set(method.eval_adapter(owner, client_states[owner]))
         per_set[names[i]] = set_metrics(s, names[i], metrics)
-    return {"eval_metrics": per_set, "eval_means": means(per_set)}
+    pooled, matrix = pooled_means(s, per_set, metrics)
+    fields = {"eval_metrics": per_set, "eval_means": pooled}
+    if matrix is not None:
+        fields["eval_classify"] = matrix
+    return fields
 
 
 def _pooled(s, client_states: list[Tensors], sets: list[int]) -> dict:

@@ -64,8 +64,14 @@ def superlink(
 @flower_app.command()
 def supernode(
     superlink_address: str = typer.Option(..., "--superlink", help="SuperLink as HOST:PORT."),
-    partition_id: int = typer.Option(..., "--partition-id", help="Which client of the federation this is."),
-    num_partitions: int = typer.Option(..., "--num-partitions", help="Clients in the federation."),
+    partition_id: int | None = typer.Option(None, "--partition-id", help="Which client of the federation this is."),
+    num_partitions: int | None = typer.Option(None, "--num-partitions", help="Clients in the federation."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="This owner's own data file (per-owner data, data.source = owners:DIR): the node reads it and "
+        "no other; its owner is the file's stem. Instead of --partition-id / --num-partitions.",
+    ),
     port: int = typer.Option(9094, help="This SuperNode's local ClientApp API port (one per SuperNode)."),
     root_cert: Path | None = typer.Option(
         None, "--root-cert", help="CA that signed the SuperLink's certificate; without it the connection is --insecure."
@@ -79,19 +85,63 @@ def supernode(
         help="Start the SuperNode again, with back-off, whenever it stops by itself (after a SuperLink restart "
         "Flower's exits 0); stop it with Ctrl-C or SIGTERM to this command.",
     ),
+    resident: bool = typer.Option(
+        True,
+        "--resident/--no-resident",
+        help="Keep the model loaded across rounds in a resident worker beside the SuperNode (restarted if it "
+        "dies); --no-resident: every message loads it in a fresh ClientApp process, as Flower does.",
+    ),
     home: Path = HOME,
 ):
-    """Start a SuperNode holding one partition (client) of the federation."""
+    """Start a SuperNode holding one owner's own file (--data) or one partition of a shared source."""
     from .runtime.flower.deploy import flower_env, supernode_command, supervise
 
+    data = _node_data(data, partition_id, num_partitions)
+    # resident worker (docs/DEPLOY.md): its directory goes to the ClientApps in the node config
+    worker_dir = None
+    if resident:
+        from .runtime.flower.supervisor import node_dir
+
+        worker_dir = node_dir(home, port)
     cmd = supernode_command(
-        superlink_address, partition_id, num_partitions, port, root_cert=root_cert, auth_key=auth_key
+        superlink_address,
+        partition_id,
+        num_partitions,
+        port,
+        root_cert=root_cert,
+        auth_key=auth_key,
+        resident=worker_dir,
+        data=data,
     )
-    if not restart:
+    if not restart and worker_dir is None:
         _exec(cmd, home)
     home.mkdir(parents=True, exist_ok=True)
+    env, say = flower_env(home), lambda text: typer.echo(text, err=True)
+    worker = None
+    if worker_dir is not None:
+        from .runtime.flower.supervisor import ResidentWorker
+
+        worker = ResidentWorker(worker_dir, env, log=say).start()
     typer.echo(" ".join(cmd), err=True)
-    raise typer.Exit(supervise(cmd, flower_env(home), log=lambda text: typer.echo(text, err=True)))
+    try:
+        code = supervise(cmd, env, log=say, max_restarts=None if restart else 0)
+    finally:
+        if worker is not None:
+            worker.stop()
+    raise typer.Exit(code)
+
+
+def _node_data(data: Path | None, partition_id: int | None, num_partitions: int | None) -> Path | None:
+    """--data FILE (an existing file, made absolute) or both partition options; never both kinds."""
+    if data is not None:
+        if partition_id is not None or num_partitions is not None:
+            raise typer.BadParameter("--data names the owner's own file: leave out --partition-id / --num-partitions")
+        if not data.expanduser().is_file():
+            raise typer.BadParameter(f"--data {data}: file not found")
+        return data.expanduser().resolve()
+    if partition_id is None or num_partitions is None:
+        raise typer.BadParameter("give --data FILE (this owner's own file) or both --partition-id and --num-partitions")
+    return None
 
 
 @flower_app.command()

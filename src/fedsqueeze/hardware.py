@@ -8,16 +8,15 @@ slower on one without (AVX2: emulated), so `auto` never assumes: it asks oneDNN 
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 
 import torch
 
+from .config import DEVICE_PATTERN
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)

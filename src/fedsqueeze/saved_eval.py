@@ -115,7 +115,7 @@ def evaluate_saved(
 ) -> dict:
     from .evaluation import REFERENCE_ROUND, evaluate_set, sampled_sets, task_metrics
     from .runtime.session import Session
-    from .scoring.judge import means, set_metrics
+    from .scoring.judge import pooled_means, set_metrics
 
     raw, adapter_dir, personal = _resolve(target, base)
     cfg = _config(raw, data, metrics, model, overrides)
@@ -137,6 +137,7 @@ def evaluate_saved(
                 row["loss"] = evaluate_set(s, s.adapter.get(), s.federation.eval_sets[name])
             row.update(set_metrics(s, name, costly))
         per_set[name] = row
+    pooled, matrix = pooled_means(s, per_set, costly)
     result = {
         "target": str(target) if target is not None else None,
         "adapter": "base model" if base else str(adapter_dir),
@@ -148,9 +149,11 @@ def evaluate_saved(
         "sets": per_set,
         "means": {
             **({"loss": sum(r["loss"] for r in per_set.values()) / len(per_set)} if "loss" in asked else {}),
-            **means(per_set),
+            **pooled,
         },
     }
+    if matrix is not None:
+        result["classify"] = matrix
     if lm_eval:
         if not base and tensors is not None:
             s.adapter.set(tensors)

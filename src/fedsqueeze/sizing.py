@@ -14,11 +14,12 @@ import torch
 
 from .codecs import build_codec
 from .codecs.grid import snap
-from .codecs.seeded import seed_marker
+from .codecs.wire import Message, message_tensors
 from .config import Config
 from .models.adapter import attach_lora, lora_parameters
 from .models.architectures import architecture_config, random_model
-from .strategies.base import MASK_SEED
+from .registry import METHODS
+from .strategies import validated_params
 from .strategies.lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX, random_drop, seeded_drop
 from .tensors import Layout, Tensors
 
@@ -45,20 +46,26 @@ def lora_layout(cfg: Config, rank: int | None = None, core: bool = False) -> tup
     return layout, base, (config.architectures or [type(model).__name__])[0]
 
 
-CORE_METHODS = ("fed-sb", "lora-xs")
-"""Methods whose rank is params.rank (an r x r core per layer)."""
+def method_params(cfg: Config | None, name: str):
+    """Method `name`'s validated params: the run's own where the run is that method, else its defaults
+    (read from the method's Params in the registry, never copied here)."""
+    return validated_params(name, cfg.params if cfg is not None and cfg.method == name else {})
 
 
 def fed_sb_rank(cfg: Config) -> int:
-    """R's size: the run's params.rank where the config's method trains a core, else lora.r."""
-    rank = cfg.params.get("rank") if cfg.method in CORE_METHODS else None
-    return int(rank or cfg.lora.r)
+    """R's size: Fed-SB's AdapterSpec for the run's params (its rank, or lora.r)."""
+    return METHODS.get("fed-sb").adapter_spec(method_params(cfg, "fed-sb"), cfg.lora.r, cfg.lora.alpha).rank
+
+
+def core_rank(cfg: Config, name: str) -> int:
+    """R's size for method `name` (fed-sb, lora-xs): its AdapterSpec for the run's params (rank, or lora.r)."""
+    return METHODS.get(name).adapter_spec(method_params(cfg, name), cfg.lora.r, cfg.lora.alpha).rank
 
 
 def lora_xs_sizes(cfg: Config) -> list[MessageSize]:
     """LoRA-XS: R alone each way from round 1 (B and A from the base weights' SVD, never sent), in
     fp32 and with k-bit cores (uploads quantize(bits=k, rounding=stochastic), broadcast grid(bits=k))."""
-    rank = fed_sb_rank(cfg)
+    rank = core_rank(cfg, "lora-xs")
     layout, _, _ = lora_layout(cfg, rank, core=True)
     shapes = dict(zip(layout.names, layout.shapes))
     cores = {n: torch.ones(s) for n, s in shapes.items() if n.endswith(R_SUFFIX)}
@@ -81,8 +88,9 @@ def lora_xs_sizes(cfg: Config) -> list[MessageSize]:
 
 def fed_sb_size(cfg: Config) -> MessageSize:
     """Fed-SB from round 2: R (rank x rank per layer) each way; the one-off messages in the note."""
-    rank = fed_sb_rank(cfg)
-    layout, _, _ = lora_layout(cfg, rank, core=True)
+    spec = METHODS.get("fed-sb").adapter_spec(method_params(cfg, "fed-sb"), cfg.lora.r, cfg.lora.alpha)
+    rank = spec.rank
+    layout, _, _ = lora_layout(cfg, rank, core=spec.core)
     shapes = dict(zip(layout.names, layout.shapes))
     r_only = {n: torch.ones(s) for n, s in shapes.items() if n.endswith(R_SUFFIX)}
     per_round = len(build_codec("fp32", layout).encode(r_only))
@@ -107,12 +115,15 @@ def size_report(cfg: Config) -> dict:
         "lora_target": cfg.lora.target,
         "lora_params": layout.numel,
         "lora_tensors": len(layout.names),
-        "messages": [asdict(m) for m in [*message_sizes(layout, cfg.seed), fed_sb_size(cfg), *lora_xs_sizes(cfg)]],
+        "messages": [asdict(m) for m in [*message_sizes(layout, cfg.seed, cfg), fed_sb_size(cfg), *lora_xs_sizes(cfg)]],
     }
 
 
-def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
-    """One message per client per round, each direction, for the methods with data-independent sizes."""
+def message_sizes(layout: Layout, seed: int = 0, cfg: Config | None = None) -> list[MessageSize]:
+    """One message per client per round, each direction, for the methods with data-independent sizes.
+    Drop rates are the methods' own params (`method_params`: the run's where it is that method)."""
+    dare_p = method_params(cfg, "fed-dare").p
+    srd_drop = method_params(cfg, "fedsrd").download_drop
     ones = {n: torch.ones(s) for n, s in zip(layout.names, layout.shapes)}  # any non-zero value
     b_only = {n: t for n, t in ones.items() if n.endswith(B_SUFFIX)}
     a_only = {n: t for n, t in ones.items() if n.endswith(A_SUFFIX)}
@@ -126,26 +137,29 @@ def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
 
     def seeded(tensors: Tensors, p: float, bits: int | None = None) -> Tensors:
         out = {n: seeded_drop(t, p, seed, n) for n, t in tensors.items()}
-        return {**({n: snap(t, bits) for n, t in out.items()} if bits else out), MASK_SEED: seed_marker(seed)}
+        return message_tensors(Message({n: snap(t, bits) for n, t in out.items()} if bits else out, mask_seed=seed))
 
     def broadcast(spec: str, bits: int | None = None) -> tuple[int, int]:
-        return blob(spec, seeded(a_only, 0.8, bits)), blob(spec, seeded(b_only, 0.8, bits))
+        return blob(spec, seeded(a_only, srd_drop, bits)), blob(spec, seeded(b_only, srd_drop, bits))
 
     dense, dense16 = blob("fp32", ones), blob("bf16", ones)
-    srd_a, srd_b = blob("sparse", dropped(a_only, 0.8)), blob("sparse", dropped(b_only, 0.8))
+    srd_a, srd_b = blob("sparse", dropped(a_only, srd_drop)), blob("sparse", dropped(b_only, srd_drop))
     rows = [
         MessageSize("fedavg", dense, dense, "the whole adapter (or its delta), fp32"),
         MessageSize("fedavg, bf16 values", dense16, dense16, "codec bf16 both ways"),
         MessageSize("ffa-lora", blob("fp32", b_only), blob("fp32", b_only), "B only, fp32"),
         MessageSize("flexlora", dense, dense, "dense delta up, SVD-truncated adapter down"),
         MessageSize(
-            "fed-dare", blob("seeded", seeded(ones, 0.9)), dense, "10% of the delta kept (seeded), values only"
+            "fed-dare",
+            blob("seeded", seeded(ones, dare_p)),
+            dense,
+            f"{1 - dare_p:.0%} of the delta kept (seeded), values only",
         ),
         MessageSize(
             "fedsrd (broadcast), download_mask=bernoulli",
             None,
             (srd_a + srd_b) // 2,
-            f"one factor, 20% kept, positions sent: A rounds {srd_a:,} B, B rounds {srd_b:,} B",
+            f"one factor, {1 - srd_drop:.0%} kept, positions sent: A rounds {srd_a:,} B, B rounds {srd_b:,} B",
         ),
     ]
     for label, spec, bits in (
@@ -155,7 +169,7 @@ def message_sizes(layout: Layout, seed: int = 0) -> list[MessageSize]:
         ("fedsrd (broadcast), download_bits=4", "seeded > grid(bits=4)", 4),
     ):
         a, b = broadcast(spec, bits)
-        note = f"one factor, 20% kept (seeded), values only: A rounds {a:,} B, B rounds {b:,} B"
+        note = f"one factor, {1 - srd_drop:.0%} kept (seeded), values only: A rounds {a:,} B, B rounds {b:,} B"
         note += "; uploads follow the data" if spec == "seeded" else ""
         rows.append(MessageSize(label, None, (a + b) // 2, note))
     return rows

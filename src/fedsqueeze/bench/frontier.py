@@ -2,6 +2,10 @@
 (total bytes, eval loss), and for each method the fewest bytes at which it stays within +1% of
 FedAvg's eval loss. `fedsqueeze bench --suite frontier` (W4-lite) or `--suite tiny-frontier`.
 
+On a classification workload (`--suite wordnet-cls-frontier`, `tiny-cls-frontier`) the verdict is in
+accuracy instead (`analyse_accuracy`): the Pareto set of (total bytes, accuracy) and per method the fewest
+bytes within 1 point of FedAvg's accuracy.
+
 Ratios are stated against FedAvg's total bytes in fp32 (the `fedavg` row) and in bf16 (the
 `fedavg-bf16` row, both links in bfloat16): a reader who would ship bf16 anyway should not be
 credited a 2x that costs nothing.
@@ -15,6 +19,7 @@ from pathlib import Path
 
 MB = 1e6
 TOLERANCE = 0.01  # "within 1% of FedAvg's eval loss"
+ACC_TOLERANCE = 0.01  # "within 1 point of FedAvg's accuracy" (accuracy in [0, 1])
 REFERENCE, REFERENCE_BF16 = "fedavg", "fedavg-bf16"
 
 
@@ -261,12 +266,161 @@ def plot(a: dict, path: Path, title: str) -> Path:
     return path
 
 
-def write(results: list[dict], out: Path, title: str) -> str:
-    """frontier.json, frontier.md and frontier.png in `out`; returns the markdown."""
-    a = analyse(results)
+# --- the frontier in accuracy (classification workloads) -------------------------------------------------------
+
+
+def pareto_accuracy(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both bytes and accuracy, cheapest first."""
+    front, best = [], -float("inf")
+    for p in sorted(points, key=lambda p: (p["bytes_total"], -p["acc"])):
+        if p["acc"] > best:
+            front.append(p)
+            best = p["acc"]
+    return front
+
+
+def analyse_accuracy(results: list[dict], tolerance: float = ACC_TOLERANCE) -> dict:
+    """Pareto set in (bytes, accuracy), the line `tolerance` below FedAvg's accuracy (absolute: 0.01 is
+    one point) and each family's cheapest point at or above it (or its most accurate try)."""
+    results = [r for r in results if "acc" in r]
+    by_name = {r["method"]: r for r in results}
+    ref, ref_bf16 = by_name.get(REFERENCE), by_name.get(REFERENCE_BF16)
+    limit = ref["acc"] - tolerance if ref else None
+    front = {p["method"] for p in pareto_accuracy(results)}
+    points = []
+    for r in sorted(results, key=lambda r: r["bytes_total"]):
+        p = {
+            "row": r["method"],
+            "family": FAMILY.get(r["method"], r["method"]),
+            "bytes_total": r["bytes_total"],
+            "acc": r["acc"],
+            "acc_se": r.get("acc_se"),
+            "macro_f1": r.get("macro_f1"),
+            "final_eval_loss": r["final_eval_loss"],
+            "pareto": r["method"] in front,
+        }
+        if "bytes_up" in r and r["bytes_total"]:
+            p["up_share"] = r["bytes_up"] / r["bytes_total"]
+        if ref:
+            p["vs_fp32"] = r["bytes_total"] / ref["bytes_total"]
+            p["acc_vs_fedavg"] = r["acc"] - ref["acc"]
+            p["within"] = r["acc"] >= limit - 1e-12
+        if ref_bf16:
+            p["vs_bf16"] = r["bytes_total"] / ref_bf16["bytes_total"]
+        points.append(p)
+    families = {}
+    for family in dict.fromkeys(p["family"] for p in points):
+        mine = [p for p in points if p["family"] == family]
+        inside = [p for p in mine if p.get("within")]
+        families[family] = {
+            "cheapest_within": min(inside, key=lambda p: p["bytes_total"])["row"] if inside else None,
+            "best_acc": max(mine, key=lambda p: p["acc"])["row"],
+        }
+    return {
+        "metric": "acc",
+        "tolerance": tolerance,
+        "fedavg_acc": ref and ref["acc"],
+        "fedavg_acc_se": ref and ref.get("acc_se"),
+        "limit": limit,
+        "points": points,
+        "families": families,
+    }
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def markdown_accuracy(a: dict) -> str:
+    has_ref = a["fedavg_acc"] is not None
+    has_bf16 = any("vs_bf16" in p for p in a["points"])
+    head = "| row | method | total MB | vs fedavg fp32 |" + (" vs fedavg bf16 |" if has_bf16 else "")
+    head += " uplink share | accuracy +- SE | vs fedavg (points) | macro-F1 | eval loss | Pareto |"
+    lines = [head, "|" + "---|" * (10 + has_bf16)]
+    for p in a["points"]:
+        line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
+        line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
+        if has_bf16:
+            line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
+        line += f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
+        se = f" +- {p['acc_se']:.3f}" if p.get("acc_se") is not None else ""
+        f1 = f"{p['macro_f1']:.3f}" if p.get("macro_f1") is not None else "-"
+        line += f" {p['acc']:.3f}{se} | {_points(p['acc_vs_fedavg']) if has_ref else '-'} | {f1} |"
+        line += f" {p['final_eval_loss']:.4f} | {'yes' if p['pareto'] else ''} |"
+        lines.append(line)
+    if not has_ref:
+        return "\n".join(lines) + "\n\nNo `fedavg` row: no line to judge against."
+    by_row = {p["row"]: p for p in a["points"]}
+    se = f" +- {a['fedavg_acc_se']:.3f}" if a.get("fedavg_acc_se") is not None else ""
+    lines += [
+        "",
+        f"Within {100 * a['tolerance']:g} point of FedAvg's accuracy ({a['fedavg_acc']:.3f}{se}, limit "
+        f"{a['limit']:.3f}), the fewest bytes per method:",
+        "",
+    ]
+    for family, f in a["families"].items():
+        if f["cheapest_within"]:
+            p = by_row[f["cheapest_within"]]
+            bf16 = f" ({_pct(p['vs_bf16'])} of bf16)" if "vs_bf16" in p else ""
+            lines.append(
+                f"- {family}: {p['row']}, {_pct(p['vs_fp32'])} of FedAvg's bytes{bf16}, "
+                f"accuracy {_points(p['acc_vs_fedavg'])} points"
+            )
+        else:
+            p = by_row[f["best_acc"]]
+            lines.append(
+                f"- {family}: none within; its most accurate {p['row']} at {_points(p['acc_vs_fedavg'])} points "
+                f"({_pct(p['vs_fp32'])} of the bytes)"
+            )
+    return "\n".join(lines)
+
+
+def plot_accuracy(a: dict, path: Path, title: str) -> Path:
+    """Bytes (log) against accuracy (error bars: one standard error), one colour per family, the
+    Pareto set joined, FedAvg's accuracy and the line 1 point below it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..metrics.plots import log_mb_axis
+
+    fig, ax = plt.subplots(figsize=(7.2, 5.2), layout="constrained")
+    for family in a["families"]:
+        pts = [p for p in a["points"] if p["family"] == family]
+        xs, ys = [p["bytes_total"] / MB for p in pts], [p["acc"] for p in pts]
+        errs = [p["acc_se"] or 0.0 for p in pts]
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", ms=4, capsize=2, label=family)
+        for p in pts:
+            ax.annotate(p["row"], (p["bytes_total"] / MB, p["acc"]), xytext=(3, 3), textcoords="offset points",
+                        fontsize=6, color="0.35")  # fmt: skip
+    front = [p for p in a["points"] if p["pareto"]]
+    ax.plot([p["bytes_total"] / MB for p in front], [p["acc"] for p in front], "k-", lw=0.8, label="Pareto set")
+    if a["fedavg_acc"] is not None:
+        ax.axhline(a["fedavg_acc"], ls="--", lw=1, color="gray", label=f"fedavg fp32 ({a['fedavg_acc']:.3f})")
+        ax.axhline(a["limit"], ls=":", lw=1, color="red", label=f"fedavg - {100 * a['tolerance']:g} point")
+    log_mb_axis(ax)
+    ax.set_xlabel("total MB sent, both links, all rounds (log scale)")
+    ax.set_ylabel("held-out accuracy (log-likelihood over the label set)")
+    ax.set_title("Bytes against accuracy\n" + "\n".join(textwrap.wrap(title, 80)), fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False, ncols=3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(results: list[dict], out: Path, title: str, verdict: str = "loss") -> str:
+    """frontier.json, frontier.md and frontier.png in `out`; returns the markdown. verdict "acc": judged
+    by accuracy (a classification workload), else by eval loss."""
+    if verdict == "acc":
+        a = analyse_accuracy(results)
+        text, draw = markdown_accuracy(a), plot_accuracy
+    else:
+        a = analyse(results)
+        text, draw = markdown(a), plot
     (out / "frontier.json").write_text(json.dumps(a, indent=1))
-    text = markdown(a)
     (out / "frontier.md").write_text(text + "\n")
-    if results:
-        plot(a, out / "frontier.png", title)
+    if a["points"]:
+        draw(a, out / "frontier.png", title)
     return text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, rundir
+from .. import __version__, checks, rundir
 from .. import config as config_mod
 from ..errors import UserError
 from ..metrics.plots import plot, workload
@@ -25,6 +25,7 @@ from .suites import SUITES
 
 MB = 1e6
 TASK_COLUMNS = (("acc", "accuracy"), ("acc_norm", "acc_norm"), ("rougeL", "Rouge-L"), ("exact", "exact"))
+CLASSIFY_KEYS = ("acc_se", "macro_f1", "majority", "classify_n")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -73,7 +74,7 @@ def run_suite(
         if raw["method"] not in METHODS:
             log(f"skipping {name}: method {raw['method']!r} is not available in this build")
             continue
-        cfg = config_mod.validate(raw)
+        cfg = checks.check(config_mod.validate(raw))
         run_dir = out / name
         if reuse and _finished_with(run_dir, cfg):
             summary = json.loads((run_dir / rundir.SUMMARY).read_text())
@@ -93,7 +94,7 @@ def run_suite(
     (out / "bench.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)
     if suite.frontier:
-        text += "\n\n" + frontier.write(results, out, workload(runs) if runs else suite.name)
+        text += "\n\n" + frontier.write(results, out, workload(runs) if runs else suite.name, suite.verdict)
     curves = {run.name: gap.losses(run.rows, run.summary.get("base_eval_loss")) for run in runs}
     gaps = gap.write(curves, out)  # each row against fedavg, round by round (needs a fedavg row)
     if gaps:
@@ -156,9 +157,12 @@ def _result(name: str, s: dict, rows: list[dict]) -> dict:
     }
     if "sim_seconds" in s:
         r["sim_seconds"] = s["sim_seconds"]
-    for key in ("acc", "acc_norm", "chance", "rougeL", "exact"):
+    for key in ("acc", "acc_norm", "chance", "rougeL", "exact") + CLASSIFY_KEYS:
         if key in s.get("eval_means", {}):
             r[key] = s["eval_means"][key]
+    if "macro_f1" in s.get("base_eval_means", {}):  # the untrained model on the same items: the "base" row
+        r["base"] = {k: v for k, v in s["base_eval_means"].items() if k in ("acc", "chance", *CLASSIFY_KEYS)}
+        r["base"]["final_eval_loss"] = s.get("base_eval_loss")
     snrs = [row["snr_db"] for row in rows if "snr_db" in row]  # CG-FedLLM's compressed rounds
     if snrs:
         r["snr_db"] = sum(snrs) / len(snrs)
@@ -166,6 +170,8 @@ def _result(name: str, s: dict, rows: list[dict]) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
+    if any("macro_f1" in r for r in results):
+        return classify_markdown(results)
     base = next((r for r in results if r["method"] == "fedavg"), None)
     has_sim = any("sim_seconds" in r for r in results)
     has_snr = any("snr_db" in r for r in results)
@@ -197,3 +203,54 @@ def markdown(results: list[dict]) -> str:
     if chance is not None:
         lines.append(f"\nAccuracy: multiple choice by log-likelihood (eval.metrics choice); chance {chance:.3f}.")
     return "\n".join(lines)
+
+
+def classify_markdown(results: list[dict]) -> str:
+    """A classification workload's table: the untrained model first ("base", from the first row's
+    reference evaluation), accuracy with its standard error, macro-F1, bytes; then which rows are
+    separated by more than two standard errors of their difference."""
+    rows = list(results)
+    first = next((r for r in rows if "base" in r), None)
+    if first is not None:
+        b = first["base"]
+        rows = [{"method": "base", "bytes_total": 0, "final_eval_loss": b.get("final_eval_loss"), **b}, *rows]
+    ref = next((r for r in results if r["method"] == "fedavg"), None)
+    n = next((r["classify_n"] for r in rows if "classify_n" in r), None)
+    lines = [
+        "| method | accuracy +- SE | macro-F1 | total MB | traffic vs fedavg | eval loss | s / round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['bytes_total'] / ref['bytes_total']:.3f}" if ref and ref["bytes_total"] else "-"
+        loss = f"{r['final_eval_loss']:.4f}" if r.get("final_eval_loss") is not None else "-"
+        secs = f"{r['seconds_per_round']:.1f}" if "seconds_per_round" in r else "-"
+        acc = f"{r['acc']:.3f} +- {r.get('acc_se', float('nan')):.3f}" if "acc" in r else "-"
+        f1 = f"{r['macro_f1']:.3f}" if "macro_f1" in r else "-"
+        lines.append(f"| {r['method']} | {acc} | {f1} | {r['bytes_total'] / MB:.2f} | {ratio} | {loss} | {secs} |")
+    chance = next((r["chance"] for r in rows if "chance" in r), None)
+    majority = next((r["majority"] for r in rows if "majority" in r), None)
+    if chance is not None:
+        lines.append(
+            f"\nAccuracy: log-likelihood over the label set, pooled over {n} held-out items; chance "
+            f"{chance:.3f}, the most frequent label {majority:.3f}."
+        )
+    lines.append("\n" + separation(rows))
+    return "\n".join(lines)
+
+
+def separation(rows: list[dict]) -> str:
+    """Pairs of rows whose accuracies differ by more than two standard errors of the difference
+    (sqrt(se_a^2 + se_b^2), the items judged independently)."""
+    judged = [r for r in rows if "acc" in r and "acc_se" in r]
+    apart, close = [], []
+    for i, a in enumerate(judged):
+        for b in judged[i + 1 :]:
+            se = (a["acc_se"] ** 2 + b["acc_se"] ** 2) ** 0.5
+            diff = a["acc"] - b["acc"]
+            hi, lo = (a, b) if diff >= 0 else (b, a)
+            text = f"{hi['method']} > {lo['method']} ({100 * abs(diff):.1f} points, {abs(diff) / se:.1f} SE)"
+            (apart if se > 0 and abs(diff) > 2 * se else close).append(text)
+    out = "Separated by more than 2 SE: " + ("; ".join(apart) if apart else "none") + "."
+    if close:
+        out += "\nNot separated: " + "; ".join(t.split(" (")[0].replace(" > ", " ~ ") for t in close) + "."
+    return out

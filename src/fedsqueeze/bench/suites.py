@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.wordnet import STANDARD_LEXNAMES
 from ..errors import UserError
 from .frontier import ROWS as FRONTIER_ROWS
 
@@ -154,6 +155,8 @@ class Suite:
     """path that must exist -> Debian package that provides it."""
     frontier: bool = False
     """Also write the bytes/quality frontier of its rows (bench/frontier.py)."""
+    verdict: str = "loss"
+    """What the frontier judges by: "loss" (eval loss, +1%) or "acc" (accuracy, -1 point)."""
 
     def check_data(self, log=print) -> None:
         missing = {pkg for path, pkg in self.needs.items() if not Path(path).exists()}
@@ -227,14 +230,85 @@ TINY = Suite(
 )
 
 
-def _lite(suite: Suite, name: str, rounds: int, steps: int) -> Suite:
+# wordnet-cls: classification with label skew (issue 30). WordNet 3.0 glosses ("word: gloss") to their
+# lexicographer category (45 labels, spoken "noun animal", "verb motion", ...: after their shared first
+# word most are one token, so judging costs little more than the prompt), SmolLM2-135M with W4's LoRA
+# (r=16, alpha 32, all linear layers), 10 owners whose label shares are Dirichlet(0.5), 10 rounds x 5
+# local steps x batch 8 (400 training examples seen per owner, about W4's 400 steps in all). Each owner
+# holds out 200 items: 2,000 judged in all (one standard error at most 1.1 points), every 5 rounds.
+CLASSIFY_LABELS = {name: name.replace(".", " ") for name in STANDARD_LEXNAMES}
+CLASSIFY_ROWS = [
+    "fedavg",
+    "centralized",
+    "local",
+    "fedsrd",
+    "fedsrd-b4-q2",
+    "gradualdiff",
+    "fed-sb",
+    "cg-fedllm-tensor",
+]
+WORDNET_CLS = Suite(
+    name="wordnet-cls",
+    base={
+        "seed": 0,
+        "model": {"name": "smollm2-135m"},
+        "lora": {"r": 16, "alpha": 32, "target": "all-linear"},
+        "data": {
+            "source": f"wordnet:{WORDNET}",
+            "task": "classify",
+            "text_field": "entry",
+            "label_field": "category",
+            "labels": CLASSIFY_LABELS,
+            "instruction": "Which WordNet category (such as noun animal or verb motion) holds this word sense?",
+            "partition": "dirichlet",
+            "dirichlet_alpha": 0.5,
+            "clients": 10,
+            "max_length": 96,
+            "max_examples": 400,
+            "eval_examples": 200,
+        },
+        "train": {"rounds": 10, "local_steps": 5, "batch_size": 8, "lr": 5e-4, "precision": "auto"},
+        "eval": {"clients": "all", "every": 5},
+        "network": {"step_seconds": 1.5},
+    },
+    default_rows=list(CLASSIFY_ROWS),
+    needs={f"{WORDNET}/data.noun": "wordnet-base"},
+)
+TINY_CLS = Suite(
+    name="tiny-cls",
+    base={
+        **TINY.base,
+        "data": {
+            "source": "builtin:pystdlib",
+            "task": "classify",
+            "text_field": "response",
+            "label_field": "domain",
+            "partition": "dirichlet",
+            "dirichlet_alpha": 0.5,
+            "clients": 4,
+            "max_length": 128,
+            "max_examples": 32,
+            "eval_examples": 8,
+        },
+        "train": {**TINY.base["train"], "rounds": 2, "local_steps": 2},
+    },
+    default_rows=["fedavg", "centralized", "local"],
+)
+
+
+def _lite(suite: Suite, name: str, rounds: int, steps: int, verdict: str = "loss") -> Suite:
     """`suite` cut to fewer rounds and local steps, with the frontier sweep as its rows."""
     base = {**suite.base, "train": {**suite.base["train"], "rounds": rounds, "local_steps": steps}}
-    return Suite(name, base, dict(FRONTIER_ROWS), list(FRONTIER_ROWS), suite.needs, frontier=True)
+    return Suite(name, base, dict(FRONTIER_ROWS), list(FRONTIER_ROWS), suite.needs, frontier=True, verdict=verdict)
 
 
 # W4-lite: W4 at 5 rounds x 5 local steps, where a sweep of ~20 rows fits an afternoon.
 FRONTIER = _lite(W4, "frontier", rounds=5, steps=5)
 TINY_FRONTIER = _lite(TINY, "tiny-frontier", rounds=TINY.base["train"]["rounds"], steps=5)
+# The frontier in accuracy: the same sweep on wordnet-cls at its full length, judged by accuracy.
+CLS_FRONTIER = _lite(WORDNET_CLS, "wordnet-cls-frontier", rounds=10, steps=5, verdict="acc")
+TINY_CLS_FRONTIER = _lite(TINY_CLS, "tiny-cls-frontier", rounds=2, steps=2, verdict="acc")
 
-SUITES = {s.name: s for s in (W4, TINY, FRONTIER, TINY_FRONTIER)}
+SUITES = {
+    s.name: s for s in (W4, TINY, FRONTIER, TINY_FRONTIER, WORDNET_CLS, TINY_CLS, CLS_FRONTIER, TINY_CLS_FRONTIER)
+}

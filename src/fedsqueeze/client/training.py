@@ -32,9 +32,9 @@ def train_client(
     t = s.cfg.train
     data = s.federation.clients[client]
     s.adapter.set(start)
-    params = s.adapter.trainable(trainable or s.method.trainable)
+    params = s.adapter.trainable(trainable or s.client_method.trainable)
     pad = s.tokenizer.pad_token_id
-    lo, hi = s.method.data_slice(rnd)
+    lo, hi = s.client_method.data_slice(rnd)
     first, last = int(lo * len(data.train)), max(int(hi * len(data.train)), int(lo * len(data.train)) + 1)
     plan = sample_batches(last - first, t.batch_size, s.local_steps, s.cfg.seed, client, rnd)
     plan = [[first + i for i in batch] for batch in plan][:steps]

@@ -22,12 +22,23 @@ sparsifier / low-rank > value encoding > byte compression (each optional, at mos
 e.g. "topk(fraction=0.01) > quantize(bits=8) > zstd". Each stage's module states its error bound.
 """
 
-# Each stage module registers itself in CODECS on import: a new codec is one file plus its name here.
-from . import autoencoder, bf16, fp16, fp32, grid, lowrank, narrow, quantize, randk, seeded, sparse, topk, zstd  # noqa: F401
+# A new stage is one file plus one line in registry.py's CODECS catalog; stages import on first use.
 from .base import CODECS, PayloadError
 from .chain import Codec, build_codec
 from .sender import Sender
 from .stats import blob_stats, measure
-from .wire import Limits
+from .wire import Limits, Message, message_tensors, read_message
 
-__all__ = ["CODECS", "Codec", "Limits", "PayloadError", "Sender", "blob_stats", "build_codec", "measure"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "Limits",
+    "Message",
+    "PayloadError",
+    "Sender",
+    "blob_stats",
+    "build_codec",
+    "measure",
+    "message_tensors",
+    "read_message",
+]

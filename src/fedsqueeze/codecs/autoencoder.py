@@ -19,6 +19,8 @@ the network leaves. Measure it: `fedsqueeze codecs bench`, or cg-fedllm's per-ro
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 
@@ -26,29 +28,26 @@ from ..autoencoder import build_network, build_view, half_vector, load_half
 from ..autoencoder.compressor import ZERO_EXP, norm_exponent
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param, Plan, Structure
+from .base import Entry, Plan, Structure, param
 from .wire import Reader, Writer
 
 
-@CODECS.register("autoencoder")
 class Autoencoder(Structure):
     """LoRA layers (paper) or tensors (row) as autoencoder latents; learned, no bound."""
 
     name = "autoencoder"
-    params = {
-        # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
-        "arch": Param(
-            str, "paper", choices=("paper", "row"), help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"
-        ),
-        "chunk": Param(int, 64, low=4, high=1024, help="row: chunk length (power of two)"),
-        "latent": Param(float, 0.125, low=0.0, high=1.0, help="row: latent values kept per chunk value"),
-        "seed": Param(int, 0, low=0, high=2**63 - 1, help="initial weights (until weights are loaded)"),
-    }
+    # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
+    arch: str = param(
+        str, "paper", choices=("paper", "row"), help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"
+    )
+    chunk: int = param(int, 64, low=4, high=1024, help="row: chunk length (power of two)")
+    latent: float = param(float, 0.125, low=0.0, high=1.0, help="row: latent values kept per chunk value")
+    seed: int = param(int, 0, low=0, high=2**63 - 1, help="initial weights (until weights are loaded)")
 
-    def __init__(self, **values):
+    def __init__(self, **values: Any) -> None:
         super().__init__(**values)
-        self.net = build_network(self.arch, self.chunk, self.seed)
-        self.keep = self.net.latent_sizes[-1] if self.arch == "paper" else round(self.latent * self.chunk)
+        self.net = cast(Any, build_network(self.arch, self.chunk, self.seed))  # the arch's encode / decode
+        self.keep: int = self.net.latent_sizes[-1] if self.arch == "paper" else round(self.latent * self.chunk)
         self._views: dict[tuple, object] = {}  # units per message layout, derived once
 
     def check(self) -> None:
@@ -77,7 +76,7 @@ class Autoencoder(Structure):
     @torch.no_grad()
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
         view = self._view(entries)
-        data = {e.name: e.data.view(e.shape) for e in entries}
+        data = {e.name: e.tensor().view(e.shape) for e in entries}
         exps = {e.name: norm_exponent(data[e.name]) for e in entries}
         w.array(np.array([exps[e.name] for e in entries], np.int8))
         segments = []

@@ -10,7 +10,8 @@ A codec is a chain of at most three stages, always in this order:
     bytes      a lossless pass over the whole body: zstd.
 
 So "topk(fraction=0.01) > quantize(bits=8) > zstd" keeps 1% of each tensor, writes those values with
-8 bits, and zstd-compresses positions + codes. One stage file = one class + one `@CODECS.register`.
+8 bits, and zstd-compresses positions + codes. One stage file = one class + one line in registry.py's
+CODECS catalog (so a config's stage names are checked without importing a stage).
 """
 
 from __future__ import annotations
@@ -23,11 +24,23 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import CODECS
 from .entry import Entry, PayloadError
 from .wire import Reader, Writer
 
-__all__ = ["CODECS", "Bytes", "Entry", "Param", "PayloadError", "Plan", "Stage", "Structure", "Values", "counter_state"]
+__all__ = [
+    "CODECS",
+    "Bytes",
+    "Entry",
+    "Param",
+    "PayloadError",
+    "Plan",
+    "Stage",
+    "Structure",
+    "Values",
+    "counter_state",
+    "param",
+]
 
 # ---- parameters -------------------------------------------------------------------------------
 
@@ -88,6 +101,24 @@ class Param:
         return repr(value) if self.kind is float else str(value)
 
 
+def param(
+    kind: type,
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] = (),
+    help: str = "",
+) -> Any:
+    """Declares a stage parameter as a typed class attribute, the one way to declare one:
+
+        fraction: float | None = param(float, 0.01, low=0.0, high=1.0, help="share of entries kept")
+
+    Stage collects these into `params` (in order: the canonical spec text, which every blob
+    carries, lists them so) and sets each on the instance from the spec. Typed as Any, as
+    pydantic's Field is, so the annotation states the attribute's type."""
+    return Param(kind, default, low, high, choices, help)
+
+
 # ---- what stages exchange ---------------------------------------------------------------------
 
 
@@ -115,9 +146,17 @@ class Stage:
     lossless: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        declared = {k: v for k, v in vars(cls).items() if isinstance(v, Param)}
+        if declared:
+            cls.params = {**cls.params, **declared}
+            for key, p in declared.items():
+                setattr(cls, key, p.default)  # the class shows the default; instances their value
+
     def __init__(self, **values: Any):
-        for key, param in self.params.items():
-            setattr(self, key, values.get(key, param.default))
+        for key, declared in self.params.items():
+            setattr(self, key, values.get(key, declared.default))
         self._given = dict(values)  # what the spec named explicitly
         self.check()
 
@@ -135,9 +174,9 @@ class Stage:
     def spec(self) -> str:
         """Canonical text: the name plus every parameter that differs from its default."""
         args = [
-            f"{k}={param.format(getattr(self, k))}"
-            for k, param in self.params.items()
-            if getattr(self, k) is not None and getattr(self, k) != param.default
+            f"{k}={p.format(getattr(self, k))}"
+            for k, p in self.params.items()
+            if getattr(self, k) is not None and getattr(self, k) != p.default
         ]
         return f"{self.name}({','.join(args)})" if args else self.name
 
@@ -196,9 +235,6 @@ class Bytes(Stage):
     def decompress(self, data: memoryview, size: int) -> bytes:
         """Exactly `size` bytes or PayloadError; never produce more than `size`."""
         raise NotImplementedError
-
-
-CODECS: Registry[type[Stage]] = Registry("codec")
 
 
 def counter_state(count: int) -> torch.Tensor:

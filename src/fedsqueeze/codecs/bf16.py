@@ -9,13 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import CODECS, Values
+from .base import Values
 from .wire import Reader, Writer
 
 BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 
 
-@CODECS.register("bf16")
 class BF16(Values):
     """bfloat16; relative error <= 2**-8."""
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..codec_spec import parse_spec
 from ..errors import ConfigError
 from ..tensors import Layout, Tensors
 from . import wire
 from .base import CODECS, Bytes, Entry, PayloadError, Stage, Structure, Values
 from .dense import Dense
 from .fp32 import FP32
-from .spec import parse_spec
 
 Accepts = Callable[[str, tuple[int, ...]], bool]
 
@@ -29,7 +28,8 @@ class Codec:
     use one Codec per link end (Sender does) and save it with state_dict().
     """
 
-    lossless: ClassVar[bool] = False  # per instance: True when every stage is lossless
+    lossless: bool = False
+    """True when the structure and value stages are both lossless."""
 
     def __init__(self, stages: list[Stage], layout: Layout, limits: wire.Limits | None = None):
         self.layout = layout
@@ -41,20 +41,14 @@ class Codec:
         structure: Structure | None = None
         values: Values | None = None
         compressor: Bytes | None = None
-        for prev, stage in zip(stages, stages[1:]):
-            if ORDER.index(stage.kind) <= ORDER.index(prev.kind):
-                chain = " > ".join(s.spec() for s in stages)
-                raise ConfigError(
-                    f"codec chain {chain!r}: {stage.name!r} ({ROLE[stage.kind]}) cannot follow {prev.name!r} "
-                    f"({ROLE[prev.kind]}); the order is sparsifier / low-rank > value encoding > byte compression, "
-                    f"at most one of each"
-                )
+        check_order(stages)
         for stage in stages:
             if isinstance(stage, Structure):
                 structure = stage
             elif isinstance(stage, Values):
                 values = stage
             else:
+                assert isinstance(stage, Bytes)
                 compressor = stage
         self.structure = structure or Dense()
         self.values = values or FP32()
@@ -91,6 +85,7 @@ class Codec:
         blob = wire.pack(self.wire_spec, self._layout_ref, entries, by_fingerprint, len(raw), packed, markers)
         if not reconstruct:
             return blob, None
+        assert sent is not None  # Values.encode returns what is sent when asked to reconstruct
         return blob, self._tensors(entries, plan.rebuild(sent), markers)
 
     def _entries(self, tensors: Tensors) -> tuple[list[Entry], bool]:
@@ -126,6 +121,7 @@ class Codec:
             if accepts is not None and not accepts(e.name, e.shape):
                 raise PayloadError(f"tensor {e.name!r} of shape {e.shape} is not one this end accepts")
         ceiling = min(wire.max_body_size(env.entries), self.limits.max_blob_bytes)
+        body: bytes | memoryview
         if self.compressor:
             if env.body_size > ceiling:
                 raise PayloadError(f"body declares {env.body_size} bytes, more than these tensors can need ({ceiling})")
@@ -175,7 +171,26 @@ def _markers(tensors: Tensors) -> dict[str, np.ndarray]:
     return out
 
 
-def build_codec(spec: str, layout: Layout, limits: wire.Limits | None = None) -> Codec:
-    """Parse `spec` (see spec.py) into a Codec for `layout`; ConfigError names any mistake."""
+def check_order(stages: list[Stage]) -> None:
+    """ConfigError unless the stages come as sparsifier / low-rank > values > bytes, one of each at most."""
+    for prev, stage in zip(stages, stages[1:]):
+        if ORDER.index(stage.kind) <= ORDER.index(prev.kind):
+            chain = " > ".join(s.spec() for s in stages)
+            raise ConfigError(
+                f"codec chain {chain!r}: {stage.name!r} ({ROLE[stage.kind]}) cannot follow {prev.name!r} "
+                f"({ROLE[prev.kind]}); the order is sparsifier / low-rank > value encoding > byte compression, "
+                f"at most one of each"
+            )
+
+
+def build_stages(spec: str) -> list[Stage]:
+    """The stages of `spec` (codec_spec.py's grammar), each parameter and their order checked;
+    needs no layout, so a config is checked before any model loads (checks.py)."""
     stages = [CODECS.get(name).from_params(params) for name, params in parse_spec(spec)]
-    return Codec(stages, layout, limits)
+    check_order(stages)
+    return stages
+
+
+def build_codec(spec: str, layout: Layout, limits: wire.Limits | None = None) -> Codec:
+    """Parse `spec` (see codec_spec.py) into a Codec for `layout`; ConfigError names any mistake."""
+    return Codec(build_stages(spec), layout, limits)

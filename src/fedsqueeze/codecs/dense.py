@@ -14,7 +14,7 @@ class Dense(Structure):
     lossless = True
 
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
-        flat = torch.cat([e.data for e in entries]).numpy() if entries else np.zeros(0, np.float32)
+        flat = torch.cat([e.tensor() for e in entries]).numpy() if entries else np.zeros(0, np.float32)
         return Plan(self._lengths(entries), self._rebuild(entries), flat)
 
     def decode(self, entries: list[Entry], r: Reader) -> Plan:

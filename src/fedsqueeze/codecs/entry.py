@@ -24,6 +24,11 @@ class Entry:
     numel: int
     data: torch.Tensor | None = None
 
+    def tensor(self) -> torch.Tensor:
+        """`data`, on the encoding side (where it is set)."""
+        assert self.data is not None
+        return self.data
+
     def array(self) -> np.ndarray:
         assert self.data is not None
         return self.data.numpy()

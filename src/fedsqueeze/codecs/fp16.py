@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CODECS, Values
+from .base import Values
 from .wire import Reader, Writer
 
 FP16_MAX = 65504.0
 
 
-@CODECS.register("fp16")
 class FP16(Values):
     """IEEE half floats; relative error <= 2**-11 (saturates at 65504)."""
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CODECS, Values
+from .base import Values
 from .wire import Reader, Writer
 
 
-@CODECS.register("fp32")
 class FP32(Values):
     """4-byte IEEE floats; exact."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import CODECS, Param, PayloadError, Values
+from .base import PayloadError, Values, param
 from .quantize import pack_codes, unpack_codes
 from .wire import Reader, Writer
 
@@ -74,13 +74,12 @@ def snap(x: torch.Tensor, bits: int) -> torch.Tensor:
     return out.reshape(x.shape).to(x.device)
 
 
-@CODECS.register("grid")
 class Grid(Values):
     """k-bit codes for values on a power-of-two k-bit grid, else fp32; lossless."""
 
     name = "grid"
     lossless = True
-    params = {"bits": Param(int, 8, low=2, high=8, help="bits per value on the grid")}
+    bits: int = param(int, 8, low=2, high=8, help="bits per value on the grid")
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):
         levels = (1 << (self.bits - 1)) - 1

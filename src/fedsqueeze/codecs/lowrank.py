@@ -18,20 +18,17 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .base import CODECS, Entry, Param, Plan, Structure
+from .base import Entry, Plan, Structure, param
 from .wire import Reader, Writer
 
 
-@CODECS.register("lowrank")
 class LowRank(Structure):
     """PowerSGD rank-r factors, warm-started; ||M - M_hat||_F <= ||M||_F, small tensors dense."""
 
     name = "lowrank"
-    params = {
-        "rank": Param(int, 4, low=1, high=4096),
-        "iterations": Param(int, 1, low=1, high=16, help="power iterations per message"),
-        "seed": Param(int, 0, low=0, high=2**63 - 1),
-    }
+    rank: int = param(int, 4, low=1, high=4096)
+    iterations: int = param(int, 1, low=1, high=16, help="power iterations per message")
+    seed: int = param(int, 0, low=0, high=2**63 - 1)
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -63,7 +60,7 @@ class LowRank(Structure):
             if f is not None:
                 groups[f].append(i)
         for (n, m, r), members in groups.items():  # batched power iteration per shape
-            M = torch.stack([entries[i].data.view(n, m) for i in members])
+            M = torch.stack([entries[i].tensor().view(n, m) for i in members])
             Q = torch.stack([self._start(entries[i].name, m, r) for i in members])
             for _ in range(self.iterations):
                 P = torch.linalg.qr(M @ Q).Q

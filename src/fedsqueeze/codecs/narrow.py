@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CODECS, PayloadError, Values
+from .base import PayloadError, Values
 from .wire import Reader, Writer
 
 FP32, BF16 = 0, 1
 
 
-@CODECS.register("narrow")
 class Narrow(Values):
     """bf16 when that is exact, else fp32; lossless."""
 

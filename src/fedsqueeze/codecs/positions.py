@@ -149,7 +149,7 @@ def read(r: Reader, entries: list[Entry]) -> tuple[np.ndarray, list[np.ndarray |
     idx = by_mode[DELTAS]
     stream = r.varint("position deltas length")
     data = np.frombuffer(r.take(stream, "position deltas"), np.uint8)
-    gaps_reader = Reader(data, "position deltas")
+    gaps_reader = Reader(data.data, "position deltas")
     gaps = gaps_reader.varints(int(counts[idx].sum()), "position deltas")
     gaps_reader.done("position deltas")
     _split_into(result, idx, counts[idx], _positions_from_gaps(gaps, counts[idx], numels[idx], entries, idx))

@@ -17,21 +17,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import CODECS, Param, PayloadError, Values, counter_state
+from .base import PayloadError, Values, counter_state, param
 from .wire import Reader, Writer
 
 
-@CODECS.register("quantize")
 class Quantize(Values):
     """b-bit codes with per-block min/step; error <= step/2 (nearest) or < step (stochastic, unbiased)."""
 
     name = "quantize"
-    params = {
-        "bits": Param(int, 8, low=1, high=8),
-        "block": Param(int, 256, low=1, high=2**20, help="values per min/step pair"),
-        "rounding": Param(str, "nearest", choices=("nearest", "stochastic")),
-        "seed": Param(int, 0, low=0, high=2**63 - 1, help="stochastic rounding seed"),
-    }
+    bits: int = param(int, 8, low=1, high=8)
+    block: int = param(int, 256, low=1, high=2**20, help="values per min/step pair")
+    rounding: str = param(str, "nearest", choices=("nearest", "stochastic"))
+    seed: int = param(int, 0, low=0, high=2**63 - 1, help="stochastic rounding seed")
 
     def __init__(self, **values):
         super().__init__(**values)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param, Plan, Structure, counter_state
+from .base import Entry, Plan, Structure, counter_state, param
 from .sparsify import keep_count, scatter_rebuild
 from .wire import Reader, Writer
 
@@ -107,17 +107,14 @@ def _permute(x: np.ndarray, bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return x
 
 
-@CODECS.register("randk")
 class RandK(Structure):
     """k seeded random entries, positions not sent; ||x - x_hat|| <= ||x|| (scale: unbiased)."""
 
     name = "randk"
-    params = {
-        "fraction": Param(float, 0.1, low=0.0, high=1.0),
-        "k": Param(int, None, low=1),
-        "seed": Param(int, 0, low=0, high=2**63 - 1),
-        "scale": Param(bool, False, help="multiply kept values by n/k (unbiased)"),
-    }
+    fraction: float | None = param(float, 0.1, low=0.0, high=1.0)
+    k: int | None = param(int, None, low=1)
+    seed: int = param(int, 0, low=0, high=2**63 - 1)
+    scale: bool = param(bool, False, help="multiply kept values by n/k (unbiased)")
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -128,7 +125,7 @@ class RandK(Structure):
             raise ConfigError("codec 'randk': give fraction or k, not both")
         if self.k is not None:
             self.fraction = None
-        elif self.fraction <= 0:
+        elif self.fraction is None or self.fraction <= 0:
             raise ConfigError("codec 'randk': fraction must be > 0")
 
     def _counts(self, entries: list[Entry]) -> np.ndarray:

@@ -3,8 +3,8 @@ message carries a mask seed.
 
 A method that drops entries at random draws its mask with `seeded_positions(seed, name, n, k)`
 (the first k of a seeded permutation of range(n), one per tensor name; randk's generator, pure
-integer arithmetic, so every install agrees) and adds `seed_marker(seed)` to its message under
-MASK_SEED, a wire marker (8 bytes, wire.py). For each tensor this stage then finds the shortest
+integer arithmetic, so every install agrees) and sends a `Message(tensors, mask_seed=seed)`; the
+wire carries the seed as the MASK_SEED marker (8 bytes, wire.py). For each tensor this stage then finds the shortest
 prefix of that tensor's seeded order that holds all its non-zero entries and sends only the values
 there, in that order; the receiver redraws the prefix from the seed and scatters them. A tensor
 whose prefix holds more zeros than its positions are worth (zeros cost value_bits each, positions
@@ -21,16 +21,13 @@ import hashlib
 import struct
 
 import numpy as np
-import torch
 
 from . import positions as pos_codec
-from .base import CODECS, Entry, PayloadError, Plan
-from .randk import MASK64, mix64, sample_positions
+from .base import Entry, PayloadError, Plan
+from .randk import mix64, sample_positions
 from .sparsify import SparseStructure, scatter_rebuild
-from .wire import MARKERS, Reader, Writer, encode_varints
-
-MASK_SEED = MARKERS[1]
-LIMBS = 4  # the 64-bit seed as four 16-bit integers: exact in float32
+from .wire import MASK_SEED, Reader, Writer, encode_varints, marker_seed
+from .wire import seed_marker as seed_marker  # re-exported: where the seeded stage's users look
 
 
 def position_bits(numel: int, nonzero: int) -> float:
@@ -40,22 +37,6 @@ def position_bits(numel: int, nonzero: int) -> float:
         return 0.0
     p = nonzero / numel
     return -numel * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
-def seed_marker(seed: int) -> torch.Tensor:
-    """The MASK_SEED tensor of a 64-bit seed."""
-    seed &= MASK64
-    return torch.tensor([(seed >> (16 * i)) & 0xFFFF for i in range(LIMBS)], dtype=torch.float32)
-
-
-def marker_seed(values: np.ndarray) -> int:
-    """The seed a MASK_SEED marker holds; PayloadError for anything that is not one."""
-    v = np.asarray(values, np.float64).reshape(-1)
-    if v.size != LIMBS or not (np.isfinite(v).all() and (v == np.floor(v)).all() and (v >= 0).all()):
-        raise PayloadError(f"mask seed marker must be {LIMBS} integers in [0, 65536)")
-    if (v >= 1 << 16).any():
-        raise PayloadError(f"mask seed marker must be {LIMBS} integers in [0, 65536)")
-    return sum(int(x) << (16 * i) for i, x in enumerate(v.tolist()))
 
 
 def tensor_key(seed: int, name: str) -> int:
@@ -85,7 +66,6 @@ def shortest_prefix(seed: int, name: str, data: np.ndarray, nonzero: int) -> np.
     return order[: int(rank[np.flatnonzero(data)].max()) + 1]
 
 
-@CODECS.register("seeded")
 class Seeded(SparseStructure):
     """sparse, but positions drawn from the message's mask seed are not sent; lossless."""
 
@@ -142,7 +122,7 @@ class Seeded(SparseStructure):
         counts, explicit_positions = pos_codec.read(r, explicit)
         lengths = ks.copy()
         lengths[~is_seeded] = counts
-        seed = self.seed
+        seed = self.seed if self.seed is not None else 0  # unused unless an entry is seeded (checked above)
 
         def rebuild(values: np.ndarray) -> list[np.ndarray]:
             # Drawing positions is O(k) work: only once the values section has been validated.

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CODECS, Entry
+from .base import Entry
 from .sparsify import SparseStructure
 
 
-@CODECS.register("sparse")
 class Sparse(SparseStructure):
     """Exactly the non-zero entries and their positions; lossless."""
 

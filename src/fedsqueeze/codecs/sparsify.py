@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from . import positions as pos_codec
@@ -15,6 +17,7 @@ def keep_count(numel: int, fraction: float | None, k: int | None) -> int:
         return 0
     if k is not None:
         return min(k, numel)
+    assert fraction is not None
     return min(numel, max(1, int(fraction * numel + 0.5)))
 
 
@@ -35,7 +38,7 @@ class SparseStructure(Structure):
         return Plan(counts, scatter_rebuild(entries, counts, per_entry))
 
 
-def scatter_rebuild(entries: list[Entry], counts: np.ndarray, per_entry: list[np.ndarray | None]):
+def scatter_rebuild(entries: list[Entry], counts: np.ndarray, per_entry: Sequence[np.ndarray | None]):
     def rebuild(values: np.ndarray) -> list[np.ndarray]:
         out = []
         offset = 0

@@ -16,27 +16,24 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import CODECS, Entry, Param
+from .base import Entry, param
 from .sparsify import SparseStructure, keep_count
 
 
-@CODECS.register("topk")
 class TopK(SparseStructure):
     """k largest magnitudes per tensor or global; ||x - x_hat||^2 <= (1 - k/n) ||x||^2."""
 
     name = "topk"
-    params = {
-        "fraction": Param(float, 0.01, low=0.0, high=1.0, help="share of entries kept"),
-        "k": Param(int, None, low=1, help="entries kept (instead of fraction)"),
-        "scope": Param(str, "tensor", choices=("tensor", "global")),
-    }
+    fraction: float | None = param(float, 0.01, low=0.0, high=1.0, help="share of entries kept")
+    k: int | None = param(int, None, low=1, help="entries kept (instead of fraction)")
+    scope: str = param(str, "tensor", choices=("tensor", "global"))
 
     def check(self) -> None:
         if "fraction" in self._given and self.k is not None:
             raise ConfigError("codec 'topk': give fraction or k, not both")
         if self.k is not None:
             self.fraction = None
-        elif self.fraction <= 0:
+        elif self.fraction is None or self.fraction <= 0:
             raise ConfigError("codec 'topk': fraction must be > 0")
 
     def select(self, entries: list[Entry]):
@@ -56,11 +53,11 @@ class TopK(SparseStructure):
                 continue
             magnitudes = torch.empty(len(members), numel)
             for row, i in enumerate(members):  # one pass: source -> |x| rows, no stacked copy
-                torch.abs(entries[i].data, out=magnitudes[row])
-            idx = torch.topk(magnitudes, k, dim=1, sorted=False).indices
-            idx = torch.sort(idx, dim=1).values.numpy()
+                torch.abs(entries[i].tensor(), out=magnitudes[row])
+            chosen = torch.topk(magnitudes, k, dim=1, sorted=False).indices
+            rows = torch.sort(chosen, dim=1).values.numpy()
             for row, i in enumerate(members):
-                positions[i] = idx[row]
+                positions[i] = rows[row]
         if not entries:
             return counts, np.zeros(0, np.int64), np.zeros(0, np.float32)
         values = np.concatenate([e.array()[p] for e, p in zip(entries, positions)])
@@ -72,9 +69,9 @@ class TopK(SparseStructure):
         k = keep_count(total, self.fraction, self.k)
         if k == 0:
             return np.zeros(len(entries), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        flat = torch.cat([e.data for e in entries])
-        idx = torch.topk(flat.abs(), k, sorted=False).indices if k < total else torch.arange(total)
-        idx = torch.sort(idx).values.numpy().astype(np.int64, copy=False)
+        flat = torch.cat([e.tensor() for e in entries])
+        chosen = torch.topk(flat.abs(), k, sorted=False).indices if k < total else torch.arange(total)
+        idx = torch.sort(chosen).values.numpy().astype(np.int64, copy=False)
         offsets = np.cumsum(numels) - numels
         owner = np.searchsorted(offsets, idx, side="right") - 1
         counts = np.bincount(owner, minlength=len(entries)).astype(np.int64)

@@ -33,8 +33,9 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ..tensors import Layout
+from ..tensors import Layout, Tensors
 from .entry import Entry, PayloadError
 
 MAGIC = b"FSQZ"
@@ -45,10 +46,71 @@ MARKERS = ("__full__", "__mask_seed__")
 """Reserved tensor names carried by id (1-based); appending keeps old ids valid."""
 MARKER_SIZES = (1, 4)
 """Each marker's number of fp32 values (the whole flag; a 64-bit seed in four 16-bit limbs)."""
+WHOLE, MASK_SEED = MARKERS
+LIMBS = MARKER_SIZES[1]  # the 64-bit seed as four 16-bit integers: exact in float32
 MAX_VARINT_BYTES = 5
 MAX_NDIM = 16
 MAX_NAME_BYTES = 1024
 MAX_DIM = 2**31 - 1
+MASK64 = (1 << 64) - 1
+
+
+class Message(dict):
+    """What crosses a link: tensors by name, and side information about them, typed:
+
+    whole: the tensors are the whole of what the receiver should hold (e.g. a catch-up state),
+    not a change to add to it. mask_seed: the seed of a random mask both ends draw
+    (codecs/seeded.py), so that only the kept values travel.
+
+    On the wire the side information travels as marker entries (MARKERS, by id); this module
+    alone writes (`message_tensors`) and reads (`read_message`) them."""
+
+    def __init__(self, tensors: Tensors | None = None, whole: bool = False, mask_seed: int | None = None):
+        super().__init__(tensors or {})
+        self.whole = whole
+        self.mask_seed = mask_seed
+
+    def carrying(self, tensors: Tensors) -> Message:
+        """Other tensors with this message's side information (e.g. noised or spoiled values)."""
+        return Message(tensors, self.whole, self.mask_seed)
+
+
+def as_message(tensors: Tensors | Message) -> Message:
+    return tensors if isinstance(tensors, Message) else Message(tensors)
+
+
+def message_tensors(message: Tensors | Message) -> Tensors:
+    """What a codec encodes for `message`: its tensors and its side information as marker entries."""
+    out = dict(message)
+    if isinstance(message, Message):
+        if message.whole:
+            out[WHOLE] = torch.ones(1)
+        if message.mask_seed is not None:
+            out[MASK_SEED] = seed_marker(message.mask_seed)
+    return out
+
+
+def read_message(tensors: Tensors) -> Message:
+    """The Message a decoded blob holds: its markers read and left out of the tensors
+    (PayloadError for a marker that is not one)."""
+    seed = marker_seed(tensors[MASK_SEED].numpy()) if MASK_SEED in tensors else None
+    return Message({k: v for k, v in tensors.items() if k not in MARKERS}, WHOLE in tensors, seed)
+
+
+def seed_marker(seed: int) -> torch.Tensor:
+    """The MASK_SEED tensor of a 64-bit seed."""
+    seed &= MASK64
+    return torch.tensor([(seed >> (16 * i)) & 0xFFFF for i in range(LIMBS)], dtype=torch.float32)
+
+
+def marker_seed(values: np.ndarray) -> int:
+    """The seed a MASK_SEED marker holds; PayloadError for anything that is not one."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size != LIMBS or not (np.isfinite(v).all() and (v == np.floor(v)).all() and (v >= 0).all()):
+        raise PayloadError(f"mask seed marker must be {LIMBS} integers in [0, 65536)")
+    if (v >= 1 << 16).any():
+        raise PayloadError(f"mask seed marker must be {LIMBS} integers in [0, 65536)")
+    return sum(int(x) << (16 * i) for i, x in enumerate(v.tolist()))
 
 
 @dataclass(frozen=True)
@@ -107,7 +169,7 @@ class Writer:
         self.size += len(data)
 
     def array(self, values: np.ndarray) -> None:
-        self.raw(memoryview(np.ascontiguousarray(values)).cast("B"))
+        self.raw(np.ascontiguousarray(values).data.cast("B"))
 
     def u8(self, value: int) -> None:
         self.raw(bytes((value,)))
@@ -262,9 +324,9 @@ def pack(
                 head.varint(d)
     if markers:
         head.u8(len(markers))
-        for name in sorted(markers, key=MARKERS.index):
-            values = np.asarray(markers[name], "<f4").reshape(-1)
-            head.u8(MARKERS.index(name) + 1)
+        for marker in sorted(markers, key=MARKERS.index):
+            values = np.asarray(markers[marker], "<f4").reshape(-1)
+            head.u8(MARKERS.index(marker) + 1)
             head.u8(values.size)
             head.array(values)
     head.varint(body_size)

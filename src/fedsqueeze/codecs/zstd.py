@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import zstandard
 
-from .base import CODECS, Bytes, Param, PayloadError
+from .base import Bytes, PayloadError, param
 
 
-@CODECS.register("zstd")
 class Zstd(Bytes):
     """zstd over the whole body; lossless."""
 
     name = "zstd"
-    params = {"level": Param(int, 3, low=-7, high=22, help="zstd level (higher: smaller, slower)")}
+    level: int = param(int, 3, low=-7, high=22, help="zstd level (higher: smaller, slower)")
 
     def compress(self, body: bytes) -> bytes:
         return zstandard.ZstdCompressor(level=self.level, write_content_size=True).compress(body)

@@ -43,6 +43,8 @@ class Federation:
     eval_examples: dict[str, list[dict]] = field(default_factory=dict)
     """Per eval set, its examples as text (instruction, input, response, domain; choices, answer)."""
     description: str = ""
+    labels: list[str] = field(default_factory=list)
+    """data.task = "classify": the label set (spoken, in order); empty otherwise."""
 
     def summary(self, show: int = 20) -> str:
         """A table of the clients; past `show` of them, the first and last few and the spread."""
@@ -94,7 +96,15 @@ def _nothing_trainable(client: str, what: str, examples: list[dict], cfg: DataCo
 
 
 def _client(
-    name: str, k: int, indices: list[int], examples: list[dict], cfg: DataConfig, tokenizer, seed: int, key: str | None
+    name: str,
+    k: int,
+    indices: list[int],
+    examples: list[dict],
+    cfg: DataConfig,
+    tokenizer,
+    seed: int,
+    key: str | None,
+    label_set: list[str] = (),
 ) -> tuple[ClientData, int]:
     if len(indices) < 2:
         raise DataError(
@@ -104,6 +114,11 @@ def _client(
     train_idx, eval_idx = eval_split(indices, cfg.eval_fraction, cfg.eval_examples, seed, k)
     eval_examples = [examples[i] for i in eval_idx]
     train_examples = [examples[i] for i in train_idx]
+    if label_set:  # classify: long texts cut to fit, not dropped (only those that will be tokenized)
+        from .classify import fit_inputs
+
+        fit_inputs(eval_examples, label_set, tokenizer, cfg.template, cfg.max_length)
+        fit_inputs(train_examples[: cfg.max_examples], label_set, tokenizer, cfg.template, cfg.max_length)
     eval_set, eval_kept, eval_skipped = tokenize_examples(eval_examples, tokenizer, cfg.template, cfg.max_length)
     train_set, kept, train_skipped = tokenize_examples(
         train_examples, tokenizer, cfg.template, cfg.max_length, limit=cfg.max_examples
@@ -128,6 +143,10 @@ def _client(
 
 def _ood(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, int]:
     examples = load_examples(cfg.ood_source, cfg)
+    if cfg.task == "classify":
+        from .classify import to_classify
+
+        examples, _ = to_classify(examples, cfg, cfg.ood_source)
     order = seeded_rng(seed, OOD_TAG).permutation(len(examples))
     sample = [examples[int(i)] for i in order]
     ood, _, skipped = tokenize_examples(sample, tokenizer, cfg.template, cfg.max_length, limit=cfg.eval_examples)
@@ -141,18 +160,40 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
 
     pooled=True (centralized training): one client "pooled" with every client's training examples, the same
     examples held out as in the federated run, and `eval_sets` still one per original client."""
+    if cfg.source.strip().startswith("owners:"):  # one file per owner (data/owners.py)
+        from .owners import build_owner_federation
+
+        return build_owner_federation(cfg, tokenizer, seed, pooled)
     examples = load_examples(cfg.source, cfg)
+    label_set: list[str] = []
+    if cfg.task == "classify":
+        from .classify import to_classify
+
+        examples, label_set = to_classify(examples, cfg, cfg.source)
     key: str | None = label_key(cfg)
     if cfg.partition != "iid":
         check_label(examples, cfg, cfg.source)
     elif any(key not in ex for ex in examples):
         key = None  # iid does not need the label; the summary then shows no label counts
     labels = [ex[key] for ex in examples] if key else ["" for _ in examples]
-    names, parts = partition(cfg.partition, labels, cfg.clients, seed, cfg.dirichlet_alpha, cfg.label)
+    names, parts = partition(
+        cfg.partition,
+        labels,
+        cfg.clients,
+        seed,
+        cfg.dirichlet_alpha,
+        cfg.label,
+        cfg.labels_per_owner,
+        cfg.shards_per_owner,
+    )
+    if label_set:
+        from .classify import CLASS
+
+        key = CLASS  # the summary counts classes whatever the partition split on
     clients: list[ClientData] = []
     skipped = 0
     for k, (name, indices) in enumerate(zip(names, parts)):
-        client, n_skipped = _client(name, k, indices, examples, cfg, tokenizer, seed, key)
+        client, n_skipped = _client(name, k, indices, examples, cfg, tokenizer, seed, key, label_set)
         clients.append(client)
         skipped += n_skipped
     eval_sets = {c.name: c.eval for c in clients}
@@ -164,9 +205,15 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         skipped += n_skipped
     description = f"{cfg.partition}"
     if cfg.partition != "iid":
-        description += f" on {cfg.label!r}"
+        description += f" on {cfg.label_field if label_key(cfg) == 'class' else cfg.label!r}"
     if cfg.partition == "dirichlet":
         description += f", alpha {cfg.dirichlet_alpha}"
+    if cfg.partition == "pathological":
+        description += f", {cfg.labels_per_owner} labels per owner"
+    if cfg.partition == "shards":
+        description += f", {cfg.shards_per_owner} shards per owner"
+    if label_set:
+        description += f", classify {cfg.text_field!r} -> {cfg.label_field!r} ({len(label_set)} labels)"
     description += f", template {cfg.template}, max_length {cfg.max_length}"
     if pooled:
         clients = [_pool(clients)]
@@ -179,6 +226,7 @@ def build_federation(cfg: DataConfig, tokenizer, seed: int, pooled: bool = False
         eval_domains=eval_domains,
         eval_examples=eval_texts,
         description=description,
+        labels=label_set,
     )
 
 

@@ -11,18 +11,14 @@ from collections import Counter
 import numpy as np
 
 from ..errors import DataError
+from .seeding import seeded_rng
 
-PARTITIONS = ("iid", "dirichlet", "by-domain")
+PARTITIONS = ("iid", "dirichlet", "by-domain", "natural", "pathological", "shards")
 _PARTITION_TAG = 1_701  # distinct streams for partitioning, eval splits and batch sampling
 _SPLIT_TAG = 1_702
 _BATCH_TAG = 1_703
 OOD_TAG = 1_704
 _DIRICHLET_TRIES = 100
-
-
-def seeded_rng(*key: int) -> np.random.Generator:
-    """A generator that depends on `key` only (seed, purpose tag, client, round...)."""
-    return np.random.default_rng(np.random.SeedSequence([abs(int(k)) for k in key]))
 
 
 def iid(labels: list[str], clients: int, seed: int) -> tuple[list[str], list[list[int]]]:
@@ -75,13 +71,28 @@ def by_domain(labels: list[str], clients: int, label_name: str) -> tuple[list[st
     return names, parts
 
 
-def partition(kind: str, labels: list[str], clients: int, seed: int, alpha: float, label_name: str):
+def partition(
+    kind: str,
+    labels: list[str],
+    clients: int,
+    seed: int,
+    alpha: float,
+    label_name: str,
+    labels_per_owner: int = 2,
+    shards_per_owner: int = 2,
+):
     if kind == "iid":
         return iid(labels, clients, seed)
     if kind == "dirichlet":
         return dirichlet(labels, clients, seed, alpha)
-    if kind == "by-domain":
+    if kind in ("by-domain", "natural"):  # natural: flwr-datasets' name for one owner per id value
         return by_domain(labels, clients, label_name)
+    if kind in ("pathological", "shards"):
+        from . import label_partition
+
+        if kind == "pathological":
+            return label_partition.pathological(labels, clients, seed, labels_per_owner)
+        return label_partition.shards(labels, clients, seed, shards_per_owner)
     raise DataError(f"data.partition {kind!r}: allowed: {', '.join(PARTITIONS)}")
 
 

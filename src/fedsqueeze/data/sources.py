@@ -59,18 +59,40 @@ _BOMS = (
 
 def read_text(file: Path) -> str:
     """A data file's text: UTF-8, or UTF-16/32 with a byte-order mark; anything else is a
-    DataError that says where decoding failed and how to convert the file."""
+    DataError that says where decoding failed and how to convert the file. UTF-16 without a
+    byte-order mark is told apart by its zero bytes (ASCII text in it even decodes as UTF-8,
+    with a NUL between letters), and named with the iconv command that converts it."""
     data = file.read_bytes()
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    utf16 = _bomless_utf16(data) if encoding == "utf-8" else None
+    if utf16:
+        raise DataError(
+            f"{file}: {utf16} text without a byte-order mark (every other byte is zero); convert it, e.g. "
+            f"`iconv -f {utf16} -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
+        )
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        guess = "UTF-16 without a byte-order mark" if b"\x00" in data[:200] else "Latin-1 or another 8-bit code"
         raise DataError(
-            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like {guess}); "
-            f"convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
+            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like Latin-1 or another 8-bit "
+            f"code); convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
         ) from None
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """ "UTF-16LE" / "UTF-16BE" when the start of `data` looks like it (most characters of text are
+    below U+0100, so one byte of each pair is zero), else None."""
+    head = data[:512]
+    pairs = len(head) // 2
+    if pairs < 2:
+        return None
+    zero_odd, zero_even = head[1 : 2 * pairs : 2].count(0), head[0 : 2 * pairs : 2].count(0)
+    if zero_odd >= pairs * 0.6 and zero_even == 0:
+        return "UTF-16LE"
+    if zero_even >= pairs * 0.6 and zero_odd == 0:
+        return "UTF-16BE"
+    return None
 
 
 def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:
@@ -168,6 +190,8 @@ def _text(value: Any, where: str = "", row: int = 0, column: str = "") -> str:
 
 def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
     """Rename the configured columns to the standard keys; keep the label column when it is an extra one."""
+    if cfg.task == "classify":
+        return _classify_rows(rows, columns, where, name, cfg)
     required = ("instruction_field", "response_field") + (
         ("choices_field", "answer_field") if cfg.choices_field is not None else ()
     )
@@ -194,6 +218,29 @@ def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, 
             ex[extra] = text(extra)
         if cfg.choices_field is not None:
             ex["choices"], ex["answer"] = _choices(row, where, i, cfg)
+        out.append(ex)
+    return out
+
+
+def _classify_rows(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:
+    """data.task = "classify": the text and label columns under their own names (data/classify.py turns
+    them into prompts and spoken labels), the domain, and the data.label column when it is another one."""
+    for key in ("text_field", "label_field"):
+        column = getattr(cfg, key)
+        if column not in columns:
+            raise DataError(
+                f"{where}: no column {column!r} (data.{key}, data.task = 'classify'); "
+                f"columns present: {', '.join(map(str, columns)) or 'none'}"
+            )
+    has_domain = cfg.domain_field in columns
+    keep = [c for c in (cfg.text_field, cfg.label_field) if c]
+    if cfg.label not in ("domain", "source", cfg.domain_field) and cfg.label in columns and cfg.label not in keep:
+        keep.append(cfg.label)
+    out = []
+    for i, row in enumerate(rows):
+        ex = {column: _cell(row, where, i, column) for column in keep}
+        ex["domain"] = (_cell(row, where, i, cfg.domain_field) or name) if has_domain else name
+        ex["source"] = name
         out.append(ex)
     return out
 
@@ -282,7 +329,12 @@ def load_examples(spec: str, cfg: DataConfig) -> list[dict]:
 
 
 def label_key(cfg: DataConfig) -> str:
-    """The example key the dirichlet / by-domain partitioners split on ("domain" whatever its column was called)."""
+    """The example key the partitioners split on ("domain" whatever its column was called; the class of a
+    classify task for the label-skew partitioners while data.label is left at "domain")."""
+    from .classify import CLASS, PARTITION_ON_CLASS
+
+    if cfg.task == "classify" and cfg.partition in PARTITION_ON_CLASS and cfg.label == "domain":
+        return CLASS
     return "domain" if cfg.label in ("domain", cfg.domain_field) else cfg.label
 
 

@@ -3,7 +3,8 @@
 `data.noun`, `data.verb`, `data.adj`, `data.adv` lines are
 `offset lex_filenum ss_type w_cnt(hex) word lex_id [word lex_id ...] p_cnt [pointers ...] [frames ...] | gloss`.
 The lexicographer file (e.g. noun.animal, verb.motion: 45 topics) goes to a `category` field, a ready-made label
-for Dirichlet splits; the domain is "wordnet".
+for Dirichlet splits; the domain is "wordnet". `word`, `gloss`, `entry` ("word: gloss") and `pos` (noun, verb,
+adjective, adverb) are there for classification (data.text_field, data.label_field).
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def load_wordnet(path: str) -> list[dict]:
                             "domain": SOURCE_NAME,
                             "category": category,
                             "source": SOURCE_NAME,
+                            # for data.task = "classify" (text_field / label_field)
+                            "word": word,
+                            "gloss": gloss,
+                            "entry": f"{word}: {gloss}",
+                            "pos": pos_name,
                         }
                     )
     return examples

@@ -77,8 +77,11 @@ def summary_table(summary: dict) -> Table:
     t.add_row("final eval loss", f"{summary['final_eval_loss']:.4f}")
     for name, loss in summary["eval"].items():
         t.add_row(f"  {name}", f"{loss:.4f}")
+    classify = "macro_f1" in summary.get("eval_means", {})
     for key, label in (
-        ("acc", "accuracy (choice)"),
+        ("acc", "accuracy (classify)" if classify else "accuracy (choice)"),
+        ("acc_se", "  standard error"),
+        ("macro_f1", "macro-F1"),
         ("acc_norm", "acc_norm"),
         ("rougeL", "Rouge-L"),
         ("exact", "exact"),
@@ -89,6 +92,8 @@ def summary_table(summary: dict) -> Table:
             t.add_row(label, text)
     if "chance" in summary.get("eval_means", {}):
         t.add_row("  chance", f"{summary['eval_means']['chance']:.3f}")
+    if "classify_n" in summary.get("eval_means", {}):
+        t.add_row("  items judged", str(summary["eval_means"]["classify_n"]))
     if "ood_eval_loss" in summary:
         t.add_row("OOD eval loss", f"{summary['ood_eval_loss']:.4f}")
     t.add_row("seconds", f"{summary['seconds']:.1f}")
@@ -103,6 +108,9 @@ def summary_table(summary: dict) -> Table:
 EVAL_COLUMNS = (
     ("loss", "loss", "{:.4f}"),
     ("acc", "acc", "{:.3f}"),
+    ("acc_se", "acc SE", "{:.3f}"),
+    ("macro_f1", "macro-F1", "{:.3f}"),
+    ("classify_n", "items", "{}"),
     ("acc_norm", "acc_norm", "{:.3f}"),
     ("chance", "chance", "{:.3f}"),
     ("rougeL", "Rouge-L", "{:.3f}"),
@@ -111,7 +119,7 @@ EVAL_COLUMNS = (
 
 
 def eval_table(result: dict) -> Table:
-    """`fedsqueeze eval`'s table: one row per eval set, then the mean over sets."""
+    """`fedsqueeze eval`'s table: one row per eval set, then the mean over sets (classify: all items pooled)."""
     rows = result["sets"]
     shown = [c for c in EVAL_COLUMNS if any(c[0] in r for r in rows.values())]
     t = Table(title=f"{result['adapter']} on {result['data']} ({result['model']})")

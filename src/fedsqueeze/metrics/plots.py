@@ -16,7 +16,7 @@ from pathlib import Path
 MB = 1e6
 WORKLOAD = ("model.name", "data.source", "data.clients")
 # Keys that are in the label already (method, codec) or say how a run executed, not what it computed.
-NOT_IN_LABEL = ("method", "uplink.codec", "downlink.codec", "runtime.", "train.device", "train.threads")
+NOT_IN_LABEL = ("method", "uplink.codec", "downlink.codec", "runtime.", "train.device", "train.threads", "track.")
 MAX_LABEL_KEYS = 4
 ROUND_NOTES = 12  # the MB plot names each point's round up to this many points per run
 KINDS = ("round", "mb")

@@ -84,7 +84,14 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
     return json.loads(summary_file.read_text()), rows
 
 
-TASK_COLUMNS = (("acc", "accuracy"), ("acc_norm", "acc_norm"), ("rougeL", "Rouge-L"), ("exact", "exact"))
+TASK_COLUMNS = (
+    ("acc", "accuracy"),
+    ("acc_se", "accuracy SE"),
+    ("macro_f1", "macro-F1"),
+    ("acc_norm", "acc_norm"),
+    ("rougeL", "Rouge-L"),
+    ("exact", "exact"),
+)
 
 
 def markdown_table(runs: list[Run]) -> str:

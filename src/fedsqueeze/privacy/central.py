@@ -11,6 +11,7 @@ sampling needs a sample the adversary cannot recompute from the config.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -28,6 +29,10 @@ class CentralNoise:
     @property
     def sampling_seed(self) -> str:
         return f"dp/{self.secret}"
+
+    def around(self, method) -> Callable[[int, list], dict]:
+        """The method's aggregate under central DP: `aggregate(rnd, updates)` of this noise."""
+        return lambda rnd, updates: self.aggregate(method, rnd, updates)
 
     def aggregate(self, method, rnd: int, updates: list) -> dict:
         if not updates:

@@ -10,7 +10,7 @@ data-dependent selection then leaks through its positions (privacy.rules says wh
 
 from __future__ import annotations
 
-from ..codecs.wire import MARKERS
+from ..codecs.wire import Message, as_message
 from ..tensors import Tensors
 from .noise import add_noise, clip, generator, new_secret
 from .plan import Plan
@@ -36,8 +36,9 @@ class LocalNoise:
         noised = add_noise(clipped, self.plan.std(self.plan.clip_norm), self._generator(rnd))
         return {k: start[k] + noised[k].to(start[k].dtype) if k in noised else start[k] for k in trained}
 
-    def select_first(self, rnd: int, upload: Tensors) -> Tensors:
-        values = {k: v for k, v in upload.items() if k not in MARKERS}  # a mask seed is no update value
-        clipped, _ = clip(values, self.plan.clip_norm)
+    def select_first(self, rnd: int, upload: Tensors | Message) -> Message:
+        """The upload's values clipped and noised where non-zero (its side information, such as a
+        mask seed, is no update value: it rides along as it was)."""
+        clipped, _ = clip(dict(upload), self.plan.clip_norm)
         noised = add_noise(clipped, self.plan.std(self.plan.clip_norm), self._generator(rnd), only_nonzero=True)
-        return {**noised, **{k: v for k, v in upload.items() if k in MARKERS}}
+        return as_message(upload).carrying(noised)

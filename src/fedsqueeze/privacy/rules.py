@@ -1,4 +1,5 @@
-"""Which configurations keep the client-level guarantee, said once and enforced at config time.
+"""Which configurations keep the client-level guarantee, said once and enforced before anything
+loads (checks.py calls `check`).
 
 Two kinds of problems: a refusal (the combination cannot run under DP at all, or a key needs
 another value) is always a ConfigError; an unproven combination (it runs, but some un-noised,
@@ -47,7 +48,7 @@ def check(cfg) -> None:
 
 
 def _method(cfg):
-    from ..strategies import METHODS
+    from ..registry import METHODS
 
     cls = METHODS.get(cfg.method)
     try:
@@ -96,7 +97,7 @@ def unproven(cfg) -> list[str]:
     cls, params = _method(cfg)
     if params is None or not cls.mode.federated:
         return []
-    out = []
+    out = _numbers(cfg)
     if p.mode == "central" and (cfg.hybrid.quorum < 1 or cfg.hybrid.deadline is not None):
         out.append(
             "hybrid.quorum < 1 or hybrid.deadline: late uploads join later rounds and busy clients are not "
@@ -113,6 +114,36 @@ def unproven(cfg) -> list[str]:
                     f"privacy.order = 'select-first': {cfg.method} {selects}, before the noise; only the kept "
                     "values are noised and their positions are sent in the clear"
                 )
+    return out
+
+
+def _numbers(cfg) -> list[str]:
+    """A guarantee whose own numbers say nothing: delta not below 1/owners (one owner's whole data
+    may leak with probability delta), or an infinite epsilon (noise too small to account)."""
+    import math
+    import warnings
+
+    p = cfg.privacy
+    out = []
+    owners = cfg.data.clients
+    if p.delta is not None and p.delta >= 1 / owners:
+        out.append(
+            f"config key 'privacy.delta': {p.delta:g} is not below 1/owners (1/{owners} = {1 / owners:.3g}), so "
+            "the mechanism may reveal one owner's whole data with probability delta; allowed: < 1/data.clients "
+            "(e.g. 1e-5)"
+        )
+    if p.delta is not None and p.noise_multiplier is not None:
+        from .accountant import Accounting
+
+        with warnings.catch_warnings():  # dp-accounting divides by a zero sigma**2 on the way to inf
+            warnings.simplefilter("ignore", RuntimeWarning)
+            epsilon = Accounting(p.mode, owners, per_round(cfg), p.delta).epsilon(p.noise_multiplier, cfg.train.rounds)
+        if not math.isfinite(epsilon):
+            out.append(
+                f"config key 'privacy.noise_multiplier': {p.noise_multiplier:g} is too small to account: epsilon "
+                f"after {cfg.train.rounds} rounds is {epsilon} (no guarantee at all); allowed: a noise multiplier "
+                "that gives a finite epsilon, or privacy.target_epsilon"
+            )
     return out
 
 

@@ -9,7 +9,7 @@ from ..lazy import lazy_attributes
 
 _LAZY = {
     "Driver": "driver",
-    "NullProgress": "driver",
+    "NullProgress": "progress",
     "Transport": "driver",
     "LocalRuntime": "local",
     "RUNTIMES": "registry",

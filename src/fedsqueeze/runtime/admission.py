@@ -19,7 +19,8 @@ class Candidate:
     client: int
     tensors: Tensors
     claimed_examples: int
-    known_examples: int
+    known_examples: int | None
+    """None: only the client knows (per-owner data); its claim is then capped, not checked."""
 
 
 def screen(method, rnd: int, candidates: list[Candidate], cfg: ServerConfig) -> dict[int, str]:
@@ -50,6 +51,8 @@ def screen(method, rnd: int, candidates: list[Candidate], cfg: ServerConfig) -> 
 
 
 def _claim(c: Candidate) -> str | None:
+    if c.known_examples is None:
+        return None if c.claimed_examples >= 1 else f"claims {c.claimed_examples} examples"
     # The server built the same federation: a client's weight is what it holds, not what it says.
     if c.claimed_examples != c.known_examples:
         return f"claims {c.claimed_examples} examples, its partition holds {c.known_examples}"

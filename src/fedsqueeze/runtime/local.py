@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..client.faults import ClientDropped
 from ..tensors import Tensors, unnested, unprefixed
 from .clock import NetworkModel
-from .driver import CloseRule, Driver, Upload
+from .driver import Driver
+from .filters.faults import ClientDropped
+from .reply import Reply, Upload
 from .roles import ClientRole
 from .session import Session
 from .state_store import STATE_DIR, StateStore
@@ -32,22 +33,21 @@ class InFlight:
     arrival: float
     origin: int  # the round it was trained in
     client: int
-    blob: bytes | None
-    metrics: dict
+    reply: Reply
 
 
-class StoredStates(Sequence):
+class StoredStates(Sequence[Tensors]):
     """Every client's method state, read from the store on demand (evaluation of personalized
     adapters; {} for a client that never took part)."""
 
     def __init__(self, store: StateStore, count: int):
-        self.store, self.count = store, count
+        self.store, self.size = store, count
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
-    def __getitem__(self, client: int) -> Tensors:
-        if not 0 <= client < self.count:
+    def __getitem__(self, client: int) -> Tensors:  # type: ignore[override]  # no slices
+        if not 0 <= client < self.size:
             raise IndexError(client)
         return unprefixed("state/", self.store.get(client))
 
@@ -57,6 +57,8 @@ class InProcessTransport:
     as a Flower SuperNode keeps it in context.state."""
 
     remote = False
+    simulated = True
+    patience = math.inf
 
     def __init__(self, session: Session, store: StateStore):
         self.s = session
@@ -71,8 +73,8 @@ class InProcessTransport:
     def reachable(self, clients: list[int]) -> list[int]:
         return clients
 
-    def in_flight(self) -> set[int]:
-        return {f.client for f in self.flights}
+    def in_flight(self) -> dict[int, int]:
+        return {f.client: f.origin for f in self.flights}
 
     def client_states(self) -> Sequence[Tensors]:
         return StoredStates(self.store, self.s.num_clients)
@@ -87,45 +89,58 @@ class InProcessTransport:
             if state or client in self.store:
                 self.store.put(client, state)
 
-    def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress):
-        started = []
+    def now(self) -> float:
+        return self.clock
+
+    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+        """Each client trains as soon as its blob is delivered; its reply is in flight until the
+        simulated time its round trip ends."""
         for c, blob in blobs.items():
             down = len(blob or b"")
             steps = self.s.local_steps
-            if rule.work_seconds is not None:
+            if work_seconds is not None:
                 # Sized by the upload this client sent last time (its download's size before that).
-                steps = self.network.steps_that_fit(c, rule.work_seconds, down, self.last_up.get(c, down), steps)
+                steps = self.network.steps_that_fit(c, work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
             try:
-                up_blob, metrics = self._handle(rnd, c, blob, progress, steps)
+                reply = self._handle(rnd, c, blob, progress, steps)
             except ClientDropped:
                 continue  # no reply will ever come: the driver counts it left out
-            self.last_up[c] = len(up_blob or b"")
-            trip = self.network.round_trip(c, down, metrics["steps"], self.last_up[c]) + metrics.pop("delay_s", 0.0)
+            self.last_up[c] = len(reply.blob or b"")
+            trip = self.network.round_trip(c, down, reply.steps, self.last_up[c]) + reply.delay_s
             if math.isfinite(trip):
-                started.append(InFlight(self.clock + trip, rnd, c, up_blob, metrics))
-        self.flights += started
-        close = rule.close_time(
-            self.clock, [f.arrival for f in started], [f.arrival for f in self.flights if f.origin < rnd]
-        )
-        arrived = sorted((f for f in self.flights if f.arrival <= close), key=lambda f: (f.arrival, f.client))
-        self.flights = [f for f in self.flights if f.arrival > close]
-        elapsed, self.clock = close - self.clock, close
-        return [Upload(f.client, f.origin, f.blob, f.metrics) for f in arrived], elapsed
+                self.flights.append(InFlight(self.clock + trip, rnd, c, replace(reply, delay_s=0.0)))
+
+    def poll(self, until: float) -> list[Upload]:
+        """The next replies to arrive, all of those at that instant, if it is by `until`; the
+        simulated clock moves to it (to `until` when none arrives by then)."""
+        if not self.flights:
+            return []
+        first = min(f.arrival for f in self.flights)
+        if first > until:
+            self.clock = max(self.clock, until)
+            return []
+        self.clock = max(self.clock, first)
+        arrived = sorted((f for f in self.flights if f.arrival <= self.clock), key=lambda f: (f.arrival, f.client))
+        self.flights = [f for f in self.flights if f.arrival > self.clock]
+        return [Upload(f.client, f.origin, f.reply) for f in arrived]
+
+    def abandon(self, client: int) -> None:
+        self.flights = [f for f in self.flights if f.client != client]
 
     def state_dict(self) -> tuple[Tensors, dict]:
         state: Tensors = {}
         flights = []
         for i, f in enumerate(self.flights):
-            if f.blob is not None:
-                state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.blob, dtype=np.uint8).copy())
+            if f.reply.blob is not None:
+                state[f"inflight/{i}"] = torch.from_numpy(np.frombuffer(f.reply.blob, dtype=np.uint8).copy())
             flights.append(
                 {
                     "arrival": f.arrival,
                     "origin": f.origin,
                     "client": f.client,
-                    "metrics": f.metrics,
-                    "has_blob": f.blob is not None,
+                    "metrics": f.reply.fields(),
+                    "has_blob": f.reply.blob is not None,
                 }
             )
         meta = {
@@ -151,11 +166,20 @@ class InProcessTransport:
                 f["arrival"],
                 f["origin"],
                 f["client"],
-                state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None,
-                f["metrics"],
+                Reply.of_fields(
+                    state[f"inflight/{i}"].numpy().tobytes() if f["has_blob"] else None, _legacy(f["metrics"])
+                ),
             )
             for i, f in enumerate(in_flight if isinstance(in_flight, list) else [])
         ]
+
+
+def _legacy(fields: dict) -> dict:
+    """Checkpoints from before the typed Reply wrote a withheld train loss as NaN."""
+    loss = fields.get("train_loss")
+    if isinstance(loss, float) and math.isnan(loss):
+        return {k: v for k, v in fields.items() if k != "train_loss"}
+    return fields
 
 
 def LocalRuntime(session: Session, out: Path, progress=None) -> Driver:

@@ -9,23 +9,33 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
-import torch
-
-from ..client import faults, train_client
-from ..codecs import build_codec
+from ..client import train_client
+from ..codecs import PayloadError
+from ..codecs.wire import Message, as_message, message_tensors, read_message
 from ..metrics import Ledger
 from ..metrics.ledger import DOWN, UP
 from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
-from ..strategies.base import SNAPSHOT, from_wire, to_wire, without_markers
+from ..strategies.base import ClientTurn
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
+from .admission import Candidate, screen
+from .claims import cap_updates, claims_counted, weight_of
+from .filters import ClientRound, filters_for
+from .reply import Receipt, Reply, Upload
 from .session import Session
 from .state_store import StateStore
 
 
+def _quiet(_: str) -> None: ...
+
+
 class ClientRole:
-    """One data owner. All it keeps across rounds is in `state_dict()` (Flower: context.state)."""
+    """One data owner. All it keeps across rounds is in `state_dict()` (Flower: context.state).
+    Cross-cutting features (snapshots, local DP, faults) are upload filters around its round
+    (runtime/filters/)."""
 
     def __init__(self, session: Session, client: int):
         self.s = session
@@ -33,91 +43,87 @@ class ClientRole:
         self.state: Tensors = {}
         self.sender = session.uplink_sender()
         self.decoder = session.downlink_decoder()
-        plan = session.privacy
-        self.noise = None
-        if plan is not None and plan.mode == "local":
-            from ..privacy.local import LocalNoise
-
-            self.noise = LocalNoise(plan, client)
+        self.filters = filters_for(session, client)
 
     def handle(
         self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
-    ) -> tuple[bytes | None, dict]:
-        """steps / seconds: the partial-work limit of the round's close rule (client.train_client)."""
-        s, method = self.s, self.s.method
+    ) -> Reply:
+        """This client's round: its reply to `down_blob` (None: nothing was sent to it). steps /
+        seconds: the partial-work limit of the round's close rule (client.train_client)."""
+        s, method, filters = self.s, self.s.client_method, self.filters
+        turn = ClientTurn(rnd, self.client)
         reset_peaks(s.placement.device)
         t0 = time.perf_counter()
-        message = from_wire(self.decoder.decode(down_blob)) if down_blob is not None else None
+        message = read_message(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
-        method.begin_client(rnd, self.client)
-        start = method.client_receive(self.state, message)
-        wanted = set(method.snapshot_steps(rnd, s.local_steps))
-        snapshots: Tensors = {}
+        start = method.client_receive(self.state, message, turn=turn)
+        up = ClientRound(s, self.client, turn, self.state, start, start, method.client_trainable(self.state))
         counter = itertools.count(1)
 
         def step(loss: float) -> None:
             n = next(counter)
-            if n in wanted:
-                snapshots.update(prefixed(f"{SNAPSHOT}{n}/", s.adapter.get()))
+            for f in filters:
+                f.step(up, n)
             if on_step:
                 on_step(loss)
 
-        keep = method.client_trainable(self.state)
-        trained, losses = train_client(
-            s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=keep
-        )
-        metrics = {
-            "train_loss": sum(losses) / len(losses),
-            "down_decode_s": decode_s,
-            "steps": len(losses),
-            "num_examples": s.federation.clients[self.client].num_examples,
-            **peaks(s.placement.device),
-        }
-        select_first = self.noise is not None and s.cfg.privacy.order == "select-first"
-        if self.noise is not None:
-            metrics["train_loss"] = float("nan")  # a clean statistic of the data: it stays here
-            if not select_first:  # the method sees only the noised update (docs/PRIVACY.md)
-                trained = self.noise.noise_first(rnd, start, trained, keep)
-        self.state.update(snapshots)  # for this call only: client_upload may also write state
         try:
-            upload = method.client_upload(self.state, start, trained)
+            for f in filters:
+                f.begin(up)
+            up.trained, losses = train_client(
+                s, self.client, rnd, start, on_step=step, steps=steps, seconds=seconds, trainable=up.keep
+            )
+            for f in filters:
+                f.before_upload(up)
+            made = method.client_upload(up.state, up.start, up.trained, turn=turn)
+            upload = None if made is None else as_message(made)
+            for f in filters:
+                upload = f.upload(up, upload)
+            reply = self._encode(upload, losses, decode_s)
+            for f in filters:
+                reply = f.reply(up, reply, upload)
+            return reply
         finally:
-            for key in snapshots:
-                self.state.pop(key, None)
-        if select_first and upload is not None:
-            upload = self.noise.select_first(rnd, upload)
-        blob = None
-        if upload is not None:
-            t0 = time.perf_counter()
-            blob = self.sender.encode(upload)
-            metrics["up_encode_s"] = time.perf_counter() - t0
-            # What the server will see, for the ledger's error column (the blob is what it decodes).
-            received = self.sender.last_received  # the codec's own reconstruction: no second decode
-            metrics["up_rel_error"] = relative_error(upload, received) if received is not None else 0.0
-            metrics["up_raw_bytes"] = fp32_bytes(upload)
-        if faults.applies(s.cfg.faults, self.client, rnd):
-            blob, metrics = faults.spoil(s.cfg.faults, s.cfg.seed, self.client, rnd, upload, blob, metrics, self._raw)
-        return blob, metrics
+            for f in filters:
+                f.after(up)
 
-    def _raw(self, tensors: Tensors) -> bytes:
-        """A faulty client's blob: the uplink's codec, fresh (the client's own keeps its honest
-        state), or plain fp32 where that codec refuses the values (quantize and NaN)."""
-        try:
-            return build_codec(self.s.uplink_spec, self.s.adapter.layout).encode(tensors)
-        except ValueError:
-            return build_codec("fp32", self.s.adapter.layout).encode(tensors)
+    def _encode(self, upload: Message | None, losses: list[float], decode_s: float) -> Reply:
+        s = self.s
+        reply = Reply(
+            blob=None,
+            num_examples=s.federation.clients[self.client].num_examples,
+            steps=len(losses),
+            train_loss=sum(losses) / len(losses),
+            down_decode_s=decode_s,
+            peaks=peaks(s.placement.device),
+        )
+        if upload is None:
+            return reply
+        tensors = message_tensors(upload)
+        t0 = time.perf_counter()
+        blob = self.sender.encode(tensors)
+        encode_s = time.perf_counter() - t0
+        # What the server will see, for the ledger's error column (the blob is what it decodes).
+        received = self.sender.last_received  # the codec's own reconstruction: no second decode
+        return replace(
+            reply,
+            blob=blob,
+            up_encode_s=encode_s,
+            up_rel_error=relative_error(tensors, received) if received is not None else 0.0,
+            up_raw_bytes=fp32_bytes(tensors),
+        )
 
     def state_dict(self) -> Tensors:
         state = {**prefixed("state/", self.state), **prefixed("sender/", self.sender.state_dict())}
-        if self.noise is not None and self.noise.secret is not None:  # the client's own; never sent
-            state["privacy/secret"] = torch.tensor([self.noise.secret], dtype=torch.int64)
+        for f in self.filters:
+            state.update(f.state_dict())
         return state
 
     def load_state_dict(self, state: Tensors) -> None:
         self.state = {k: v.clone() for k, v in unprefixed("state/", state).items()}
         self.sender.load_state_dict(unprefixed("sender/", state))
-        if self.noise is not None and "privacy/secret" in state:
-            self.noise.secret = int(state["privacy/secret"][0])
+        for f in self.filters:
+            f.load_state_dict(state)
 
 
 class ServerRole:
@@ -131,7 +137,7 @@ class ServerRole:
         self.decoder = session.uplink_decoder()
         self.ledger = Ledger()
         self.updates: list[ClientUpdate] = []
-        self.train_losses: dict[int, float] = {}
+        self.train_losses: dict[int, float | None] = {}
         self.client_peaks: list[dict] = []
         self.placement = {"device": str(session.placement.device), "precision": session.placement.precision}
         self.recorded_placement: dict | None = None
@@ -162,62 +168,123 @@ class ServerRole:
         message = self.method.broadcast(rnd, c)
         if message is None:
             return None
-        tensors = to_wire(message)
+        message = as_message(message)
+        tensors = message_tensors(message)
         t0 = time.perf_counter()
         blob = sender.encode(tensors)
         t1 = time.perf_counter()
         decoded = sender.last_received  # None: lossless, the client decodes `tensors`
-        self.method.delivered(rnd, c, message if decoded is None else from_wire(decoded))
+        self.method.delivered(rnd, c, message if decoded is None else read_message(decoded))
         err = relative_error(tensors, decoded) if decoded is not None else 0.0
         self.ledger.add(rnd, c, DOWN, len(blob), fp32_bytes(tensors), err, t1 - t0, 0.0)
         return blob
 
-    def decode(self, rnd: int, client: int, blob: bytes, metrics: dict) -> Tensors:
-        """Bills the upload, then decodes it (PayloadError for a blob that cannot be decoded safely)."""
+    # ---- uploads -------------------------------------------------------------------------------
+    def receive(self, rnd: int, uploads: list[Upload], log: Callable[[str], None] = _quiet) -> Receipt:
+        """Takes a round's uploads (in the order they are to be applied): checks each reply, bills
+        its blob, drops the too stale, decodes, screens the decoded ones together (norms are judged
+        against each other) and admits those that pass. The rest are logged and left out."""
+        got = Receipt()
+        local_steps = self.s.local_steps
+        max_staleness = self.s.cfg.hybrid.max_staleness
+        decoded: list[tuple[Upload, Reply, int, Tensors | None]] = []
+        for up in uploads:
+            if up.error is not None or up.reply is None:
+                log(f"round {rnd}: client {up.client} failed ({up.error}): left out")
+                if up.gone and up.origin == rnd:
+                    self.ledger.mark_undelivered(rnd, up.client)
+                continue
+            got.arrived.append(up.client)
+            reply = up.reply
+            problem = reply.problem(local_steps, loss_withheld=self.loss_withheld)
+            if problem is not None:
+                if isinstance(reply.blob, bytes):  # its bytes crossed the wire all the same
+                    self.ledger.add(rnd, up.client, UP, len(reply.blob), 0, 0.0, 0.0, 0.0)
+                got.rejected[up.client] = f"bad reply: {problem}"
+                continue
+            if reply.steps < local_steps:
+                got.partial[str(up.client)] = reply.steps  # the steps it had time for
+            staleness = rnd - up.origin
+            if staleness > max_staleness:
+                # Too old to help; its bytes crossed the wire all the same.
+                log(
+                    f"round {rnd}: dropped client {up.client}'s update from round {up.origin} "
+                    f"(staleness {staleness} > {max_staleness})"
+                )
+                if reply.blob is not None:
+                    self._bill_upload(rnd, up.client, reply, 0.0)
+                got.dropped.append(up.client)
+                continue
+            decoded.append((up, reply, staleness, self._decode(rnd, up.client, reply, got.rejected)))
+        # Per-owner data: only the client knows its count; its claim is capped in close_round instead.
+        known = None if claims_counted(self.s) else self.s.federation.clients
+        candidates = [
+            Candidate(up.client, tensors, reply.num_examples, known[up.client].num_examples if known else None)
+            for up, reply, _, tensors in decoded
+            if tensors is not None
+        ]
+        server = self.s.cfg.server
+        if self.noise is not None:  # one client's admission may not depend on the others' data
+            server = server.model_copy(update={"norm_factor": None})
+        got.rejected.update(screen(self.method, rnd, candidates, server))
+        for up, reply, staleness, tensors in decoded:
+            if up.client in got.rejected:
+                log(f"round {rnd}: rejected client {up.client}'s upload: {got.rejected[up.client]}")
+                continue
+            if staleness:
+                got.stale[str(up.client)] = staleness
+            self._admit(up.client, tensors, reply, staleness)
+        return got
+
+    @property
+    def loss_withheld(self) -> bool:
+        """Clients keep their train loss to themselves (local DP)."""
+        return self.s.privacy is not None and self.s.privacy.mode == "local"
+
+    def _decode(self, rnd: int, client: int, reply: Reply, rejected: dict[int, str]) -> Tensors | None:
+        """The upload's tensors (None: nothing sent, or rejected as undecodable); billed either way."""
+        if reply.blob is None:
+            return None
         t0 = time.perf_counter()
         try:
-            return without_markers(self.decoder.decode(blob, self.method.accepts))
+            return dict(read_message(self.decoder.decode(reply.blob, self.method.accepts)))
+        except PayloadError as exc:
+            rejected[client] = f"undecodable: {exc}"
+            return None
         finally:
-            self._bill_upload(rnd, client, blob, metrics, time.perf_counter() - t0)
+            self._bill_upload(rnd, client, reply, time.perf_counter() - t0)
 
-    def admit(self, client: int, tensors: Tensors | None, metrics: dict, staleness: int = 0) -> None:
+    def _admit(self, client: int, tensors: Tensors | None, reply: Reply, staleness: int = 0) -> None:
         """Takes a checked upload into the round (None: a method that sends nothing)."""
-        self.train_losses[client] = metrics["train_loss"]
-        self.client_peaks.append(metrics)
+        self.train_losses[client] = reply.train_loss
+        self.client_peaks.append(reply.peaks)
         if tensors is not None:
-            num_examples = self.s.federation.clients[client].num_examples
+            num_examples = weight_of(self.s, client, reply.num_examples)  # a claim where only the client knows
             self.updates.append(ClientUpdate(client, tensors, num_examples, staleness))
 
-    def count_dropped(self, rnd: int, client: int, blob: bytes | None, metrics: dict) -> None:
-        """An upload that arrived too stale to use: not aggregated, but its bytes are on the bill."""
-        if blob is not None:
-            self._bill_upload(rnd, client, blob, metrics, 0.0)
-
-    def _bill_upload(self, rnd: int, client: int, blob: bytes, metrics: dict, decode_s: float) -> None:
+    def _bill_upload(self, rnd: int, client: int, reply: Reply, decode_s: float) -> None:
+        assert reply.blob is not None
         self.ledger.add(
-            rnd,
-            client,
-            UP,
-            len(blob),
-            metrics.get("up_raw_bytes", 0),
-            metrics.get("up_rel_error", 0.0),
-            metrics.get("up_encode_s", 0.0),
-            decode_s,
+            rnd, client, UP, len(reply.blob), reply.up_raw_bytes, reply.up_rel_error, reply.up_encode_s, decode_s
         )
 
     def close_round(self, rnd: int) -> dict:
         """Aggregates what arrived (in client order, so arrival order never changes the result) and
         returns the round's record so far: clients, bytes, train loss, the method's metrics."""
         updates = sorted(self.updates, key=lambda u: u.client)
-        if self.noise is not None:
-            method_metrics = self.noise.aggregate(self.method, rnd, updates)
-        else:
-            method_metrics = self.method.aggregate(rnd, updates)
+        updates, capped = cap_updates(self.s, updates)  # claims above server.max_client_weight
+        # Central DP wraps the method's aggregate: clip, noise, then the method's dp_aggregate.
+        aggregate = self.noise.around(self.method) if self.noise is not None else self.method.aggregate
+        method_metrics = aggregate(rnd, updates)
         record = {"round": rnd, "clients": [u.client for u in updates] or sorted(self.train_losses)}
         record.update(self.ledger.round_summary(rnd))
         losses = [self.train_losses[c] for c in sorted(self.train_losses)]
-        record["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
+        # NaN when nobody reported one, or when clients withhold theirs (local DP)
+        known = [x for x in losses if x is not None]
+        record["train_loss"] = sum(known) / len(known) if known and len(known) == len(losses) else float("nan")
         record.update(method_metrics or {})
+        if capped:
+            record["capped"] = capped
         if self.s.privacy is not None:
             record["epsilon"] = self.s.privacy.epsilon(rnd)  # a bound for every client after rnd rounds
         self.updates, self.train_losses = [], {}
@@ -236,6 +303,26 @@ class ServerRole:
             return {}
         self.recorded_placement = self.placement
         return dict(self.placement)
+
+    def sampling_key(self) -> str | int:
+        """What seeds the round's client sample: under central DP the server's secret (the
+        accountant's amplification by sampling needs a sample nobody can recompute), else the seed."""
+        return self.noise.sampling_seed if self.noise is not None else self.s.cfg.seed
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self) -> tuple[Tensors, dict]:
+        """The server's tensors and its part of the checkpoint's metadata (the per-client store,
+        flushed now, and the placement last recorded)."""
+        return self.state_dict(), {"server_store": self.store.flush(), "placement": self.recorded_placement}
+
+    def committed(self) -> None:
+        """The checkpoint is written: state files it no longer names may go."""
+        self.store.prune()
+
+    def restore(self, state: Tensors, meta: dict) -> None:
+        self.store.load(meta.get("server_store", {}))
+        self.load_state_dict(state)
+        self.recorded_placement = meta.get("placement")
 
     def state_dict(self) -> Tensors:
         """The server's own state; what it keeps per client is in the store (flushed with it)."""

@@ -7,8 +7,10 @@ training is client/, evaluation evaluation.py, the round the driver.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,29 +22,44 @@ from ..hardware import Placement
 from ..models import LoraAdapter, build_model
 from ..strategies import ClientUpdate, Method, MethodContext, adapter_spec, build_method
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..data.federation import Federation
+    from ..privacy.plan import Plan
+
 
 @dataclass
 class Session:
     cfg: Config
-    model: object
-    tokenizer: object
+    model: torch.nn.Module
+    """The base model with the run's LoRA attached (a peft model)."""
+    tokenizer: PreTrainedTokenizerBase
     adapter: LoraAdapter
-    federation: object
+    federation: Federation
     method: Method
+    """The method's server half (its global state); the clients' hooks run on `client_method`."""
+    client_method: Method
+    """A separate instance for the client hooks (one per process, as on Flower), so that a client
+    hook never sees server state in-process either."""
     uplink_spec: str
     downlink_spec: str
     placement: Placement
-    privacy: object = None
-    """privacy.plan.Plan under privacy.mode = central | local, else None."""
+    privacy: Plan | None = None
+    """The resolved noise and guarantee under privacy.mode = central | local, else None."""
 
     @classmethod
-    def build(cls, cfg: Config, log=print, caps=None) -> Session:
-        """caps: the hardware's Capabilities (detected when None; tests inject them)."""
+    def build(cls, cfg: Config, log=print, caps=None, model=None, data=None) -> Session:
+        """caps: the hardware's Capabilities (detected when None; tests inject them). model: a
+        (peft model, tokenizer) built earlier by build_model for this very model, adapter spec,
+        seed and placement, its adapter back at its initial values (the resident worker's cache).
+        data: where the federation comes from, `data(cfg, tokenizer) -> Federation` (None: the
+        whole of data.source; data/owners.py gives a node's own owner, or only the owners' names)."""
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         placement = Placement.resolve(cfg.train.device, cfg.train.precision, cfg.model.dtype, caps)
         spec = adapter_spec(cfg.method, cfg.params, cfg.lora.r, cfg.lora.alpha)
-        peft_model, tok = build_model(cfg, placement, log, spec)
+        peft_model, tok = model if model is not None else build_model(cfg, placement, log, spec)
         adapter = LoraAdapter(peft_model)
         ctx = MethodContext(
             layout=adapter.layout,
@@ -54,8 +71,12 @@ class Session:
             lora_r=cfg.lora.r,
         )
         method = build_method(cfg.method, cfg.params, ctx)
+        client_method = copy.deepcopy(method)  # before anything happened to it: a fresh instance
         t0 = time.perf_counter()
-        federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
+        if data is None:
+            federation = build_federation(cfg.data, tok, cfg.seed, pooled=method.mode.pooled)
+        else:
+            federation = data(cfg, tok)
         federation.build_seconds = time.perf_counter() - t0
         log(f"federation of {len(federation.clients)} clients built in {federation.build_seconds:.1f} s")
         session = cls(
@@ -65,6 +86,7 @@ class Session:
             adapter,
             federation,
             method,
+            client_method,
             cfg.uplink.codec or method.default_uplink,
             cfg.downlink.codec or method.default_downlink,
             placement,

@@ -22,7 +22,8 @@ MEAN_KEYS = ("acc", "acc_norm", "chance", "rougeL", "exact")
 
 def set_metrics(s, name: str, metrics: list[str]) -> dict:
     """{acc, acc_norm, chance, choice_n} for "choice", {rougeL} for "rouge", {exact} for "exact"
-    (with generate_n, the examples generated for) on eval set `name`."""
+    (with generate_n, the examples generated for), {acc, acc_se, macro_f1, chance, majority,
+    classify_n, confusion} for "classify" on eval set `name`."""
     examples = s.federation.eval_examples[name]
     out: dict = {}
     if "choice" in metrics:
@@ -30,6 +31,8 @@ def set_metrics(s, name: str, metrics: list[str]) -> dict:
         qs = questions(examples, pool, s.cfg.eval.choices, s.cfg.seed, name)
         result = choice_metrics(qs, lambda q: loglikelihoods(s, q))
         out.update(acc=result["acc"], acc_norm=result["acc_norm"], chance=result["chance"], choice_n=result["n"])
+    if "classify" in metrics:
+        out.update(classify_set(s, examples))
     if "rouge" in metrics or "exact" in metrics:
         picked = generation_sample(s.cfg.seed, name, len(examples), s.cfg.eval.generate_examples)
         chosen = [examples[i] for i in picked]
@@ -51,6 +54,20 @@ def means(per_set: dict[str, dict]) -> dict:
         if values:
             out[key] = sum(values) / len(values)
     return out
+
+
+def pooled_means(s, per_set: dict[str, dict], metrics: list[str]) -> tuple[dict, dict | None]:
+    """`means(per_set)` and, for "classify", its figures pooled over every judged item instead (each set
+    holds only a few of them) with the pooled confusion matrix ({labels, confusion}); else None."""
+    out = means(per_set)
+    if "classify" not in metrics:
+        return out, None
+    from .classify import pooled
+
+    everything = pooled(per_set, s.federation.labels)
+    matrix = {k: everything.pop(k) for k in ("labels", "confusion")}
+    out.update(everything)
+    return out, matrix
 
 
 def generation_sample(seed: int, name: str, total: int, size: int) -> list[int]:
@@ -85,6 +102,22 @@ def loglikelihoods(s, qs: list[Question], batch: int = CHOICE_BATCH) -> list[lis
         out.append(sums[at : at + len(q.candidates)])
         at += len(q.candidates)
     return out
+
+
+def classify_set(s, examples: list[dict]) -> dict:
+    """acc, acc_se, macro_f1, chance, majority, classify_n and the sparse confusion matrix of the held-out
+    examples of a classify task: each label scored after the shared prompt (scoring/classify.py)."""
+    from ..data.classify import CLASS
+    from .classify import confusion, from_confusion, predict, score_shared, sparse
+
+    labels = s.federation.labels
+    index = {label: k for k, label in enumerate(labels)}
+    label_ids = response_token_ids(labels, s.tokenizer)
+    room = _context(s) - max(len(ids) for ids in label_ids)
+    prompts = [p[-room:] for p in prompt_token_ids(examples, s.tokenizer, s.cfg.data.template)]
+    scores = score_shared(s.model, prompts, label_ids, eos_id(s.tokenizer), s.tokenizer.pad_token_id, s.placement)
+    m = confusion([index[ex[CLASS]] for ex in examples], predict(scores), len(labels))
+    return {**from_confusion(m), "confusion": sparse(m)}
 
 
 def generations(s, examples: list[dict], batch: int = GENERATE_BATCH) -> list[str]:

@@ -1,46 +1,12 @@
-"""Method registry: name -> Method class. One file per method, one line here."""
+"""Methods: one file per method, one line in the catalog (registry.py's METHODS)."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import METHODS
 from .base import AdapterSpec, ClientUpdate, Method, MethodContext, RunMode
-
-METHODS: Registry[type[Method]] = Registry("method")
-
-
-def _register() -> None:
-    from .cg_fedllm import CGFedLLM
-    from .fed_dare import FedDARE
-    from .fed_sb import FedSB
-    from .fedavg import FedAvg
-    from .fedsrd import FedSRD, FedSRDe
-    from .ffa_lora import FFALoRA
-    from .flexlora import FlexLoRA
-    from .gradualdiff import GradualDiff
-    from .local import Centralized, Local
-    from .lora_xs import LoraXS
-
-    for cls in (
-        FedAvg,
-        Local,
-        Centralized,
-        FedSRD,
-        FedSRDe,
-        FFALoRA,
-        FedDARE,
-        FlexLoRA,
-        CGFedLLM,
-        GradualDiff,
-        FedSB,
-        LoraXS,
-    ):
-        METHODS.register(cls.name)(cls)
-
-
-_register()
 
 
 def build_method(name: str, params: dict, ctx: MethodContext) -> Method:

@@ -2,48 +2,39 @@
 
 A method never sees bytes, clients' data or the network. The runtime calls, per round:
 
-    msg   = method.broadcast(round, client)              # server -> downlink codec -> client
-    method.begin_client(round, client)                   # client: self.turn = ClientTurn(round, client)
-    start = method.client_receive(client_state, msg)     # client: adapter to train from
+    msg   = method.broadcast(round, client)                          # server -> downlink codec -> client
+    start = client_method.client_receive(client_state, msg, turn=turn)   # client: adapter to train from
     ... local training of the trainable tensors ...
-    upd   = method.client_upload(client_state, start, trained)   # client -> uplink codec -> server
-    method.aggregate(round, [ClientUpdate, ...])          # server: new global state
+    upd   = client_method.client_upload(client_state, start, trained, turn=turn)  # client -> uplink -> server
+    method.aggregate(round, [ClientUpdate, ...])                      # server: new global state
+
+The server half and the client half never share an instance: every runtime builds the method once
+for the server (`Session.method`) and once for its clients (`Session.client_method`), so a client
+hook that read server state would fail in-process as it would on Flower.
 
 `client_state` is a flat dict of tensors that the runtime keeps for that client (in memory and in
 checkpoints for the in-process runtime, in `context.state` on Flower), so the client hooks must
 keep everything they need across rounds in it. A method that wants the adapter at intermediate
 local steps names them in `snapshot_steps`; client_upload then finds each one in the state as
-f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept). The client hooks find the
-round and the client they run for in `self.turn` (set by `begin_client`; None when a caller drives
-the hooks without saying, as unit tests may): a method that draws a random mask seeds it from them,
-so both ends can redraw it and only the values travel (codecs/seeded.py).
+f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept). The client hooks get the
+round and the client they run for as `turn` (a ClientTurn; None when a caller drives the hooks
+without saying, as unit tests may): a method that draws a random mask seeds it from them, so both
+ends can redraw it and only the values travel (codecs/seeded.py).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ..codecs.wire import MARKERS
+from ..codecs.wire import Message
 from ..tensors import Layout, Tensors, clone, prefixed
 
 SNAPSHOT = "snapshot/"
-WHOLE = MARKERS[0]
-"""On the wire a whole Message carries this one-element tensor too (codecs see tensors only)."""
-MASK_SEED = MARKERS[1]
-"""A message whose random mask both ends draw carries its seed as this marker (codecs/seeded.py)."""
-
-
-class Message(dict):
-    """What a method broadcasts: tensors by name, and whether they are the whole of what the
-    client should hold (`whole`, e.g. a catch-up state) or a change to add to it."""
-
-    def __init__(self, tensors: Tensors | None = None, whole: bool = False):
-        super().__init__(tensors or {})
-        self.whole = whole
 
 
 def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> str | None:
@@ -57,25 +48,6 @@ def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> s
         if tuple(tensors[name].shape) != tuple(shape):
             return f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
     return None
-
-
-def to_wire(message: Tensors | None) -> Tensors | None:
-    """The tensors a codec encodes for `message` (its flag as a marker entry)."""
-    if message is None:
-        return None
-    return {**message, WHOLE: torch.ones(1)} if getattr(message, "whole", False) else dict(message)
-
-
-def from_wire(tensors: Tensors | None) -> Message | None:
-    """The Message a decoded downlink blob holds (its markers read and left out)."""
-    if tensors is None:
-        return None
-    return Message(without_markers(tensors), whole=WHOLE in tensors)
-
-
-def without_markers(tensors: Tensors) -> Tensors:
-    """The tensors of a decoded message, less the wire's markers (a mask seed is the codec's business)."""
-    return {k: v for k, v in tensors.items() if k not in MARKERS}
 
 
 @dataclass(frozen=True)
@@ -153,7 +125,8 @@ class ClientTurn:
 class ClientUpdate:
     client: int
     tensors: Tensors
-    num_examples: int
+    num_examples: float
+    """Its weight: the examples it holds (per-owner data: its claim, capped at server.max_client_weight)."""
     staleness: int = 0
     metrics: dict = field(default_factory=dict)
 
@@ -174,8 +147,7 @@ class Method:
         self.params = params
         self.ctx = ctx
         self.adapter: Tensors = clone(ctx.init_adapter)
-        self.turn: ClientTurn | None = None
-        """The round and client of the client hooks' current call (see begin_client)."""
+        self._shapes: dict[str, tuple[int, ...]] | None = None  # upload_shapes(), computed on first use
 
     @classmethod
     def adapter_spec(cls, params: BaseModel, lora_r: int, lora_alpha: float) -> AdapterSpec:
@@ -188,7 +160,8 @@ class Method:
 
     def broadcast(self, rnd: int, client: int) -> Tensors | Message | None:
         """What the server sends `client` at the start of round `rnd` (1-based); None = nothing.
-        A `Message(tensors, whole=True)` says the tensors replace what the client holds.
+        A `Message(tensors, whole=True)` says the tensors replace what the client holds; a
+        `Message(tensors, mask_seed=s)` that both ends draw its random mask from `s` (codecs/seeded.py).
 
         Default: the global adapter, except while it is still the initial one, which every
         participant builds from the shared seed: sending it would only inflate the bill."""
@@ -206,7 +179,7 @@ class Method:
         forgotten here (it comes back through `attach_client`)."""
         return {}
 
-    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+    def delivered(self, rnd: int, client: int, received: Message) -> None:
         """What `client` decoded from this round's message (after the downlink codec); methods that
         track each client's copy of the global state use it, so lossy downlinks never drift."""
 
@@ -239,18 +212,15 @@ class Method:
         self.adapter = {k: state[f"adapter/{k}"].clone() for k in self.ctx.layout.names}
 
     # ---- client side (pure over client_state) -----------------------------------------------
-    def begin_client(self, rnd: int, client: int) -> None:
-        """Called by the runtime before this client's client_receive / client_upload of round
-        `rnd`: the hooks read `self.turn`. Their signatures stay as they are, so overrides written
-        without it keep working."""
-        self.turn = ClientTurn(rnd, client)
-
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         """Returns the adapter the client trains from this round."""
         return self.ctx.init_adapter if message is None else message
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors | None:
-        """Default: the delta over all tensors this method trains."""
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors | Message | None:
+        """What the client sends (a Message for side information such as a mask seed). Default:
+        the delta over all tensors this method trains."""
         return {k: trained[k] - start[k] for k in trained if self.trainable(k)}
 
     def snapshot_steps(self, rnd: int, local_steps: int) -> list[int]:
@@ -270,34 +240,26 @@ class Method:
     def accepts(self, name: str, shape: tuple[int, ...]) -> bool:
         """Whether an upload may carry this tensor at all: the uplink decoder refuses any other
         before it allocates anything. Default: a trained tensor of the layout, in its shape."""
-        return self._upload_shapes().get(name) == tuple(shape)
+        return self.upload_shapes().get(name) == tuple(shape)
 
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
         """Why this decoded upload cannot be aggregated, or None. Default: exactly the trained
         tensors of the layout, with their shapes (what `client_upload` sends)."""
-        return layout_mismatch(tensors, self._upload_shapes())
+        return layout_mismatch(tensors, self.upload_shapes())
 
-    def _upload_shapes(self) -> dict[str, tuple[int, ...]]:
-        if getattr(self, "_shapes", None) is None:
+    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of what an upload carries. Default: the trained tensors of the layout."""
+        if self._shapes is None:
             layout = self.ctx.layout
             self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes) if self.trainable(n)}
         return self._shapes
 
-    # ---- differential privacy (privacy/, docs/PRIVACY.md) ---------------------------------------
-    def dp_contribution(self, update: ClientUpdate) -> Tensors:
-        """Central DP: the tensors of one client's contribution, such that this round's aggregate is
-        a function of their uniform mean alone (clipped and noised by the server in between)."""
-        raise NotImplementedError
-
-    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
-        """Central DP: the new global state from the noised mean of the contributions (`updates`
-        only for who took part, never their values). Returns metrics for rounds.jsonl."""
-        raise NotImplementedError
-
+    # ---- differential privacy (privacy/, docs/PRIVACY.md; central DP: the CentralDP mixin) -----
     @classmethod
     def central_dp_support(cls, params) -> str | None:
-        """Why central DP cannot run this method; None when dp_contribution / dp_aggregate express it."""
-        if cls.dp_contribution is Method.dp_contribution:
+        """Why central DP cannot run this method; None when it is a CentralDP (dp_contribution /
+        dp_aggregate express its aggregate)."""
+        if not issubclass(cls, CentralDP):
             return "its aggregate is not declared as a function of the mean of per-client contributions"
         return None
 
@@ -330,11 +292,28 @@ class Method:
         return self.global_adapter()
 
 
-class MeanOfDeltas:
+class CentralDP(ABC):
+    """Optional mixin: a method whose aggregate central DP can run (privacy/central.py clips each
+    contribution, noises their sum and hands the method the noised mean)."""
+
+    @abstractmethod
+    def dp_contribution(self, update: ClientUpdate) -> Tensors:
+        """The tensors of one client's contribution, such that this round's aggregate is a function
+        of their uniform mean alone (clipped and noised by the server in between)."""
+
+    @abstractmethod
+    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
+        """The new global state from the noised mean of the contributions (`updates` only for who
+        took part, never their values). Returns metrics for rounds.jsonl."""
+
+
+class MeanOfDeltas(CentralDP):
     """Central DP for methods whose aggregate is global += the mean of the uploaded deltas."""
 
+    adapter: Tensors
+
     def dp_contribution(self, update: ClientUpdate) -> Tensors:
-        return without_markers(update.tensors)  # a mask seed is not part of the update
+        return dict(update.tensors)
 
     def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
         for k, v in mean.items():

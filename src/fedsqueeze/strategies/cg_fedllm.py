@@ -74,7 +74,7 @@ from ..autoencoder.compressor import CODES, DENSE_VALUES, MESSAGE_KEYS, SIZE, Ma
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import SNAPSHOT, ClientUpdate, Method, MethodContext, layout_mismatch
+from .base import SNAPSHOT, ClientTurn, ClientUpdate, Method, MethodContext, layout_mismatch
 
 ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
 SNAP_UP = "cg.snapshot/"  # + f"{step}/{name}": a TGAP upload's earlier local-step snapshot
@@ -129,6 +129,7 @@ class CGFedLLMParams(BaseModel):
 class CGFedLLM(Method):
     name = "cg-fedllm"
     Params = CGFedLLMParams
+    params: CGFedLLMParams
     default_uplink = "zstd"
     default_downlink = "fp32"
 
@@ -341,7 +342,7 @@ class CGFedLLM(Method):
         self.client_halves = {c: clone(h) for c, h in unnested("cg/client/", state).items()}
 
     # ---- client --------------------------------------------------------------------------------
-    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Tensors | None, turn: ClientTurn | None = None) -> Tensors:
         message = message or {}
         if ENCODER in message:
             state[STATE_ENCODER] = message[ENCODER].clone()
@@ -352,7 +353,9 @@ class CGFedLLM(Method):
             return self.ctx.init_adapter
         return {k: message[k] for k in self.ctx.layout.names}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         update = {k: trained[k] - start[k] for k in trained}
         if STATE_ENCODER not in state:  # TGAP: the exact update, and its earlier snapshots if asked for
             for step, snap in _snapshots(state, SNAPSHOT).items():

@@ -6,17 +6,16 @@ The mask keeps round((1-p) n) entries of each tensor, drawn from (seed, round, c
 tensor's name with codecs/seeded.py's generator: independent across clients and rounds, reproducible
 on resume. The upload carries that seed as a wire marker, so the default uplink `seeded` sends the
 kept values only and the server redraws their positions (uplink.codec = "sparse" sends them).
-A caller that drives the hooks without telling the round and client (Method.begin_client) gets the
+A caller that drives the hooks without telling the round and client (their `turn`) gets the
 mask seeded by the trained adapter's bytes instead, as before the hooks were told."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..codecs.seeded import seed_marker
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import MASK_SEED, ClientUpdate, MeanOfDeltas, Method, without_markers
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method
 
 
 class FedDAREParams(BaseModel):
@@ -28,23 +27,24 @@ class FedDAREParams(BaseModel):
 class FedDARE(MeanOfDeltas, Method):
     name = "fed-dare"
     Params = FedDAREParams
+    params: FedDAREParams
     default_uplink = "seeded"
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
-        if self.turn is not None:
-            seed = lm.mask_seed(self.ctx.seed, self.turn.round, self.turn.client, "dare")
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Message:
+        if turn is not None:
+            seed = lm.mask_seed(self.ctx.seed, turn.round, turn.client, "dare")
         else:
             seed = lm.content_seed(self.ctx.seed, trained)
         p = self.params.p
         out = {k: lm.seeded_drop(trained[k] - start[k], p, seed, k) for k in trained if self.trainable(k)}
-        if p > 0:
-            out[MASK_SEED] = seed_marker(seed)
-        return out
+        return Message(out, mask_seed=seed if p > 0 else None)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         """global += sum_i w_i upload_i (FedAvg of deltas; the uploads are unbiased estimates)."""
         weights = self.weights(updates)
         for w, u in zip(weights, updates):
-            for k, v in without_markers(u.tensors).items():
+            for k, v in u.tensors.items():
                 self.adapter[k] = self.adapter[k] + w * v.to(self.adapter[k].dtype)
         return {}

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import AdapterSpec, ClientUpdate, Message, Method, MethodContext, layout_mismatch
+from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext, layout_mismatch
 from .lora_math import R_SUFFIX
 
 BASIS = "fed_sb/basis/"
@@ -72,10 +72,11 @@ class FedSBParams(BaseModel):
 class FedSB(Method):
     name = "fed-sb"
     Params = FedSBParams
+    params: FedSBParams
     lossless_downlink = True
 
     @classmethod
-    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:
+    def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:  # type: ignore[override]
         rank = params.rank or lora_r
         basis = "svd-orthonormal" if params.init == "svd-base" else None
         return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True, basis=basis)
@@ -120,7 +121,7 @@ class FedSB(Method):
             return self.trainable
         return lambda name: not name.endswith(R_SUFFIX)
 
-    def _upload_shapes(self) -> dict[str, tuple[int, ...]]:
+    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._phase_shapes(self.fixed)
 
     def _phase_shapes(self, fixed: bool) -> dict[str, tuple[int, ...]]:
@@ -128,7 +129,7 @@ class FedSB(Method):
         if fixed:
             return {r: (self.rank, self.rank) for _, _, r in self.triples}
         shapes = dict(zip(self.ctx.layout.names, self.ctx.layout.shapes))
-        out = {}
+        out: dict[str, tuple[int, ...]] = {}
         for a, b, _ in self.triples:
             out[a] = (self.warm_rank, shapes[a][1])
             out[b] = (shapes[b][0], self.warm_rank)
@@ -139,7 +140,7 @@ class FedSB(Method):
         return any(self._phase_shapes(fixed).get(name) == tuple(shape) for fixed in (False, True))
 
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
-        why = layout_mismatch(tensors, self._upload_shapes())
+        why = layout_mismatch(tensors, self.upload_shapes())
         if why and self.fixed:
             return f"{why} (fed-sb has fixed B and A: uploads carry R only)"
         return why
@@ -157,25 +158,27 @@ class FedSB(Method):
         basis = {k: self.adapter[k] for a, b, _ in self.triples for k in (a, b)}
         return Message({**basis, **r_only}, whole=True)
 
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         if message is None:
             state[PHASE] = torch.tensor(int(self.svd_base))
             return self.warm_init
-        with_basis = getattr(message, "whole", False) or any(not k.endswith(R_SUFFIX) for k in message)
+        with_basis = message.whole or any(not k.endswith(R_SUFFIX) for k in message)
         dtypes = {k: v.dtype for k, v in self.ctx.init_adapter.items()}
-        message = {k: v.to(dtypes[k]) for k, v in message.items()}
+        values = {k: v.to(dtypes[k]) for k, v in message.items()}
         if with_basis:
             for a, b, _ in self.triples:
-                state[BASIS + a], state[BASIS + b] = message[a], message[b]
+                state[BASIS + a], state[BASIS + b] = values[a], values[b]
         basis = unprefixed(BASIS, state)
         if self.svd_base:
             basis = {k: v for k, v in self.warm_init.items() if not k.endswith(R_SUFFIX)}
         if not basis:
             raise ValueError("fed-sb: an R-only message reached a client that holds no B and A")
         state[PHASE] = torch.tensor(1)
-        return {k: basis[k] if k in basis else message[k] for k in self.ctx.layout.names}
+        return {k: basis[k] if k in basis else values[k] for k in self.ctx.layout.names}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         if int(state.get(PHASE, torch.tensor(0))) == 1:
             return {r: trained[r] - start[r] for _, _, r in self.triples}
         w = self.warm_rank

@@ -3,9 +3,11 @@ the server takes the (example- or uniform-) weighted mean. A and B are averaged 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
-from .base import ClientUpdate, MeanOfDeltas, Method, NoParams
+import torch
+
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Method, NoParams
 
 
 class FedAvgParams(NoParams):
@@ -17,18 +19,19 @@ class FedAvgParams(NoParams):
 class FedAvg(MeanOfDeltas, Method):
     name = "fedavg"
     Params = FedAvgParams
+    params: FedAvgParams
 
-    def client_upload(self, state, start, trained):
+    def client_upload(self, state, start, trained, turn: ClientTurn | None = None):
         if self.params.upload == "adapter":
             return {k: v for k, v in trained.items() if self.trainable(k)}
-        return super().client_upload(state, start, trained)
+        return super().client_upload(state, start, trained, turn)
 
     def aggregate(self, rnd: int, updates: list[ClientUpdate]) -> dict:
         if not updates:
             return {}
         weights = self.weights(updates, renormalize=self.params.upload == "adapter")
         for k in updates[0].tensors:
-            mean = sum(w * u.tensors[k] for w, u in zip(weights, updates))
+            mean = cast(torch.Tensor, sum(w * u.tensors[k] for w, u in zip(weights, updates)))
             self.adapter[k] = mean if self.params.upload == "adapter" else self.adapter[k] + mean
         return {}
 

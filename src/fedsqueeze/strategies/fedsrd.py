@@ -82,18 +82,21 @@ staleness model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..codecs.grid import snap
-from ..codecs.seeded import seed_marker
+from ..codecs.wire import message_tensors, read_message
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import MASK_SEED, ClientUpdate, Message, Method, MethodContext, without_markers
+from .base import CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
 
 STATE_PREFIX = "global_delta/"
+Target = Callable[[lm.LoraPair], tuple[torch.Tensor, torch.Tensor]]
+"""A layer's new W_r as factors (L, R), L @ R."""
 WIRE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -136,9 +139,10 @@ class FedSRDParams(BaseModel):
         return self
 
 
-class FedSRD(Method):
+class FedSRD(CentralDP, Method):
     name = "fedsrd"
     Params = FedSRDParams
+    params: FedSRDParams
     default_uplink = "sparse"
     lossless_downlink = True
     truncate: ClassVar[bool] = True
@@ -148,7 +152,7 @@ class FedSRD(Method):
         super().__init__(params, ctx)
         self.pairs = lm.lora_pairs(ctx.layout.names)
         self.cumulative: Tensors = {k: torch.zeros_like(v) for k, v in ctx.init_adapter.items()}
-        self.last_delta: Tensors = {}
+        self.last_delta = Message()
         self.feedback: Tensors = {}
         """download_feedback: per moved tensor, what its broadcasts have left out so far."""
         self.version = 0
@@ -177,25 +181,27 @@ class FedSRD(Method):
         if held == sent == self.version:
             return None
         if self.params.decompose and held == sent == self.version - 1:
-            return Message(self.last_delta)
+            return self.last_delta.carrying(dict(self.last_delta))
         return Message(self.cumulative, whole=True)  # C itself (a delta may hold every tensor too)
 
-    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         init = self.ctx.init_adapter
         cumulative = {k: state.get(STATE_PREFIX + k, torch.zeros_like(v)) for k, v in init.items()}
         if message is not None:
-            whole = getattr(message, "whole", False)
-            message = {k: v.to(init[k].dtype) for k, v in without_markers(message).items()}
+            whole = message.whole
+            values = {k: v.to(init[k].dtype) for k, v in message.items()}
             if whole:
-                cumulative = message
+                cumulative = values
             else:
-                cumulative = {k: cumulative[k] + message[k] if k in message else cumulative[k] for k in init}
+                cumulative = {k: cumulative[k] + values[k] if k in values else cumulative[k] for k in init}
         for k, v in cumulative.items():
             state[STATE_PREFIX + k] = v
         return _plus(init, cumulative)
 
     # ---- client: sparsify ----------------------------------------------------------------------
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         p = self.params
         rng = lm.generator_for(lm.content_seed(self.ctx.seed, trained), "upload")
         out: Tensors = {}
@@ -230,7 +236,7 @@ class FedSRD(Method):
         weights = lm.normalized(self.weights(updates))  # W is an average of B_i A_i
         return self._finish(rnd, lambda pair: self._target(pair, updates, weights), updates)
 
-    def _finish(self, rnd: int, target, updates: list[ClientUpdate]) -> dict:
+    def _finish(self, rnd: int, target: Target, updates: list[ClientUpdate]) -> dict:
         """Decompose (or split) each layer's target(pair) = (L, R), L @ R = the new W_r, and apply it."""
         if self.params.decompose:
             factor = self.moved_factor(rnd)
@@ -243,13 +249,12 @@ class FedSRD(Method):
             if self.params.download_feedback:
                 held = sum(float(t.double().pow(2).sum()) for t in self.feedback.values()) ** 0.5
                 metrics["broadcast_feedback_norm"] = held
-            if self._seeded_mask():  # the marker rides with the delta (and its checkpoint)
-                delta[MASK_SEED] = seed_marker(self._mask_seed(rnd))
-            self.last_delta = delta
+            # the mask's seed rides with the delta (and its checkpoint)
+            self.last_delta = Message(delta, mask_seed=self._mask_seed(rnd) if self._seeded_mask() else None)
         else:
             new = self._dense_factors(target)
             self.cumulative = {k: new[k] - self.ctx.init_adapter[k] for k in self.cumulative}
-            self.last_delta = {}
+            self.last_delta = Message()
             metrics = {}
         self.adapter = _plus(self.ctx.init_adapter, self.cumulative)
         for u in updates:
@@ -282,7 +287,7 @@ class FedSRD(Method):
         u, s, v = lm.truncated_svd_factored(left, right, rank=self.adapter[pair.a].shape[0])
         return u * s[None, :], v.T
 
-    def _decomposed_delta(self, rnd: int, factor: str, target) -> Tensors:
+    def _decomposed_delta(self, rnd: int, factor: str, target: Target) -> Tensors:
         """The sparse broadcast delta of `factor` for every layer (step 8 + the download mask); with
         moves="both", then the other factor's, projected from what the first left of dW."""
         p = self.params
@@ -375,7 +380,8 @@ class FedSRD(Method):
 
     # ---- checkpoint ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", self.last_delta)}
+        last = message_tensors(self.last_delta)  # its mask seed kept as the wire writes it
+        state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", last)}
         state.update(prefixed("feedback/", self.feedback))
         state["version"] = torch.tensor(self.version)
         state["held"] = torch.tensor(sorted(self.held.items()), dtype=torch.int64).reshape(-1, 2)
@@ -384,7 +390,7 @@ class FedSRD(Method):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
-        self.last_delta = clone(unprefixed("last_delta/", state))
+        self.last_delta = read_message(clone(unprefixed("last_delta/", state)))
         self.feedback = clone(unprefixed("feedback/", state))
         self.version = int(state["version"])
         self.held = {int(c): int(v) for c, v in state["held"].tolist()}

@@ -8,6 +8,7 @@ entries between them; only d_out r travel)."""
 from __future__ import annotations
 
 from ..tensors import Tensors
+from .base import ClientTurn
 from .fedavg import FedAvg
 from .lora_math import A_SUFFIX
 
@@ -23,7 +24,7 @@ class FFALoRA(FedAvg):
             return None
         return {k: v for k, v in self.adapter.items() if self.trainable(k)}
 
-    def client_receive(self, state: Tensors, message: Tensors | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Tensors | None, turn: ClientTurn | None = None) -> Tensors:
         """The frozen tensors from the shared init, the trained ones from the message."""
         init = self.ctx.init_adapter
         if message is None:

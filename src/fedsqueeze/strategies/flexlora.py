@@ -7,11 +7,15 @@ core, see lora_math.truncated_svd_factored), never a d_out x d_in matrix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from . import lora_math as lm
-from .base import ClientUpdate, Method, MethodContext
+from .base import CentralDP, ClientUpdate, Method, MethodContext
 
 
-class FlexLoRA(Method):
+class FlexLoRA(CentralDP, Method):
     name = "flexlora"
 
     def __init__(self, params, ctx: MethodContext):
@@ -31,7 +35,7 @@ class FlexLoRA(Method):
 
         return self._split(target)
 
-    def _split(self, target) -> dict:
+    def _split(self, target: Callable[[lm.LoraPair], tuple[torch.Tensor, torch.Tensor]]) -> dict:
         """The new adapter: the balanced rank-r SVD factors of each layer's target L @ R."""
         new = {}
         for pair in self.pairs:

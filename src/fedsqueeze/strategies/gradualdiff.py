@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import ClientUpdate, MeanOfDeltas, Message, Method, NoParams
+from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method, NoParams
 
 
 class GradualDiffParams(NoParams):
@@ -42,6 +42,7 @@ class GradualDiffParams(NoParams):
 class GradualDiff(MeanOfDeltas, Method):
     name = "gradualdiff"
     Params = GradualDiffParams
+    params: GradualDiffParams
     # Half the delta: with a small fraction most of each round's update waits in the error-feedback
     # memory, a delay that costs eval loss within 10 rounds (BENCHMARKS, "GradualDiff's uplink fraction").
     default_uplink = "topk(fraction=0.5) > quantize(bits=8) > zstd"
@@ -75,7 +76,7 @@ class GradualDiff(MeanOfDeltas, Method):
                 return Message(self.adapter, whole=True)  # the adapter itself, not a difference
         return Message(diff)
 
-    def delivered(self, rnd: int, client: int, received: Tensors) -> None:
+    def delivered(self, rnd: int, client: int, received: Message) -> None:
         held = _apply(self._view(client) or self.adapter, received)
         if all(torch.equal(held[k], v) for k, v in self.adapter.items()):
             self.views.pop(client, None)
@@ -130,14 +131,16 @@ class GradualDiff(MeanOfDeltas, Method):
         self.synced = {int(c): int(r) for c, r in state["synced"].tolist()} if "synced" in state else {}
 
     # ---- client ---------------------------------------------------------------------------------
-    def client_receive(self, state: Tensors, message: Tensors) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         known = unprefixed("global/", state)
         held = _apply({k: known.get(k, v) for k, v in self.ctx.init_adapter.items()}, message)
         state.update(prefixed("global/", held))
         return clone(held)
 
 
-def _apply(held: Tensors, message: Tensors) -> Tensors:
-    if getattr(message, "whole", False):
+def _apply(held: Tensors, message: Message | None) -> Tensors:
+    if message is None:
+        return held
+    if message.whole:
         return {k: message[k].clone() if k in message else v for k, v in held.items()}
     return {k: held[k] + message[k] if k in message else held[k] for k in held}

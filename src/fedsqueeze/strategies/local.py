@@ -8,7 +8,7 @@ client equals `fedavg` with one client step for step.
 from __future__ import annotations
 
 from ..tensors import Tensors
-from .base import ClientUpdate, Method, RunMode
+from .base import ClientTurn, ClientUpdate, Message, Method, RunMode
 
 
 class Local(Method):
@@ -18,10 +18,10 @@ class Local(Method):
     def broadcast(self, rnd: int, client: int) -> None:
         return None
 
-    def client_receive(self, state: Tensors, message: None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         return {k: state.get(f"adapter/{k}", v) for k, v in self.ctx.init_adapter.items()}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> None:
+    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None) -> None:
         for k, v in trained.items():
             state[f"adapter/{k}"] = v.detach().clone()
         return None

@@ -43,7 +43,8 @@ def lora_pairs(names) -> list[LoraPair]:
     factor methods need every tensor to be one half of a pair."""
     names = list(names)
     present = set(names)
-    pairs, paired = [], set()
+    pairs: list[LoraPair] = []
+    paired: set[str] = set()
     for name in names:
         if name.endswith(A_SUFFIX):
             prefix = name[: -len(A_SUFFIX)]

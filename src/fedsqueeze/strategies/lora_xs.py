@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..codecs.grid import snap
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
-from .base import AdapterSpec, ClientUpdate, Message, Method, MethodContext
+from .base import AdapterSpec, CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
 from .lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX
 
 HELD = "lora_xs/R/"
@@ -63,13 +63,14 @@ class LoraXSParams(BaseModel):
     )
 
 
-class LoraXS(Method):
+class LoraXS(CentralDP, Method):
     name = "lora-xs"
     Params = LoraXSParams
+    params: LoraXSParams
     lossless_downlink = True
 
     @classmethod
-    def adapter_spec(cls, params: LoraXSParams, lora_r: int, lora_alpha: float) -> AdapterSpec:
+    def adapter_spec(cls, params: LoraXSParams, lora_r: int, lora_alpha: float) -> AdapterSpec:  # type: ignore[override]
         rank = params.rank or lora_r
         alpha = params.alpha if params.alpha is not None else lora_alpha * rank / lora_r
         return AdapterSpec(rank, alpha, core=True, basis=BASES[params.basis])
@@ -115,12 +116,12 @@ class LoraXS(Method):
             return Message(self.last_delta)
         return Message({r: self.adapter[r] for r in self.cores}, whole=True)
 
-    def client_receive(self, state: Tensors, message: Message | None) -> Tensors:
+    def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         init = self.ctx.init_adapter
         held = {r: state.get(HELD + r, init[r]) for r in self.cores}
         if message is not None:
             values = {k: v.to(init[k].dtype) for k, v in message.items()}
-            if getattr(message, "whole", False):
+            if message.whole:
                 held = values
             else:
                 held = {r: held[r] + values[r] if r in values else held[r] for r in self.cores}
@@ -128,7 +129,9 @@ class LoraXS(Method):
             state[HELD + r] = v
         return {**init, **held}
 
-    def client_upload(self, state: Tensors, start: Tensors, trained: Tensors) -> Tensors:
+    def client_upload(
+        self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None
+    ) -> Tensors:
         return {r: trained[r] - start[r] for r in self.cores}
 
     # ---- server --------------------------------------------------------------------------------
@@ -136,9 +139,12 @@ class LoraXS(Method):
         if not updates:
             return {}
         weights = self.weights(updates)  # deltas: a lone stale update counts less
-        mean = {
-            r: sum(w * u.tensors[r].to(self.adapter[r].dtype) for w, u in zip(weights, updates)) for r in self.cores
-        }
+        mean: Tensors = {}
+        for r in self.cores:
+            total = torch.zeros_like(self.adapter[r])
+            for w, u in zip(weights, updates):
+                total = total + w * u.tensors[r].to(total.dtype)
+            mean[r] = total
         return self._apply(mean, updates)
 
     def _apply(self, mean: Tensors, updates: list[ClientUpdate]) -> dict:
@@ -157,7 +163,7 @@ class LoraXS(Method):
         for u in updates:
             self.held[u.client] = self.version - u.staleness
         self.version += 1
-        metrics = {}
+        metrics: dict = {}
         if bits is not None:
             norm = sum(float(t.double().pow(2).sum()) for t in self.residual.values()) ** 0.5
             metrics["broadcast_residual_norm"] = norm

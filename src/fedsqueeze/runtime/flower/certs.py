@@ -25,7 +25,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
-    names = []
+    names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -73,12 +73,12 @@ def make_tls(folder: Path, hosts: list[str], days: int = 365) -> Tls:
         .sign(ca_key, hashes.SHA384())
     )
 
-    tls = Tls(folder / "ca.crt", folder / "server.pem", folder / "server.key")
-    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(_pem_key(key))
-    tls.key.chmod(0o600)
-    return tls
+    ca, cert_path, key_path = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+    ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)
+    return Tls(ca, cert_path, key_path)
 
 
 def make_supernode_key(folder: Path, name: str) -> tuple[Path, Path]:

@@ -92,8 +92,20 @@ def supernode_command(
     host: str = "127.0.0.1",
     root_cert: Path | None = None,
     auth_key: Path | None = None,
+    resident: Path | None = None,
+    data: Path | None = None,
 ) -> list[str]:
-    """port: this SuperNode's own ClientApp API (one per SuperNode on a machine)."""
+    """port: this SuperNode's own ClientApp API (one per SuperNode on a machine). resident: the
+    directory of the node's resident worker (its ClientApps hand their rounds to it). data: the
+    owner's own file (per-owner data, node config `data-path`) instead of a partition of a shared
+    source."""
+    from .node_data import node_config_entry
+
+    node_config = (
+        node_config_entry(data) if data is not None else f"partition-id={partition} num-partitions={partitions}"
+    )
+    if resident is not None:
+        node_config += f" resident-dir='{Path(resident).resolve()}'"
     cmd = [
         executable("flower-supernode"),
         "--superlink",
@@ -103,7 +115,7 @@ def supernode_command(
         "--port",
         str(port),
         "--node-config",
-        f"partition-id={partition} num-partitions={partitions}",
+        node_config,
     ]
     cmd += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
     if auth_key is not None:
@@ -146,6 +158,7 @@ def submit(run_config: Path, env: dict, out=sys.stdout) -> int:
         run_command(run_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     run_id = None
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         out.write(line)
         found = STARTED.search(line)

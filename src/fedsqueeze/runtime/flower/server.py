@@ -1,11 +1,9 @@
 """The server's side of a Flower Grid as a Transport: the driver's round, wired to messages.
 
 Per round the transport asks new nodes which partition they hold, sends one train message per
-reachable client with its downlink blob, and pulls replies until the driver's close rule is met
-or the wait runs out (`runtime.round_timeout`, or the rule's deadline if sooner). A client whose
-node errors is reported as failed; one that does not answer in time is given up and logged,
-unless the rule keeps late uploads, in which case its reply joins the round in which it arrives
-(until round_timeout after it was sent). In-flight replies do not survive a server restart.
+reachable client with its downlink blob, and pulls replies while the driver waits (its close rule;
+`runtime.round_timeout` is the transport's patience). A client whose node errors is reported as
+failed. In-flight replies do not survive a server restart.
 """
 
 from __future__ import annotations
@@ -18,16 +16,18 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from ... import rundir
 from ...errors import UserError
 from ...tensors import Tensors
-from ..driver import CloseRule, Driver, LogProgress, Upload, check_resumable, describe
+from ..progress import LogProgress
+from ..reply import Upload
 from ..session import Session
 from . import wire
 from .client_app import NUM_PARTITIONS, PARTITION_ID
+from .node_data import server_data
 
 # A client times its own training, not the transfers: it gets this share of the rule's budget.
 WORK_SHARE = 0.8
+POLL = 0.5  # seconds between pulls (Grid.send_and_receive waits 3 s, which would add seconds to rounds)
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Pending:
 
 class GridTransport:
     remote = True
+    simulated = False
 
     def __init__(self, session: Session, grid: Grid, log=print):
         self.s, self.grid, self.log = session, grid, log
@@ -46,6 +47,7 @@ class GridTransport:
         self.nodes: dict[int, int] = {}  # partition id -> node id
         self.ignored: set[int] = set()  # nodes whose partition does not fit this federation
         self.pending: dict[str, Pending] = {}  # message id -> the train message it answers
+        self.patience = float(self.rt.round_timeout)
 
     # ---- nodes -----------------------------------------------------------------------------------
     def discover(self) -> None:
@@ -107,42 +109,56 @@ class GridTransport:
         return found
 
     # ---- messages --------------------------------------------------------------------------------
-    def in_flight(self) -> set[int]:
-        return {p.client for p in self.pending.values()}
+    def in_flight(self) -> dict[int, int]:
+        return {p.client: p.origin for p in self.pending.values()}
 
     def client_states(self) -> list[Tensors]:
         return [{} for _ in range(self.s.num_clients)]  # they live on the clients (context.state)
 
-    def exchange(self, rnd: int, blobs: dict[int, bytes | None], rule: CloseRule, progress):
-        budget = WORK_SHARE * rule.work_seconds if rule.work_seconds is not None else None
+    def now(self) -> float:
+        return time.monotonic()
+
+    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+        budget = WORK_SHARE * work_seconds if work_seconds is not None else None
         messages = [wire.train_message(self.nodes[c], rnd, c, blob, budget) for c, blob in blobs.items()]
         now = time.monotonic()
         for client, mid in zip(blobs, push(self.grid, messages)):
             self.pending[mid] = Pending(client, rnd, now)
-        wait = self.rt.round_timeout if rule.deadline is None else min(self.rt.round_timeout, rule.deadline)
-        need = rule.need(len(messages))
 
-        def enough(replied: set[str]) -> bool:
-            if not messages:  # nobody new to wait for: close on the first late reply
-                return bool(replied)
-            return sum(1 for mid in replied if self.pending[mid].origin == rnd) >= need
-
-        replies = collect(self.grid, set(self.pending), wait, enough)
+    def poll(self, until: float) -> list[Upload]:
+        """Replies pulled by `until`: returns as soon as a pull brings any (pulls every POLL s)."""
+        while True:
+            replies = {r.metadata.reply_to_message_id: r for r in self.grid.pull_messages(list(self.pending))}
+            replies = {mid: r for mid, r in replies.items() if mid in self.pending}
+            if replies or time.monotonic() >= until:
+                break
+            time.sleep(max(0.0, min(POLL, until - time.monotonic())))
         uploads = []
         for mid, reply in replies.items():
             p = self.pending.pop(mid)
             if reply.has_error():
                 gone = reply.error.code == ErrorCode.NODE_UNAVAILABLE
-                uploads.append(Upload(p.client, p.origin, None, {}, error=reply.error.reason, gone=gone))
+                uploads.append(Upload(p.client, p.origin, None, error=reply.error.reason, gone=gone))
             else:
-                content = reply.content
-                uploads.append(Upload(p.client, p.origin, wire.unpack(content, "up"), wire.reply_metrics(content)))
-        now = time.monotonic()
-        for mid, p in list(self.pending.items()):
-            if not rule.keep_late or now - p.sent >= self.rt.round_timeout:
-                del self.pending[mid]
-                self.log(f"round {rnd}: no answer from client {p.client} within {self.rt.round_timeout} s: left out")
-        return sorted(uploads, key=lambda u: u.client), None  # client order: arrival order is not reproducible
+                uploads.append(Upload(p.client, p.origin, wire.reply_of(reply.content)))
+        return uploads
+
+    def abandon(self, client: int) -> None:
+        self.pending = {mid: p for mid, p in self.pending.items() if p.client != client}
+
+    def evaluate(self, rnd: int, blobs: dict[int, bytes]) -> dict[int, dict | None]:
+        """Evaluate messages (runtime/client_eval.py): each owner's sums and counts, None where it
+        failed or did not answer within runtime.round_timeout."""
+        messages = [wire.evaluate_message(self.nodes[c], rnd, c, blob) for c, blob in blobs.items()]
+        out: dict[int, dict | None] = {}
+        for (client, _), (_, reply) in zip(blobs.items(), exchange(self.grid, messages, self.rt.round_timeout)):
+            if reply is None or reply.has_error():
+                why = "no answer" if reply is None else reply.error.reason
+                self.log(f"round {rnd}: client {client} did not evaluate ({why})")
+                out[client] = None
+            else:
+                out[client] = wire.eval_sums(reply.content)
+        return out
 
     # ---- checkpoints (the server part only) ------------------------------------------------------
     def state_dict(self) -> tuple[Tensors, dict]:
@@ -191,15 +207,14 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 
     return [(m, replies.get(i)) for m, i in zip(messages, ids)]
 
 
-def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print) -> dict:
-    """Runs (or resumes) a whole fedsqueeze run over `grid`; returns the summary."""
-    if resume:
-        check_resumable(out, cfg)  # before the model loads: another run's config or a damaged checkpoint
-    session = Session.build(cfg, log=log)
-    driver = Driver(session, GridTransport(session, grid, log), out, LogProgress(log))
-    if resume:
-        driver.restore()
-        (out / rundir.CONFIG).write_text(cfg.to_toml())
-    describe(session, log)
+def serve(grid: Grid, cfg, out: Path, resume: bool = False, log=print, rebuild_rounds: bool = False) -> dict:
+    """Runs (or resumes) a whole fedsqueeze run over `grid` into `out` (prepared by the caller);
+    returns the summary. The launch sequence is every runtime's (registry.execute)."""
+    from ..launch import Launch, execute
+
     log(f"round timeout {cfg.runtime.round_timeout} s; each client resolves train.device on its own machine")
-    return driver.run()
+    launch = Launch(resume=resume, log=log, progress=LogProgress(log), rebuild_rounds=rebuild_rounds)
+    transport = lambda session, _: GridTransport(session, grid, log)  # noqa: E731
+    summary = execute(transport, cfg, out, launch, prepared=True, data=server_data(cfg))  # per-owner: names only
+    assert summary is not None  # no `until` on Flower
+    return summary

@@ -23,11 +23,12 @@ def make_server_app(main: Callable[[Grid, Context], None]) -> ServerApp:
 
 def _deployment_main(grid: Grid, context: Context) -> None:
     from ... import rundir
+    from ...checks import check
     from .server import serve
     from .settings import AppSettings, config_from_toml
 
     settings = AppSettings.from_run_config(context.run_config)
-    cfg = config_from_toml(settings.config_toml)
+    cfg = check(config_from_toml(settings.config_toml))  # every check before anything loads or is written
     out = settings.out.expanduser().resolve()
     if not settings.resume:
         rundir.prepare(out, cfg, settings.overwrite)

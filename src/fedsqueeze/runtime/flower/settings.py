@@ -50,6 +50,8 @@ class AppSettings:
 
 
 def config_from_toml(text: str) -> Config:
+    """The run's config (config.validate: no torch, so a resident node's shim stays light); the
+    ServerApp runs checks.check on it too, before anything loads."""
     try:
         return validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ... import rundir
 from ...config import Config
@@ -19,7 +20,9 @@ from ...hardware import Placement
 from ...quiet import flower_simulation_quietly
 
 
-def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print) -> dict:
+def run_flower_simulation(
+    cfg: Config, out: Path, overwrite: bool = False, resume: bool = False, log=print, rebuild_rounds: bool = False
+) -> dict:
     from flwr.simulation import run_simulation
 
     from .client_app import make_client_app
@@ -33,14 +36,14 @@ def run_flower_simulation(cfg: Config, out: Path, overwrite: bool = False, resum
     result: dict = {}
 
     def main(grid, context) -> None:
-        result["summary"] = serve(grid, cfg, out, resume=resume, log=log)
+        result["summary"] = serve(grid, cfg, out, resume=resume, log=log, rebuild_rounds=rebuild_rounds)
 
     # Ray keeps sockets under its temp dir; a short path keeps them under the 107-byte limit.
     ray_tmp = tempfile.mkdtemp(prefix="fsq-ray-")
     old_tmp = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = ray_tmp
     workers = cfg.runtime.sim_workers
-    backend = {
+    backend: dict[str, Any] = {
         # Ray runs as many ClientApps at once as both resources allow: sim_gpus 0.25 puts four on a GPU.
         "client_resources": {"num_cpus": 1, "num_gpus": cfg.runtime.sim_gpus},
         "init_args": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 _STAGE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
 _PARAM = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*", re.DOTALL)

@@ -1,0 +1,197 @@
+"""Per-owner sources: `data.source = "owners:DIR"`, one file per data owner.
+
+Each file in DIR (jsonl, csv, parquet or json; any field names, mapped by the data.*_field keys)
+is one owner, named by its file stem, owners in sorted order of their names. An owner's train /
+held-out split is made from its own file alone, seeded by (seed, owner name), so the federation
+is the same whoever builds it: one process holding the whole folder (in-process), or each node
+holding only its own file (`owner_view`), or a coordinator holding no data at all
+(`names_only`: the owners' names, from `data.owners`, which `resolve` fills from the folder where
+the config is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from ..owners_folder import FORMATS, PREFIX, eval_at, folder, is_owners, owner_files, resolve  # noqa: F401
+from .federation import ClientData, Federation, _client, _ood
+from .sources import _TABLE_READERS, _existing_file, label_key, map_fields, read_text
+from .tokenization import TokenizedSet
+
+
+def owner_names(cfg) -> list[str]:
+    """The owners of a per-owner config, from `data.owners` (filled by `resolve`)."""
+    if cfg.data.owners is None:
+        raise ConfigError(
+            f"config key 'data.owners': {cfg.data.source!r} is not readable here, so the owners' names must be "
+            "in the config (load the config where the folder is, e.g. `fedsqueeze flower run`, or set data.owners)"
+        )
+    return list(cfg.data.owners)
+
+
+def owner_key(name: str) -> int:
+    """The owner's own seed stream (its held-out split): from its name, so not from its position."""
+    return int.from_bytes(hashlib.sha256(f"owner/{name}".encode()).digest()[:4], "little")
+
+
+def _read_json(path: str) -> tuple[list[str], list[dict]]:
+    file = _existing_file("json", path)
+    text = read_text(file)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        return _TABLE_READERS["jsonl"](path)  # JSON Lines under a .json name
+    if isinstance(rows, dict):  # {"data": [...]} and similar: the one list inside
+        lists = [v for v in rows.values() if isinstance(v, list)]
+        rows = lists[0] if len(lists) == 1 else rows
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{file}: expected a JSON list of objects (one per example)")
+    columns: dict = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns), rows
+
+
+def load_owner(name: str, path: Path, cfg) -> list[dict]:
+    """One owner's examples from its own file (domain defaults to the owner's name)."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"owner {name!r}: {path}: unknown format (known: {', '.join(FORMATS)})")
+    where = f"owner {name!r} ({path})"
+    columns, rows = (_read_json if kind == "json" else _TABLE_READERS[kind])(str(path))
+    if not rows:
+        raise DataError(f"{where}: no examples (the file is empty)")
+    return map_fields(rows, columns, where, name, cfg)
+
+
+def owner_client(name: str, path: Path, cfg, tokenizer, seed: int) -> tuple[ClientData, int]:
+    """One owner's ClientData (its split seeded by seed and name) and the examples skipped."""
+    examples = load_owner(name, path, cfg)
+    key: str | None = label_key(cfg)
+    if any(key not in ex for ex in examples):
+        key = None
+    return _client(name, owner_key(name), list(range(len(examples))), examples, cfg, tokenizer, seed, key)
+
+
+def _description(cfg, n: int, where: str) -> str:
+    return f"{n} owners, one file each ({where}), template {cfg.template}, max_length {cfg.max_length}"
+
+
+def build_owner_federation(cfg, tokenizer, seed: int, pooled: bool = False) -> Federation:
+    """Every owner of the folder (one process holds them all: the in-process runtime)."""
+    files = owner_files(cfg.source)
+    if cfg.owners is not None and list(files) != list(cfg.owners):
+        raise DataError(
+            f"data.source {cfg.source!r} holds owners {list(files)}, but data.owners is {cfg.owners}: "
+            "the folder changed since the config was written"
+        )
+    if cfg.clients != len(files):
+        raise DataError(f"data.clients = {cfg.clients}, but {cfg.source!r} has {len(files)} owners")
+    clients, skipped = [], 0
+    for name, path in files.items():
+        client, n = owner_client(name, path, cfg, tokenizer, seed)
+        clients.append(client)
+        skipped += n
+    ood = None
+    if cfg.ood_source:
+        ood, n = _ood(cfg, tokenizer, seed)
+        skipped += n
+    fed = Federation(
+        clients=clients,
+        ood=ood,
+        skipped=skipped,
+        eval_sets={c.name: c.eval for c in clients},
+        eval_domains={c.name: c.eval_domains for c in clients},
+        eval_examples={c.name: c.eval_examples for c in clients},
+        description=_description(cfg, len(clients), str(folder(cfg.source))),
+    )
+    if pooled:
+        from .federation import _pool
+
+        fed.clients = [_pool(clients)]
+        fed.description += ", pooled for centralized training"
+    return fed
+
+
+@dataclass
+class Absent:
+    """An owner whose data is not on this machine: only its name is known here."""
+
+    name: str
+    num_examples: int = 0
+    labels: dict = field(default_factory=dict)
+    eval: TokenizedSet = field(default_factory=TokenizedSet)
+
+
+def owner_view(cfg, tokenizer, seed: int, path: Path, names: list[str]) -> tuple[Federation, int]:
+    """What one node holds: its own owner's data (read from `path` alone) at its index among
+    `names`, every other owner Absent. Returns the view and the owner's index."""
+    path = Path(path).expanduser()
+    name = path.stem
+    if name not in names:
+        raise DataError(
+            f"this node's data file {path} is owner {name!r}, which is not one of the run's owners "
+            f"({', '.join(names)}): name the file after its owner"
+        )
+    index = names.index(name)
+    if not path.is_file():
+        raise DataError(f"owner {name!r}: data file not found: {path}")
+    client, skipped = owner_client(name, path, cfg, tokenizer, seed)
+    clients = [client if i == index else Absent(n) for i, n in enumerate(names)]
+    fed = Federation(
+        clients=clients,
+        ood=None,
+        skipped=skipped,
+        eval_sets={name: client.eval},
+        eval_domains={name: client.eval_domains},
+        eval_examples={name: client.eval_examples},
+        description=f"owner {name!r} of {len(names)}, from {path}",
+    )
+    return fed, index
+
+
+class RemoteFederation(Federation):
+    """The coordinator's view of a per-owner federation: the owners' names and nothing else. Its
+    eval sets are empty placeholders (one per owner, so samples and breakdowns are named alike);
+    the owners judge the adapter on their own held-out data (eval.at = "clients")."""
+
+    remote = True
+
+    def summary(self, show: int = 20) -> str:
+        names = [c.name for c in self.clients]
+        listed = ", ".join(names[:show]) + (f" ... ({len(names) - show} more)" if len(names) > show else "")
+        return f"data: {len(names)} owners, each holding its own file (none on this machine): {listed}"
+
+
+def names_only(cfg) -> RemoteFederation:
+    names = owner_names(cfg)
+    return RemoteFederation(
+        clients=[Absent(n) for n in names],
+        ood=None,
+        skipped=0,
+        eval_sets={n: TokenizedSet() for n in names},
+        eval_domains={n: [] for n in names},
+        eval_examples={n: [] for n in names},
+        description=f"{len(names)} owners",
+    )
+
+
+def holds_all(federation) -> bool:
+    """True where this process holds every owner's data (so the server may evaluate)."""
+    return not getattr(federation, "remote", False) and not any(isinstance(c, Absent) for c in federation.clients)
+
+
+def check_eval_at(cfg, method) -> None:
+    """eval.at = clients / both: each owner judges one global adapter, so the method needs one."""
+    at = eval_at(cfg)
+    if at != "server" and not method.mode.federated:
+        why = "(explicitly)" if cfg.eval.at else "(the default for per-owner data)"
+        raise ConfigError(
+            f"config key 'eval.at': {at!r} {why} has each client judge the global adapter, but method "
+            f"{cfg.method!r} has none (each client keeps its own adapter, or the data is pooled); "
+            'set eval.at = "server" and run it in-process'
+        )

@@ -1,0 +1,201 @@
+"""Evaluation where the data is (`eval.at = "clients" | "both"`).
+
+After an evaluated round (and for the base model, round 0) the server sends the global adapter to
+each owner of the round's eval sample in an evaluate message (Flower: its `evaluate` message type),
+billed as downlink like any other blob. Each owner judges it on its own held-out split only (its
+loss and every `eval.metrics`; choice distractors from its own examples) and replies sums and
+counts (`score`); the server's figure is the count-weighted mean (`combine`): for the loss the
+response tokens, so with every owner judged it equals a pooled evaluation of the same examples.
+Each owner's figures stay in the record beside it. Where the counts are claims (per-owner data)
+no owner's weight may exceed `server.max_client_weight` (runtime/claims.py).
+
+The in-process runtime scores its clients here, in this process; a remote transport (Flower's
+GridTransport) implements `evaluate(rnd, blobs) -> {client: sums or None}`.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from ..codecs import build_codec
+from ..data.owners import eval_at
+from ..evaluation import MAX_BATCH, evaluate_round, sampled_sets, task_metrics
+from ..tensors import Tensors, fp32_bytes
+from .claims import cap_text, cap_weights, claims_counted
+
+# Per task metric: the reply's sum keys and the count that weighs them.
+METRIC_COUNTS = {"acc": "choice_n", "acc_norm": "choice_n", "chance": "choice_n", "rougeL": "generate_n"}
+METRIC_COUNTS["exact"] = "generate_n"
+LOSS_SUM, TOKENS, EXAMPLES = "eval_loss_sum", "eval_tokens", "eval_examples"
+
+
+# ---- the owner's side ------------------------------------------------------------------------------
+def eval_spec(s) -> str:
+    """The codec of evaluate messages: the downlink's where it is lossless (the owner must judge
+    the very adapter), else plain fp32."""
+    return s.downlink_spec if build_codec(s.downlink_spec, s.adapter.layout).lossless else "fp32"
+
+
+def decode_blob(s, blob: bytes) -> Tensors:
+    return build_codec(eval_spec(s), s.adapter.layout).decode(blob)
+
+
+def score(s, client: int, adapter: Tensors) -> dict[str, float]:
+    """Sums and counts of `adapter` on `client`'s own held-out split (nothing else is read)."""
+    from ..client import example_losses
+    from ..scoring.judge import set_metrics
+
+    data = s.federation.clients[client]
+    s.adapter.set(adapter)
+    pad = s.tokenizer.pad_token_id
+    idx = list(range(len(data.eval)))
+    batches = (data.eval.batch(idx[i : i + MAX_BATCH], pad) for i in range(0, len(idx), MAX_BATCH))
+    losses = example_losses(s.model, batches, s.placement)
+    out = {
+        LOSS_SUM: float(sum(loss for loss, _ in losses)),
+        TOKENS: int(sum(n for _, n in losses)),
+        EXAMPLES: len(losses),
+    }
+    metrics = task_metrics(s.cfg)
+    if metrics:
+        # The owner's own examples only, also for the choice questions' distractors.
+        scope = SimpleNamespace(eval_examples={data.name: data.eval_examples})
+        view = SimpleNamespace(cfg=s.cfg, model=s.model, tokenizer=s.tokenizer, placement=s.placement, federation=scope)
+        found = set_metrics(view, data.name, metrics)
+        for key, count in METRIC_COUNTS.items():
+            if key in found and count in found:
+                out[f"{key}_sum"] = float(found[key]) * int(found[count])
+        out.update({k: int(found[k]) for k in ("choice_n", "generate_n") if k in found})
+    return out
+
+
+def score_blob(s, client: int, blob: bytes) -> dict[str, float]:
+    return score(s, client, decode_blob(s, blob))
+
+
+def sums_problem(sums) -> str | None:
+    """Why an owner's evaluate reply cannot be counted, or None: a remote owner may send anything,
+    so every sum must be a finite number and every count a non-negative integer (as Reply.problem
+    checks a train reply)."""
+    import math
+
+    if not isinstance(sums, dict):
+        return f"not a mapping ({type(sums).__name__})"
+    for key in (LOSS_SUM, TOKENS, EXAMPLES):
+        if key not in sums:
+            return f"missing {key}"
+    for key, value in sums.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"{key} is not a finite number ({value!r})"
+        if key in (TOKENS, EXAMPLES, "choice_n", "generate_n") and (not isinstance(value, int) or value < 0):
+            return f"{key} = {value!r} is not a count"
+    return None
+
+
+# ---- the server's side -----------------------------------------------------------------------------
+def judge(driver, rnd: int) -> dict:
+    """The eval fields of round `rnd` (REFERENCE_ROUND: the base adapter), as `eval.at` says."""
+    s = driver.s
+    at = eval_at(s.cfg)
+    if at == "server":
+        return evaluate_round(s, driver.client_states, rnd)
+    fields = at_clients(driver, rnd)
+    if at == "clients":
+        return fields
+    server = evaluate_round(s, driver.client_states, rnd)
+    bill = fields.pop("eval_down", {})
+    return {**server, "client_eval": fields, "eval_down": bill}
+
+
+def at_clients(driver, rnd: int) -> dict:
+    s = driver.s
+    sets = sampled_sets(s, rnd)
+    names = list(s.federation.eval_sets)
+    adapter = s.method.final_adapter(driver.client_states)
+    t0 = time.perf_counter()
+    blob = build_codec(eval_spec(s), s.adapter.layout).encode(adapter)
+    encode_s = time.perf_counter() - t0
+    transport = driver.transport
+    evaluate = getattr(transport, "evaluate", None)
+    if evaluate is None:  # clients in this process
+        reached = transport.reachable(sets) if transport.remote else sets
+        replies = {c: score_blob(s, c, blob) for c in reached}
+    else:
+        reached = transport.reachable(sets)
+        replies = evaluate(rnd, {c: blob for c in reached})
+    for c, r in replies.items():
+        why = sums_problem(r) if r is not None else None
+        if why is not None:
+            driver.progress.log(f"round {rnd}: client {c}'s evaluation rejected ({why})")
+    got = {c: r for c, r in replies.items() if r is not None and sums_problem(r) is None}
+    missing = sorted(set(sets) - set(got))
+    if missing:
+        driver.progress.log(f"round {rnd}: no evaluation from clients {missing}: left out of the figure")
+    if not got:
+        return {"eval_down": {str(c): len(blob) for c in reached}, "eval_at": "clients", "eval_sets": []}
+    share = s.cfg.server.max_client_weight if claims_counted(s) else 1.0
+    fields = combine({names[c]: got[c] for c in sorted(got)}, share)
+    if "eval_capped" in fields:
+        driver.progress.log(f"round {rnd}: " + cap_text(fields["eval_capped"], share, "evaluation weights capped"))
+    fields["eval_down"] = {str(c): len(blob) for c in reached}  # billed: every blob sent
+    fields["eval_raw_bytes"] = fp32_bytes(adapter)
+    fields["eval_encode_s"] = encode_s
+    return fields
+
+
+def combine(replies: dict[str, dict], share: float = 1.0) -> dict:
+    """The count-weighted means of the owners' replies ({owner name: sums and counts}), each weight
+    capped at `share` of the total; each owner's own figures beside them."""
+    names = list(replies)
+    weights, capped = cap_weights({i: float(replies[n][TOKENS]) for i, n in enumerate(names)}, share)
+    losses = {n: replies[n][LOSS_SUM] / max(replies[n][TOKENS], 1) for n in names}
+    fields: dict = {
+        "eval_loss": _weighted({i: losses[n] for i, n in enumerate(names)}, weights),
+        "eval": losses,
+        "eval_sets": names,
+        "eval_at": "clients",
+        "eval_tokens": {n: int(replies[n][TOKENS]) for n in names},
+        "eval_examples": {n: int(replies[n][EXAMPLES]) for n in names},
+    }
+    all_capped = {names[i]: {"claimed": c, "counted": weights[i]} for i, c in capped.items()}
+    per_owner: dict[str, dict] = {n: {} for n in names}
+    means: dict[str, float] = {}
+    for key, count in METRIC_COUNTS.items():
+        have = [i for i, n in enumerate(names) if f"{key}_sum" in replies[n] and replies[n].get(count)]
+        if not have:
+            continue
+        for i in have:
+            r = replies[names[i]]
+            per_owner[names[i]][key] = r[f"{key}_sum"] / r[count]
+            per_owner[names[i]][count] = int(r[count])
+        w, c = cap_weights({i: float(replies[names[i]][count]) for i in have}, share)
+        means[key] = _weighted({i: per_owner[names[i]][key] for i in have}, w)
+        all_capped.update({names[i]: {"claimed": v, "counted": w[i]} for i, v in c.items()})
+    if means:
+        fields["eval_metrics"] = {n: m for n, m in per_owner.items() if m}
+        fields["eval_means"] = means
+    if all_capped:
+        fields["eval_capped"] = all_capped
+    return fields
+
+
+def _weighted(values: dict[int, float], weights: dict[int, float]) -> float:
+    total = sum(weights[i] for i in values)
+    return sum(weights[i] * v for i, v in values.items()) / total if total else float("nan")
+
+
+def bill(record: dict, fields: dict | None) -> None:
+    """Puts evaluate messages' bytes (`eval_down` of `fields`) on the record's downlink bill."""
+    if not fields or not fields.get("eval_down"):
+        return
+    sent = fields["eval_down"]
+    record["bytes_down"] = record.get("bytes_down", 0) + sum(sent.values())
+    per_client = record.setdefault("per_client", {})
+    for c, n in sent.items():
+        entry = per_client.setdefault(c, {"up": 0, "down": 0})
+        entry["down"] = entry.get("down", 0) + n
+    if fields is not record:  # the base model's evaluation, billed with round 1
+        mine = record.setdefault("eval_down", {})
+        for c, n in sent.items():
+            mine[c] = mine.get(c, 0) + n

@@ -1,0 +1,466 @@
+"""Every data owner keeps its data (issue 28): per-owner sources, owners' nodes that read only their
+own file, a coordinator that reads none, evaluation on the owners' side, claimed counts capped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedsqueeze import config as config_mod
+from fedsqueeze.data.owners import build_owner_federation, owner_view
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.runtime import LocalRuntime, Session, rundir
+from fedsqueeze.runtime.claims import cap_weights
+from fedsqueeze.runtime.client_eval import combine
+
+from conftest import tiny_config
+
+
+def write_owners(folder: Path, corpus: Path) -> Path:
+    """Three owners in three formats with their own field names: alice.jsonl, bob.csv, carol.json."""
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["domain"], []).append(r)
+    a, b, c = sorted(by)[:3]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "alice.jsonl", "w") as f:
+        for r in by[a]:
+            f.write(json.dumps(r) + "\n")
+    with open(folder / "bob.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["instruction", "response", "domain"])
+        w.writeheader()
+        for r in by[b][:30]:
+            w.writerow({k: r[k] for k in ("instruction", "response", "domain")})
+    (folder / "carol.json").write_text(json.dumps(by[c][:36]))
+    return folder
+
+
+@pytest.fixture
+def owners(tmp_path, corpus) -> Path:
+    return write_owners(tmp_path / "owners", corpus)
+
+
+def owners_config(tmp_path: Path, corpus: Path, folder: Path, **overrides) -> Path:
+    body = {"data.source": f'"owners:{folder}"', "data.clients": "3", "train.rounds": "2", **overrides}
+    return tiny_config(tmp_path, corpus, **body)
+
+
+def local_run(cfg_path: Path, out: Path, sets=()) -> tuple[dict, list[str]]:
+    cfg = config_mod.load(cfg_path, list(sets))
+    rundir.prepare(out, cfg, overwrite=True)
+    lines: list[str] = []
+
+    class Log:
+        def __getattr__(self, name):
+            return (lambda text: lines.append(text)) if name == "log" else (lambda *a, **k: None)
+
+    return LocalRuntime(Session.build(cfg, log=lambda *_: None), out, Log()).run(), lines
+
+
+def rounds(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+# ---- per-owner sources ---------------------------------------------------------------------------
+def test_owners_are_the_files_sorted_by_stem_and_clients_follow(tmp_path, corpus, owners):
+    path = tmp_path / "o.toml"
+    path.write_text(f'[data]\nsource = "owners:{owners}"\n')
+    cfg = config_mod.load(path)
+    assert cfg.data.owners == ["alice", "bob", "carol"] and cfg.data.clients == 3
+    with pytest.raises(ConfigError, match="data.clients.*3 owners"):
+        config_mod.load(path, ["data.clients=4"])
+
+
+def test_an_owners_split_comes_from_its_own_file_alone(tmp_path, corpus, owners):
+    cfg = config_mod.load(owners_config(tmp_path, corpus, owners))
+    tok = Session.build(cfg, log=lambda *_: None).tokenizer
+    whole = build_owner_federation(cfg.data, tok, cfg.seed)
+    assert [c.name for c in whole.clients] == ["alice", "bob", "carol"]
+    # Another folder with one more owner, and each owner's file alone in a folder of its own.
+    shutil.copy(owners / "bob.csv", owners / "aaron.csv")
+    bigger = build_owner_federation(cfg.data.model_copy(update={"clients": 4, "owners": None}), tok, cfg.seed)
+    for i, name in enumerate(["alice", "bob", "carol"]):
+        own = tmp_path / name
+        own.mkdir()
+        file = shutil.copy(next(owners.glob(f"{name}.*")), own)
+        view, index = owner_view(cfg.data, tok, cfg.seed, Path(file), ["alice", "bob", "carol"])
+        assert index == i
+        for other in (view.clients[i], bigger.clients[i + 1]):
+            assert other.eval.input_ids == whole.clients[i].eval.input_ids
+            assert other.train.input_ids == whole.clients[i].train.input_ids
+
+
+# ---- claims capped (Must show 4) -----------------------------------------------------------------
+def test_cap_weights_caps_the_largest_claims_and_keeps_honest_ones_exact():
+    assert cap_weights({0: 10, 1: 20, 2: 30}, 0.5) == ({0: 10, 1: 20, 2: 30}, {})
+    weights, capped = cap_weights({0: 10, 1: 10**9, 2: 30}, 0.5)
+    assert capped == {1: 10**9} and weights[1] / sum(weights.values()) == pytest.approx(0.5)
+    weights, capped = cap_weights({0: 10, 1: 10**9, 2: 10**9, 3: 5}, 0.3)
+    assert max(w / sum(weights.values()) for w in weights.values()) <= 0.3 + 1e-12
+    assert set(capped) == {1, 2}
+
+
+def test_an_inflated_claim_never_weighs_more_than_max_client_weight(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"faults.kind": '"inflate-examples"', "faults.clients": "[1]"})
+    _, lines = local_run(cfg, tmp_path / "run")
+    loaded = config_mod.load(cfg)
+    fed = build_owner_federation(loaded.data, Session.build(loaded, log=lambda *_: None).tokenizer, loaded.seed)
+    others = fed.clients[0].num_examples + fed.clients[2].num_examples  # alice's and carol's claims
+    for r in rounds(tmp_path / "run"):
+        counted = r["capped"]["1"]["counted"]
+        assert r["capped"]["1"]["claimed"] == 10**9
+        assert counted / (counted + others) == pytest.approx(0.5)  # server.max_client_weight
+    assert any("weights capped: client 1 claimed 1e+09" in line and "max_client_weight" in line for line in lines)
+
+
+# ---- evaluation at the clients -------------------------------------------------------------------
+def test_the_weighted_mean_is_the_pooled_figure_by_hand():
+    replies = {
+        "a": {"eval_loss_sum": 10.0, "eval_tokens": 5, "eval_examples": 2, "acc_sum": 1.0, "choice_n": 2},
+        "b": {"eval_loss_sum": 3.0, "eval_tokens": 1, "eval_examples": 1, "acc_sum": 1.0, "choice_n": 1},
+    }
+    fields = combine(replies)
+    assert fields["eval_loss"] == pytest.approx(13 / 6)
+    assert fields["eval"] == {"a": 2.0, "b": 3.0}
+    assert fields["eval_means"]["acc"] == pytest.approx(2 / 3)
+    capped = combine({**replies, "b": {**replies["b"], "eval_tokens": 1000, "eval_loss_sum": 3000.0}}, 0.5)
+    assert capped["eval_loss"] == pytest.approx(0.5 * 2.0 + 0.5 * 3.0) and "b" in capped["eval_capped"]
+
+
+def test_client_evaluation_equals_the_pooled_server_evaluation(tmp_path, corpus, owners):
+    cfg = owners_config(
+        tmp_path, corpus, owners, **{"eval.at": '"both"', "eval.pooled": "true", "server.max_client_weight": "1.0"}
+    )
+    local_run(cfg, tmp_path / "run")
+    rows = rounds(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for r in rows:
+        assert r["client_eval"]["eval_loss"] == pytest.approx(r["eval_loss"], rel=1e-6)
+        assert set(r["client_eval"]["eval"]) == {"alice", "bob", "carol"}
+    assert summary["base_eval_loss"] == pytest.approx(summary["base_eval_loss"])
+
+
+def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners)
+    local_run(cfg, tmp_path / "at-clients")
+    local_run(cfg, tmp_path / "at-server", ["eval.at=server"])
+    clients, server = rounds(tmp_path / "at-clients"), rounds(tmp_path / "at-server")
+    for rnd, (a, b) in enumerate(zip(clients, server), 1):
+        assert a["bytes_up"] == b["bytes_up"]
+        assert a["eval_at"] == "clients" and set(a["eval"]) == {"alice", "bob", "carol"}
+        sent = sum(a["eval_down"].values())
+        assert a["bytes_down"] == b["bytes_down"] + sent
+        blobs = 2 if rnd == 1 else 1  # round 1 also carries the base model's evaluation
+        assert set(a["eval_down"].values()) == {blobs * a["per_client"]["0"]["up"]}  # fp32: the adapter's size
+        for c in ("0", "1", "2"):
+            assert a["per_client"][c]["down"] == b["per_client"][c]["down"] + a["eval_down"][c]
+
+
+# ---- over Flower: nodes with their own file only, a coordinator with none --------------------------
+def private_copies(tmp_path: Path, folder: Path) -> dict[str, Path]:
+    """Each owner's file alone in a folder of its own (what its node holds)."""
+    out = {}
+    for file in sorted(folder.iterdir()):
+        home = tmp_path / "nodes" / file.stem
+        home.mkdir(parents=True)
+        out[file.stem] = Path(shutil.copy(file, home))
+    return out
+
+
+def serve_owners(cfg_path: Path, out: Path, files: dict[str, Path | None], sets=(), timeout: int = 5, lines=None):
+    """The ServerApp over an in-process Grid whose nodes have only `data-path` in their node config,
+    with a config whose data.source names a folder that does not exist (the coordinator has no data)."""
+    from fedsqueeze.runtime.flower.client_app import make_client_app
+    from fedsqueeze.runtime.flower.server import serve
+    from test_flower import InProcessGrid
+
+    cfg = config_mod.load(cfg_path, list(sets))  # beside the folder: data.owners filled in
+    cfg = config_mod.validate(
+        {
+            **cfg.model_dump(exclude_none=True),
+            "data": {**cfg.data.model_dump(exclude_none=True), "source": "owners:/nonexistent/owners"},
+            "runtime": {**cfg.runtime.model_dump(), "connect_timeout": timeout, "round_timeout": 30},
+        }
+    )
+    rundir.prepare(out, cfg, overwrite=True)
+    grid = InProcessGrid(make_client_app(), len(files))
+    for context, path in zip(sorted(grid.contexts.values(), key=lambda c: c.node_id), files.values()):
+        context.node_config = {"data-path": str(path)} if path is not None else {}
+        context.run_config = {"config-toml": cfg.to_toml()}
+    lines = [] if lines is None else lines
+    return serve(grid, cfg, out, log=lines.append), lines
+
+
+def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    local_run(cfg, tmp_path / "local")
+    summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
+    a, b = rounds(tmp_path / "local"), rounds(tmp_path / "grid")
+    for x, y in zip(a, b):
+        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"], x["eval_down"]) == (
+            y["clients"],
+            y["bytes_up"],
+            y["bytes_down"],
+            y["per_client"],
+            y["eval_down"],
+        )
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6)
+        assert x["eval"] == pytest.approx(y["eval"], rel=1e-6) and x["eval_tokens"] == y["eval_tokens"]
+    assert summary["base_eval_loss"] == pytest.approx(
+        json.loads((tmp_path / "local" / "summary.json").read_text())["base_eval_loss"], rel=1e-6
+    )
+
+
+def test_a_node_without_its_data_path_is_refused_with_a_clear_message(tmp_path, corpus, owners):
+    from fedsqueeze.errors import UserError
+
+    cfg = owners_config(tmp_path, corpus, owners)
+    lines: list[str] = []
+    with pytest.raises(UserError, match="no SuperNode connected"):
+        serve_owners(cfg, tmp_path / "grid", {"alice": None, "bob": None, "carol": None}, timeout=0, lines=lines)
+    assert any("has no 'data-path'" in line and "--data FILE" in line for line in lines), lines
+
+
+def test_the_coordinator_refuses_to_judge_data_it_does_not_hold(tmp_path, corpus, owners):
+    cfg = owners_config(tmp_path, corpus, owners, **{"eval.at": '"server"'})
+    with pytest.raises(ConfigError, match="eval.at"):
+        serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
+
+
+# ---- the same folder on Flower's simulation engine (Must show 2) ----------------------------------
+@pytest.mark.integration
+def test_flower_simulation_of_an_owners_folder_equals_in_process(tmp_path, corpus, owners, cli):
+    cfg = owners_config(tmp_path, corpus, owners)
+    local, sim = tmp_path / "local", tmp_path / "sim"
+    assert cli("run", cfg, "--out", local).exit_code == 0
+    res = cli("run", cfg, "--out", sim, "--set", 'runtime.kind="flower-sim"')
+    assert res.exit_code == 0, res.output
+    for x, y in zip(rounds(local), rounds(sim), strict=True):
+        for key in ("clients", "bytes_up", "bytes_down", "per_client", "eval_down", "eval_tokens"):
+            assert x[key] == y[key], key
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
+        assert x["eval"] == pytest.approx(y["eval"], rel=1e-5)
+
+
+# ---- a deployment where each node sees only its own file (Must show 1) ------------------------------
+def _namespaces_missing() -> str | None:
+    import os
+
+    if os.geteuid() != 0:
+        return "needs root for mount namespaces (unshare --mount, bind mounts)"
+    if shutil.which("unshare") is None:
+        return "needs util-linux unshare"
+    import subprocess
+
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        return "unshare --mount is not permitted here"
+    return None
+
+
+class Forward:
+    """A TCP forwarder from a node's veth address (host side) to the SuperLink on 127.0.0.1, so the
+    SuperLink itself listens on loopback only. Threads; closed with close()."""
+
+    def __init__(self, host: str, port: int, target: int):
+        import socket
+        import threading
+
+        self.target, self.conns = target, []
+        self.server = socket.create_server((host, port))
+        self.server.settimeout(0.5)
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.stopped:
+            try:
+                a, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(x, y) -> None:
+        try:
+            while data := x.recv(65536):
+                y.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (x, y):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped = True
+        self.server.close()
+        for c in self.conns:
+            c.close()
+
+
+def veth_namespace(index: int) -> tuple[str, str, str] | None:
+    """A network namespace joined to this one by a veth pair (10.213.<index>.1 here, .2 there), or
+    None where that cannot be made. Returns (namespace, host address, node address)."""
+    import os
+    import subprocess
+
+    tag = f"{os.getpid() % 100000}x{index}"
+    ns, here, there = f"fsq{tag}", f"fsqh{tag}", f"fsqn{tag}"
+    host, node = f"10.213.{index}.1", f"10.213.{index}.2"
+    steps = [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
+        ["ip", "link", "set", there, "netns", ns],
+        ["ip", "addr", "add", f"{host}/30", "dev", here],
+        ["ip", "link", "set", here, "up"],
+        ["ip", "-n", ns, "addr", "add", f"{node}/30", "dev", there],
+        ["ip", "-n", ns, "link", "set", there, "up"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+    ]
+    if shutil.which("ip") is None:
+        return None
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", here], capture_output=True)
+            return None
+    return ns, host, node
+
+
+def drop_namespace(ns: str) -> None:
+    import subprocess
+
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth end goes, and so the pair
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_namespaces_missing() is not None, reason=str(_namespaces_missing()))
+def test_each_node_sees_only_its_own_file_and_the_coordinator_none(tmp_path, corpus):
+    """SuperLink (and so its ServerApp) in a mount namespace with a tmpfs over the data folder; each
+    SuperNode (and so its ClientApps) in one where a tmpfs covers the data folder too, its own
+    file bind-mounted alone into an otherwise empty folder. Each SuperNode also in a network
+    namespace of its own, joined by a veth pair (10.213.i.1 <-> 10.213.i.2) and a forwarder to the
+    SuperLink on 127.0.0.1, where `ip netns` works; else on loopback."""
+    import os
+    import shlex
+    import subprocess
+
+    from fedsqueeze.runtime.flower import deploy
+
+    data = tmp_path / "data"
+    owners = write_owners(data / "owners", corpus)
+    corpus.unlink()  # the pooled corpus the owners were cut from: on no machine of this deployment
+    names = sorted(p.stem for p in owners.iterdir())
+    cfg = owners_config(tmp_path, corpus, owners, **{"train.rounds": "1", "runtime.round_timeout": "150"})
+    local_run(cfg, tmp_path / "local")
+    coord = tmp_path / "coord"
+    (coord / "views").mkdir(parents=True)
+    home = coord / "flwr-home"
+    env = deploy.flower_env(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    port = deploy.free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, setup: list[str], cmd: list[str], netns: str | None = None) -> None:
+        script = "set -e; " + "; ".join(setup) + f"; ls -A {shlex.quote(str(data))} > {coord}/views/{name}.txt"
+        script += f"; find {shlex.quote(str(tmp_path))} -name '*.jsonl' -o -name '*.csv' -o -name '*.json' -type f"
+        script += f" | grep -v '^{coord}' >> {coord}/views/{name}.txt || true; exec " + shlex.join(cmd)
+        log = open(coord / f"{name}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                (["ip", "netns", "exec", netns] if netns else [])
+                + ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                env=env,
+                cwd=coord,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    hide = f"mount -t tmpfs fsq-empty {shlex.quote(str(data))}"
+    hide_local = f"mount -t tmpfs fsq-empty {shlex.quote(str(tmp_path / 'local'))}"  # the in-process run
+    nets, forwards = [], []
+    try:
+        start("superlink", [hide, hide_local], deploy.superlink_command(port))
+        deploy.wait_for_port(port)
+        deploy.write_connection(home, f"127.0.0.1:{port}")
+        for name in names:
+            real = next(owners.glob(f"{name}.*"))
+            view = tmp_path / "nodes" / name
+            view.mkdir(parents=True)
+            mine = view / real.name
+            setup = [
+                f"mount -t tmpfs fsq-view {shlex.quote(str(view))}",
+                f"touch {shlex.quote(str(mine))}",
+                f"mount --bind {shlex.quote(str(real))} {shlex.quote(str(mine))}",
+                hide,
+                hide_local,
+            ]
+            net = veth_namespace(len(nets) + 1)
+            superlink = f"127.0.0.1:{port}"
+            if net is not None:
+                nets.append(net)
+                forwards.append(Forward(net[1], port, port))
+                superlink = f"{net[1]}:{port}"
+            command = deploy.supernode_command(superlink, None, None, deploy.free_port(), data=mine)
+            start(f"node-{name}", setup, command, net[0] if net else None)
+        out = coord / "deployed"
+        loaded = config_mod.load(cfg)  # the submitter has the folder: data.owners travel in the config
+        run_config = deploy.write_run_config(coord / "run.toml", loaded.to_toml(), out)
+        run = subprocess.run(
+            deploy.run_command(run_config), env=env, cwd=coord, capture_output=True, text=True, timeout=480
+        )
+        logs = "\n".join(f"--- {p.name} ---\n{p.read_text()[-2500:]}" for p in sorted(coord.glob("*.log")))
+        assert run.returncode == 0 and (out / "summary.json").is_file(), run.stdout[-3000:] + logs
+    finally:
+        for proc in procs:
+            deploy.kill_tree(proc.pid)
+        for proc in procs:
+            proc.wait()
+        for forward in forwards:
+            forward.close()
+        for net in nets:
+            drop_namespace(net[0])
+    # What each process saw: the coordinator no data file at all, each node its own file only.
+    assert (coord / "views" / "superlink.txt").read_text().split() == []
+    for name in names:
+        seen = (coord / "views" / f"node-{name}.txt").read_text().split()
+        assert [Path(p).stem for p in seen] == [name], seen
+    a, b = rounds(tmp_path / "local"), rounds(out)
+    for x, y in zip(a, b, strict=True):
+        for key in ("clients", "bytes_up", "bytes_down", "per_client", "eval_down", "eval_tokens"):
+            assert x[key] == y[key], key
+        assert set(y["eval"]) == set(names)
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-4)
+    assert os.path.isdir(out / "adapter")
+
+
+def test_supernode_takes_the_owners_file_as_its_node_config(tmp_path, cli):
+    from flwr.common.config import parse_config_args
+
+    from fedsqueeze.runtime.flower.deploy import supernode_command
+
+    file = tmp_path / "alice.jsonl"
+    file.write_text("{}\n")
+    cmd = supernode_command("127.0.0.1:9093", None, None, 9100, data=file)
+    assert parse_config_args([cmd[cmd.index("--node-config") + 1]]) == {"data-path": str(file.resolve())}
+    res = cli("flower", "supernode", "--superlink", "127.0.0.1:9093", "--no-restart")
+    assert res.exit_code == 2 and "--data FILE" in res.output
+    res = cli("flower", "supernode", "--superlink", "127.0.0.1:9093", "--data", tmp_path / "nobody.csv")
+    assert res.exit_code == 2 and "file not found" in res.output

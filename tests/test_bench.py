@@ -47,9 +47,11 @@ def test_json_contract_and_table(tiny_bench):
         assert JSON_KEYS <= set(r), r.keys()
         assert r["bytes_total"] == r["bytes_up"] + r["bytes_down"]
         assert r["seconds_per_round"] > 0
-    table = (out / "bench.md").read_text()
+    text = (out / "bench.md").read_text()
+    table, _, gaps = text.partition("\n\nEval loss by round")
     assert table.count("\n| ") == 3 and "| fedsrd |" in table and "traffic vs fedavg" in table
-    assert "CPUs, torch" in table and "reused" not in table
+    assert "| round | fedavg | centralized | fedsrd |" in gaps and (out / "gap.json").is_file()
+    assert "CPUs, torch" in text and "reused" not in text
     assert (out / "eval_loss_vs_round.png").stat().st_size > 0
     assert json.loads((out / "bench.json").read_text()) == results
 

@@ -1,4 +1,4 @@
-"""Every shipped example config is valid, and frontier.toml is the named bench row it claims to be."""
+"""Every shipped example config is valid, and frontier.toml / lora-xs.toml are the named bench rows they claim to be."""
 
 from __future__ import annotations
 
@@ -20,3 +20,8 @@ def test_example_config_is_valid(path):
 def test_frontier_example_is_the_w4_bench_row():
     ((_, raw),) = row_configs("w4", ["fedsrd-b4-q2"], None)[1]
     assert config.load(EXAMPLES / "frontier.toml").to_toml() == config.validate(raw).to_toml()
+
+
+def test_lora_xs_example_is_the_w4_bench_row():
+    ((_, raw),) = row_configs("w4", ["lora-xs-r16-s8-q4"], None)[1]
+    assert config.load(EXAMPLES / "lora-xs.toml").to_toml() == config.validate(raw).to_toml()

@@ -234,7 +234,8 @@ def test_the_eval_sample_is_the_same_over_flower_messages(tmp_path, corpus):
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "method", ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm", "fed-sb"]
+    "method",
+    ["fed-dare", "ffa-lora", "flexlora", "fedsrd", "fedsrd-e", "gradualdiff", "cg-fedllm", "fed-sb", "lora-xs"],
 )
 def test_every_method_runs_the_same_over_flower_messages(tmp_path, corpus, method):
     """A method whose client hooks kept anything outside client_state would differ here."""

@@ -81,3 +81,42 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert by["fedavg-top0.01-q4"]["vs_fp32"] < 0.1
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert "fewest bytes per method" in (tmp_path / "bench.md").read_text()
+    assert "gap to FedAvg" in (tmp_path / "bench.md").read_text() and (tmp_path / "gap.json").is_file()
+
+
+def test_every_suite_row_is_a_valid_config_with_valid_method_params():
+    from fedsqueeze import config as config_mod
+    from fedsqueeze.bench.runner import row_configs
+    from fedsqueeze.bench.suites import SUITES
+    from fedsqueeze.strategies import METHODS, validated_params
+
+    for suite in SUITES.values():
+        _, configs = row_configs(suite.name, list(suite.rows), None)
+        for _name, raw in configs:
+            cfg = config_mod.validate(raw)
+            if cfg.method in METHODS:
+                validated_params(cfg.method, cfg.params)
+
+
+def test_the_per_round_gap_against_fedavg_by_hand(tmp_path):
+    from fedsqueeze.bench import gap
+
+    rec = lambda losses: [{"round": r, "eval_loss": x} for r, x in enumerate(losses, start=1)]
+    curves = {
+        "fedavg": gap.losses(rec([3.0, 2.0, 1.0]), base=4.0),
+        "steady": gap.losses(rec([3.03, 2.02, 1.01]), base=4.0),  # +1% each round
+        "growing": gap.losses(rec([3.0, 2.02, 1.02]), base=4.0),  # 0, +1%, +2%
+        "sparse": gap.losses([{"round": 3, "eval_loss": 1.1}], base=4.0),  # evaluated at the end only
+    }
+    a = gap.analyse(curves)
+    assert a["rounds"] == [0, 1, 2, 3]
+    steady, growing, sparse = (a["rows"][n] for n in ("steady", "growing", "sparse"))
+    assert steady["gap"] == pytest.approx({"1": 0.01, "2": 0.01, "3": 0.01})
+    assert steady["gap_per_round"] == pytest.approx(0.0, abs=1e-12)
+    assert growing["gap_per_round"] == pytest.approx(0.01) and growing["last_gap"] == pytest.approx(0.02)
+    assert sparse["first_gap"] == sparse["last_gap"] == pytest.approx(0.1) and sparse["gap_per_round"] is None
+    text = gap.write(curves, tmp_path)
+    assert "| 2 | 2.0000 | 2.0200 (+1.00%) | 2.0200 (+1.00%) | - |" in text
+    assert "growing: +0.00% after the first round, +2.00% at the last, growing +1.000 points a round" in text
+    assert json.loads((tmp_path / "gap.json").read_text())["rows"]["growing"]["last_gap"] == pytest.approx(0.02)
+    assert gap.write({"steady": curves["steady"]}, tmp_path / "none") is None  # no fedavg row

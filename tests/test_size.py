@@ -113,3 +113,15 @@ def test_fed_sb_row_is_r_squared_per_layer_plus_the_header():
     assert row.method == "fed-sb (rank 6)" and row.up == row.down
     assert 0 < row.up - 14 * 36 * 4 < 64  # the values and the blob's header and checksum
     assert fed_sb_size(config_mod.validate(raw)).method == "fed-sb (rank 4)"  # another method: lora.r
+
+
+def test_lora_xs_rows_are_r_squared_per_layer_in_fp32_and_k_bits():
+    from fedsqueeze.sizing import lora_xs_sizes
+
+    raw = {"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}}
+    fp32, q8, q4 = lora_xs_sizes(config_mod.validate({**raw, "method": "lora-xs", "params": {"rank": 6}}))
+    assert fp32.method == "lora-xs (rank 6)" and fp32.up == fp32.down
+    assert 0 < fp32.up - 14 * 36 * 4 < 64  # the values and the blob's header and checksum
+    # 4 bits a value (+ per core: an 8-byte min/step pair up, a tag and exponent down)
+    assert 14 * 36 // 2 < q4.up < 14 * (18 + 8) + 64 and 14 * 36 // 2 < q4.down < 14 * (18 + 3) + 64
+    assert q4.up < q8.up < fp32.up and q4.down < q8.down < fp32.down

@@ -302,3 +302,46 @@ def test_tiny_resume_is_bit_identical(tmp_path, corpus, cli):
     judged = json.loads((full / "eval.json").read_text())["sets"]
     summary = json.loads((full / "summary.json").read_text())
     assert judged and all(row["loss"] == pytest.approx(summary["eval"][n], rel=1e-5) for n, row in judged.items())
+
+
+# ---- init = "svd-base": no warm-up, B and A from the base weights' SVD -------------------------
+def test_svd_base_declares_the_basis_and_trains_r_from_round_1():
+    spec = adapter_spec("fed-sb", {"rank": 4, "init": "svd-base"}, 4, 8.0)
+    assert (spec.core, spec.basis) == (True, "svd-orthonormal")
+    ctx = make_ctx(rank=2, lora_r=2)
+    for prefix in PREFIXES:  # as models/ builds it: R = 0
+        ctx.init_adapter[names(prefix)[2]].zero_()
+    method = build_method("fed-sb", {"init": "svd-base"}, ctx)
+    states, updates = {}, []
+    hand = {0: torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64), 1: -torch.eye(2, dtype=torch.float64)}
+    for c in (0, 1):
+        assert method.broadcast(1, c) is None  # everyone holds B, A (the model's) and R = 0
+        start = method.client_receive(states.setdefault(c, {}), None)
+        assert method.client_trainable(states[c])(names(PREFIXES[0])[2])
+        assert not method.client_trainable(states[c])(names(PREFIXES[0])[0])
+        trained = {**start, **{names(p)[2]: hand[c] for p in PREFIXES}}
+        up = method.client_upload(states[c], start, trained)
+        assert sorted(up) == sorted(names(p)[2] for p in PREFIXES) and method.check_upload(1, c, up) is None
+        updates.append(ClientUpdate(c, up, 1 + 2 * c))  # weights 0.25, 0.75
+    assert method.aggregate(1, updates) == {}
+    mean = 0.25 * hand[0] + 0.75 * hand[1]
+    for c in (0, 1):
+        msg = method.broadcast(2, c)
+        assert not msg.whole and sorted(msg) == sorted(names(p)[2] for p in PREFIXES)  # R alone, never B and A
+        start = method.client_receive(states[c], msg)
+        for prefix in PREFIXES:
+            a, b, r = names(prefix)
+            assert torch.equal(start[r], mean) and torch.equal(start[a], ctx.init_adapter[a])
+            assert torch.equal(start[b], ctx.init_adapter[b])
+
+
+def test_tiny_svd_base_run_sends_r_alone_from_round_1(tmp_path, corpus):
+    rt, summary, out = _run(tmp_path, corpus, "svd", **{"params.init": '"svd-base"', "train.rounds": "2"})
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    layers, rank = len(rt.s.method.triples), 6
+    values = layers * rank * rank * 4
+    header = 4 + 1 + 1 + 1 + 4 + 8 + math.ceil(len(rt.s.adapter.layout.names) / 8) + _varint_len(values) + 4
+    assert all(r["per_client"][str(c)]["up"] == values + header for r in rows for c in r["clients"])
+    assert rows[0]["bytes_down"] == 0
+    assert all(rows[1]["per_client"][str(c)]["down"] == values + header for c in rows[1]["clients"])
+    assert summary["final_eval_loss"] < summary["base_eval_loss"]

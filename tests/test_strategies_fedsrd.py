@@ -86,6 +86,8 @@ VARIANTS = [
     ("fedsrd", {"download_bits": 4, "moves": "both"}),
     ("fedsrd-e", {"download_bits": 2, "download_drop": 0.0}),  # over `sparse > grid(bits=2)`
     ("fedsrd", {"download_mask": "bernoulli"}),  # the earlier draw, over `sparse`
+    ("fedsrd", {"download_feedback": True}),
+    ("fedsrd", {"download_feedback": True, "download_bits": 4, "moves": "both"}),
 ]
 
 
@@ -155,6 +157,34 @@ def test_broadcast_mask_and_rescale():
         m = masked.broadcast(2, 0)[name]
         kept = m != 0
         assert torch.allclose(m[kept], 5 * d[kept], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bits", [None, 3])
+def test_broadcast_feedback_keeps_what_the_mask_and_grid_left_out(bits):
+    """download_feedback: the survivors are sent as they are (no x 5) and the server keeps the rest;
+    sent + kept = the unmasked move, and the next broadcast of that factor starts with it."""
+    ctx = make_ctx()
+    extra = {} if bits is None else {"download_bits": bits}
+    dense = build_method("fedsrd", {"download_drop": 0.0}, ctx)
+    fed = build_method("fedsrd", {"download_feedback": True, **extra}, ctx)
+    run_rounds(dense, ctx, [(1, [0, 1])])
+    run_rounds(fed, ctx, [(1, [0, 1])])
+    meant = without_markers(dense.broadcast(2, 0))
+    sent = without_markers(fed.broadcast(2, 0))
+    assert sorted(sent) == sorted(fed.feedback) == sorted(meant)
+    for name, d in meant.items():
+        torch.testing.assert_close(sent[name] + fed.feedback[name], d, rtol=0, atol=1e-6)
+        if bits is None:
+            kept = sent[name] != 0
+            assert torch.equal(sent[name][kept], d[kept]) and kept.any()  # as they are, not x 5
+    saved = {k: v.clone() for k, v in fed.state_dict().items()}
+    again = build_method("fedsrd", {"download_feedback": True, **extra}, ctx)
+    again.load_state_dict(saved)
+    assert all(torch.equal(again.feedback[k], fed.feedback[k]) for k in fed.feedback)
+    # rounds 2 (A) and 3 (B): the B broadcast of round 3 carries round 1's held-back part
+    states = run_rounds(fed, ctx, [(2, [0, 1]), (3, [0, 1])])
+    metrics = fed.aggregate(4, [ClientUpdate(c, {}, 1) for c in states])
+    assert metrics["broadcast_feedback_norm"] > 0
 
 
 def test_bf16_broadcast_is_the_rounded_fp32_one_at_half_the_value_bytes():

@@ -99,6 +99,7 @@ METHODS: Registry[Any] = Registry(
         "cg-fedllm": _S + "cg_fedllm:CGFedLLM",
         "gradualdiff": _S + "gradualdiff:GradualDiff",
         "fed-sb": _S + "fed_sb:FedSB",
+        "lora-xs": _S + "lora_xs:LoraXS",
     },
 )
 """Method name -> strategies.base.Method subclass."""

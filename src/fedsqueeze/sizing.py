@@ -57,6 +57,35 @@ def fed_sb_rank(cfg: Config) -> int:
     return METHODS.get("fed-sb").adapter_spec(method_params(cfg, "fed-sb"), cfg.lora.r, cfg.lora.alpha).rank
 
 
+def core_rank(cfg: Config, name: str) -> int:
+    """R's size for method `name` (fed-sb, lora-xs): its AdapterSpec for the run's params (rank, or lora.r)."""
+    return METHODS.get(name).adapter_spec(method_params(cfg, name), cfg.lora.r, cfg.lora.alpha).rank
+
+
+def lora_xs_sizes(cfg: Config) -> list[MessageSize]:
+    """LoRA-XS: R alone each way from round 1 (B and A from the base weights' SVD, never sent), in
+    fp32 and with k-bit cores (uploads quantize(bits=k, rounding=stochastic), broadcast grid(bits=k))."""
+    rank = core_rank(cfg, "lora-xs")
+    layout, _, _ = lora_layout(cfg, rank, core=True)
+    shapes = dict(zip(layout.names, layout.shapes))
+    cores = {n: torch.ones(s) for n, s in shapes.items() if n.endswith(R_SUFFIX)}
+    values = sum(t.numel() for t in cores.values())
+    rows = []
+    for bits in (None, 8, 4):
+        up = "fp32" if bits is None else f"quantize(bits={bits}, rounding=stochastic)"
+        down = "fp32" if bits is None else f"grid(bits={bits})"
+        label = f"lora-xs (rank {rank})" + ("" if bits is None else f", {bits}-bit cores")
+        note = f"R only ({values:,} values), from round 1; B, A from the base weights' SVD, never sent"
+        note += "" if bits is None else f"; up {up}, down {down}"
+        on_grid = cores if bits is None else {n: snap(t * 0.5, bits) for n, t in cores.items()}
+        rows.append(
+            MessageSize(
+                label, len(build_codec(up, layout).encode(cores)), len(build_codec(down, layout).encode(on_grid)), note
+            )
+        )
+    return rows
+
+
 def fed_sb_size(cfg: Config) -> MessageSize:
     """Fed-SB from round 2: R (rank x rank per layer) each way; the one-off messages in the note."""
     spec = METHODS.get("fed-sb").adapter_spec(method_params(cfg, "fed-sb"), cfg.lora.r, cfg.lora.alpha)
@@ -66,13 +95,14 @@ def fed_sb_size(cfg: Config) -> MessageSize:
     r_only = {n: torch.ones(s) for n, s in shapes.items() if n.endswith(R_SUFFIX)}
     per_round = len(build_codec("fp32", layout).encode(r_only))
     basis = len(build_codec("fp32", layout).encode({n: torch.ones(s) for n, s in shapes.items()}))
-    return MessageSize(
-        f"fed-sb (rank {rank})",
-        per_round,
-        per_round,
-        f"R only, fp32, from round 2; round 1 uploads a LoRA delta at rank {min(cfg.lora.r, rank)}, "
-        f"round 2 sends B, A and R once ({basis:,} B)",
-    )
+    if cfg.method == "fed-sb" and cfg.params.get("init") == "svd-base":
+        note = "R only, fp32, from round 1 (init svd-base: B, A from the base weights' SVD, never sent)"
+    else:
+        note = (
+            f"R only, fp32, from round 2; round 1 uploads a LoRA delta at rank {min(cfg.lora.r, rank)}, "
+            f"round 2 sends B, A and R once ({basis:,} B)"
+        )
+    return MessageSize(f"fed-sb (rank {rank})", per_round, per_round, note)
 
 
 def size_report(cfg: Config) -> dict:
@@ -85,7 +115,7 @@ def size_report(cfg: Config) -> dict:
         "lora_target": cfg.lora.target,
         "lora_params": layout.numel,
         "lora_tensors": len(layout.names),
-        "messages": [asdict(m) for m in [*message_sizes(layout, cfg.seed, cfg), fed_sb_size(cfg)]],
+        "messages": [asdict(m) for m in [*message_sizes(layout, cfg.seed, cfg), fed_sb_size(cfg), *lora_xs_sizes(cfg)]],
     }
 
 

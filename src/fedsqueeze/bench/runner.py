@@ -20,7 +20,7 @@ from ..metrics.plots import plot, workload
 from ..metrics.report import Run, read_config
 from ..runtime import RUNTIMES, Launch
 from ..strategies import METHODS
-from . import frontier
+from . import frontier, gap
 from .suites import SUITES
 
 MB = 1e6
@@ -95,6 +95,10 @@ def run_suite(
     text = markdown(results)
     if suite.frontier:
         text += "\n\n" + frontier.write(results, out, workload(runs) if runs else suite.name, suite.verdict)
+    curves = {run.name: gap.losses(run.rows, run.summary.get("base_eval_loss")) for run in runs}
+    gaps = gap.write(curves, out)  # each row against fedavg, round by round (needs a fedavg row)
+    if gaps:
+        text += "\n\n" + gaps
     (out / "bench.md").write_text(text + "\n\n" + provenance(reused) + "\n")
     return results
 

@@ -82,6 +82,16 @@ ROWS: dict[str, dict] = {
     # The frontier's winner on W4-lite (issue 18): the cheapest row within +1% of FedAvg's eval
     # loss there, FedSRD's paper defaults with a 4-bit broadcast grid and 2-bit uploads.
     "fedsrd-b4-q2": FRONTIER_ROWS["fedsrd-b4-q2"],
+    # Issue 31: FedSRD's lag that grows with the rounds; candidate: error feedback on the broadcast.
+    # Run with fedavg and eval every round: bench.md then tabulates the per-round gap (gap.md).
+    "fedsrd-b4-q2-fb": FRONTIER_ROWS["fedsrd-b4-q2-fb"],
+    "fedsrd-b8-q4-fb": FRONTIER_ROWS["fedsrd-b8-q4-fb"],
+    # Issue 31: the data-free basis (LoRA-XS: only R, r x r per layer, travels from round 1)
+    **{
+        name: FRONTIER_ROWS[name]
+        for name in ("lora-xs-r16", "lora-xs-r16-s8", "lora-xs-r16-s8-q4", "lora-xs-r32-s8-q4")
+    },
+    "fed-sb-svdbase-r16": FRONTIER_ROWS["fed-sb-svdbase-r16"],
     # FedAvg with generic codecs (issue 3)
     "fedavg-topk-ef": {
         "method": "fedavg",

@@ -6,6 +6,10 @@ matrix R between A and B, so the layer adds s B R A x. peft's forward computes
 keeping A as its own `weight` (peft reads `lora_A.weight` for the input dtype), and R is registered
 as `lora_R[adapter]` on the layer, so its name in the adapter is `<prefix>.lora_R.weight`. Nothing
 of peft is patched. Saved adapters fold R into B (B' = B R): a standard LoRA any peft loads.
+
+Bases (AdapterSpec.basis, e.g. LoRA-XS): B and A from the truncated SVD of each layer's frozen
+weight instead of peft's seeded init, and R = 0 (models/basis.py). Computed here, from the model,
+by every party alike: nothing of them travels.
 """
 
 from __future__ import annotations
@@ -54,10 +58,13 @@ def add_cores(peft_model) -> None:
         lora_a[ADAPTER] = _AThenCore(a, core)
 
 
-def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int, core: bool = False):
+def attach_lora(
+    model, r: int, alpha: float, dropout: float, target, seed: int, core: bool = False, basis: str | None = None
+):
     """Wraps `model` with a LoRA adapter. The initial A is drawn from `seed`: every participant
     builds the same starting adapter without sending it. core: an r x r R between A and B in
-    every layer (see the module docstring)."""
+    every layer (see the module docstring). basis: B and A from the base weights' SVD instead
+    ("svd" or "svd-orthonormal", models/basis.py; needs core)."""
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -74,6 +81,12 @@ def attach_lora(model, r: int, alpha: float, dropout: float, target, seed: int, 
         torch.random.set_rng_state(state)
     if core:
         add_cores(peft_model)
+    if basis is not None:
+        if not core:
+            raise ValueError("a LoRA basis from the base weights needs cores (AdapterSpec core=True)")
+        from .basis import set_svd_basis
+
+        set_svd_basis(peft_model, ADAPTER, basis)
     return peft_model
 
 

@@ -123,7 +123,8 @@ def _load_pretrained(
 
 def build_model(cfg, placement, log=print, spec=None):
     """The base model with the run's seeded LoRA attached, on the placement's device. spec: the
-    method's AdapterSpec (rank, alpha, cores); None: the config's lora.r and alpha.
+    method's AdapterSpec (rank, alpha, cores, a basis from the base weights); None: the config's
+    lora.r and alpha.
 
     The LoRA init is drawn on the CPU from `cfg.seed` before the move, so every device and every
     process starts from the same adapter."""
@@ -140,7 +141,13 @@ def build_model(cfg, placement, log=print, spec=None):
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     rank, alpha, core = (cfg.lora.r, cfg.lora.alpha, False) if spec is None else (spec.rank, spec.alpha, spec.core)
-    peft_model = attach_lora(model, rank, alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed, core=core)
+    basis = getattr(spec, "basis", None)
+    if basis is not None and m.quantize != "none":
+        raise ConfigError(
+            f"config key 'model.quantize': {cfg.method} computes its LoRA basis from the base weights' "
+            f'SVD, which needs them unquantized; use model.quantize = "none"'
+        )
+    peft_model = attach_lora(model, rank, alpha, cfg.lora.dropout, cfg.lora.target, cfg.seed, core=core, basis=basis)
     if m.quantize == "none":
         peft_model.to(placement.device)
     if t.gradient_checkpointing:

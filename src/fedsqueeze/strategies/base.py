@@ -55,11 +55,15 @@ class AdapterSpec:
     """The LoRA a method trains, declared before the model is built (the method never sees the
     model; models/adapter.py builds it): peft rank and alpha, and `core`: an r x r matrix R between
     A and B in every layer (the layer adds (alpha / rank) B R A x; R's name is
-    `<prefix>.lora_R.weight`, the identity at first)."""
+    `<prefix>.lora_R.weight`, the identity at first); `basis`: B and A from the truncated SVD of
+    each layer's frozen weight instead of the seeded init, R = 0 ("svd": B = U_r, A = S_r V_r^T,
+    LoRA-XS; "svd-orthonormal": A = V_r^T; models/basis.py), computed by every party from the
+    model, so they never travel (needs core)."""
 
     rank: int
     alpha: float
     core: bool = False
+    basis: str | None = None
 
 
 class NoParams(BaseModel):

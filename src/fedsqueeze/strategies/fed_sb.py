@@ -27,6 +27,10 @@ is one federated round, the warm-up, billed like any other:
   from round 2: a client that the server has no proof of holding B and A (no R upload from it yet)
     gets them with R as one whole message (billed); every other gets R alone. Clients upload
     dR = R_i - R (r x r per layer) and the server applies R += sum_i w_i dR_i.
+init = "svd-base" (no warm-up): B = U_r, A = V_r^T of the truncated SVD of each layer's frozen base
+weight (AdapterSpec.basis "svd-orthonormal", computed by every party from the model: models/basis.py)
+and R = 0, so round 1 already trains and sends R alone and B, A never travel (LoRA-XS's data-free
+basis, strategies/lora_xs.py, with Fed-SB's orthonormal factors and its whole-R messages).
 Why not LoRA-SB's gradient warm-up: it needs full d_out x d_in gradients of the base weights on
 the clients (the method never sees the model) and either dense uploads or a client-side SVD whose
 per-client bases would have to be merged; one federated LoRA round gives a multi-step update
@@ -39,6 +43,8 @@ standard peft LoRA of rank `rank` (models/adapter.py).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +64,9 @@ class FedSBParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rank: int | None = Field(None, ge=1, le=1024, description="r of the r x r matrix R (None: lora.r)")
+    init: Literal["warmup", "svd-base"] = Field(
+        "warmup", description="warmup: B, A from a LoRA round; svd-base: from the base weights' SVD, no warm-up"
+    )
 
 
 class FedSB(Method):
@@ -69,7 +78,8 @@ class FedSB(Method):
     @classmethod
     def adapter_spec(cls, params: FedSBParams, lora_r: int, lora_alpha: float) -> AdapterSpec:  # type: ignore[override]
         rank = params.rank or lora_r
-        return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True)
+        basis = "svd-orthonormal" if params.init == "svd-base" else None
+        return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True, basis=basis)
 
     def __init__(self, params: FedSBParams, ctx: MethodContext):
         super().__init__(params, ctx)
@@ -83,9 +93,11 @@ class FedSB(Method):
                 f"dimension ({narrowest}), so B and A cannot have orthonormal columns/rows; use at most {narrowest}"
             )
         self.warm_rank = min(ctx.lora_r or self.rank, self.rank)
-        self.warm_init = self._warm_init()
+        self.svd_base = params.init == "svd-base"
+        """B and A are the model's own (built by every party), R starts at 0: no warm-up."""
+        self.warm_init = clone(ctx.init_adapter) if self.svd_base else self._warm_init()
         self.adapter = clone(self.warm_init)
-        self.fixed = False
+        self.fixed = self.svd_base
         """Whether the warm-up has fixed B and A."""
         self.holders: set[int] = set()
         """Clients known to hold B and A (an R upload from them arrived)."""
@@ -138,6 +150,9 @@ class FedSB(Method):
         if not self.fixed:
             return None  # the warm-up starts from the seeded init everyone builds
         r_only = {r: self.adapter[r] for _, _, r in self.triples}
+        if self.svd_base:  # every client holds B and A; R = 0 at first, which it holds too
+            untouched = all(torch.equal(v, self.warm_init[k]) for k, v in r_only.items())
+            return None if untouched else Message(r_only)
         if client in self.holders:
             return Message(r_only)
         basis = {k: self.adapter[k] for a, b, _ in self.triples for k in (a, b)}
@@ -145,7 +160,7 @@ class FedSB(Method):
 
     def client_receive(self, state: Tensors, message: Message | None, turn: ClientTurn | None = None) -> Tensors:
         if message is None:
-            state[PHASE] = torch.tensor(0)
+            state[PHASE] = torch.tensor(int(self.svd_base))
             return self.warm_init
         with_basis = message.whole or any(not k.endswith(R_SUFFIX) for k in message)
         dtypes = {k: v.dtype for k, v in self.ctx.init_adapter.items()}
@@ -154,6 +169,8 @@ class FedSB(Method):
             for a, b, _ in self.triples:
                 state[BASIS + a], state[BASIS + b] = values[a], values[b]
         basis = unprefixed(BASIS, state)
+        if self.svd_base:
+            basis = {k: v for k, v in self.warm_init.items() if not k.endswith(R_SUFFIX)}
         if not basis:
             raise ValueError("fed-sb: an R-only message reached a client that holds no B and A")
         state[PHASE] = torch.tensor(1)

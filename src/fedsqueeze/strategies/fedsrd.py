@@ -70,6 +70,12 @@ adds its memory only where the next upload is non-zero (codecs/sender.py), so up
     few steps from zero is badly conditioned; with no download mask (whose noise hides it) the
     A-round moves some rows of A far more than their size and training diverges (see BENCHMARKS).
     d replaces 1/s by s / (s^2 + (d s_max)^2) (0: the paper's plain pinv).
+  download_feedback=true: error feedback on the broadcast. The server adds to each moved factor what
+    earlier broadcasts of it left out (the dropped entries, and the grid's rounding), masks the sum
+    without the 1/(1-drop) rescale, and keeps the rest for the next broadcast of that factor: the
+    clients get every part of dW the server meant to send, later instead of as unbiased noise (the
+    rescaled mask adds a zero-mean error each round that the adapter keeps: a random walk whose size
+    grows with the rounds). A candidate for FedSRD's lag that grows with the rounds, not a measured fix.
 Stale updates (staleness > 0) are folded in as if trained from the current global: FedSRD has no
 staleness model.
 """
@@ -122,6 +128,9 @@ class FedSRDParams(BaseModel):
     reconstruct: bool = Field(True, description="aggregate sum w_i B_i A_i (false: average A and B apart)")
     decompose: bool = Field(True, description="alternating one-factor sparse broadcast (false: dense SVD factors)")
     adaptive_ratio: bool = Field(True, description="kurtosis-adaptive upload ratio (false: base_ratio)")
+    download_feedback: bool = Field(
+        False, description="keep what the broadcast mask and grid leave out on the server, add it to the next"
+    )
 
     @model_validator(mode="after")
     def _one_rounding(self):
@@ -144,6 +153,8 @@ class FedSRD(CentralDP, Method):
         self.pairs = lm.lora_pairs(ctx.layout.names)
         self.cumulative: Tensors = {k: torch.zeros_like(v) for k, v in ctx.init_adapter.items()}
         self.last_delta = Message()
+        self.feedback: Tensors = {}
+        """download_feedback: per moved tensor, what its broadcasts have left out so far."""
         self.version = 0
         """Aggregations applied so far; the global adapter is version `version`."""
         self.held: dict[int, int] = {}
@@ -235,6 +246,9 @@ class FedSRD(CentralDP, Method):
             }
             nonzero = sum(int(v.count_nonzero()) for v in delta.values())
             metrics = {"factor": factor, "broadcast_nonzero": nonzero}
+            if self.params.download_feedback:
+                held = sum(float(t.double().pow(2).sum()) for t in self.feedback.values()) ** 0.5
+                metrics["broadcast_feedback_norm"] = held
             # the mask's seed rides with the delta (and its checkpoint)
             self.last_delta = Message(delta, mask_seed=self._mask_seed(rnd) if self._seeded_mask() else None)
         else:
@@ -290,15 +304,20 @@ class FedSRD(CentralDP, Method):
                     name, moved = pair.a, lm.project_onto_a(b, left, right, p.projection_damping)
                 else:
                     name, moved = pair.b, lm.project_onto_b(a, left, right, p.projection_damping)
+                if p.download_feedback and name in self.feedback:
+                    moved = moved + self.feedback[name].to(moved.dtype)
+                meant, rescale = moved, p.rescale and not p.download_feedback
                 if self._seeded_mask():
-                    moved = lm.seeded_drop(moved, p.download_drop, seed, name, rescale=p.rescale)
+                    moved = lm.seeded_drop(moved, p.download_drop, seed, name, rescale=rescale)
                 else:
-                    moved = lm.random_drop(moved, p.download_drop, rng, rescale=p.rescale)
+                    moved = lm.random_drop(moved, p.download_drop, rng, rescale=rescale)
                 # Rounded to the wire's precision here, so what the server applies is what clients decode.
                 if p.download_bits is not None:
                     delta[name] = snap(moved.to(self.adapter[name].dtype), p.download_bits)
                 else:
                     delta[name] = moved.to(WIRE_DTYPES[p.download_dtype]).to(self.adapter[name].dtype)
+                if p.download_feedback:
+                    self.feedback[name] = (meant - delta[name].to(meant.dtype)).to(self.adapter[name].dtype)
                 if moved_factor == "A":
                     a = a + delta[name]
                 else:
@@ -363,6 +382,7 @@ class FedSRD(CentralDP, Method):
     def state_dict(self) -> dict[str, torch.Tensor]:
         last = message_tensors(self.last_delta)  # its mask seed kept as the wire writes it
         state = {**prefixed("cumulative/", self.cumulative), **prefixed("last_delta/", last)}
+        state.update(prefixed("feedback/", self.feedback))
         state["version"] = torch.tensor(self.version)
         state["held"] = torch.tensor(sorted(self.held.items()), dtype=torch.int64).reshape(-1, 2)
         state["sent"] = torch.tensor(sorted(self.sent.items()), dtype=torch.int64).reshape(-1, 2)
@@ -371,6 +391,7 @@ class FedSRD(CentralDP, Method):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.cumulative = {k: state[f"cumulative/{k}"].clone() for k in self.ctx.layout.names}
         self.last_delta = read_message(clone(unprefixed("last_delta/", state)))
+        self.feedback = clone(unprefixed("feedback/", state))
         self.version = int(state["version"])
         self.held = {int(c): int(v) for c, v in state["held"].tolist()}
         self.sent = {int(c): int(v) for c, v in state["sent"].tolist()}

@@ -86,7 +86,8 @@ def test_the_readme_method_table_lists_every_method_and_only_those():
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Methods", 1)[1].split("\n\n", 2)[1]
     named = {n for row in table.splitlines()[2:] for n in re.findall(r"`([a-z0-9-]+)`", row.split("|")[1])}
-    assert named == set(METHODS.names())
+    # test files register methods of their own (tests/test_extensions.py): they are "test-" names
+    assert named == {n for n in METHODS.names() if not n.startswith("test-")}
 
 
 def test_the_readme_config_table_names_only_keys_that_exist():

@@ -184,7 +184,7 @@ def resident_rounds(device: str = "cuda", model: str | None = None, rounds: tupl
     from fedsqueeze.runtime.flower import channel
     from fedsqueeze.runtime.flower.client_work import Job
     from fedsqueeze.runtime.flower.supervisor import ResidentWorker
-    from fedsqueeze.strategies.base import to_wire
+    from fedsqueeze.codecs.wire import message_tensors
 
     raw = base(device, method="fedavg", train={"rounds": rounds[0]})
     if model is not None:
@@ -209,7 +209,7 @@ def resident_rounds(device: str = "cuda", model: str | None = None, rounds: tupl
             state = b""
             for rnd in range(1, cfg.train.rounds + 1):
                 message = server.method.broadcast(rnd, 0)  # None: round 1 starts from the initial adapter
-                down = server.downlink_sender().encode(to_wire(message)) if message is not None else None
+                down = server.downlink_sender().encode(message_tensors(message)) if message is not None else None
                 t0 = time.perf_counter()
                 outcome = channel.call(node, Job(text, 0, rnd, down, None, state), wait=120)
                 if outcome.error:

@@ -181,10 +181,10 @@ def resident_rounds(device: str = "cuda", model: str | None = None, rounds: tupl
     5% of round 2."""
     import os
 
+    from fedsqueeze.codecs.wire import message_tensors
     from fedsqueeze.runtime.flower import channel
     from fedsqueeze.runtime.flower.client_work import Job
     from fedsqueeze.runtime.flower.supervisor import ResidentWorker
-    from fedsqueeze.codecs.wire import message_tensors
 
     raw = base(device, method="fedavg", train={"rounds": rounds[0]})
     if model is not None:

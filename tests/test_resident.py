@@ -270,8 +270,7 @@ def test_a_new_run_keeps_the_model_only_when_model_adapter_and_device_agree(tmp_
 # ---- a loopback deployment whose worker dies mid-round -----------------------------------------
 @pytest.mark.integration
 def test_kill_9_of_the_worker_mid_round_leaves_that_client_out_of_that_round_only(tmp_path, corpus):
-    from fedsqueeze.runtime.checkpoint import META
-    from fedsqueeze.runtime.checkpoint import check_resumable
+    from fedsqueeze.runtime.checkpoint import META, check_resumable
     from fedsqueeze.runtime.flower import deploy
     from test_flower import FLOWER_TIMEOUTS, LoopbackFederation, _rounds, _wait
 

@@ -184,6 +184,31 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _bytes_cells(p: dict, has_ref: bool, has_bf16: bool) -> str:
+    """A row's first cells, the same in the loss and the accuracy tables: row, family, MB, the
+    shares of FedAvg's fp32 (and bf16) bytes, the uplink's share."""
+    line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
+    line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
+    if has_bf16:
+        line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
+    return line + f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
+
+
+def _verdicts(a: dict, by_row: dict, best_key: str, within, outside) -> list[str]:
+    """One line per family: its cheapest row within the tolerance (`within(p)`: its quality against
+    FedAvg's), or, where none is, its best row (`a["families"][...][best_key]`, `outside(p)`)."""
+    lines = []
+    for family, f in a["families"].items():
+        if f["cheapest_within"]:
+            p = by_row[f["cheapest_within"]]
+            bf16 = f" ({_pct(p['vs_bf16'])} of bf16)" if "vs_bf16" in p else ""
+            lines.append(f"- {family}: {p['row']}, {_pct(p['vs_fp32'])} of FedAvg's bytes{bf16}, {within(p)}")
+        else:
+            p = by_row[f[best_key]]
+            lines.append(f"- {family}: none within; {outside(p)} ({_pct(p['vs_fp32'])} of the bytes)")
+    return lines
+
+
 def markdown(a: dict) -> str:
     has_ref = a["fedavg_loss"] is not None
     has_bf16 = any("vs_bf16" in p for p in a["points"])
@@ -191,11 +216,7 @@ def markdown(a: dict) -> str:
     head += " uplink share | eval loss | vs fedavg loss | Pareto |"
     lines = [head, "|" + "---|" * (8 + has_bf16)]
     for p in a["points"]:
-        line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
-        line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
-        if has_bf16:
-            line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
-        line += f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
+        line = _bytes_cells(p, has_ref, has_bf16)
         delta = f"{100 * p['loss_vs_fedavg']:+.2f}%" if has_ref else "-"
         line += f" {p['final_eval_loss']:.4f} | {delta} | {'yes' if p['pareto'] else ''} |"
         lines.append(line)
@@ -208,20 +229,13 @@ def markdown(a: dict) -> str:
         f"{a['limit']:.4f}), the fewest bytes per method:",
         "",
     ]
-    for family, f in a["families"].items():
-        if f["cheapest_within"]:
-            p = by_row[f["cheapest_within"]]
-            bf16 = f" ({_pct(p['vs_bf16'])} of bf16)" if "vs_bf16" in p else ""
-            lines.append(
-                f"- {family}: {p['row']}, {_pct(p['vs_fp32'])} of FedAvg's bytes{bf16}, "
-                f"loss {100 * p['loss_vs_fedavg']:+.2f}%"
-            )
-        else:
-            p = by_row[f["best_loss"]]
-            lines.append(
-                f"- {family}: none within; its best loss {p['row']} at {100 * p['loss_vs_fedavg']:+.2f}% "
-                f"({_pct(p['vs_fp32'])} of the bytes)"
-            )
+    lines += _verdicts(
+        a,
+        by_row,
+        "best_loss",
+        lambda p: f"loss {100 * p['loss_vs_fedavg']:+.2f}%",
+        lambda p: f"its best loss {p['row']} at {100 * p['loss_vs_fedavg']:+.2f}%",
+    )
     return "\n".join(lines)
 
 
@@ -338,11 +352,7 @@ def markdown_accuracy(a: dict) -> str:
     head += " uplink share | accuracy +- SE | vs fedavg (points) | macro-F1 | eval loss | Pareto |"
     lines = [head, "|" + "---|" * (10 + has_bf16)]
     for p in a["points"]:
-        line = f"| {p['row']} | {p['family']} | {p['bytes_total'] / MB:.3f} | "
-        line += (_pct(p["vs_fp32"]) if has_ref else "-") + " |"
-        if has_bf16:
-            line += f" {_pct(p['vs_bf16']) if 'vs_bf16' in p else '-'} |"
-        line += f" {_pct(p['up_share']) if 'up_share' in p else '-'} |"
+        line = _bytes_cells(p, has_ref, has_bf16)
         se = f" +- {p['acc_se']:.3f}" if p.get("acc_se") is not None else ""
         f1 = f"{p['macro_f1']:.3f}" if p.get("macro_f1") is not None else "-"
         line += f" {p['acc']:.3f}{se} | {_points(p['acc_vs_fedavg']) if has_ref else '-'} | {f1} |"
@@ -358,20 +368,13 @@ def markdown_accuracy(a: dict) -> str:
         f"{a['limit']:.3f}), the fewest bytes per method:",
         "",
     ]
-    for family, f in a["families"].items():
-        if f["cheapest_within"]:
-            p = by_row[f["cheapest_within"]]
-            bf16 = f" ({_pct(p['vs_bf16'])} of bf16)" if "vs_bf16" in p else ""
-            lines.append(
-                f"- {family}: {p['row']}, {_pct(p['vs_fp32'])} of FedAvg's bytes{bf16}, "
-                f"accuracy {_points(p['acc_vs_fedavg'])} points"
-            )
-        else:
-            p = by_row[f["best_acc"]]
-            lines.append(
-                f"- {family}: none within; its most accurate {p['row']} at {_points(p['acc_vs_fedavg'])} points "
-                f"({_pct(p['vs_fp32'])} of the bytes)"
-            )
+    lines += _verdicts(
+        a,
+        by_row,
+        "best_acc",
+        lambda p: f"accuracy {_points(p['acc_vs_fedavg'])} points",
+        lambda p: f"its most accurate {p['row']} at {_points(p['acc_vs_fedavg'])} points",
+    )
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """Seconds per round of a loopback Flower deployment with and without resident workers (issue 29),
 beside the in-process run of the same config and Flower's own round trip with a trivial ClientApp;
 peak RSS of each node (its whole process tree: `fedsqueeze flower supernode`, flower-supernode,
-its ClientApp processes and the resident worker) round by round. Only 127.0.0.1 is used.
+its ClientApp processes and the resident worker) round by round, and of its resident worker alone
+(the process that keeps the model; the tree also counts each message's short-lived ClientApp).
+Only 127.0.0.1 is used.
 
     python benchmarks/resident.py                       # SmolLM2-135M, fedavg, 5 rounds; 1 and 3 nodes
     python benchmarks/resident.py --rounds 2 --nodes 1  # a short cut
@@ -134,17 +136,34 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from fedsqueeze.cli import main; main()", *args]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and everything below it (MB)."""
-    total = 0
+def _vmrss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"fedsqueeze.runtime.flower.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of `pid` and everything below it, and of its resident worker alone (MB; 0
+    without one). The tree's figure moves with the short-lived ClientApp processes of each message;
+    the worker's is the memory that must stay flat (the model it keeps)."""
+    tree = worker = 0
     for p in [pid, *deploy.descendants(pid)]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+        kb = _vmrss_kb(p)
+        tree += kb
+        if _is_worker(p):
+            worker += kb
+    return tree / 1024, worker / 1024
 
 
 class RssSampler:
@@ -154,6 +173,7 @@ class RssSampler:
     def __init__(self, pids: dict[int, int], rounds_file: Path | None, every: float = 0.25):
         self.pids, self.rounds_file, self.every = pids, rounds_file, every
         self.peaks: dict[int, dict[int, float]] = {node: {} for node in pids}
+        self.worker: dict[int, dict[int, float]] = {node: {} for node in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -166,8 +186,10 @@ class RssSampler:
         while not self._stop.wait(self.every):
             rnd = self._round()
             for node, pid in self.pids.items():
-                mb = rss_mb(pid)
-                self.peaks[node][rnd] = max(self.peaks[node].get(rnd, 0.0), mb)
+                tree, worker = rss_mb(pid)
+                self.peaks[node][rnd] = max(self.peaks[node].get(rnd, 0.0), tree)
+                if worker:
+                    self.worker[node][rnd] = max(self.worker[node].get(rnd, 0.0), worker)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -240,7 +262,7 @@ def deployed(tmp: Path, config: Path, tag: str, nodes: int, resident: bool, env_
         if code != 0:
             raise RuntimeError(f"the {tag} run failed (exit {code}), see {tmp}/*-{tag}.log")
         loads = [(tmp / f"node-{p}-{tag}.log").read_text(errors="replace").count("model loaded") for p in pids]
-    return {"seconds": rounds_of(out), "rss": rss.peaks, "model_loads": loads}
+    return {"seconds": rounds_of(out), "rss": rss.peaks, "worker_rss": rss.worker, "model_loads": loads}
 
 
 def trivial(tmp: Path, tag: str, nodes: int, rounds: int, env_extra: dict) -> dict:
@@ -264,22 +286,52 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def flatness(series: dict[int, dict[int, float]], rounds: int) -> str:
+    """Per node: the peak through round 2 → the peak through the last round (the growth the issue
+    bounds at 5%), and the range of the per-round peaks over rounds 2-R (they move with each round's
+    batches: the in-process run's own peaks move as much)."""
+    out = []
+    for per in series.values():
+        later = {k: v for k, v in per.items() if 2 <= k <= rounds}
+        if later:
+            upto2 = max(v for k, v in per.items() if k <= 2)
+            upto = max(v for k, v in per.items() if k <= rounds)
+            lo, hi = min(later.values()), max(later.values())
+            out.append(f"{upto2:,.0f} → {upto:,.0f} ({100 * (upto / upto2 - 1):+.1f}%); rounds {lo:,.0f}-{hi:,.0f}")
+    return "; ".join(out)
+
+
 def row(nodes: int, name: str, r: dict, base: float | None) -> str:
     s = r["seconds"]
     later = mean(s[1:]) if len(s) > 1 else s[0]
     over = f"{later - base:+.2f}" if base is not None and name not in ("in-process", "trivial") else ""
     peaks = [max(per.values()) for per in r["rss"].values() if per]
     peak = f"{max(peaks):,.0f}" if peaks else "?"
-    flat = []
-    for per in r["rss"].values():  # round 2 against the last round, per node
-        rounds = sorted(k for k in per if k >= 2 and k <= len(s))
-        if rounds:
-            flat.append(f"{per[rounds[0]]:,.0f} → {per[rounds[-1]]:,.0f}")
     loads = r.get("model_loads")
     return (
-        f"| {nodes} | {name} | {s[0]:.2f} | {later:.2f} | {over} | {peak} | {'; '.join(flat)} | "
+        f"| {nodes} | {name} | {s[0]:.2f} | {later:.2f} | {over} | {peak} | {flatness(r['rss'], len(s))} | "
+        f"{flatness(r.get('worker_rss', {}), len(s))} | "
         f"{', '.join(map(str, loads)) if name == 'resident' else 'every message' if name == 'no-resident' else ''} |"
     )
+
+
+def _int_keys(series: dict) -> dict[int, dict[int, float]]:
+    return {int(n): {int(k): v for k, v in per.items()} for n, per in series.items()}
+
+
+def table_of(results: dict) -> str:
+    """The table rows of a saved --json file (its keys are strings: JSON's)."""
+    lines, base = [], None
+    for tag, r in results.items():
+        if not isinstance(r, dict) or "seconds" not in r:
+            continue
+        mode, nodes = tag.rsplit("-", 1)
+        r = {**r, "rss": _int_keys(r["rss"]), "worker_rss": _int_keys(r.get("worker_rss", {}))}
+        if mode == "in-process":
+            s = r["seconds"]
+            base = mean(s[1:]) if len(s) > 1 else s[0]
+        lines.append(row(int(nodes), mode, r, base))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -291,7 +343,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="train.threads (0: cores / nodes)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, run directories)")
+    parser.add_argument("--table", type=Path, default=None, help="print the table of a saved --json file; run nothing")
     a = parser.parse_args()
+    if a.table:
+        print(table_of(json.loads(a.table.read_text())))
+        return
     path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env_extra = {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
     tmp = Path(tempfile.mkdtemp(prefix="fsq-resident-"))
@@ -302,8 +358,8 @@ def main() -> None:
         f"{results['machine']}, {results['date']}",
         "",
         "| nodes | run | round 1 (s) | rounds 2-R (s/round) | over in-process (s/round) | peak RSS per node (MB) "
-        "| RSS round 2 → R per node (MB) | model loads per node |",
-        "|---:|---|---:|---:|---:|---:|---|---|",
+        "| node peak RSS through round 2 → R (MB) | worker peak RSS through round 2 → R (MB) | model loads per node |",
+        "|---:|---|---:|---:|---:|---:|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     try:

@@ -94,8 +94,8 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture
-def cli():
+def cli_runner():
+    """`fedsqueeze ARGS...` in this process (typer's CliRunner); returns the result."""
     from fedsqueeze.cli import app
 
     runner = CliRunner()
@@ -104,6 +104,11 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def cli():
+    return cli_runner()
 
 
 def every_stage(specs: list[str], leave_out: tuple[str, ...] = ()) -> list[str]:

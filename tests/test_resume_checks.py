@@ -5,20 +5,31 @@ overwritten; a rebuilt rounds.jsonl bills exactly what an uninterrupted run bill
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config, write_corpus
+from conftest import cli_runner, tiny_config, write_corpus
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 4-round run stopped after round 2, and the same run uninterrupted: made once for the file
+    (each test damages its own copy)."""
+    root = tmp_path_factory.mktemp("resume-checks")
+    cfg = tiny_config(root, write_corpus(root / "corpus.jsonl"), **{"train.rounds": "4"})
+    invoke = cli_runner()
+    assert invoke("run", cfg, "--out", root / "full").exit_code == 0
+    assert invoke("run", cfg, "--out", root / "part", "--until", "2").exit_code == 0
+    return root
 
 
 @pytest.fixture
-def stopped(tmp_path, corpus, cli):
-    """A 4-round run stopped after round 2, and the same run uninterrupted."""
-    cfg = tiny_config(tmp_path, corpus, **{"train.rounds": "4"})
-    assert cli("run", cfg, "--out", tmp_path / "full").exit_code == 0
-    part = tmp_path / "part"
-    assert cli("run", cfg, "--out", part, "--until", "2").exit_code == 0
-    return part
+def stopped(runs, tmp_path):
+    """This test's own copy of the stopped run (the uninterrupted one beside it as tmp_path/full)."""
+    shutil.copytree(runs / "full", tmp_path / "full")
+    return Path(shutil.copytree(runs / "part", tmp_path / "part"))
 
 
 def _snapshot(run):

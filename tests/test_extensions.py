@@ -14,7 +14,8 @@ from fedsqueeze.codecs.wire import Message, Reader, Writer
 from fedsqueeze.runtime import RUNTIMES, Launch
 from fedsqueeze.runtime.filters import UPLOAD_FILTERS, ClientRound, UploadFilter
 from fedsqueeze.strategies import METHODS, ClientUpdate
-from fedsqueeze.strategies.base import MeanOfDeltas, Method
+from fedsqueeze.strategies.base import Method
+from fedsqueeze.strategies.mixins import MeanOfDeltas
 from test_flower import _assert_same_run, _rounds, _serve_in_process
 
 from conftest import tiny_config

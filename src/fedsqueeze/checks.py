@@ -9,18 +9,22 @@ catalog without importing anything; this step adds, in order:
   codecs    each configured chain's stage parameters and order, a lossless downlink where the
             method needs one, no `autoencoder` stage (no method trains its network in a run)
   track     every tracker in track.to registered and its package installed
-  privacy   privacy/rules.py: refused and unproven combinations, the numbers a guarantee needs
+  privacy   privacy/rules.py: refused and unproven combinations, the numbers a guarantee needs,
+            told what it needs of the method by `method_dp` (the method's optional mixins)
 Each mistake is a ConfigError (a UserError: exit 2) that names the key.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import ConfigError, UserError
 from .registry import METHODS, RUNTIMES
+
+if TYPE_CHECKING:
+    from .privacy.rules import MethodDP
 
 
 def check(cfg: Config, until: int | None = None) -> Config:
@@ -42,8 +46,29 @@ def check(cfg: Config, until: int | None = None) -> Config:
     if cfg.privacy.mode != "none":
         from .privacy.rules import check as privacy_check
 
-        privacy_check(cfg)
+        privacy_check(cfg, method_dp(cfg))
     return cfg
+
+
+def method_dp(cfg: Config) -> MethodDP:
+    """What privacy/rules.py needs to know of the configured method, asked of its optional mixins
+    (strategies/mixins.py): a CentralDP can run under central DP, PrivacyNotes say the rest."""
+    from .privacy.rules import MethodDP
+    from .strategies import validated_params
+    from .strategies.mixins import CentralDP, PrivacyNotes
+
+    cls = METHODS.get(cfg.method)
+    params = validated_params(cfg.method, cfg.params)
+    notes = cls if issubclass(cls, PrivacyNotes) else None
+    refusal = notes.central_dp_refusal(params) if notes is not None else None
+    if refusal is None and not issubclass(cls, CentralDP):
+        refusal = "its aggregate is not declared as a function of the mean of per-client contributions"
+    return MethodDP(
+        federated=cls.mode.federated,
+        central_refusal=refusal,
+        upload_selection=notes.upload_selection(params) if notes is not None else None,
+        local_problem=notes.local_dp_problem(params) if notes is not None else None,
+    )
 
 
 def _finite_params(value: Any, key: str) -> None:

@@ -4,7 +4,8 @@ before any model or data loads (the CLI, api.py, the Flower ServerApp and Sessio
 config.validate has already checked the schema, every cross-key rule and every name against the
 catalog without importing anything; this step adds, in order:
   method    its `params` (the method's Params model), every number in them finite
-  runtime   a remote runtime (registry.py's RUNTIMES info) needs a federated method; --until only
+  runtime   a remote runtime (registry.py's RUNTIMES info) needs a federated method (check_remote,
+            which the round driver also asks of a remote transport); --until only
             where the runtime can stop after a round; eval.at = clients / both needs a global adapter
   codecs    each configured chain's stage parameters and order, a lossless downlink where the
             method needs one, no `autoencoder` stage (no method trains its network in a run)
@@ -84,13 +85,21 @@ def _finite_params(value: Any, key: str) -> None:
 
 def _runtime(cfg: Config, method, until: int | None) -> None:
     info = RUNTIMES.info(cfg.runtime.kind)
-    if info.get("remote", False) and not method.mode.federated:
-        raise ConfigError(
-            f"config key 'runtime.kind': method {cfg.method!r} sends nothing over the wire (each client keeps its "
-            f'own adapter, or all data is pooled), so {cfg.runtime.kind!r} cannot run it; allowed: "local"'
-        )
+    if info.get("remote", False):
+        check_remote(cfg, method, repr(cfg.runtime.kind))
     if until is not None and not info.get("until", True):
         raise UserError(f'--until works with runtime.kind = "local"; on {cfg.runtime.kind}, stop the run and resume it')
+
+
+def check_remote(cfg: Config, method, runtime: str) -> None:
+    """A runtime whose clients run elsewhere needs a federated method. Config time asks it of a
+    remote runtime.kind; the round driver asks it of every remote transport (a Flower Grid serves
+    a config whatever its runtime.kind says). `runtime`: what the message calls the runtime."""
+    if not method.mode.federated:
+        raise ConfigError(
+            f"config key 'runtime.kind': method {cfg.method!r} sends nothing over the wire (each client keeps its "
+            f'own adapter, or all data is pooled), so {runtime} cannot run it; allowed: "local"'
+        )
 
 
 def _codecs(cfg: Config, method) -> None:

@@ -169,11 +169,12 @@ def test_why_a_privacy_plan_is_refused_is_said():
 
 
 def test_the_opt_out_runs_a_void_plan_labelled_as_carrying_no_guarantee():
-    from fedsqueeze.checks import check
+    from fedsqueeze.checks import check, method_dp
     from fedsqueeze.privacy.plan import Plan
 
     sets = ["privacy.mode=central", "privacy.noise_multiplier=1.0", "privacy.delta=0.5", "privacy.allow_unproven=true"]
-    plan = Plan.of(check(config_mod.load(None, sets)), 4)
+    cfg = check(config_mod.load(None, sets))
+    plan = Plan.of(cfg, 4, method_dp(cfg))
     assert plan.guarantee.startswith("no formal guarantee") and "privacy.delta" in plan.guarantee
     assert "-DP" not in plan.guarantee
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsqueeze import config as config_mod
+from fedsqueeze.checks import method_dp
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.privacy.accountant import Accounting
 from fedsqueeze.privacy.central import CentralNoise
@@ -152,14 +153,19 @@ def _cfg(*sets):
     return check(config_mod.load(None, base + list(sets)))
 
 
+def _unproven(cfg):
+    """privacy/rules.py's reasons, told about the method by checks.method_dp as a run is."""
+    from fedsqueeze.privacy.rules import unproven
+
+    return unproven(cfg, method_dp(cfg))
+
+
 def test_local_noise_before_a_topk_uplink_keeps_the_guarantee():
     # The issue's example: top-k of an update that is already noised is post-processing.
     cfg = _cfg("privacy.mode=local", 'uplink.codec="topk(fraction=0.1) > quantize(bits=8) > zstd"')
-    from fedsqueeze.privacy.rules import unproven
-
-    assert unproven(cfg) == []
-    assert unproven(_cfg("privacy.mode=local", "method=gradualdiff")) == []
-    assert unproven(_cfg("privacy.mode=local", "method=fedsrd")) == []  # importance mask on noised values
+    assert _unproven(cfg) == []
+    assert _unproven(_cfg("privacy.mode=local", "method=gradualdiff")) == []
+    assert _unproven(_cfg("privacy.mode=local", "method=fedsrd")) == []  # importance mask on noised values
 
 
 def test_select_first_with_a_data_dependent_mask_is_refused_unless_allowed():
@@ -167,11 +173,9 @@ def test_select_first_with_a_data_dependent_mask_is_refused_unless_allowed():
     with pytest.raises(ConfigError, match="no formal guarantee.*select-first.*importance mask.*positions"):
         _cfg(*sets)
     cfg = _cfg(*sets, "privacy.allow_unproven=true")
-    from fedsqueeze.privacy.rules import unproven
-
-    assert unproven(cfg)
+    assert _unproven(cfg)
     # A dense upload has no positions to leak: the same order is fine for FedAvg.
-    assert unproven(_cfg("privacy.mode=local", "privacy.order=select-first")) == []
+    assert _unproven(_cfg("privacy.mode=local", "privacy.order=select-first")) == []
 
 
 @pytest.mark.parametrize(
@@ -202,9 +206,8 @@ def test_delta_is_required():
 def test_adaptive_clipping_needs_count_noise_above_the_multiplier():
     with pytest.raises(ConfigError, match="clipped_count_stddev"):
         _cfg("privacy.mode=central", "privacy.adaptive_clipping=true")  # 4 / 20 < 1
-    plan = Plan.of(
-        _cfg("privacy.mode=central", "privacy.adaptive_clipping=true", "privacy.clipped_count_stddev=2.0"), 4
-    )
+    cfg = _cfg("privacy.mode=central", "privacy.adaptive_clipping=true", "privacy.clipped_count_stddev=2.0")
+    plan = Plan.of(cfg, 4, method_dp(cfg))
     assert 1 / plan.z**2 == pytest.approx(1 / plan.z_sum**2 + 1 / 2.0**2)
 
 

@@ -48,20 +48,24 @@ def test_a_lazy_entry_imports_only_when_asked():
 def test_a_stage_defined_here_registers_with_one_line(monkeypatch):
     """A codec stage in a test file, one register line: config checks its name, a chain builds with it."""
     import numpy as np
+    from pydantic import Field
 
     from fedsqueeze.codecs import build_codec
-    from fedsqueeze.codecs.base import Values, param
+    from fedsqueeze.codecs.base import StageParams, Values
     from fedsqueeze.tensors import Layout
 
     monkeypatch.setattr(CODECS, "_items", dict(CODECS._items))
     monkeypatch.setattr(CODECS, "_info", dict(CODECS._info))
+
+    class HalvesParams(StageParams):
+        parts: int = Field(2, ge=1, le=4, description="a declared knob")
 
     class Halves(Values):
         """fp32 values, the declared knob only checked (a test stage)."""
 
         name = "halves"
         lossless = True
-        parts: int = param(int, 2, low=1, high=4, help="a declared knob")
+        Params = HalvesParams
 
         def encode(self, values, lengths, w, reconstruct):
             w.array(values.astype("<f4"))

@@ -13,7 +13,9 @@ import torch
 from fedsqueeze import config as config_mod
 from fedsqueeze.codecs.grid import grid_exponent
 from fedsqueeze.errors import ConfigError
+from fedsqueeze.runtime.admission import admission_of
 from fedsqueeze.strategies import ClientUpdate, MethodContext, adapter_spec, build_method
+from fedsqueeze.strategies.mixins import CentralDP
 from fedsqueeze.tensors import Layout
 
 from conftest import MEASURED, tiny_config
@@ -51,7 +53,7 @@ def round_trip(method, states, rnd, cores_by_client, examples):
         for r in r_names():
             trained[r] = cores_by_client[c]
         up = method.client_upload(states[c], start, trained)
-        assert sorted(up) == r_names() and method.check_upload(rnd, c, up) is None
+        assert sorted(up) == r_names() and admission_of(method).check_upload(rnd, c, up) is None
         updates.append(ClientUpdate(c, up, n))
     return method.aggregate(rnd, updates)
 
@@ -200,7 +202,7 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_central_dp_is_declared_as_a_mean_of_deltas():
     method = build_method("lora-xs", {}, make_ctx())
-    assert type(method).central_dp_support(method.params) is None
+    assert isinstance(method, CentralDP)
     update = ClientUpdate(0, {r: HAND[0] for r in r_names()}, 1)
     assert method.dp_contribution(update).keys() == update.tensors.keys()
     method.dp_aggregate(1, {r: HAND_MEAN for r in r_names()}, [update])

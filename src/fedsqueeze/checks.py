@@ -4,23 +4,28 @@ before any model or data loads (the CLI, api.py, the Flower ServerApp and Sessio
 config.validate has already checked the schema, every cross-key rule and every name against the
 catalog without importing anything; this step adds, in order:
   method    its `params` (the method's Params model), every number in them finite
-  runtime   a remote runtime (registry.py's RUNTIMES info) needs a federated method; --until only
+  runtime   a remote runtime (registry.py's RUNTIMES info) needs a federated method (check_remote,
+            which the round driver also asks of a remote transport); --until only
             where the runtime can stop after a round; eval.at = clients / both needs a global adapter
   codecs    each configured chain's stage parameters and order, a lossless downlink where the
             method needs one, no `autoencoder` stage (no method trains its network in a run)
   track     every tracker in track.to registered and its package installed
-  privacy   privacy/rules.py: refused and unproven combinations, the numbers a guarantee needs
+  privacy   privacy/rules.py: refused and unproven combinations, the numbers a guarantee needs,
+            told what it needs of the method by `method_dp` (the method's optional mixins)
 Each mistake is a ConfigError (a UserError: exit 2) that names the key.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import ConfigError, UserError
 from .registry import METHODS, RUNTIMES
+
+if TYPE_CHECKING:
+    from .privacy.rules import MethodDP
 
 
 def check(cfg: Config, until: int | None = None) -> Config:
@@ -42,8 +47,29 @@ def check(cfg: Config, until: int | None = None) -> Config:
     if cfg.privacy.mode != "none":
         from .privacy.rules import check as privacy_check
 
-        privacy_check(cfg)
+        privacy_check(cfg, method_dp(cfg))
     return cfg
+
+
+def method_dp(cfg: Config) -> MethodDP:
+    """What privacy/rules.py needs to know of the configured method, asked of its optional mixins
+    (strategies/mixins.py): a CentralDP can run under central DP, PrivacyNotes say the rest."""
+    from .privacy.rules import MethodDP
+    from .strategies import validated_params
+    from .strategies.mixins import CentralDP, PrivacyNotes
+
+    cls = METHODS.get(cfg.method)
+    params = validated_params(cfg.method, cfg.params)
+    notes = cls if issubclass(cls, PrivacyNotes) else None
+    refusal = notes.central_dp_refusal(params) if notes is not None else None
+    if refusal is None and not issubclass(cls, CentralDP):
+        refusal = "its aggregate is not declared as a function of the mean of per-client contributions"
+    return MethodDP(
+        federated=cls.mode.federated,
+        central_refusal=refusal,
+        upload_selection=notes.upload_selection(params) if notes is not None else None,
+        local_problem=notes.local_dp_problem(params) if notes is not None else None,
+    )
 
 
 def _finite_params(value: Any, key: str) -> None:
@@ -59,13 +85,21 @@ def _finite_params(value: Any, key: str) -> None:
 
 def _runtime(cfg: Config, method, until: int | None) -> None:
     info = RUNTIMES.info(cfg.runtime.kind)
-    if info.get("remote", False) and not method.mode.federated:
-        raise ConfigError(
-            f"config key 'runtime.kind': method {cfg.method!r} sends nothing over the wire (each client keeps its "
-            f'own adapter, or all data is pooled), so {cfg.runtime.kind!r} cannot run it; allowed: "local"'
-        )
+    if info.get("remote", False):
+        check_remote(cfg, method, repr(cfg.runtime.kind))
     if until is not None and not info.get("until", True):
         raise UserError(f'--until works with runtime.kind = "local"; on {cfg.runtime.kind}, stop the run and resume it')
+
+
+def check_remote(cfg: Config, method, runtime: str) -> None:
+    """A runtime whose clients run elsewhere needs a federated method. Config time asks it of a
+    remote runtime.kind; the round driver asks it of every remote transport (a Flower Grid serves
+    a config whatever its runtime.kind says). `runtime`: what the message calls the runtime."""
+    if not method.mode.federated:
+        raise ConfigError(
+            f"config key 'runtime.kind': method {cfg.method!r} sends nothing over the wire (each client keeps its "
+            f'own adapter, or all data is pooled), so {runtime} cannot run it; allowed: "local"'
+        )
 
 
 def _codecs(cfg: Config, method) -> None:

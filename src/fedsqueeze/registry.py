@@ -3,13 +3,18 @@
 A new method, codec stage or runtime is one file plus one line in the catalog below. A catalog line
 names its object as "module:attribute" and nothing is imported until the object is asked for, so
 checking a config's names (config.py, at the bottom of the layers) imports neither torch nor the
-layers above. Tests and plugins may also register an object directly: `REGISTRY.register(name)(obj)`.
+layers above. Tests and plugins may also register an object directly: `REGISTRY.register(name)(obj)`;
+`extensions()` collects those registrations for a process that never imported their module (the
+Flower simulation's ClientApps), which adds them as lazy entries (`Extensions.install`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import import_module
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -36,6 +41,9 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T | str, **info: Any) -> None:
         """`obj`: the object, or "module:attribute" to import on first use."""
         if name in self._items:
+            if isinstance(self._items[name], str) and self._items[name] == target_of(obj):
+                self._items[name] = obj  # a shipped extension's module, imported now, registering it again
+                return
             raise ValueError(f"{self.kind} {name!r} registered twice")
         self._items[name] = obj
         self._info[name] = info
@@ -149,3 +157,60 @@ chose), faults spoil what leaves; a filter registered later runs after these."""
 UPLOAD_FILTERS.add("snapshots", _F + "snapshots:of")
 UPLOAD_FILTERS.add("local-dp", _F + "local_dp:of")
 UPLOAD_FILTERS.add("faults", _F + "faults:of")
+
+
+# ---- extensions: entries registered outside the catalog, carried to another process -------------
+REGISTRIES: dict[str, Registry[Any]] = {r.kind: r for r in (METHODS, CODECS, RUNTIMES, TRACKERS, UPLOAD_FILTERS)}
+_CATALOG = {kind: set(r._items) for kind, r in REGISTRIES.items()}
+
+
+def target_of(obj: Any) -> str | None:
+    """The "module:attribute" that imports `obj` again in another process, or None (a lambda, a
+    class defined inside a function)."""
+    if isinstance(obj, str):
+        return obj
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    if not module or module == "__main__" or not qualname.isidentifier():
+        return None
+    return f"{module}:{qualname}"
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """What this process registered beyond the catalog (a test file's method, a plugin's codec
+    stage), as lazy entries another process can add: the Flower simulation's ClientApps run in
+    other processes, which never imported the module that registered them."""
+
+    entries: tuple[tuple[str, str, str, tuple[tuple[str, Any], ...]], ...] = ()
+    """(registry kind, name, "module:attribute", info), in registration order."""
+    paths: tuple[str, ...] = ()
+    """Where those modules are found (sys.path entries of this process)."""
+
+    def install(self) -> None:
+        """Adds the entries not registered here yet (imported on first use, like the catalog's)."""
+        for path in self.paths:
+            if path not in sys.path:
+                sys.path.append(path)
+        for kind, name, target, info in self.entries:
+            if name not in REGISTRIES[kind]:
+                REGISTRIES[kind].add(name, target, **dict(info))
+
+
+def extensions() -> Extensions:
+    """This process's registrations beyond the catalog, for `Extensions.install` elsewhere.
+    Entries whose object cannot be imported by name (lambdas, local classes) are left out."""
+    entries, paths = [], []
+    for kind, registry in REGISTRIES.items():
+        for name, obj in registry._items.items():
+            target = target_of(obj)
+            if name in _CATALOG[kind] or target is None:
+                continue
+            entries.append((kind, name, target, tuple(registry._info.get(name, {}).items())))
+            module = sys.modules.get(target.partition(":")[0])
+            file = getattr(module, "__file__", None)
+            if file:  # the sys.path entry its top-level package sits in
+                depth = target.partition(":")[0].count(".") + (Path(file).name == "__init__.py")
+                root = str(Path(file).resolve().parents[depth])
+                if root not in paths:
+                    paths.append(root)
+    return Extensions(tuple(entries), tuple(paths))

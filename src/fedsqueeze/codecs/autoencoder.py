@@ -19,49 +19,58 @@ the network leaves. Measure it: `fedsqueeze codecs bench`, or cg-fedllm's per-ro
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..autoencoder import build_network, build_view, half_vector, load_half
 from ..autoencoder.compressor import ZERO_EXP, norm_exponent
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
-from .base import Entry, Plan, Structure, param
+from .base import Entry, Plan, StageParams, Structure
 from .wire import Reader, Writer
+
+
+class AutoencoderParams(StageParams):
+    # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
+    arch: Literal["paper", "row"] = Field(
+        "paper", description="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"
+    )
+    chunk: int = Field(64, ge=4, le=1024, description="row: chunk length (power of two)")
+    latent: float = Field(0.125, ge=0.0, le=1.0, description="row: latent values kept per chunk value")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="initial weights (until weights are loaded)")
 
 
 class Autoencoder(Structure):
     """LoRA layers (paper) or tensors (row) as autoencoder latents; learned, no bound."""
 
     name = "autoencoder"
-    # arch=tensor (one network per tensor) is cg-fedllm's alone: its weights depend on the layout.
-    arch: str = param(
-        str, "paper", choices=("paper", "row"), help="paper: conv AE on [A^T|B] tiles; row: linear AE on chunks"
-    )
-    chunk: int = param(int, 64, low=4, high=1024, help="row: chunk length (power of two)")
-    latent: float = param(float, 0.125, low=0.0, high=1.0, help="row: latent values kept per chunk value")
-    seed: int = param(int, 0, low=0, high=2**63 - 1, help="initial weights (until weights are loaded)")
+    Params = AutoencoderParams
+    params: AutoencoderParams
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)
-        self.net = cast(Any, build_network(self.arch, self.chunk, self.seed))  # the arch's encode / decode
-        self.keep: int = self.net.latent_sizes[-1] if self.arch == "paper" else round(self.latent * self.chunk)
+        p = self.params
+        self.net = cast(Any, build_network(p.arch, p.chunk, p.seed))  # the arch's encode / decode
+        self.keep: int = self.net.latent_sizes[-1] if p.arch == "paper" else round(p.latent * p.chunk)
         self._views: dict[tuple, object] = {}  # units per message layout, derived once
 
     def check(self) -> None:
-        if self.chunk & (self.chunk - 1):
-            raise ConfigError(f"codec 'autoencoder': chunk must be a power of two; got {self.chunk}")
-        sizes = row_latent_sizes(self.chunk)
-        if self.arch == "row" and round(self.latent * self.chunk) not in sizes:
-            allowed = ", ".join(f"{k / self.chunk:g}" for k in sizes)
-            raise ConfigError(f"codec 'autoencoder': latent must be one of {allowed} for chunk={self.chunk}")
+        if self.params.chunk & (self.params.chunk - 1):
+            raise ConfigError(f"codec 'autoencoder': chunk must be a power of two; got {self.params.chunk}")
+        sizes = row_latent_sizes(self.params.chunk)
+        if self.params.arch == "row" and round(self.params.latent * self.params.chunk) not in sizes:
+            allowed = ", ".join(f"{k / self.params.chunk:g}" for k in sizes)
+            raise ConfigError(f"codec 'autoencoder': latent must be one of {allowed} for chunk={self.params.chunk}")
 
     def _view(self, entries: list[Entry]):
         key = tuple((e.name, e.shape) for e in entries)
         if key not in self._views:
-            self._views[key] = build_view(self.arch, [e.name for e in entries], [e.shape for e in entries], self.chunk)
+            self._views[key] = build_view(
+                self.params.arch, [e.name for e in entries], [e.shape for e in entries], self.params.chunk
+            )
         return self._views[key]
 
     def _lengths(self, view, exps: dict[str, int]) -> np.ndarray:

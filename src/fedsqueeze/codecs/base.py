@@ -18,10 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Literal, Union, cast, get_args, get_origin
 
 import numpy as np
 import torch
+from annotated_types import Ge, Le
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
 from ..errors import ConfigError
 from ..registry import CODECS
@@ -32,22 +36,36 @@ __all__ = [
     "CODECS",
     "Bytes",
     "Entry",
-    "Param",
+    "Knob",
     "PayloadError",
     "Plan",
     "Stage",
+    "StageParams",
     "Structure",
     "Values",
     "counter_state",
-    "param",
 ]
 
 # ---- parameters -------------------------------------------------------------------------------
 
 
+class StageParams(BaseModel):
+    """A stage's parameters, declared as every knob of the project is: a pydantic model whose
+    fields carry a default, a description and their bounds (`ge=` / `le=`) or choices (a Literal):
+
+        class TopKParams(StageParams):
+            fraction: float | None = Field(0.01, ge=0.0, le=1.0, description="share of entries kept")
+
+    The spec parser, the canonical spec text and `codecs list` read the fields (as `Knob`s), in
+    order: the canonical spec text, which every blob carries, lists them so."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 @dataclass(frozen=True)
-class Param:
-    """One declared stage parameter: its type, default and allowed range or choices."""
+class Knob:
+    """One stage parameter as the spec parser and `codecs list` see it, read off its Params field:
+    its type, default and allowed range or choices."""
 
     kind: type  # int, float, bool or str
     default: Any
@@ -55,6 +73,27 @@ class Param:
     high: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
+
+    @classmethod
+    def of(cls, owner: str, name: str, field: FieldInfo) -> Knob:
+        kind: Any = field.annotation
+        if get_origin(kind) in (Union, UnionType):  # X | None: None means "not given" (topk's k)
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        choices: tuple[str, ...] = ()
+        if get_origin(kind) is Literal:
+            choices, kind = tuple(get_args(kind)), str
+        if kind not in (int, float, bool, str) or field.is_required():
+            raise TypeError(f"stage {owner!r}: parameter {name!r} needs a default and one of int, float, bool, str")
+        low: float | None = None
+        high: float | None = None
+        for bound in field.metadata:
+            if isinstance(bound, Ge):
+                low = cast(float, bound.ge)
+            elif isinstance(bound, Le):
+                high = cast(float, bound.le)
+            else:
+                raise TypeError(f"stage {owner!r}: parameter {name!r}: declare bounds with ge= and le= only")
+        return cls(kind, field.default, low, high, choices, field.description or "")
 
     def parse(self, codec: str, name: str, raw: Any) -> Any:
         value = self._convert(codec, name, raw)
@@ -101,24 +140,6 @@ class Param:
         return repr(value) if self.kind is float else str(value)
 
 
-def param(
-    kind: type,
-    default: Any,
-    low: float | None = None,
-    high: float | None = None,
-    choices: tuple[str, ...] = (),
-    help: str = "",
-) -> Any:
-    """Declares a stage parameter as a typed class attribute, the one way to declare one:
-
-        fraction: float | None = param(float, 0.01, low=0.0, high=1.0, help="share of entries kept")
-
-    Stage collects these into `params` (in order: the canonical spec text, which every blob
-    carries, lists them so) and sets each on the instance from the spec. Typed as Any, as
-    pydantic's Field is, so the annotation states the attribute's type."""
-    return Param(kind, default, low, high, choices, help)
-
-
 # ---- what stages exchange ---------------------------------------------------------------------
 
 
@@ -144,39 +165,43 @@ class Stage:
     name: ClassVar[str]
     kind: ClassVar[str]
     lossless: ClassVar[bool] = False
-    params: ClassVar[dict[str, Param]] = {}
+    Params: ClassVar[type[StageParams]] = StageParams
+    """Its parameters (a StageParams subclass); `self.params` holds the spec's values."""
+    knobs: ClassVar[dict[str, Knob]] = {}
+    """Params' fields as the spec parser and `codecs list` read them (derived, never declared)."""
+    params: StageParams
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
-        declared = {k: v for k, v in vars(cls).items() if isinstance(v, Param)}
-        if declared:
-            cls.params = {**cls.params, **declared}
-            for key, p in declared.items():
-                setattr(cls, key, p.default)  # the class shows the default; instances their value
+        cls.knobs = {k: Knob.of(cls.__name__, k, f) for k, f in cls.Params.model_fields.items()}
 
     def __init__(self, **values: Any):
-        for key, declared in self.params.items():
-            setattr(self, key, values.get(key, declared.default))
-        self._given = dict(values)  # what the spec named explicitly
+        try:
+            self.params = self.Params.model_validate(values)  # what the spec named: params.model_fields_set
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(x) for x in e["loc"])
+            raise ConfigError(f"codec {self.name!r}: {where}: {e['msg']}") from None
         self.check()
 
     @classmethod
     def from_params(cls, raw: dict[str, Any]) -> Stage:
-        unknown = [k for k in raw if k not in cls.params]
+        unknown = [k for k in raw if k not in cls.knobs]
         if unknown:
-            allowed = ", ".join(cls.params) or "none"
+            allowed = ", ".join(cls.knobs) or "none"
             raise ConfigError(f"codec {cls.name!r}: unknown parameter {unknown[0]!r}; allowed: {allowed}")
-        return cls(**{k: cls.params[k].parse(cls.name, k, v) for k, v in raw.items()})
+        return cls(**{k: cls.knobs[k].parse(cls.name, k, v) for k, v in raw.items()})
 
     def check(self) -> None:
         """Cross-parameter validation (raise ConfigError)."""
 
     def spec(self) -> str:
         """Canonical text: the name plus every parameter that differs from its default."""
+        values = {k: getattr(self.params, k) for k in self.knobs}
         args = [
-            f"{k}={p.format(getattr(self, k))}"
-            for k, p in self.params.items()
-            if getattr(self, k) is not None and getattr(self, k) != p.default
+            f"{k}={knob.format(values[k])}"
+            for k, knob in self.knobs.items()
+            if values[k] is not None and values[k] != knob.default
         ]
         return f"{self.name}({','.join(args)})" if args else self.name
 
@@ -214,7 +239,7 @@ class Values(Stage):
     @property
     def value_bits(self) -> int:
         """About how many bits a value costs (structures weigh values against positions with it)."""
-        return getattr(self, "bits", 32)
+        return getattr(self.params, "bits", 32)
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool) -> np.ndarray | None:
         """Write `values` (flat float32 made of segments of `lengths`); return what the receiver

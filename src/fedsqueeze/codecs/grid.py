@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from .base import PayloadError, Values, param
+from .base import PayloadError, StageParams, Values
 from .quantize import pack_codes, unpack_codes
 from .wire import Reader, Writer
 
@@ -74,38 +75,43 @@ def snap(x: torch.Tensor, bits: int) -> torch.Tensor:
     return out.reshape(x.shape).to(x.device)
 
 
+class GridParams(StageParams):
+    bits: int = Field(8, ge=2, le=8, description="bits per value on the grid")
+
+
 class Grid(Values):
     """k-bit codes for values on a power-of-two k-bit grid, else fp32; lossless."""
 
     name = "grid"
     lossless = True
-    bits: int = param(int, 8, low=2, high=8, help="bits per value on the grid")
+    Params = GridParams
+    params: GridParams
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):
-        levels = (1 << (self.bits - 1)) - 1
+        levels = (1 << (self.params.bits - 1)) - 1
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         segments = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        exps = [grid_exponent(s, self.bits) for s in segments]
+        exps = [grid_exponent(s, self.params.bits) for s in segments]
         w.array(np.array([FP32 if e is None else GRID for e in exps], np.uint8))
         w.array(np.array([e for e in exps if e is not None], "<i2"))
         on_grid = [np.ldexp(s.astype(np.float64), -e) for s, e in zip(segments, exps) if e is not None]
         codes = np.rint(np.concatenate(on_grid)).astype(np.int64) + levels if on_grid else np.zeros(0, np.int64)
-        w.array(pack_codes(codes.astype(np.uint8), self.bits))
+        w.array(pack_codes(codes.astype(np.uint8), self.params.bits))
         rest = [s for s, e in zip(segments, exps) if e is None]
         w.array(np.concatenate(rest).astype("<f4") if rest else np.zeros(0, "<f4"))
         return values if reconstruct else None
 
     def decode(self, r: Reader, lengths: np.ndarray) -> np.ndarray:
-        levels = (1 << (self.bits - 1)) - 1
+        levels = (1 << (self.params.bits - 1)) - 1
         tags = r.array("u1", lengths.size, "grid tags")
         if (tags > GRID).any():
             raise PayloadError(f"grid: unknown segment tag {int(tags.max())}")
         grid = tags == GRID
         exps = r.array("<i2", int(grid.sum()), "grid exponents").astype(np.int64)
-        if exps.size and (exps.min() < MIN_EXPONENT or exps.max() > max_exponent(self.bits)):
-            raise PayloadError(f"grid exponent outside [{MIN_EXPONENT}, {max_exponent(self.bits)}]")
+        if exps.size and (exps.min() < MIN_EXPONENT or exps.max() > max_exponent(self.params.bits)):
+            raise PayloadError(f"grid exponent outside [{MIN_EXPONENT}, {max_exponent(self.params.bits)}]")
         count = int(lengths[grid].sum())
-        codes = unpack_codes(r.array("u1", (count * self.bits + 7) // 8, "grid codes"), self.bits, count)
+        codes = unpack_codes(r.array("u1", (count * self.params.bits + 7) // 8, "grid codes"), self.params.bits, count)
         if codes.size and codes.max() > 2 * levels:
             raise PayloadError(f"grid code {int(codes.max())} above {2 * levels}")
         rest = r.array("<f4", int(lengths[~grid].sum()), "fp32 values")

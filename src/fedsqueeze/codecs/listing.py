@@ -1,9 +1,9 @@
 """`fedsqueeze codecs list`: every registered stage by kind, with its parameters' types, defaults
-and allowed ranges, read from the stages' declared `Param`s (so the list cannot drift from them)."""
+and allowed ranges, read from the fields of the stages' Params (so the list cannot drift from them)."""
 
 from __future__ import annotations
 
-from .base import CODECS, Param
+from .base import CODECS, Knob
 
 KINDS = (
     ("structure", "what is sent of each tensor (default: every value)"),
@@ -12,7 +12,7 @@ KINDS = (
 )
 
 
-def allowed(param: Param) -> str:
+def allowed(param: Knob) -> str:
     """The values a parameter accepts: `one of a, b`, `in [lo, hi]`, `>= lo`, or its type."""
     if param.choices:
         return "one of " + ", ".join(param.choices)
@@ -35,7 +35,7 @@ def allowed(param: Param) -> str:
     return kind
 
 
-def default(param: Param) -> str:
+def default(param: Knob) -> str:
     return "none" if param.default is None else param.format(param.default)
 
 
@@ -52,7 +52,7 @@ def catalog() -> list[dict]:
                 "doc": doc[0] if doc else "",
                 "params": [
                     {"name": key, "default": default(p), "allowed": allowed(p), "help": p.help}
-                    for key, p in stage.params.items()
+                    for key, p in stage.knobs.items()
                 ],
             }
         )

@@ -17,18 +17,24 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from .base import Entry, Plan, Structure, param
+from .base import Entry, Plan, StageParams, Structure
 from .wire import Reader, Writer
+
+
+class LowRankParams(StageParams):
+    rank: int = Field(4, ge=1, le=4096, description="rank of the factors (at most the tensor's smaller side)")
+    iterations: int = Field(1, ge=1, le=16, description="power iterations per message")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds each tensor's first random factor")
 
 
 class LowRank(Structure):
     """PowerSGD rank-r factors, warm-started; ||M - M_hat||_F <= ||M||_F, small tensors dense."""
 
     name = "lowrank"
-    rank: int = param(int, 4, low=1, high=4096)
-    iterations: int = param(int, 1, low=1, high=16, help="power iterations per message")
-    seed: int = param(int, 0, low=0, high=2**63 - 1)
+    Params = LowRankParams
+    params: LowRankParams
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -40,7 +46,7 @@ class LowRank(Structure):
             return None
         n = e.shape[0]
         m = e.numel // n
-        r = min(self.rank, n, m)
+        r = min(self.params.rank, n, m)
         return (n, m, r) if r * (n + m) < n * m else None
 
     def _lengths(self, entries: list[Entry]) -> np.ndarray:
@@ -62,7 +68,7 @@ class LowRank(Structure):
         for (n, m, r), members in groups.items():  # batched power iteration per shape
             M = torch.stack([entries[i].tensor().view(n, m) for i in members])
             Q = torch.stack([self._start(entries[i].name, m, r) for i in members])
-            for _ in range(self.iterations):
+            for _ in range(self.params.iterations):
                 P = torch.linalg.qr(M @ Q).Q
                 Q = M.transpose(1, 2) @ P
             for row, i in enumerate(members):
@@ -81,7 +87,7 @@ class LowRank(Structure):
             # which overflows fp32 for large tensors' values.
             norms = q.norm(dim=0, keepdim=True)
             return q / torch.where(norms > 0, norms, 1.0)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+        g = torch.Generator().manual_seed((self.params.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
         return torch.randn(m, r, generator=g)
 
     def _rebuild(self, entries: list[Entry]):

@@ -14,29 +14,37 @@ Section layout: block mins (fp32), block steps (fp32), packed codes (ceil(n * bi
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from .base import PayloadError, Values, counter_state, param
+from .base import PayloadError, StageParams, Values, counter_state
 from .wire import Reader, Writer
+
+
+class QuantizeParams(StageParams):
+    bits: int = Field(8, ge=1, le=8, description="bits per code")
+    block: int = Field(256, ge=1, le=2**20, description="values per min/step pair")
+    rounding: Literal["nearest", "stochastic"] = Field("nearest", description="stochastic: unbiased, seeded")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="stochastic rounding seed")
 
 
 class Quantize(Values):
     """b-bit codes with per-block min/step; error <= step/2 (nearest) or < step (stochastic, unbiased)."""
 
     name = "quantize"
-    bits: int = param(int, 8, low=1, high=8)
-    block: int = param(int, 256, low=1, high=2**20, help="values per min/step pair")
-    rounding: str = param(str, "nearest", choices=("nearest", "stochastic"))
-    seed: int = param(int, 0, low=0, high=2**63 - 1, help="stochastic rounding seed")
+    Params = QuantizeParams
+    params: QuantizeParams
 
     def __init__(self, **values):
         super().__init__(**values)
         self.messages = 0  # advances the stochastic-rounding stream, one step per message
 
     def encode(self, values: np.ndarray, lengths: np.ndarray, w: Writer, reconstruct: bool):
-        levels = (1 << self.bits) - 1
-        block_lengths = split_blocks(lengths, self.block)
+        levels = (1 << self.params.bits) - 1
+        block_lengths = split_blocks(lengths, self.params.block)
         if values.size == 0:
             return values if reconstruct else None
         starts = np.cumsum(block_lengths) - block_lengths
@@ -51,8 +59,8 @@ class Quantize(Values):
 
         which = np.repeat(np.arange(block_lengths.size), block_lengths)
         scaled = (values - lo[which]) / safe_step[which]
-        if self.rounding == "stochastic":
-            rng = np.random.Generator(np.random.PCG64([self.seed, self.messages]))
+        if self.params.rounding == "stochastic":
+            rng = np.random.Generator(np.random.PCG64([self.params.seed, self.messages]))
             scaled += rng.random(values.size, dtype=np.float32)
             np.floor(scaled, out=scaled)
         else:
@@ -62,11 +70,11 @@ class Quantize(Values):
 
         w.array(lo.astype("<f4", copy=False))
         w.array(step.astype("<f4", copy=False))
-        w.array(pack_codes(codes, self.bits))
+        w.array(pack_codes(codes, self.params.bits))
         return lo[which] + codes * step[which] if reconstruct else None
 
     def decode(self, r: Reader, lengths: np.ndarray) -> np.ndarray:
-        block_lengths = split_blocks(lengths, self.block)
+        block_lengths = split_blocks(lengths, self.params.block)
         count = int(lengths.sum())
         nblocks = block_lengths.size
         # Every size below follows from the structure's (already validated) counts, and each read
@@ -75,13 +83,13 @@ class Quantize(Values):
         step = r.array("<f4", nblocks, "quantization block steps")
         if not (np.isfinite(lo).all() and np.isfinite(step).all() and (step >= 0).all()):
             raise PayloadError("quantization block scales are not finite and non-negative")
-        packed = r.array("u1", (count * self.bits + 7) // 8, "quantized codes")
-        codes = unpack_codes(packed, self.bits, count)
+        packed = r.array("u1", (count * self.params.bits + 7) // 8, "quantized codes")
+        codes = unpack_codes(packed, self.params.bits, count)
         which = np.repeat(np.arange(nblocks), block_lengths)
         return lo[which] + codes * step[which]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"messages": counter_state(self.messages)} if self.rounding == "stochastic" else {}
+        return {"messages": counter_state(self.messages)} if self.params.rounding == "stochastic" else {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "messages" in state:

@@ -16,9 +16,10 @@ import struct
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import ConfigError
-from .base import Entry, Plan, Structure, counter_state, param
+from .base import Entry, Plan, StageParams, Structure, counter_state
 from .sparsify import keep_count, scatter_rebuild
 from .wire import Reader, Writer
 
@@ -107,41 +108,46 @@ def _permute(x: np.ndarray, bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return x
 
 
+class RandKParams(StageParams):
+    fraction: float | None = Field(0.1, ge=0.0, le=1.0, description="share of entries kept")
+    k: int | None = Field(None, ge=1, description="entries kept (instead of fraction)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds the positions both ends draw")
+    scale: bool = Field(False, description="multiply kept values by n/k (unbiased)")
+
+
 class RandK(Structure):
     """k seeded random entries, positions not sent; ||x - x_hat|| <= ||x|| (scale: unbiased)."""
 
     name = "randk"
-    fraction: float | None = param(float, 0.1, low=0.0, high=1.0)
-    k: int | None = param(int, None, low=1)
-    seed: int = param(int, 0, low=0, high=2**63 - 1)
-    scale: bool = param(bool, False, help="multiply kept values by n/k (unbiased)")
+    Params = RandKParams
+    params: RandKParams
 
     def __init__(self, **values):
         super().__init__(**values)
         self.messages = 0
 
     def check(self) -> None:
-        if "fraction" in self._given and self.k is not None:
+        if "fraction" in self.params.model_fields_set and self.params.k is not None:
             raise ConfigError("codec 'randk': give fraction or k, not both")
-        if self.k is not None:
-            self.fraction = None
-        elif self.fraction is None or self.fraction <= 0:
+        if self.params.k is not None:
+            self.params.fraction = None
+        elif self.params.fraction is None or self.params.fraction <= 0:
             raise ConfigError("codec 'randk': fraction must be > 0")
 
     def _counts(self, entries: list[Entry]) -> np.ndarray:
-        return np.array([keep_count(e.numel, self.fraction, self.k) for e in entries], np.int64)
+        return np.array([keep_count(e.numel, self.params.fraction, self.params.k) for e in entries], np.int64)
 
     def _positions(self, entries: list[Entry], counts: np.ndarray, message_seed: int) -> list[np.ndarray]:
         return sample_positions(message_seed, np.array([e.numel for e in entries], np.int64), counts)
 
     def encode(self, entries: list[Entry], w: Writer) -> Plan:
-        message_seed = mix64(mix64(self.seed) + self.messages + 1)
+        message_seed = mix64(mix64(self.params.seed) + self.messages + 1)
         self.messages += 1
         w.raw(struct.pack("<Q", message_seed))
         counts = self._counts(entries)
         per_entry = self._positions(entries, counts, message_seed)
         values = [e.array()[p] for e, p in zip(entries, per_entry)]
-        if self.scale:
+        if self.params.scale:
             values = [v * np.float32(e.numel / max(len(v), 1)) for e, v in zip(entries, values)]
         flat = np.concatenate(values).astype(np.float32, copy=False) if values else np.zeros(0, np.float32)
         return Plan(counts, scatter_rebuild(entries, counts, per_entry), flat)

@@ -11,35 +11,44 @@ Positions go in the cheapest of bitmap / delta varints / int32 per tensor (see p
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..errors import ConfigError
-from .base import Entry, param
+from .base import Entry, StageParams
 from .sparsify import SparseStructure, keep_count
+
+
+class TopKParams(StageParams):
+    fraction: float | None = Field(0.01, ge=0.0, le=1.0, description="share of entries kept")
+    k: int | None = Field(None, ge=1, description="entries kept (instead of fraction)")
+    scope: Literal["tensor", "global"] = Field(
+        "tensor", description="the k largest of each tensor, or of the whole message"
+    )
 
 
 class TopK(SparseStructure):
     """k largest magnitudes per tensor or global; ||x - x_hat||^2 <= (1 - k/n) ||x||^2."""
 
     name = "topk"
-    fraction: float | None = param(float, 0.01, low=0.0, high=1.0, help="share of entries kept")
-    k: int | None = param(int, None, low=1, help="entries kept (instead of fraction)")
-    scope: str = param(str, "tensor", choices=("tensor", "global"))
+    Params = TopKParams
+    params: TopKParams
 
     def check(self) -> None:
-        if "fraction" in self._given and self.k is not None:
+        if "fraction" in self.params.model_fields_set and self.params.k is not None:
             raise ConfigError("codec 'topk': give fraction or k, not both")
-        if self.k is not None:
-            self.fraction = None
-        elif self.fraction is None or self.fraction <= 0:
+        if self.params.k is not None:
+            self.params.fraction = None
+        elif self.params.fraction is None or self.params.fraction <= 0:
             raise ConfigError("codec 'topk': fraction must be > 0")
 
     def select(self, entries: list[Entry]):
-        if self.scope == "global":
+        if self.params.scope == "global":
             return self._select_global(entries)
-        counts = np.array([keep_count(e.numel, self.fraction, self.k) for e in entries], np.int64)
+        counts = np.array([keep_count(e.numel, self.params.fraction, self.params.k) for e in entries], np.int64)
         positions: list[np.ndarray] = [np.zeros(0, np.int64)] * len(entries)
         # Tensors of equal size share one batched topk: 420 LoRA tensors come in a handful of sizes.
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -66,7 +75,7 @@ class TopK(SparseStructure):
     def _select_global(self, entries: list[Entry]):
         numels = np.array([e.numel for e in entries], np.int64)
         total = int(numels.sum())
-        k = keep_count(total, self.fraction, self.k)
+        k = keep_count(total, self.params.fraction, self.params.k)
         if k == 0:
             return np.zeros(len(entries), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         flat = torch.cat([e.tensor() for e in entries])

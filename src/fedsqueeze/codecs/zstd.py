@@ -8,18 +8,24 @@ into a large allocation.
 from __future__ import annotations
 
 import zstandard
+from pydantic import Field
 
-from .base import Bytes, PayloadError, param
+from .base import Bytes, PayloadError, StageParams
+
+
+class ZstdParams(StageParams):
+    level: int = Field(3, ge=-7, le=22, description="zstd level (higher: smaller, slower)")
 
 
 class Zstd(Bytes):
     """zstd over the whole body; lossless."""
 
     name = "zstd"
-    level: int = param(int, 3, low=-7, high=22, help="zstd level (higher: smaller, slower)")
+    Params = ZstdParams
+    params: ZstdParams
 
     def compress(self, body: bytes) -> bytes:
-        return zstandard.ZstdCompressor(level=self.level, write_content_size=True).compress(body)
+        return zstandard.ZstdCompressor(level=self.params.level, write_content_size=True).compress(body)
 
     def decompress(self, data: memoryview, size: int) -> bytes:
         try:

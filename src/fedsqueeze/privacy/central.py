@@ -1,8 +1,8 @@
 """Central mode: the server clips each client's contribution, noises the round's sum, and hands the
 method the noised mean (everything after that is post-processing).
 
-A method declares its contribution (`Method.dp_contribution`: the tensors whose uniform mean its
-aggregate is a function of) and how it finishes from their mean (`Method.dp_aggregate`). The mean
+A method declares its contribution (the CentralDP mixin's `dp_contribution`: the tensors whose uniform mean its
+aggregate is a function of) and how it finishes from their mean (`dp_aggregate`). The mean
 divides by the fixed k clients per round, not by how many arrived, so the count is not a function
 of the data. The server also samples clients with its secret (`sampling_seed`): amplification by
 sampling needs a sample the adversary cannot recompute from the config.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .accountant import NAME, Accounting
-from .rules import _calibrated, unproven
+from .rules import MethodDP, _calibrated, unproven
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Plan:
     clip_learning_rate: float = 0.2
 
     @classmethod
-    def of(cls, cfg, num_clients: int) -> Plan | None:
+    def of(cls, cfg, num_clients: int, method: MethodDP) -> Plan | None:
         p = cfg.privacy
         if p.mode == "none":
             return None
@@ -69,7 +69,7 @@ class Plan:
             p.clip_norm,
             accounting,
             cfg.train.rounds,
-            tuple(unproven(cfg)),
+            tuple(unproven(cfg, method)),
             p.noise_seed,
             p.target_quantile,
             p.clip_learning_rate,

@@ -12,23 +12,40 @@ names every key, so "set on purpose" cannot be told from a default): the aggrega
 client the same (train.weighting), and server.norm_factor (rejecting an upload by the median of the
 others' norms, which makes one client's admission depend on the others' data) is not applied.
 The console line and summary.json say so.
+
+What the rules need to know of the configured method is a MethodDP, which checks.py asks of the
+method's class (its CentralDP and PrivacyNotes mixins, strategies/mixins.py): this package and
+strategies/ sit side by side in the layers and do not import each other.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
-
-from pydantic import ValidationError
 
 from ..errors import ConfigError
 
 
-def check(cfg) -> None:
+@dataclass(frozen=True)
+class MethodDP:
+    """What the rules need to know of the configured method (checks.method_dp builds it)."""
+
+    federated: bool
+    """False: nothing leaves a client (personalized or pooled), so there is nothing to noise."""
+    central_refusal: str | None = None
+    """Why central DP cannot run it; None: it can (a CentralDP)."""
+    upload_selection: str | None = None
+    """How its upload chooses what it sends by the update's own values; None: it does not."""
+    local_problem: str | None = None
+    """What else, un-noised, leaves a client under local DP; None: nothing."""
+
+
+def check(cfg, method: MethodDP) -> None:
     """Raises ConfigError for a refused privacy setup, or an unproven one not allowed."""
-    refused = refusals(cfg)
+    refused = refusals(cfg, method)
     if refused:
         raise ConfigError("; ".join(refused))
-    why = unproven(cfg)
+    why = unproven(cfg, method)
     if why and not cfg.privacy.allow_unproven:
         raise ConfigError(
             f"privacy.mode = {cfg.privacy.mode!r} would give no formal guarantee: "
@@ -47,18 +64,7 @@ def check(cfg) -> None:
             )
 
 
-def _method(cfg):
-    from ..registry import METHODS
-
-    cls = METHODS.get(cfg.method)
-    try:
-        params = cls.Params.model_validate(cfg.params)
-    except ValidationError:
-        params = None  # Session.build reports it, naming the key
-    return cls, params
-
-
-def refusals(cfg) -> list[str]:
+def refusals(cfg, method: MethodDP) -> list[str]:
     p = cfg.privacy
     out = []
     if p.delta is None:
@@ -75,27 +81,25 @@ def refusals(cfg) -> list[str]:
         )
     if p.order != "noise-first" and p.mode != "local":
         out.append("config key 'privacy.order': only with privacy.mode = 'local'; allowed here: noise-first")
-    cls, params = _method(cfg)
-    if not cls.mode.federated:
+    if not method.federated:
         out.append(
             f"config key 'privacy.mode': method {cfg.method!r} is not federated (nothing leaves a client, so "
             "there is nothing to noise); allowed: none"
         )
         return out
     if p.mode == "central":
-        why = cls.central_dp_support(params) if params is not None else None
+        why = method.central_refusal
         if why:
             out.append(f"config key 'privacy.mode': 'central' cannot run method {cfg.method!r}: {why}; allowed: local")
     return out
 
 
-def unproven(cfg) -> list[str]:
+def unproven(cfg, method: MethodDP) -> list[str]:
     """Why this (otherwise runnable) privacy setup has no formal guarantee; [] when it has one."""
     p = cfg.privacy
     if p.mode == "none":
         return []
-    cls, params = _method(cfg)
-    if params is None or not cls.mode.federated:
+    if not method.federated:
         return []
     out = _numbers(cfg)
     if p.mode == "central" and (cfg.hybrid.quorum < 1 or cfg.hybrid.deadline is not None):
@@ -104,11 +108,11 @@ def unproven(cfg) -> list[str]:
             "sampled, so rounds are not the fixed-size uniform samples the accountant assumes"
         )
     if p.mode == "local":
-        why = cls.local_dp_problem(params)
+        why = method.local_problem
         if why:
             out.append(why)
         if p.order == "select-first":
-            selects = cls.upload_selection(params)
+            selects = method.upload_selection
             if selects:
                 out.append(
                     f"privacy.order = 'select-first': {cfg.method} {selects}, before the noise; only the kept "

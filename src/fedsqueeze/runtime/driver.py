@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import rundir
+from ..checks import check_remote
 from ..config import HybridConfig
 from ..errors import UserError
 from ..evaluation import REFERENCE_ROUND
@@ -125,10 +126,9 @@ class Transport(Protocol):
 
 class Driver:
     def __init__(self, session: Session, transport: Transport, out: Path, progress=None):
-        if transport.remote and not session.method.mode.federated:
-            raise UserError(
-                f"method {session.cfg.method!r} sends nothing over the wire (each client keeps its "
-                'own adapter, or all data is pooled): run it with runtime.kind = "local"'
+        if transport.remote:  # checks.py's rule, asked of the transport (a Grid serves any runtime.kind)
+            check_remote(
+                session.cfg, session.method, f"a runtime whose clients run elsewhere ({type(transport).__name__})"
             )
         self.s = session
         self.transport = transport

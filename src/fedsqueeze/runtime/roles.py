@@ -21,7 +21,7 @@ from ..metrics.memory import merge_peaks, peaks, reset_peaks
 from ..strategies import ClientUpdate
 from ..strategies.base import ClientTurn
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
-from .admission import Candidate, screen
+from .admission import Candidate, admission_of, screen
 from .claims import cap_updates, claims_counted, weight_of
 from .filters import ClientRound, filters_for
 from .reply import Receipt, Reply, Upload
@@ -133,6 +133,7 @@ class ServerRole:
     def __init__(self, session: Session, store: StateStore):
         self.s = session
         self.method = session.method
+        self.admission = admission_of(self.method)
         self.store = store
         self.decoder = session.uplink_decoder()
         self.ledger = Ledger()
@@ -226,7 +227,7 @@ class ServerRole:
         server = self.s.cfg.server
         if self.noise is not None:  # one client's admission may not depend on the others' data
             server = server.model_copy(update={"norm_factor": None})
-        got.rejected.update(screen(self.method, rnd, candidates, server))
+        got.rejected.update(screen(self.admission, rnd, candidates, server))
         for up, reply, staleness, tensors in decoded:
             if up.client in got.rejected:
                 log(f"round {rnd}: rejected client {up.client}'s upload: {got.rejected[up.client]}")
@@ -247,7 +248,7 @@ class ServerRole:
             return None
         t0 = time.perf_counter()
         try:
-            return dict(read_message(self.decoder.decode(reply.blob, self.method.accepts)))
+            return dict(read_message(self.decoder.decode(reply.blob, self.admission.accepts)))
         except PayloadError as exc:
             rejected[client] = f"undecodable: {exc}"
             return None

@@ -92,9 +92,10 @@ class Session:
             placement,
         )
         if cfg.privacy.mode != "none":
+            from ..checks import method_dp
             from ..privacy.plan import Plan
 
-            session.privacy = Plan.of(cfg, len(federation.clients))
+            session.privacy = Plan.of(cfg, len(federation.clients), method_dp(cfg))
         down = session.downlink_sender().codec  # also validates both specs before any training
         session.uplink_sender()
         if method.lossless_downlink and not down.lossless:

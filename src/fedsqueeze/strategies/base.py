@@ -20,11 +20,14 @@ f"{SNAPSHOT}{step}/{name}" (put there for that call only, never kept). The clien
 round and the client they run for as `turn` (a ClientTurn; None when a caller drives the hooks
 without saying, as unit tests may): a method that draws a random mask seeds it from them, so both
 ends can redraw it and only the values travel (codecs/seeded.py).
+
+That is all a method must be. What it declares only where it differs from the runtime's default
+(central DP, its own upload admission, notes for the privacy rules) are optional mixins in
+mixins.py, which the runtime asks with isinstance.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -35,6 +38,12 @@ from ..codecs.wire import Message
 from ..tensors import Layout, Tensors, clone, prefixed
 
 SNAPSHOT = "snapshot/"
+
+
+def trained_shapes(layout: Layout, trainable) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the tensors of `layout` that `trainable` (a name -> bool test) keeps: what
+    the default client_upload sends."""
+    return {n: tuple(s) for n, s in zip(layout.names, layout.shapes) if trainable(n)}
 
 
 def layout_mismatch(tensors: Tensors, expected: dict[str, tuple[int, ...]]) -> str | None:
@@ -147,7 +156,6 @@ class Method:
         self.params = params
         self.ctx = ctx
         self.adapter: Tensors = clone(ctx.init_adapter)
-        self._shapes: dict[str, tuple[int, ...]] | None = None  # upload_shapes(), computed on first use
 
     @classmethod
     def adapter_spec(cls, params: BaseModel, lora_r: int, lora_alpha: float) -> AdapterSpec:
@@ -236,48 +244,6 @@ class Method:
         client_receive (for methods whose trained tensors change between phases). Default: trainable."""
         return self.trainable
 
-    # ---- admission (the server checks every decoded upload before aggregate sees it) ---------
-    def accepts(self, name: str, shape: tuple[int, ...]) -> bool:
-        """Whether an upload may carry this tensor at all: the uplink decoder refuses any other
-        before it allocates anything. Default: a trained tensor of the layout, in its shape."""
-        return self.upload_shapes().get(name) == tuple(shape)
-
-    def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
-        """Why this decoded upload cannot be aggregated, or None. Default: exactly the trained
-        tensors of the layout, with their shapes (what `client_upload` sends)."""
-        return layout_mismatch(tensors, self.upload_shapes())
-
-    def upload_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of what an upload carries. Default: the trained tensors of the layout."""
-        if self._shapes is None:
-            layout = self.ctx.layout
-            self._shapes = {n: tuple(s) for n, s in zip(layout.names, layout.shapes) if self.trainable(n)}
-        return self._shapes
-
-    # ---- differential privacy (privacy/, docs/PRIVACY.md; central DP: the CentralDP mixin) -----
-    @classmethod
-    def central_dp_support(cls, params) -> str | None:
-        """Why central DP cannot run this method; None when it is a CentralDP (dp_contribution /
-        dp_aggregate express its aggregate)."""
-        if not issubclass(cls, CentralDP):
-            return "its aggregate is not declared as a function of the mean of per-client contributions"
-        return None
-
-    @classmethod
-    def upload_selection(cls, params) -> str | None:
-        """How client_upload chooses what it sends by the update's own values (say so: local DP's
-        select-first order then leaks the positions); None: it sends all of it, or chooses blind."""
-        return None
-
-    @classmethod
-    def local_dp_problem(cls, params) -> str | None:
-        """What else, un-noised, leaves a client under local DP (noise-first), or None."""
-        return None
-
-    def update_values(self, tensors: Tensors) -> Tensors:
-        """The tensors whose values are the update (checked finite, and their norm bounded)."""
-        return tensors
-
     def data_slice(self, rnd: int) -> tuple[float, float]:
         """Fraction [lo, hi) of each client's training examples used in round `rnd` (phased methods
         such as CG-FedLLM pre-train on one slice and fine-tune on the rest)."""
@@ -290,32 +256,3 @@ class Method:
     def final_adapter(self, client_states: list[Tensors]) -> Tensors:
         """What the run saves as adapter/ (and judges on the out-of-domain set)."""
         return self.global_adapter()
-
-
-class CentralDP(ABC):
-    """Optional mixin: a method whose aggregate central DP can run (privacy/central.py clips each
-    contribution, noises their sum and hands the method the noised mean)."""
-
-    @abstractmethod
-    def dp_contribution(self, update: ClientUpdate) -> Tensors:
-        """The tensors of one client's contribution, such that this round's aggregate is a function
-        of their uniform mean alone (clipped and noised by the server in between)."""
-
-    @abstractmethod
-    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
-        """The new global state from the noised mean of the contributions (`updates` only for who
-        took part, never their values). Returns metrics for rounds.jsonl."""
-
-
-class MeanOfDeltas(CentralDP):
-    """Central DP for methods whose aggregate is global += the mean of the uploaded deltas."""
-
-    adapter: Tensors
-
-    def dp_contribution(self, update: ClientUpdate) -> Tensors:
-        return dict(update.tensors)
-
-    def dp_aggregate(self, rnd: int, mean: Tensors, updates: list[ClientUpdate]) -> dict:
-        for k, v in mean.items():
-            self.adapter[k] = self.adapter[k] + v.to(self.adapter[k].dtype)
-        return {}

@@ -74,7 +74,8 @@ from ..autoencoder.compressor import CODES, DENSE_VALUES, MESSAGE_KEYS, SIZE, Ma
 from ..autoencoder.networks import row_latent_sizes
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import SNAPSHOT, ClientTurn, ClientUpdate, Method, MethodContext, layout_mismatch
+from .base import SNAPSHOT, ClientTurn, ClientUpdate, Method, MethodContext, layout_mismatch, trained_shapes
+from .mixins import Admission, PrivacyNotes
 
 ENCODER, DECODER, ENERGY = "cg.encoder", "cg.decoder", "cg.energy"
 SNAP_UP = "cg.snapshot/"  # + f"{step}/{name}": a TGAP upload's earlier local-step snapshot
@@ -126,7 +127,7 @@ class CGFedLLMParams(BaseModel):
         return self
 
 
-class CGFedLLM(Method):
+class CGFedLLM(Admission, PrivacyNotes, Method):
     name = "cg-fedllm"
     Params = CGFedLLMParams
     params: CGFedLLMParams
@@ -134,7 +135,7 @@ class CGFedLLM(Method):
     default_downlink = "fp32"
 
     @classmethod
-    def central_dp_support(cls, params) -> str | None:
+    def central_dp_refusal(cls, params) -> str | None:
         return (
             "its server trains the autoencoder on the clients' exact TGAP updates and broadcasts its weights "
             "(un-noised client data on the downlink), and decodes each client's latents with that client's copy"
@@ -151,6 +152,7 @@ class CGFedLLM(Method):
 
     def __init__(self, params: CGFedLLMParams, ctx: MethodContext):
         super().__init__(params, ctx)
+        self.trained = trained_shapes(ctx.layout, self.trainable)  # a dense (TGAP) upload's tensors
         p = params
         default_tgap = max(1, round(p.tgap_fraction * ctx.rounds))
         self.tgap_rounds = p.tgap_rounds or (min(default_tgap, ctx.rounds - 1) if ctx.rounds > 1 else 1)
@@ -221,7 +223,7 @@ class CGFedLLM(Method):
             return True
         if name.startswith(SNAP_UP):
             name = name[len(SNAP_UP) :].partition("/")[2]
-        return super().accepts(name, shape)
+        return self.trained.get(name) == tuple(shape)
 
     def check_upload(self, rnd: int, client: int, tensors: Tensors) -> str | None:
         """A latent message must decode with the autoencoder the client holds; a dense one (TGAP)

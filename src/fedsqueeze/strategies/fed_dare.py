@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..tensors import Tensors
 from . import lora_math as lm
-from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method
+from .base import ClientTurn, ClientUpdate, Message, Method
+from .mixins import MeanOfDeltas
 
 
 class FedDAREParams(BaseModel):

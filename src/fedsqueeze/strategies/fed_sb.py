@@ -54,6 +54,7 @@ from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
 from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext, layout_mismatch
 from .lora_math import R_SUFFIX
+from .mixins import Admission
 
 BASIS = "fed_sb/basis/"
 PHASE = "fed_sb/phase"
@@ -69,7 +70,7 @@ class FedSBParams(BaseModel):
     )
 
 
-class FedSB(Method):
+class FedSB(Admission, Method):
     name = "fed-sb"
     Params = FedSBParams
     params: FedSBParams

@@ -7,7 +7,8 @@ from typing import Literal, cast
 
 import torch
 
-from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Method, NoParams
+from .base import ClientTurn, ClientUpdate, Method, NoParams
+from .mixins import MeanOfDeltas
 
 
 class FedAvgParams(NoParams):

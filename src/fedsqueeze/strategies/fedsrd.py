@@ -92,7 +92,8 @@ from ..codecs.grid import snap
 from ..codecs.wire import message_tensors, read_message
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
-from .base import CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
+from .base import ClientTurn, ClientUpdate, Message, Method, MethodContext
+from .mixins import CentralDP, PrivacyNotes
 
 STATE_PREFIX = "global_delta/"
 Target = Callable[[lm.LoraPair], tuple[torch.Tensor, torch.Tensor]]
@@ -139,7 +140,7 @@ class FedSRDParams(BaseModel):
         return self
 
 
-class FedSRD(CentralDP, Method):
+class FedSRD(CentralDP, PrivacyNotes, Method):
     name = "fedsrd"
     Params = FedSRDParams
     params: FedSRDParams

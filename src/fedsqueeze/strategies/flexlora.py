@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 
 from . import lora_math as lm
-from .base import CentralDP, ClientUpdate, Method, MethodContext
+from .base import ClientUpdate, Method, MethodContext
+from .mixins import CentralDP
 
 
 class FlexLoRA(CentralDP, Method):

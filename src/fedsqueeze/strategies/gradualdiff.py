@@ -26,7 +26,8 @@ import torch
 from pydantic import Field
 
 from ..tensors import Tensors, clone, nested, prefixed, unnested, unprefixed
-from .base import ClientTurn, ClientUpdate, MeanOfDeltas, Message, Method, NoParams
+from .base import ClientTurn, ClientUpdate, Message, Method, NoParams
+from .mixins import MeanOfDeltas
 
 
 class GradualDiffParams(NoParams):

@@ -38,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..codecs.grid import snap
 from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
-from .base import AdapterSpec, CentralDP, ClientTurn, ClientUpdate, Message, Method, MethodContext
+from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext
 from .lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX
+from .mixins import CentralDP
 
 HELD = "lora_xs/R/"
 """Client state: the R it holds (the global R as of the last message it got)."""

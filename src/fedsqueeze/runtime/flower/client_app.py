@@ -22,6 +22,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from ...registry import Extensions
 from ..reply import Reply  # plain data, no torch
 from . import client_work, wire
 from .node_data import NUM_PARTITIONS, PARTITION_ID
@@ -74,12 +75,16 @@ def _job(msg: Message, context: Context, config_toml: str | None, op: str) -> cl
     )
 
 
-def make_client_app(config_toml: str | None = None) -> ClientApp:
-    """config_toml: the fedsqueeze config for the simulation engine; None: read it from the run config."""
+def make_client_app(config_toml: str | None = None, extensions: Extensions | None = None) -> ClientApp:
+    """config_toml: the fedsqueeze config for the simulation engine; None: read it from the run config.
+    extensions: what the process that made the app registered beyond the catalog (a test file's
+    method, codec stage, upload filter), added before each message where the app runs elsewhere."""
     app = ClientApp()
+    install = extensions.install if extensions is not None else (lambda: None)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        install()
         # Cheap on purpose (no model): the server asks each new node which partition it holds.
         partition, partitions, _ = _node(config_toml, context)
         info = ConfigRecord({PARTITION_ID: partition, NUM_PARTITIONS: partitions})
@@ -87,6 +92,7 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        install()
         job = _job(msg, context, config_toml, "train")
         outcome = _run(context, job)
         wire.put_state_bytes(context.state, outcome.state)  # also when a fault drops the reply: it trained
@@ -99,6 +105,7 @@ def make_client_app(config_toml: str | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        install()
         # The owner judges the global adapter on its own held-out split (runtime/client_eval.py).
         job = _job(msg, context, config_toml, "evaluate")
         outcome = _run(context, job)

@@ -18,6 +18,7 @@ from ...config import Config
 from ...errors import ConfigError
 from ...hardware import Placement
 from ...quiet import flower_simulation_quietly
+from ...registry import extensions
 
 
 def run_flower_simulation(
@@ -57,7 +58,7 @@ def run_flower_simulation(
         with flower_simulation_quietly():
             run_simulation(
                 make_server_app(main),
-                make_client_app(cfg.to_toml()),
+                make_client_app(cfg.to_toml(), extensions()),  # ClientApps run in Ray's processes
                 num_supernodes=cfg.data.clients,
                 backend_config=backend,
             )

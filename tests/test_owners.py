@@ -146,11 +146,16 @@ def test_client_evaluation_equals_the_pooled_server_evaluation(tmp_path, corpus,
 
 
 def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
-    cfg = owners_config(tmp_path, corpus, owners)
+    # An out-of-domain set: the coordinator judges it under eval.at = clients too, no bytes for it.
+    cfg = owners_config(tmp_path, corpus, owners, **{"data.ood_source": f'"jsonl:{corpus}"'})
     local_run(cfg, tmp_path / "at-clients")
     local_run(cfg, tmp_path / "at-server", ["eval.at=server"])
     clients, server = rounds(tmp_path / "at-clients"), rounds(tmp_path / "at-server")
+    for name in ("base_ood_eval_loss", "ood_eval_loss"):
+        figures = [json.loads((tmp_path / d / "summary.json").read_text())[name] for d in ("at-clients", "at-server")]
+        assert figures[0] == figures[1]
     for rnd, (a, b) in enumerate(zip(clients, server), 1):
+        assert a["ood_eval_loss"] == b["ood_eval_loss"]
         assert a["bytes_up"] == b["bytes_up"]
         assert a["eval_at"] == "clients" and set(a["eval"]) == {"alice", "bob", "carol"}
         sent = sum(a["eval_down"].values())
@@ -265,7 +270,9 @@ def serve_owners(cfg_path: Path, out: Path, files: dict[str, Path | None], sets=
 
 
 def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, owners):
-    cfg = owners_config(tmp_path, corpus, owners, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    # The out-of-domain file is on the coordinator's machine only (the nodes hold their own file).
+    more = {"uplink.codec": '"fp16"', "uplink.error_feedback": "true", "data.ood_source": f'"jsonl:{corpus}"'}
+    cfg = owners_config(tmp_path, corpus, owners, **more)
     local_run(cfg, tmp_path / "local")
     summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
     a, b = rounds(tmp_path / "local"), rounds(tmp_path / "grid")
@@ -279,6 +286,7 @@ def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, 
         )
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6)
         assert x["eval"] == pytest.approx(y["eval"], rel=1e-6) and x["eval_tokens"] == y["eval_tokens"]
+        assert x["ood_eval_loss"] == pytest.approx(y["ood_eval_loss"], rel=1e-6)
     assert summary["base_eval_loss"] == pytest.approx(
         json.loads((tmp_path / "local" / "summary.json").read_text())["base_eval_loss"], rel=1e-6
     )

@@ -180,12 +180,23 @@ class RemoteFederation(Federation):
         return f"data: {len(names)} owners, each holding its own file (none on this machine): {listed}"
 
 
-def names_only(cfg) -> RemoteFederation:
+def names_only(cfg, tokenizer=None, seed: int = 0) -> RemoteFederation:
+    """The coordinator's view (`cfg`: a whole Config). With a tokenizer it also reads the out-of-domain
+    set (`data.ood_source`, no owner's data: the coordinator judges it), which must then be readable here."""
     names = owner_names(cfg)
+    ood, skipped = None, 0
+    if tokenizer is not None and cfg.data.ood_source:
+        try:
+            ood, skipped = _ood(cfg.data, tokenizer, seed)
+        except DataError as exc:
+            raise DataError(
+                f"data.ood_source: the coordinator judges the out-of-domain set (it is no owner's data), "
+                f"so it must be readable on the coordinator's machine: {exc}"
+            ) from None
     return RemoteFederation(
         clients=[Absent(n) for n in names],
-        ood=None,
-        skipped=0,
+        ood=ood,
+        skipped=skipped,
         eval_sets={n: TokenizedSet() for n in names},
         eval_domains={n: [] for n in names},
         eval_examples={n: [] for n in names},

@@ -14,6 +14,10 @@ T predicted as P, the non-zero cells) and `classify_n`; the server sums the matr
 owner's cells scaled to its counted weight) and derives acc, acc_se, macro-F1, chance and majority
 from the sum, as the server-side pooled evaluation does (scoring/judge.py `pooled_means`).
 
+The out-of-domain set (`data.ood_source`) is no owner's data but a yardstick the coordinator holds:
+the coordinator judges it with the global adapter under every `eval.at` (under "both" within the
+server's own evaluation), so no evaluate message carries it and no owner needs its file.
+
 The in-process runtime scores its clients here, in this process; a remote transport (Flower's
 GridTransport) implements `evaluate(rnd, blobs) -> {client: sums or None}`.
 """
@@ -25,7 +29,7 @@ from types import SimpleNamespace
 
 from ..codecs import build_codec
 from ..data.owners import eval_at
-from ..evaluation import MAX_BATCH, evaluate_round, sampled_sets, task_metrics
+from ..evaluation import MAX_BATCH, evaluate_round, ood_loss, sampled_sets, task_metrics
 from ..tensors import Tensors, fp32_bytes
 from .claims import cap_text, cap_weights, claims_counted
 
@@ -130,8 +134,8 @@ def judge(driver, rnd: int) -> dict:
     if at == "server":
         return evaluate_round(s, driver.client_states, rnd)
     fields = at_clients(driver, rnd)
-    if at == "clients":
-        return fields
+    if at == "clients":  # the out-of-domain set is no owner's data: the coordinator judges it
+        return {**fields, **ood_loss(s, driver.client_states)}
     server = evaluate_round(s, driver.client_states, rnd)
     bill = fields.pop("eval_down", {})
     return {**server, "client_eval": fields, "eval_down": bill}

@@ -211,6 +211,17 @@ def test_a_classify_task_judged_at_the_owners_equals_the_pooled_server_figures(t
     assert summary["eval_classify"] == json.loads((tmp_path / "clients" / "summary.json").read_text())["eval_classify"]
 
 
+def test_a_classify_label_set_must_reach_every_process(tmp_path, corpus):
+    folder = write_review_owners(tmp_path / "reviews")
+    keys = {"data.task": '"classify"', "data.text_field": '"review"', "data.label_field": '"stars"'}
+    cfg = config_mod.load(owners_config(tmp_path, corpus, folder, **keys))
+    unknown = cfg.data.model_copy(update={"labels": None})  # a config loaded away from the folder
+    with pytest.raises(ConfigError, match="data.labels.*not readable here"):
+        owner_view(unknown, None, 0, folder / "carol.csv", ["alice", "bob", "carol"])
+    with pytest.raises(ConfigError, match=r"owner 'alice'.*no column 'score'.*data.label_field"):
+        config_mod.load(owners_config(tmp_path, corpus, folder, **{**keys, "data.label_field": '"score"'}))
+
+
 def test_confusion_counts_are_checked_summed_and_capped():
     from fedsqueeze.runtime.client_eval import sums_problem
 

@@ -8,6 +8,10 @@ headers and attributes bytes to each endpoint (pull-object, push-object, pull-me
 get-fab...) and records any Content-Encoding (compression) it sees. The ServerApp and `flwr run`
 talk to the SuperLink directly, not through the proxy.
 
+Beside the ledger's blob bytes, a Flower run's rounds.jsonl has wire_down / wire_up (runtime/flower/wire.py
+`fleet_bytes`: each message's serialized bytes and its Fleet calls' HTTP heads); the tables compare both
+with the proxy, per message.
+
 Per message: the same config with R1 and R2 rounds; (proxy(R2) - proxy(R1)) / extra messages is
 what one more message costs on the wire, fixed costs (app bundle, start-up polling, the partition
 query) cancel out; the fixed overhead is proxy(R1) minus R1 rounds' worth of messages.
@@ -242,8 +246,12 @@ def total(snaps: list[dict]) -> dict:
 
 
 def ledger(out: Path) -> dict:
+    """The run's ledger: blob bytes (bytes_down / bytes_up) and the Flower wire field (wire_down /
+    wire_up: the messages' serialized bytes and their Fleet calls' HTTP heads)."""
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
-    return {"rows": rows, "up": sum(r["bytes_up"] for r in rows), "down": sum(r["bytes_down"] for r in rows)}
+    out = {"rows": rows, "up": sum(r["bytes_up"] for r in rows), "down": sum(r["bytes_down"] for r in rows)}
+    out.update({key: sum(r.get(key, 0) for r in rows) for key in ("wire_down", "wire_up")})
+    return out
 
 
 def measure(method: str, rounds: int, tmp: Path, kill_after: int = 0, r: int = 4, extra: str = "") -> dict:
@@ -311,10 +319,25 @@ def evaluate_messages(method: str, tmp: Path, r: int) -> None:
     ledger_msg = (billed[1] - billed[0]) / more
     proxy_down = (b["proxy"]["down"] - a["proxy"]["down"]) / more
     proxy_up = (b["proxy"]["up"] - a["proxy"]["up"]) / more
+    wire_down = (b["ledger"]["wire_down"] - a["ledger"]["wire_down"]) / more
+    wire_up = (b["ledger"]["wire_up"] - a["ledger"]["wire_up"]) / more
     print(f"\nEvaluate messages, {method}, lora.r = {r}, 4 SuperNodes: {more} more in the second run")
-    print("| ledger per evaluate message (down) | proxy per message down | proxy / ledger | proxy per reply up |")
-    print("|---:|---:|---:|---:|")
-    print(f"| {fmt(ledger_msg)} | {fmt(proxy_down)} | {proxy_down / max(ledger_msg, 1):.3f} | {fmt(proxy_up)} |")
+    print(
+        "| ledger blob per evaluate message (down) | proxy per message down | proxy / blob "
+        "| wire_down per message | proxy / wire_down | proxy per reply up | wire_up per reply | proxy / wire_up |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {fmt(ledger_msg)} | {fmt(proxy_down)} | {proxy_down / max(ledger_msg, 1):.3f} | {fmt(wire_down)} | "
+        f"{proxy_down / max(wire_down, 1):.3f} | {fmt(proxy_up)} | {fmt(wire_up)} | {proxy_up / max(wire_up, 1):.3f} |"
+    )
+    print("\nPer evaluate message, by endpoint (second run minus first, over the extra messages):")
+    print("| endpoint | calls | down | up |")
+    print("|---|---:|---:|---:|")
+    for path in sorted(set(a["proxy"]["paths"]) | set(b["proxy"]["paths"])):
+        pa, pb = a["proxy"]["paths"].get(path, {}), b["proxy"]["paths"].get(path, {})
+        d = {k: (pb.get(k, 0) - pa.get(k, 0)) / more for k in ("calls", "down", "up")}
+        print(f"| {path} | {d['calls']:.2f} | {fmt(d['down'])} | {fmt(d['up'])} |")
 
 
 MESSAGE_ENDPOINTS = ("pull-object", "push-object", "pull-messages", "push-messages", "confirm-message-received")
@@ -345,9 +368,10 @@ def report(results: list[dict]) -> None:
     print("proxy(R1) - ledger(R1) - R1 x 4 x overhead per message.")
     print(
         "| method | rounds | ledger blob per message down / up | proxy per message down / up "
-        "| overhead per message down / up | of which message endpoints down / up | fixed down / up |"
+        "| overhead per message down / up | of which message endpoints down / up | fixed down / up "
+        "| wire per message down / up | proxy / wire down / up |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     by_method: dict = {}
     for r in plain:
         by_method.setdefault(r["method"], []).append(r)
@@ -368,11 +392,13 @@ def report(results: list[dict]) -> None:
                     / extra
                 )
                 fixed = a["proxy"][k] - a["ledger"][k] - a["rounds"] * CLIENTS * (proxy - blob)
-                cells[k] = (blob, proxy, proxy - blob, endpoints - blob, fixed)
+                wire = (b["ledger"].get(f"wire_{k}", 0) - a["ledger"].get(f"wire_{k}", 0)) / extra
+                cells[k] = (blob, proxy, proxy - blob, endpoints - blob, fixed, wire)
+            ratios = " / ".join(f"{cells[k][1] / cells[k][5]:.3f}" if cells[k][5] else "-" for k in ("down", "up"))
             print(
                 f"| {method} | {a['rounds']} -> {b['rounds']} | "
-                + " | ".join(f"{fmt(cells['down'][i])} / {fmt(cells['up'][i])}" for i in range(5))
-                + " |"
+                + " | ".join(f"{fmt(cells['down'][i])} / {fmt(cells['up'][i])}" for i in range(6))
+                + f" | {ratios} |"
             )
     for r in results:
         px = r["proxy"]

@@ -89,6 +89,25 @@ def test_blob_travels_as_one_uint8_array():
     assert wire.unpack(RecordDict({}), "up") is None
 
 
+def test_a_messages_wire_bytes_are_its_blob_and_a_fixed_envelope():
+    """wire.fleet_bytes: an empty blob and one of N bytes differ by N (and the digits of its length)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    sizes = {}
+    for n in (0, 1000, 100_000):
+        msg = wire.evaluate_message(1234, 3, 2, bytes(n))
+        msg.metadata.__dict__["_message_id"] = "f" * 64  # as a Grid stamps it
+        sizes[n] = wire.fleet_bytes(msg, to_node=True)
+        assert sizes[n][1] == sizes[0][1]  # the node's requests: one per object, whatever the blob
+    fixed = sizes[0][0]
+    assert 0 <= sizes[1000][0] - fixed - 1000 <= 8 and 0 <= sizes[100_000][0] - fixed - 100_000 <= 8
+    assert 1200 < fixed < 3000  # metadata, object ids, array header, 8 Fleet calls' HTTP heads
+    reply = wire.evaluate_reply(msg, 2, {"eval_loss_sum": 1.5, "eval_tokens": 3, "eval_examples": 1})
+    down, up = wire.fleet_bytes(reply, to_node=False)
+    assert up > wire.message_bytes(reply) > 0 and down > 0
+
+
 def test_client_state_round_trips_through_context_state():
     from flwr.app import RecordDict
 
@@ -215,6 +234,13 @@ def test_apps_over_a_grid_equal_the_in_process_runtime(tmp_path, corpus):
     summary, _ = _serve_in_process(cfg, tmp_path / "grid")
     _assert_same_run(tmp_path / "local", tmp_path / "grid", exact=True)
     assert summary["rounds"] == 2 and (tmp_path / "grid" / "checkpoint").is_dir()
+    # Beside the blobs' ledger, Flower's own bytes: each round's messages, serialized, and their calls.
+    grid, local = _rounds(tmp_path / "grid"), _rounds(tmp_path / "local")
+    assert all("wire_down" not in r for r in local)
+    for r in grid:  # per client a train message and its reply (round 1: the partition queries too)
+        assert r["bytes_down"] < r["wire_down"] < r["bytes_down"] + 8000 * len(r["per_client"])
+        assert r["bytes_up"] < r["wire_up"]
+    assert summary["wire_down"] == sum(r["wire_down"] for r in grid)
 
 
 def test_the_eval_sample_is_the_same_over_flower_messages(tmp_path, corpus):

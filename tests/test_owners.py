@@ -146,11 +146,16 @@ def test_client_evaluation_equals_the_pooled_server_evaluation(tmp_path, corpus,
 
 
 def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
-    cfg = owners_config(tmp_path, corpus, owners)
+    # An out-of-domain set: the coordinator judges it under eval.at = clients too, no bytes for it.
+    cfg = owners_config(tmp_path, corpus, owners, **{"data.ood_source": f'"jsonl:{corpus}"'})
     local_run(cfg, tmp_path / "at-clients")
     local_run(cfg, tmp_path / "at-server", ["eval.at=server"])
     clients, server = rounds(tmp_path / "at-clients"), rounds(tmp_path / "at-server")
+    for name in ("base_ood_eval_loss", "ood_eval_loss"):
+        figures = [json.loads((tmp_path / d / "summary.json").read_text())[name] for d in ("at-clients", "at-server")]
+        assert figures[0] == figures[1]
     for rnd, (a, b) in enumerate(zip(clients, server), 1):
+        assert a["ood_eval_loss"] == b["ood_eval_loss"]
         assert a["bytes_up"] == b["bytes_up"]
         assert a["eval_at"] == "clients" and set(a["eval"]) == {"alice", "bob", "carol"}
         sent = sum(a["eval_down"].values())
@@ -159,6 +164,85 @@ def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
         assert set(a["eval_down"].values()) == {blobs * a["per_client"]["0"]["up"]}  # fp32: the adapter's size
         for c in ("0", "1", "2"):
             assert a["per_client"][c]["down"] == b["per_client"][c]["down"] + a["eval_down"][c]
+
+
+# ---- a classify task held by its owners -------------------------------------------------------------
+def write_review_owners(folder: Path) -> Path:
+    """Three owners' CSVs with columns review / stars; carol holds only 5-star reviews (alone she has
+    one label: the run's label set comes from every owner's file)."""
+    from test_classify import write_reviews
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(("alice", "bob")):
+        write_reviews(folder / f"{name}.csv", n=40, seed=i)
+    rows = list(csv.reader(open(write_reviews(folder / "all.csv", n=120, seed=2), newline="")))
+    (folder / "all.csv").unlink()
+    with open(folder / "carol.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if r[2] == "5"][:30])
+    return folder
+
+
+def test_a_classify_task_judged_at_the_owners_equals_the_pooled_server_figures(tmp_path, corpus):
+    from fedsqueeze.scoring.classify import dense
+
+    folder = write_review_owners(tmp_path / "reviews")
+    keys = {"data.task": '"classify"', "data.text_field": '"review"', "data.label_field": '"stars"'}
+    cfg = owners_config(tmp_path, corpus, folder, **keys)
+    assert config_mod.load(cfg).data.labels == ["1", "3", "5"]  # every owner's labels, sorted as numbers
+    local_run(cfg, tmp_path / "clients")
+    local_run(cfg, tmp_path / "server", ["eval.at=server"])
+    summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, folder))  # nodes: own file only
+    a, b, g = rounds(tmp_path / "clients"), rounds(tmp_path / "server"), rounds(tmp_path / "grid")
+    for x, y, z in zip(a, b, g, strict=True):
+        assert x["eval_at"] == "clients" and x["eval_classify"]["labels"] == ["1", "3", "5"]
+        assert x["eval_classify"] == y["eval_classify"] == z["eval_classify"]
+        assert x["eval_means"] == y["eval_means"] == z["eval_means"]  # acc, acc_se, macro_f1, chance, ...
+        assert x["eval_metrics"] == y["eval_metrics"] == z["eval_metrics"]  # each owner's own figures
+        # By hand: the matrix is the sum of the owners' matrices, acc its diagonal over its total.
+        total = [
+            [sum(dense(x["eval_metrics"][n]["confusion"], 3)[t][p] for n in x["eval"]) for p in range(3)]
+            for t in range(3)
+        ]
+        assert x["eval_classify"]["confusion"] == total
+        n = sum(map(sum, total))
+        assert x["eval_means"]["classify_n"] == n == sum(x["eval_examples"].values())
+        assert x["eval_means"]["acc"] == sum(total[k][k] for k in range(3)) / n
+        assert (x["bytes_up"], x["per_client"], x["eval_down"]) == (z["bytes_up"], z["per_client"], z["eval_down"])
+    assert summary["eval_classify"] == json.loads((tmp_path / "clients" / "summary.json").read_text())["eval_classify"]
+
+
+def test_a_classify_label_set_must_reach_every_process(tmp_path, corpus):
+    folder = write_review_owners(tmp_path / "reviews")
+    keys = {"data.task": '"classify"', "data.text_field": '"review"', "data.label_field": '"stars"'}
+    cfg = config_mod.load(owners_config(tmp_path, corpus, folder, **keys))
+    unknown = cfg.data.model_copy(update={"labels": None})  # a config loaded away from the folder
+    with pytest.raises(ConfigError, match="data.labels.*not readable here"):
+        owner_view(unknown, None, 0, folder / "carol.csv", ["alice", "bob", "carol"])
+    with pytest.raises(ConfigError, match=r"owner 'alice'.*no column 'score'.*data.label_field"):
+        config_mod.load(owners_config(tmp_path, corpus, folder, **{**keys, "data.label_field": '"score"'}))
+
+
+def test_confusion_counts_are_checked_summed_and_capped():
+    from fedsqueeze.runtime.client_eval import sums_problem
+
+    base = {"eval_loss_sum": 2.0, "eval_tokens": 2, "eval_examples": 2}
+    a = {**base, "classify_n": 2, "confusion_0_0": 1, "confusion_1_0": 1}
+    b = {**base, "classify_n": 4, "confusion_1_1": 3, "confusion_0_1": 1}
+    assert sums_problem(a, 2) is None
+    assert "not a count" in sums_problem({**a, "confusion_0_0": -1, "confusion_1_0": 3}, 2)
+    assert "not a cell" in sums_problem({**a, "confusion_0_2": 0}, 2)
+    assert "add up to 2" in sums_problem({**a, "classify_n": 5}, 2)
+    fields = combine({"a": a, "b": b}, 1.0, ["x", "y"])
+    assert fields["eval_classify"] == {"labels": ["x", "y"], "confusion": [[1, 1], [1, 3]]}
+    assert fields["eval_means"]["acc"] == 4 / 6 and fields["eval_means"]["classify_n"] == 6
+    assert fields["eval_metrics"]["a"]["acc"] == 0.5 and fields["eval_metrics"]["b"]["confusion"] == [
+        [0, 1, 1],
+        [1, 1, 3],
+    ]
+    inflated = combine({"a": a, "b": {**b, "classify_n": 400, "confusion_1_1": 399}}, 0.5, ["x", "y"])
+    assert inflated["eval_means"]["classify_n"] == pytest.approx(4)  # b counted as much as a: half the total
+    assert inflated["eval_classify"]["confusion"][1][1] == pytest.approx(2 * 399 / 400)  # scaled to weight 2
+    assert inflated["eval_capped"]["b"]["claimed"] == 400
 
 
 # ---- over Flower: nodes with their own file only, a coordinator with none --------------------------
@@ -197,7 +281,9 @@ def serve_owners(cfg_path: Path, out: Path, files: dict[str, Path | None], sets=
 
 
 def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, owners):
-    cfg = owners_config(tmp_path, corpus, owners, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    # The out-of-domain file is on the coordinator's machine only (the nodes hold their own file).
+    more = {"uplink.codec": '"fp16"', "uplink.error_feedback": "true", "data.ood_source": f'"jsonl:{corpus}"'}
+    cfg = owners_config(tmp_path, corpus, owners, **more)
     local_run(cfg, tmp_path / "local")
     summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
     a, b = rounds(tmp_path / "local"), rounds(tmp_path / "grid")
@@ -211,6 +297,7 @@ def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, 
         )
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6)
         assert x["eval"] == pytest.approx(y["eval"], rel=1e-6) and x["eval_tokens"] == y["eval_tokens"]
+        assert x["ood_eval_loss"] == pytest.approx(y["ood_eval_loss"], rel=1e-6)
     assert summary["base_eval_loss"] == pytest.approx(
         json.loads((tmp_path / "local" / "summary.json").read_text())["base_eval_loss"], rel=1e-6
     )

@@ -57,10 +57,17 @@ def evaluate_sets(s, client_states: Sequence[Tensors], sets: list[int]) -> dict:
     fields = _pooled(s, client_states, sets) if s.cfg.eval.pooled else _per_set(s, client_states, sets)
     fields["eval_sets"] = [names[i] for i in sets]
     fields.update(_task_metrics(s, client_states, sets))
-    method = s.method
-    if s.federation.ood is not None and method.mode.has_global_adapter:
-        fields["ood_eval_loss"] = evaluate_set(s, method.final_adapter(client_states), s.federation.ood)
+    fields.update(ood_loss(s, client_states))
     return fields
+
+
+def ood_loss(s, client_states: Sequence[Tensors]) -> dict:
+    """`ood_eval_loss`: the global adapter on the out-of-domain set, where the data has one (and this
+    process holds it) and the method has a global adapter; else {}."""
+    method = s.method
+    if s.federation.ood is None or not method.mode.has_global_adapter:
+        return {}
+    return {"ood_eval_loss": evaluate_set(s, method.final_adapter(client_states), s.federation.ood)}
 
 
 def _per_set(s, client_states: list[Tensors], sets: list[int]) -> dict:

@@ -14,6 +14,7 @@ from collections import Counter
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..tables import label_order
 
 CLASS = "class"
 """The example key holding the spoken label (what label-skew partitions split on)."""
@@ -24,18 +25,10 @@ def default_instruction(cfg: DataConfig) -> str:
     return cfg.instruction or f"Label the {cfg.text_field} with its {cfg.label_field}."
 
 
-def _sorted_labels(values) -> list[str]:
-    values = list(values)
-    try:
-        return sorted(values, key=float)
-    except ValueError:
-        return sorted(values)
-
-
 def label_map(found: Counter, cfg: DataConfig, spec: str) -> dict[str, str]:
     """value in the data -> its spoken label, in the label set's order."""
     if cfg.labels is None:
-        return {v: v for v in _sorted_labels(found)}
+        return {v: v for v in label_order(found)}
     given = cfg.labels if isinstance(cfg.labels, dict) else {v: v for v in cfg.labels}
     given = {str(k).strip(): str(v).strip() for k, v in given.items()}
     unknown = sorted(v for v in found if v not in given)

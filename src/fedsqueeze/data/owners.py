@@ -12,14 +12,14 @@ the config is loaded).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..owners_folder import FORMATS, PREFIX, eval_at, folder, is_owners, owner_files, resolve  # noqa: F401
+from ..owners_folder import FORMATS, PREFIX, eval_at, folder, folder_labels, is_owners, owner_files, resolve  # noqa: F401
+from ..tables import READERS
 from .federation import ClientData, Federation, _client, _ood
-from .sources import _TABLE_READERS, _existing_file, label_key, map_fields, read_text
+from .sources import label_key, map_fields
 from .tokenization import TokenizedSet
 
 
@@ -38,47 +38,56 @@ def owner_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"owner/{name}".encode()).digest()[:4], "little")
 
 
-def _read_json(path: str) -> tuple[list[str], list[dict]]:
-    file = _existing_file("json", path)
-    text = read_text(file)
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError:
-        return _TABLE_READERS["jsonl"](path)  # JSON Lines under a .json name
-    if isinstance(rows, dict):  # {"data": [...]} and similar: the one list inside
-        lists = [v for v in rows.values() if isinstance(v, list)]
-        rows = lists[0] if len(lists) == 1 else rows
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{file}: expected a JSON list of objects (one per example)")
-    columns: dict = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    return list(columns), rows
-
-
 def load_owner(name: str, path: Path, cfg) -> list[dict]:
     """One owner's examples from its own file (domain defaults to the owner's name)."""
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"owner {name!r}: {path}: unknown format (known: {', '.join(FORMATS)})")
     where = f"owner {name!r} ({path})"
-    columns, rows = (_read_json if kind == "json" else _TABLE_READERS[kind])(str(path))
+    columns, rows = READERS[kind](str(path))
     if not rows:
         raise DataError(f"{where}: no examples (the file is empty)")
     return map_fields(rows, columns, where, name, cfg)
 
 
+def run_labels(cfg) -> list[str]:
+    """data.task = "classify": the run's one label set (`data.labels`, filled by `resolve` from every
+    owner's file where the config is loaded), so that every owner speaks the labels alike and in one
+    order, also a node holding only its own file; [] for other tasks."""
+    if cfg.task != "classify":
+        return []
+    if cfg.labels is None:
+        raise ConfigError(
+            f"config key 'data.labels': {cfg.source!r} is not readable here, so the label set must be in the "
+            "config (load the config where the folder is, e.g. `fedsqueeze flower run`, or set data.labels)"
+        )
+    return list(cfg.labels.values()) if isinstance(cfg.labels, dict) else list(cfg.labels)
+
+
 def owner_client(name: str, path: Path, cfg, tokenizer, seed: int) -> tuple[ClientData, int]:
-    """One owner's ClientData (its split seeded by seed and name) and the examples skipped."""
+    """One owner's ClientData (its split seeded by seed and name) and the examples skipped; a classify
+    task's examples spoken with the run's label set (`run_labels`)."""
     examples = load_owner(name, path, cfg)
-    key: str | None = label_key(cfg)
-    if any(key not in ex for ex in examples):
-        key = None
-    return _client(name, owner_key(name), list(range(len(examples))), examples, cfg, tokenizer, seed, key)
+    label_set = run_labels(cfg)
+    if label_set:
+        from .classify import CLASS, to_classify
+
+        examples, label_set = to_classify(examples, cfg, f"owner {name!r} ({path})")
+        key: str | None = CLASS  # the summary counts classes
+    else:
+        key = label_key(cfg)
+        if any(key not in ex for ex in examples):
+            key = None
+    return _client(name, owner_key(name), list(range(len(examples))), examples, cfg, tokenizer, seed, key, label_set)
 
 
 def _description(cfg, n: int, where: str) -> str:
-    return f"{n} owners, one file each ({where}), template {cfg.template}, max_length {cfg.max_length}"
+    task = (
+        f", classify {cfg.text_field!r} -> {cfg.label_field!r} ({len(run_labels(cfg))} labels)"
+        if cfg.task == "classify"
+        else ""
+    )
+    return f"{n} owners, one file each ({where}){task}, template {cfg.template}, max_length {cfg.max_length}"
 
 
 def build_owner_federation(cfg, tokenizer, seed: int, pooled: bool = False) -> Federation:
@@ -91,6 +100,8 @@ def build_owner_federation(cfg, tokenizer, seed: int, pooled: bool = False) -> F
         )
     if cfg.clients != len(files):
         raise DataError(f"data.clients = {cfg.clients}, but {cfg.source!r} has {len(files)} owners")
+    if cfg.task == "classify" and cfg.labels is None:  # a config not loaded through config.validate
+        cfg = cfg.model_copy(update={"labels": folder_labels(cfg)})
     clients, skipped = [], 0
     for name, path in files.items():
         client, n = owner_client(name, path, cfg, tokenizer, seed)
@@ -108,6 +119,7 @@ def build_owner_federation(cfg, tokenizer, seed: int, pooled: bool = False) -> F
         eval_domains={c.name: c.eval_domains for c in clients},
         eval_examples={c.name: c.eval_examples for c in clients},
         description=_description(cfg, len(clients), str(folder(cfg.source))),
+        labels=run_labels(cfg),
     )
     if pooled:
         from .federation import _pool
@@ -150,6 +162,7 @@ def owner_view(cfg, tokenizer, seed: int, path: Path, names: list[str]) -> tuple
         eval_domains={name: client.eval_domains},
         eval_examples={name: client.eval_examples},
         description=f"owner {name!r} of {len(names)}, from {path}",
+        labels=run_labels(cfg),
     )
     return fed, index
 
@@ -167,16 +180,28 @@ class RemoteFederation(Federation):
         return f"data: {len(names)} owners, each holding its own file (none on this machine): {listed}"
 
 
-def names_only(cfg) -> RemoteFederation:
+def names_only(cfg, tokenizer=None, seed: int = 0) -> RemoteFederation:
+    """The coordinator's view (`cfg`: a whole Config). With a tokenizer it also reads the out-of-domain
+    set (`data.ood_source`, no owner's data: the coordinator judges it), which must then be readable here."""
     names = owner_names(cfg)
+    ood, skipped = None, 0
+    if tokenizer is not None and cfg.data.ood_source:
+        try:
+            ood, skipped = _ood(cfg.data, tokenizer, seed)
+        except DataError as exc:
+            raise DataError(
+                f"data.ood_source: the coordinator judges the out-of-domain set (it is no owner's data), "
+                f"so it must be readable on the coordinator's machine: {exc}"
+            ) from None
     return RemoteFederation(
         clients=[Absent(n) for n in names],
-        ood=None,
-        skipped=0,
+        ood=ood,
+        skipped=skipped,
         eval_sets={n: TokenizedSet() for n in names},
         eval_domains={n: [] for n in names},
         eval_examples={n: [] for n in names},
         description=f"{len(names)} owners",
+        labels=run_labels(cfg.data),
     )
 
 

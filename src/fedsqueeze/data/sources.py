@@ -7,17 +7,14 @@ extra label column (`category` for wordnet / pystdlib, or the column `data.label
 
 from __future__ import annotations
 
-import codecs
-import csv
 import functools
-import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..tables import cell_text, existing_file, read_csv, read_jsonl, read_parquet, read_text  # noqa: F401
 
 KINDS = ("jsonl", "csv", "parquet", "hf", "builtin", "dictd", "wordnet")
 BUILTINS = ("pystdlib",)
@@ -38,98 +35,9 @@ def split_sources(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-def _existing_file(kind: str, path: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{kind}:{path}: file not found: {p}")
-    return p
-
-
-# --- tables (jsonl / csv / parquet / hf) -> raw rows --------------------------------------------------------------
-
-
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
-def read_text(file: Path) -> str:
-    """A data file's text: UTF-8, or UTF-16/32 with a byte-order mark; anything else is a
-    DataError that says where decoding failed and how to convert the file. UTF-16 without a
-    byte-order mark is told apart by its zero bytes (ASCII text in it even decodes as UTF-8,
-    with a NUL between letters), and named with the iconv command that converts it."""
-    data = file.read_bytes()
-    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
-    utf16 = _bomless_utf16(data) if encoding == "utf-8" else None
-    if utf16:
-        raise DataError(
-            f"{file}: {utf16} text without a byte-order mark (every other byte is zero); convert it, e.g. "
-            f"`iconv -f {utf16} -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
-        )
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{file}: not {encoding} text (byte {exc.start}, line {line}; it looks like Latin-1 or another 8-bit "
-            f"code); convert it, e.g. `iconv -f LATIN1 -t UTF-8 {file} > {file.stem}.utf8{file.suffix}`"
-        ) from None
-
-
-def _bomless_utf16(data: bytes) -> str | None:
-    """ "UTF-16LE" / "UTF-16BE" when the start of `data` looks like it (most characters of text are
-    below U+0100, so one byte of each pair is zero), else None."""
-    head = data[:512]
-    pairs = len(head) // 2
-    if pairs < 2:
-        return None
-    zero_odd, zero_even = head[1 : 2 * pairs : 2].count(0), head[0 : 2 * pairs : 2].count(0)
-    if zero_odd >= pairs * 0.6 and zero_even == 0:
-        return "UTF-16LE"
-    if zero_even >= pairs * 0.6 and zero_odd == 0:
-        return "UTF-16BE"
-    return None
-
-
-def _read_jsonl(path: str) -> tuple[list[str], list[dict]]:
-    file = _existing_file("jsonl", path)
-    rows, columns = [], {}
-    with io.StringIO(read_text(file)) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{file}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            columns.update(dict.fromkeys(row))
-            rows.append(row)
-    return list(columns), rows
-
-
-def _read_csv(path: str) -> tuple[list[str], list[dict]]:
-    file = _existing_file("csv", path)
-    with io.StringIO(read_text(file), newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
-
-
-def _read_parquet(path: str) -> tuple[list[str], list[dict]]:
-    import pyarrow.parquet as pq
-
-    file = _existing_file("parquet", path)
-    try:
-        table = pq.read_table(file)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{file}: not a readable parquet file ({exc})") from None
-    return table.column_names, table.to_pylist()
+# --- tables (jsonl / csv / parquet / hf) -> raw rows: the file readers are tables.py's (config.validate
+# reads an owners folder's labels with them) ---------------------------------------------------------------
+_existing_file, _read_jsonl, _read_csv, _read_parquet = existing_file, read_jsonl, read_csv, read_parquet
 
 
 # Local files given to hf: are read with the matching packaged `datasets` builder.
@@ -175,17 +83,7 @@ def _cell(row: dict, where: str, index: int, column: str) -> str:
     return _text(row.get(column), where, index, column)
 
 
-def _text(value: Any, where: str = "", row: int = 0, column: str = "") -> str:
-    """A text field: strings as they are, numbers and booleans as text; a list or an object would
-    turn into its Python repr, so it is an error naming the row and column."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        raise DataError(
-            f"{where}: row {row + 1}, column {column!r} holds a {type(value).__name__}, not text "
-            f"({json.dumps(value)[:60]}); flatten it in the data, or name another column in data.*_field"
-        )
-    return value if isinstance(value, str) else str(value)
+_text = cell_text
 
 
 def map_fields(rows: Iterable[dict], columns: list[str], where: str, name: str, cfg: DataConfig) -> list[dict]:

@@ -9,6 +9,15 @@ response tokens, so with every owner judged it equals a pooled evaluation of the
 Each owner's figures stay in the record beside it. Where the counts are claims (per-owner data)
 no owner's weight may exceed `server.max_client_weight` (runtime/claims.py).
 
+A classify task's owner replies its confusion matrix as counts (`confusion_T_P`: items of true label
+T predicted as P, the non-zero cells) and `classify_n`; the server sums the matrices (a capped
+owner's cells scaled to its counted weight) and derives acc, acc_se, macro-F1, chance and majority
+from the sum, as the server-side pooled evaluation does (scoring/judge.py `pooled_means`).
+
+The out-of-domain set (`data.ood_source`) is no owner's data but a yardstick the coordinator holds:
+the coordinator judges it with the global adapter under every `eval.at` (under "both" within the
+server's own evaluation), so no evaluate message carries it and no owner needs its file.
+
 The in-process runtime scores its clients here, in this process; a remote transport (Flower's
 GridTransport) implements `evaluate(rnd, blobs) -> {client: sums or None}`.
 """
@@ -20,7 +29,7 @@ from types import SimpleNamespace
 
 from ..codecs import build_codec
 from ..data.owners import eval_at
-from ..evaluation import MAX_BATCH, evaluate_round, sampled_sets, task_metrics
+from ..evaluation import MAX_BATCH, evaluate_round, ood_loss, sampled_sets, task_metrics
 from ..tensors import Tensors, fp32_bytes
 from .claims import cap_text, cap_weights, claims_counted
 
@@ -28,6 +37,22 @@ from .claims import cap_text, cap_weights, claims_counted
 METRIC_COUNTS = {"acc": "choice_n", "acc_norm": "choice_n", "chance": "choice_n", "rougeL": "generate_n"}
 METRIC_COUNTS["exact"] = "generate_n"
 LOSS_SUM, TOKENS, EXAMPLES = "eval_loss_sum", "eval_tokens", "eval_examples"
+CELL, CLASSIFY_N = "confusion_", "classify_n"  # classify: confusion_T_P counts, and their total
+COUNTS = (TOKENS, EXAMPLES, "choice_n", "generate_n", CLASSIFY_N)
+
+
+def cell_key(true: int, predicted: int) -> str:
+    return f"{CELL}{true}_{predicted}"
+
+
+def cell_of(key: str) -> tuple[int, int] | None:
+    """(true, predicted) of a `confusion_T_P` key, or None where the key is not one."""
+    if not key.startswith(CELL):
+        return None
+    parts = key[len(CELL) :].split("_")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 # ---- the owner's side ------------------------------------------------------------------------------
@@ -60,13 +85,15 @@ def score(s, client: int, adapter: Tensors) -> dict[str, float]:
     metrics = task_metrics(s.cfg)
     if metrics:
         # The owner's own examples only, also for the choice questions' distractors.
-        scope = SimpleNamespace(eval_examples={data.name: data.eval_examples})
+        scope = SimpleNamespace(eval_examples={data.name: data.eval_examples}, labels=s.federation.labels)
         view = SimpleNamespace(cfg=s.cfg, model=s.model, tokenizer=s.tokenizer, placement=s.placement, federation=scope)
         found = set_metrics(view, data.name, metrics)
         for key, count in METRIC_COUNTS.items():
             if key in found and count in found:
                 out[f"{key}_sum"] = float(found[key]) * int(found[count])
-        out.update({k: int(found[k]) for k in ("choice_n", "generate_n") if k in found})
+        out.update({k: int(found[k]) for k in ("choice_n", "generate_n", CLASSIFY_N) if k in found})
+        for true, predicted, count in found.get("confusion", []):
+            out[cell_key(true, predicted)] = int(count)
     return out
 
 
@@ -74,10 +101,10 @@ def score_blob(s, client: int, blob: bytes) -> dict[str, float]:
     return score(s, client, decode_blob(s, blob))
 
 
-def sums_problem(sums) -> str | None:
+def sums_problem(sums, n_labels: int = 0) -> str | None:
     """Why an owner's evaluate reply cannot be counted, or None: a remote owner may send anything,
     so every sum must be a finite number and every count a non-negative integer (as Reply.problem
-    checks a train reply)."""
+    checks a train reply); confusion cells name labels among the `n_labels` and add up to `classify_n`."""
     import math
 
     if not isinstance(sums, dict):
@@ -88,8 +115,14 @@ def sums_problem(sums) -> str | None:
     for key, value in sums.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return f"{key} is not a finite number ({value!r})"
-        if key in (TOKENS, EXAMPLES, "choice_n", "generate_n") and (not isinstance(value, int) or value < 0):
+        cell = cell_of(key)
+        if (key in COUNTS or cell is not None) and (not isinstance(value, int) or value < 0):
             return f"{key} = {value!r} is not a count"
+        if key.startswith(CELL) and (cell is None or max(cell) >= n_labels):
+            return f"{key} is not a cell of the {n_labels}-label confusion matrix"
+    cells = sum(v for k, v in sums.items() if k.startswith(CELL))
+    if cells and cells != sums.get(CLASSIFY_N):
+        return f"the confusion cells add up to {cells}, but {CLASSIFY_N} = {sums.get(CLASSIFY_N)!r}"
     return None
 
 
@@ -101,8 +134,8 @@ def judge(driver, rnd: int) -> dict:
     if at == "server":
         return evaluate_round(s, driver.client_states, rnd)
     fields = at_clients(driver, rnd)
-    if at == "clients":
-        return fields
+    if at == "clients":  # the out-of-domain set is no owner's data: the coordinator judges it
+        return {**fields, **ood_loss(s, driver.client_states)}
     server = evaluate_round(s, driver.client_states, rnd)
     bill = fields.pop("eval_down", {})
     return {**server, "client_eval": fields, "eval_down": bill}
@@ -124,18 +157,19 @@ def at_clients(driver, rnd: int) -> dict:
     else:
         reached = transport.reachable(sets)
         replies = evaluate(rnd, {c: blob for c in reached})
+    labels = s.federation.labels
     for c, r in replies.items():
-        why = sums_problem(r) if r is not None else None
+        why = sums_problem(r, len(labels)) if r is not None else None
         if why is not None:
             driver.progress.log(f"round {rnd}: client {c}'s evaluation rejected ({why})")
-    got = {c: r for c, r in replies.items() if r is not None and sums_problem(r) is None}
+    got = {c: r for c, r in replies.items() if r is not None and sums_problem(r, len(labels)) is None}
     missing = sorted(set(sets) - set(got))
     if missing:
         driver.progress.log(f"round {rnd}: no evaluation from clients {missing}: left out of the figure")
     if not got:
         return {"eval_down": {str(c): len(blob) for c in reached}, "eval_at": "clients", "eval_sets": []}
     share = s.cfg.server.max_client_weight if claims_counted(s) else 1.0
-    fields = combine({names[c]: got[c] for c in sorted(got)}, share)
+    fields = combine({names[c]: got[c] for c in sorted(got)}, share, labels)
     if "eval_capped" in fields:
         driver.progress.log(f"round {rnd}: " + cap_text(fields["eval_capped"], share, "evaluation weights capped"))
     fields["eval_down"] = {str(c): len(blob) for c in reached}  # billed: every blob sent
@@ -144,9 +178,10 @@ def at_clients(driver, rnd: int) -> dict:
     return fields
 
 
-def combine(replies: dict[str, dict], share: float = 1.0) -> dict:
+def combine(replies: dict[str, dict], share: float = 1.0, labels: list[str] | tuple = ()) -> dict:
     """The count-weighted means of the owners' replies ({owner name: sums and counts}), each weight
-    capped at `share` of the total; each owner's own figures beside them."""
+    capped at `share` of the total; each owner's own figures beside them. A classify task (`labels`):
+    the owners' confusion matrices summed, its figures from the sum (`classify`)."""
     names = list(replies)
     weights, capped = cap_weights({i: float(replies[n][TOKENS]) for i, n in enumerate(names)}, share)
     losses = {n: replies[n][LOSS_SUM] / max(replies[n][TOKENS], 1) for n in names}
@@ -172,12 +207,42 @@ def combine(replies: dict[str, dict], share: float = 1.0) -> dict:
         w, c = cap_weights({i: float(replies[names[i]][count]) for i in have}, share)
         means[key] = _weighted({i: per_owner[names[i]][key] for i in have}, w)
         all_capped.update({names[i]: {"claimed": v, "counted": w[i]} for i, v in c.items()})
+    if labels:
+        matrix = classify(replies, share, list(labels), per_owner, all_capped)
+        if matrix is not None:
+            means.update({k: v for k, v in matrix.items() if k not in ("labels", "confusion")})
+            fields["eval_classify"] = {"labels": matrix["labels"], "confusion": matrix["confusion"]}
     if means:
         fields["eval_metrics"] = {n: m for n, m in per_owner.items() if m}
         fields["eval_means"] = means
     if all_capped:
         fields["eval_capped"] = all_capped
     return fields
+
+
+def classify(replies: dict[str, dict], share: float, labels: list[str], per_owner: dict, capped: dict) -> dict | None:
+    """The owners' confusion matrices summed, and acc, acc_se, macro_f1, chance, majority, classify_n
+    of the sum (scoring/classify.py `pooled`, as the server-side evaluation pools its sets); each owner's
+    own figures and matrix into `per_owner`. Each owner's items weigh its claim (`classify_n`), capped
+    at `share` of the total: a capped owner's cells are scaled to its counted weight (into `capped`)."""
+    from ..scoring.classify import dense, from_confusion, pooled, sparse
+
+    names = [n for n in replies if replies[n].get(CLASSIFY_N)]
+    if not names:
+        return None
+    cells = {n: sparse(dense(_cells(replies[n]), len(labels))) for n in names}  # in order, as the server's
+    weights, over = cap_weights({i: float(replies[n][CLASSIFY_N]) for i, n in enumerate(names)}, share)
+    per_set = {}
+    for i, n in enumerate(names):
+        per_owner[n].update({**from_confusion(dense(cells[n], len(labels))), "confusion": cells[n]})
+        scale = weights[i] / replies[n][CLASSIFY_N] if i in over else 1
+        per_set[n] = {"confusion": [[t, p, c * scale] for t, p, c in cells[n]]}
+    capped.update({names[i]: {"claimed": c, "counted": weights[i]} for i, c in over.items()})
+    return pooled(per_set, labels)
+
+
+def _cells(reply: dict) -> list[list[int]]:
+    return [[*cell, int(v)] for k, v in reply.items() if (cell := cell_of(k)) is not None]
 
 
 def _weighted(values: dict[int, float], weights: dict[int, float]) -> float:

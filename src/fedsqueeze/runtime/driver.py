@@ -195,6 +195,9 @@ class Driver:
         record.update(self.server.placement_if_new())
         if sim_seconds is not None:
             record["sim_seconds"] = sim_seconds
+        wire_fields = getattr(self.transport, "wire_fields", None)
+        if wire_fields is not None:  # Flower: its messages' serialized bytes, beside the blobs' ledger
+            record.update(wire_fields())
         record.update(late=late, stale=got.stale, left_out=sorted(set(sampled) - set(got.arrived) - set(late)))
         if got.dropped:
             record["dropped"] = got.dropped

@@ -65,6 +65,8 @@ def finish(
     }
     if undelivered:
         summary["bytes_undelivered"] = undelivered
+    if any("wire_down" in r for r in rows):  # Flower runs: the messages' serialized bytes
+        summary.update({key: sum(r.get(key, 0) for r in rows) for key in ("wire_down", "wire_up")})
     if s.privacy is not None:
         clip_norm = next((r["dp_clip_norm"] for r in reversed(rows) if "dp_clip_norm" in r), s.privacy.clip_norm)
         summary["privacy"] = s.privacy.summary(rounds_done, clip_norm)

@@ -87,10 +87,11 @@ def owner_data(path: Path):
 
 
 def coordinator_data(cfg, tokenizer):
-    """Session.build's `data` for the coordinator of a per-owner run: the owners' names only."""
+    """Session.build's `data` for the coordinator of a per-owner run: the owners' names only (and
+    the out-of-domain set, where data.ood_source names one: the coordinator judges it)."""
     from ...data.owners import names_only
 
-    return names_only(cfg)
+    return names_only(cfg, tokenizer, cfg.seed)
 
 
 def server_data(cfg):

@@ -42,7 +42,8 @@ class GridTransport:
     simulated = False
 
     def __init__(self, session: Session, grid: Grid, log=print):
-        self.s, self.grid, self.log = session, grid, log
+        self.s, self.log = session, log
+        self.grid = wire.MeteredGrid(grid)  # Flower's serialized bytes per round (wire_down / wire_up)
         self.rt = session.cfg.runtime
         self.nodes: dict[int, int] = {}  # partition id -> node id
         self.ignored: set[int] = set()  # nodes whose partition does not fit this federation
@@ -160,6 +161,11 @@ class GridTransport:
                 out[client] = wire.eval_sums(reply.content)
         return out
 
+    def wire_fields(self) -> dict[str, int]:
+        """The serialized bytes of every Flower message sent and received since the last call (the
+        round's record; round 1's also holds the partition queries and the base model's evaluation)."""
+        return self.grid.take()
+
     # ---- checkpoints (the server part only) ------------------------------------------------------
     def state_dict(self) -> tuple[Tensors, dict]:
         return {}, {"runtime": "flower", "in_flight": len(self.pending)}
@@ -176,14 +182,16 @@ class GridTransport:
             )
 
 
-def push(grid: Grid, messages: list[Message]) -> list[str]:
+def push(grid: Grid | wire.MeteredGrid, messages: list[Message]) -> list[str]:
     """Sends `messages`; returns their ids (Flower's grids stamp each message as they push it)."""
     returned = [str(i) for i in grid.push_messages(messages)]
     ids = [m.metadata.message_id for m in messages]
     return ids if all(ids) else returned
 
 
-def collect(grid: Grid, ids: set[str], timeout: float, enough=None, poll: float = 0.5) -> dict[str, Message]:
+def collect(
+    grid: Grid | wire.MeteredGrid, ids: set[str], timeout: float, enough=None, poll: float = 0.5
+) -> dict[str, Message]:
     """Replies to the messages `ids`, by the id they answer, pulled every `poll` seconds until all
     came, `enough(ids replied so far)` holds, or `timeout` seconds passed. Matched by message id,
     not by sender: a SuperLink answers for a node that went offline with an error of its own.
@@ -200,7 +208,7 @@ def collect(grid: Grid, ids: set[str], timeout: float, enough=None, poll: float 
     return replies
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 0.5):
+def exchange(grid: Grid | wire.MeteredGrid, messages: list[Message], timeout: float, poll: float = 0.5):
     """Sends `messages` and pairs each with its reply (None if none came within `timeout` seconds)."""
     ids = push(grid, messages)
     replies = collect(grid, set(ids), timeout, poll=poll)

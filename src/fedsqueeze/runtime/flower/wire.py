@@ -2,7 +2,10 @@
 
 A codec blob crosses as ONE uint8 array: Flower ships arrays as np.save bytes in content-addressed
 chunks, one request per object, so one array per message keeps the framing small and fixed.
-The ledger counts len(blob), the bytes the other side decodes, whatever Flower adds around them.
+The ledger counts len(blob), the bytes the other side decodes, whatever Flower adds around them;
+beside it a Flower run also records `wire_down` / `wire_up`: what every message the ServerApp sent and
+received costs on the nodes' links, its serialized bytes and its Fleet calls' HTTP heads (`fleet_bytes`,
+counted by `MeteredGrid`).
 """
 
 from __future__ import annotations
@@ -86,6 +89,76 @@ def eval_sums(content: RecordDict) -> dict:
     """An evaluate reply's sums and counts, as they came (client_eval.sums_problem checks them)."""
     record = content.get(METRICS)
     return dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
+
+
+# Flower 1.41's Fleet API is protobuf over HTTP/1.1 (flower-supernode's default): every call adds an HTTP
+# head each way, whatever it carries. Measured with benchmarks/wire_proxy.py on loopback (per call, on
+# the node's link): a response head is about 130 B (status line, date, server, content-length,
+# content-type); a request head about 850 B (the SuperNode's signature headers), a pull-object or confirm
+# request with its body (node, run id, 64-hex object id) about 935 B. Idle polls and heartbeats are
+# left out: they follow time, not messages.
+HEAD_DOWN, HEAD_UP, ASK_UP, OBJECT_ID = 130, 850, 935, 66
+
+
+def message_bytes(msg: Message) -> int:
+    """The bytes of `msg` in Flower's serialized form (flwr's serde to protobuf), as the Fleet API
+    carries it between the SuperLink and a node: its metadata and object tree (in PullMessages /
+    PushMessages) and each object of its content, deflated (one PullObject / PushObject each): the
+    blob with its array header, the records around it and the 64-hex object ids that name them."""
+    from flwr.app.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+    head = remove_content_from_message(msg) if msg.has_content() else msg
+    size = message_to_proto(head).ByteSize() + get_object_tree(msg).ByteSize()
+    return size + sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
+
+
+def fleet_bytes(msg: Message, to_node: bool) -> tuple[int, int]:
+    """(down, up): what moving `msg` costs on a node's link, by the Fleet calls it takes. A message to
+    a node: one PullMessages, one PullObject per object, one ConfirmMessageReceived; its serialized
+    bytes down. A node's reply: one PushMessages (answered with the ids of the objects to push) and
+    one PushObject per object; its serialized bytes up. Each call's HTTP heads as measured (above)."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    size, objects = message_bytes(msg), len(get_all_nested_objects(msg))
+    if to_node:
+        calls = objects + 2
+        return size + calls * HEAD_DOWN, calls * ASK_UP
+    calls = objects + 1
+    return calls * HEAD_DOWN + objects * OBJECT_ID, size + calls * HEAD_UP
+
+
+class MeteredGrid:
+    """A Grid that counts what every message pushed (to the nodes) and pulled (their replies) costs on
+    the nodes' links (`fleet_bytes`), until `take` hands the counts over (a round's record)."""
+
+    def __init__(self, grid):
+        self.grid = grid
+        self.down = self.up = 0
+
+    def _count(self, messages, to_node: bool) -> None:
+        for msg in messages:
+            down, up = fleet_bytes(msg, to_node)
+            self.down, self.up = self.down + down, self.up + up
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = list(self.grid.push_messages(messages))  # the grid stamps each message's id first
+        self._count(messages, True)
+        return ids
+
+    def pull_messages(self, message_ids):
+        replies = list(self.grid.pull_messages(message_ids))
+        self._count(replies, False)
+        return replies
+
+    def take(self) -> dict[str, int]:
+        out, self.down, self.up = {"wire_down": self.down, "wire_up": self.up}, 0, 0
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
 
 
 def _number(value) -> int | float:

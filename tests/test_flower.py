@@ -414,12 +414,19 @@ def test_methods_without_traffic_are_refused(tmp_path, corpus):
 # ---- Flower's simulation engine ---------------------------------------------------------------
 @pytest.mark.integration
 def test_flower_simulation_matches_in_process_runtime(tmp_path, corpus, cli):
+    """Flower's simulation engine (Ray actors, client state in context.state) against the in-process
+    run: error feedback carries each client's memory across rounds, and local DP noise (seeded per
+    client and round) is drawn the same in the actors. One simulation for both: each start costs Ray."""
     cfg = _config(tmp_path, corpus, **{"uplink.codec": '"fp16"', "uplink.error_feedback": "true"})
+    noise = ["privacy.mode=local", "privacy.noise_multiplier=1.0", "privacy.delta=1e-5", "privacy.noise_seed=3"]
+    args = [a for s in noise for a in ("--set", s)]
     local, sim = tmp_path / "local", tmp_path / "sim"
-    assert cli("run", cfg, "--out", local).exit_code == 0
-    res = cli("run", cfg, "--out", sim, "--set", 'runtime.kind="flower-sim"')
+    assert cli("run", cfg, *args, "--out", local).exit_code == 0
+    res = cli("run", cfg, *args, "--out", sim, "--set", 'runtime.kind="flower-sim"')
     assert res.exit_code == 0, res.output
     _assert_same_run(local, sim)
+    epsilon = [json.loads((d / "summary.json").read_text())["privacy"]["epsilon"] for d in (local, sim)]
+    assert epsilon[0] == epsilon[1] and epsilon[0] > 0
     assert (sim / "adapter" / "adapter_config.json").is_file() and (sim / "checkpoint").is_dir()
     assert (sim / "config.toml").is_file()
 

@@ -322,7 +322,11 @@ def test_the_coordinator_refuses_to_judge_data_it_does_not_hold(tmp_path, corpus
 # ---- the same folder on Flower's simulation engine (Must show 2) ----------------------------------
 @pytest.mark.integration
 def test_flower_simulation_of_an_owners_folder_equals_in_process(tmp_path, corpus, owners, cli):
-    cfg = owners_config(tmp_path, corpus, owners)
+    """Also issue 31's "runs on flower-sim" for lora-xs (4-bit broadcast cores): one simulation for
+    both, each start of Flower's engine costs seconds of Ray."""
+    from test_flower import _assert_same_run
+
+    cfg = owners_config(tmp_path, corpus, owners, method='"lora-xs"', **{"params.download_bits": "4"})
     local, sim = tmp_path / "local", tmp_path / "sim"
     assert cli("run", cfg, "--out", local).exit_code == 0
     res = cli("run", cfg, "--out", sim, "--set", 'runtime.kind="flower-sim"')
@@ -332,6 +336,7 @@ def test_flower_simulation_of_an_owners_folder_equals_in_process(tmp_path, corpu
             assert x[key] == y[key], key
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
         assert x["eval"] == pytest.approx(y["eval"], rel=1e-5)
+    _assert_same_run(local, sim)
 
 
 # ---- a deployment where each node sees only its own file (Must show 1) ------------------------------

@@ -133,19 +133,7 @@ def test_the_apps_over_flower_messages_draw_the_same_noise(tmp_path, corpus, mod
     assert [r["epsilon"] for r in _rows(tmp_path / "grid")] == [r["epsilon"] for r in _rows(tmp_path / "local")]
 
 
-@pytest.mark.integration
-def test_local_noise_in_flowers_simulation_engine(tmp_path, corpus, cli):
-    from test_flower import _config
-
-    cfg = _config(tmp_path, corpus)
-    sets = ["privacy.mode=local", "privacy.noise_multiplier=1.0", "privacy.delta=1e-5", "privacy.noise_seed=3"]
-    args = [a for s in sets for a in ("--set", s)]
-    assert cli("run", cfg, *args, "--out", tmp_path / "local").exit_code == 0
-    res = cli("run", cfg, *args, "--out", tmp_path / "sim", "--set", 'runtime.kind="flower-sim"')
-    assert res.exit_code == 0, res.output
-    for k, v in _adapter(tmp_path / "local").items():
-        torch.testing.assert_close(v, _adapter(tmp_path / "sim")[k], rtol=1e-4, atol=1e-6)
-    assert _summary(tmp_path / "sim")["privacy"]["epsilon"] == _summary(tmp_path / "local")["privacy"]["epsilon"]
+# Local noise in Flower's simulation engine: tests/test_flower.py, test_flower_simulation_matches_in_process_runtime.
 
 
 def test_adaptive_clipping_moves_the_bound_between_rounds(tmp_path, corpus):

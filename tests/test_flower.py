@@ -568,7 +568,7 @@ def test_secure_deployment_matches_in_process_and_goes_on_when_a_supernode_dies(
 
     for x, y in zip(local, rows):
         assert (x["bytes_up"], billed(x)) == (y["bytes_up"], billed(y))
-        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5, nan_ok=True)  # nan: local DP
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
     assert local[0]["bytes_down"] == rows[0]["bytes_down"]
     wa, wb = _adapter(tmp_path / "local"), _adapter(out)

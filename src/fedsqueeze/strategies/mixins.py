@@ -11,6 +11,9 @@ for each of these and otherwise uses its own default:
                            it the server admits those (runtime/admission.py's TrainedTensors)
   PrivacyNotes             what privacy/rules.py should know about its uploads: values chosen by
                            their own size, un-noised extras, why central DP cannot run it
+  MessageSizes             its messages' bytes from the layout alone, as rows of `fedsqueeze size`
+                           (sizing.py asks every registered method that defines them itself);
+                           without it no row (nothing travels, or the bytes follow the data)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..tensors import Tensors
 
 if TYPE_CHECKING:
     from .base import ClientUpdate
+    from .sizes import MessageSize, SizingContext
 
 
 class CentralDP(ABC):
@@ -92,3 +96,26 @@ class PrivacyNotes:
     def local_dp_problem(cls, params) -> str | None:
         """What else, un-noised, leaves a client under local DP (noise-first), or None."""
         return None
+
+
+class MessageSizes(ABC):
+    """A method whose messages' size follows from the LoRA layout alone. `fedsqueeze size`
+    (sizing.py) asks every registered method that is one, in the catalog's order, and prints the
+    rows it returns; nothing else in the code names a method's rows."""
+
+    @classmethod
+    @abstractmethod
+    def message_sizes(cls, params, at: SizingContext) -> list[MessageSize]:
+        """One row per message variant worth showing, each labelled with the method's name first,
+        built from `at`'s layout (or `at.layout_at(rank, core)` for another LoRA structure) and
+        sized by the real codec (`at.blob`). `params`: the method's validated params (the run's
+        own where the run is this method, else the defaults).
+
+        Declared, never inherited: sizing.py asks only a class that defines `message_sizes` itself
+        (`declares_sizes`), since a parent's rows carry the parent's name (FFA-LoRA, a FedAvg,
+        declares its own; FedSRD-e, a FedSRD with the same messages, none)."""
+
+    @classmethod
+    def declares_sizes(cls) -> bool:
+        """Whether this class itself defines `message_sizes` (its rows are its own)."""
+        return "message_sizes" in vars(cls)

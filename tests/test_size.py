@@ -4,13 +4,15 @@ config.json, and the FedSRD paper's FedAvg figure for Llama-3.2-3B (371 MiB per 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from fedsqueeze import config as config_mod
 from fedsqueeze.models import load_base
-from fedsqueeze.sizing import lora_layout, message_sizes
+from fedsqueeze.registry import METHODS
+from fedsqueeze.sizing import lora_layout, message_sizes, method_sizes
 
 
 def _lora(d_in: int, d_out: int, r: int) -> int:
@@ -69,7 +71,7 @@ def test_message_sizes_are_real_blobs_of_the_layout():
 
     cfg = config_mod.validate({"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}})
     layout, _, _ = lora_layout(cfg)
-    rows = {m.method: m for m in message_sizes(layout)}
+    rows = {m.method: m for m in message_sizes(cfg)}
     ones = {n: torch.ones(s) for n, s in zip(layout.names, layout.shapes)}
     assert rows["fedavg"].up == len(build_codec("fp32", layout).encode(ones))
     b_only = {n: t for n, t in ones.items() if n.endswith("lora_B.weight")}
@@ -104,26 +106,81 @@ def test_random_init_of_a_folder_uses_its_tokenizer(tmp_path):
 
 
 def test_fed_sb_row_is_r_squared_per_layer_plus_the_header():
-    from fedsqueeze.sizing import fed_sb_size
-
     raw = {"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}}
     cfg = config_mod.validate({**raw, "method": "fed-sb", "params": {"rank": 6}})
-    row = fed_sb_size(cfg)
+    (row,) = method_sizes(cfg, "fed-sb")
     layout, _, _ = lora_layout(cfg, 6, core=True)
     cores = [s for n, s in zip(layout.names, layout.shapes) if n.endswith("lora_R.weight")]
     assert len(cores) == 14 and all(tuple(s) == (6, 6) for s in cores)
     assert row.method == "fed-sb (rank 6)" and row.up == row.down
     assert 0 < row.up - 14 * 36 * 4 < 64  # the values and the blob's header and checksum
-    assert fed_sb_size(config_mod.validate(raw)).method == "fed-sb (rank 4)"  # another method: lora.r
+    assert method_sizes(config_mod.validate(raw), "fed-sb")[0].method == "fed-sb (rank 4)"  # another method: lora.r
+    svd = method_sizes(config_mod.validate({**raw, "method": "fed-sb", "params": {"init": "svd-base"}}), "fed-sb")
+    assert "from round 1" in svd[0].note  # the run's own params, where the run is that method
 
 
 def test_lora_xs_rows_are_r_squared_per_layer_in_fp32_and_k_bits():
-    from fedsqueeze.sizing import lora_xs_sizes
-
     raw = {"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}}
-    fp32, q8, q4 = lora_xs_sizes(config_mod.validate({**raw, "method": "lora-xs", "params": {"rank": 6}}))
+    fp32, q8, q4 = method_sizes(config_mod.validate({**raw, "method": "lora-xs", "params": {"rank": 6}}), "lora-xs")
     assert fp32.method == "lora-xs (rank 6)" and fp32.up == fp32.down
     assert 0 < fp32.up - 14 * 36 * 4 < 64  # the values and the blob's header and checksum
     # 4 bits a value (+ per core: an 8-byte min/step pair up, a tag and exponent down)
     assert 14 * 36 // 2 < q4.up < 14 * (18 + 8) + 64 and 14 * 36 // 2 < q4.down < 14 * (18 + 3) + 64
     assert q4.up < q8.up < fp32.up and q4.down < q8.down < fp32.down
+
+
+TINY = {"model": {"name": "tiny"}, "lora": {"r": 4, "target": "all-linear"}}
+
+
+def test_each_method_declares_its_own_rows_under_its_own_name():
+    """sizing.py names no method: every row comes from the method it is labelled with, in the
+    catalog's order, and no label repeats (a subclass does not inherit its parent's rows)."""
+    cfg = config_mod.validate(TINY)
+    per_method = {name: method_sizes(cfg, name) for name, _ in METHODS.in_order()}
+    assert message_sizes(cfg) == [row for rows in per_method.values() for row in rows]
+    for name, rows in per_method.items():
+        assert all(re.match(rf"{re.escape(name)}($|[ ,])", row.method) for row in rows), name
+    labels = [m.method for m in message_sizes(cfg)]
+    assert len(labels) == len(set(labels))
+    assert {name for name, rows in per_method.items() if rows} >= {"fedavg", "fedsrd", "fed-dare", "fed-sb", "lora-xs"}
+    assert method_sizes(cfg, "fedsrd-e") == [] and method_sizes(cfg, "ffa-lora")[0].method == "ffa-lora"
+    assert method_sizes(cfg, "local") == []  # nothing travels
+
+
+def test_a_method_with_its_own_message_shape_is_one_class_and_one_register_line(monkeypatch, cli, tmp_path):
+    """A method defined here with the MessageSizes mixin and one register line gets its rows in
+    `fedsqueeze size`; its subclass, registered too, inherits none (its rows would carry the
+    parent's name)."""
+    from fedsqueeze.codecs import build_codec
+    from fedsqueeze.strategies.fedavg import FedAvg
+    from fedsqueeze.strategies.lora_math import A_SUFFIX
+    from fedsqueeze.strategies.sizes import MessageSize, SizingContext
+
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    monkeypatch.setattr(METHODS, "_info", dict(METHODS._info))
+
+    class AOnly(FedAvg):
+        """Sends A alone each way (a test method: only its sizes matter here)."""
+
+        name = "test-a-only"
+
+        @classmethod
+        def message_sizes(cls, params, at: SizingContext) -> list[MessageSize]:
+            a = at.blob("fp32", at.ending(A_SUFFIX))
+            return [MessageSize("test-a-only", a, a, "A only, fp32")]
+
+    class AOnlyAgain(AOnly):
+        name = "test-a-only-again"
+
+    METHODS.register("test-a-only")(AOnly)
+    METHODS.register("test-a-only-again")(AOnlyAgain)
+    cfg = config_mod.validate(TINY)
+    rows = message_sizes(cfg)
+    layout, _, _ = lora_layout(cfg)
+    a_only = {n: torch.ones(s) for n, s in zip(layout.names, layout.shapes) if n.endswith(A_SUFFIX)}
+    assert rows[-1].method == "test-a-only"  # registered last, listed last
+    assert rows[-1].up == rows[-1].down == len(build_codec("fp32", layout).encode(a_only))
+    assert method_sizes(cfg, "test-a-only-again") == []
+    res = cli("size", "--model", "tiny", "--set", "lora.r=4", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert "test-a-only" in [m["method"] for m in json.loads(res.output)["messages"]]

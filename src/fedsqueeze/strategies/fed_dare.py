@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..tensors import Tensors
 from . import lora_math as lm
 from .base import ClientTurn, ClientUpdate, Message, Method
-from .mixins import MeanOfDeltas
+from .mixins import MeanOfDeltas, MessageSizes
+from .sizes import MessageSize, SizingContext
 
 
 class FedDAREParams(BaseModel):
@@ -25,11 +26,17 @@ class FedDAREParams(BaseModel):
     p: float = Field(0.9, ge=0.0, lt=1.0, description="probability of dropping each uploaded entry")
 
 
-class FedDARE(MeanOfDeltas, Method):
+class FedDARE(MeanOfDeltas, MessageSizes, Method):
     name = "fed-dare"
     Params = FedDAREParams
     params: FedDAREParams
     default_uplink = "seeded"
+
+    @classmethod
+    def message_sizes(cls, params: FedDAREParams, at: SizingContext) -> list[MessageSize]:
+        """Up: the kept values of the seeded mask (the default uplink `seeded`); down: the dense adapter."""
+        up, down = at.blob("seeded", at.seeded(at.ones(), params.p)), at.blob("fp32", at.ones())
+        return [MessageSize("fed-dare", up, down, f"{1 - params.p:.0%} of the delta kept (seeded), values only")]
 
     def client_upload(
         self, state: Tensors, start: Tensors, trained: Tensors, turn: ClientTurn | None = None

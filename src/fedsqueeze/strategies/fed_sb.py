@@ -54,7 +54,8 @@ from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
 from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext, layout_mismatch
 from .lora_math import R_SUFFIX
-from .mixins import Admission
+from .mixins import Admission, MessageSizes
+from .sizes import MessageSize, SizingContext
 
 BASIS = "fed_sb/basis/"
 PHASE = "fed_sb/phase"
@@ -70,7 +71,7 @@ class FedSBParams(BaseModel):
     )
 
 
-class FedSB(Admission, Method):
+class FedSB(Admission, MessageSizes, Method):
     name = "fed-sb"
     Params = FedSBParams
     params: FedSBParams
@@ -81,6 +82,23 @@ class FedSB(Admission, Method):
         rank = params.rank or lora_r
         basis = "svd-orthonormal" if params.init == "svd-base" else None
         return AdapterSpec(rank, lora_alpha * rank / lora_r, core=True, basis=basis)
+
+    @classmethod
+    def message_sizes(cls, params: FedSBParams, at: SizingContext) -> list[MessageSize]:
+        """R (rank x rank per layer) each way, from round 2 (round 1 with init svd-base); the
+        one-off messages in the note."""
+        spec = cls.adapter_spec(params, at.lora_r, at.lora_alpha)
+        layout = at.layout_at(spec.rank, spec.core)
+        per_round = at.blob("fp32", at.ending(R_SUFFIX, layout), layout)
+        if params.init == "svd-base":
+            note = "R only, fp32, from round 1 (init svd-base: B, A from the base weights' SVD, never sent)"
+        else:
+            basis = at.blob("fp32", at.ones(layout), layout)
+            note = (
+                f"R only, fp32, from round 2; round 1 uploads a LoRA delta at rank {min(at.lora_r, spec.rank)}, "
+                f"round 2 sends B, A and R once ({basis:,} B)"
+            )
+        return [MessageSize(f"fed-sb (rank {spec.rank})", per_round, per_round, note)]
 
     def __init__(self, params: FedSBParams, ctx: MethodContext):
         super().__init__(params, ctx)

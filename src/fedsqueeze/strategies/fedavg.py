@@ -8,7 +8,8 @@ from typing import Literal, cast
 import torch
 
 from .base import ClientTurn, ClientUpdate, Method, NoParams
-from .mixins import MeanOfDeltas
+from .mixins import MeanOfDeltas, MessageSizes
+from .sizes import MessageSize, SizingContext
 
 
 class FedAvgParams(NoParams):
@@ -17,10 +18,19 @@ class FedAvgParams(NoParams):
     adapter itself, as in FedIT (bit-exact with centralized training for a single client)."""
 
 
-class FedAvg(MeanOfDeltas, Method):
+class FedAvg(MeanOfDeltas, MessageSizes, Method):
     name = "fedavg"
     Params = FedAvgParams
     params: FedAvgParams
+
+    @classmethod
+    def message_sizes(cls, params, at: SizingContext) -> list[MessageSize]:
+        """The whole adapter each way, fp32 and with bf16 values."""
+        dense, dense16 = at.blob("fp32", at.ones()), at.blob("bf16", at.ones())
+        return [
+            MessageSize("fedavg", dense, dense, "the whole adapter (or its delta), fp32"),
+            MessageSize("fedavg, bf16 values", dense16, dense16, "codec bf16 both ways"),
+        ]
 
     def client_upload(self, state, start, trained, turn: ClientTurn | None = None):
         if self.params.upload == "adapter":

@@ -93,7 +93,8 @@ from ..codecs.wire import message_tensors, read_message
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from . import lora_math as lm
 from .base import ClientTurn, ClientUpdate, Message, Method, MethodContext
-from .mixins import CentralDP, PrivacyNotes
+from .mixins import CentralDP, MessageSizes, PrivacyNotes
+from .sizes import MessageSize, SizingContext
 
 STATE_PREFIX = "global_delta/"
 Target = Callable[[lm.LoraPair], tuple[torch.Tensor, torch.Tensor]]
@@ -140,7 +141,7 @@ class FedSRDParams(BaseModel):
         return self
 
 
-class FedSRD(CentralDP, PrivacyNotes, Method):
+class FedSRD(CentralDP, PrivacyNotes, MessageSizes, Method):
     name = "fedsrd"
     Params = FedSRDParams
     params: FedSRDParams
@@ -148,6 +149,35 @@ class FedSRD(CentralDP, PrivacyNotes, Method):
     lossless_downlink = True
     truncate: ClassVar[bool] = True
     """Rank-r truncated SVD of the reconstructed W (False: FedSRD-e, W_r = W)."""
+
+    @classmethod
+    def message_sizes(cls, params: FedSRDParams, at: SizingContext) -> list[MessageSize]:
+        """The broadcast (one factor with `download_drop` of it dropped; A and B in alternate rounds,
+        so a row is their mean) under each download setting; uploads follow the data (importance masks)."""
+        drop = params.download_drop
+        a_only, b_only = at.ending(lm.A_SUFFIX), at.ending(lm.B_SUFFIX)
+        rng = torch.Generator().manual_seed(at.seed)
+        dropped = ({n: lm.random_drop(t, drop, rng) for n, t in f.items()} for f in (a_only, b_only))
+        srd_a, srd_b = (at.blob("sparse", f) for f in dropped)
+        rows = [
+            MessageSize(
+                "fedsrd (broadcast), download_mask=bernoulli",
+                None,
+                (srd_a + srd_b) // 2,
+                f"one factor, {1 - drop:.0%} kept, positions sent: A rounds {srd_a:,} B, B rounds {srd_b:,} B",
+            )
+        ]
+        for label, spec, bits in (
+            ("fedsrd (broadcast)", "seeded", None),
+            ("fedsrd (broadcast), download_dtype=bf16", "seeded > narrow", None),
+            ("fedsrd (broadcast), download_bits=8", "seeded > grid(bits=8)", 8),
+            ("fedsrd (broadcast), download_bits=4", "seeded > grid(bits=4)", 4),
+        ):
+            a, b = (at.blob(spec, at.seeded(f, drop, bits)) for f in (a_only, b_only))
+            note = f"one factor, {1 - drop:.0%} kept (seeded), values only: A rounds {a:,} B, B rounds {b:,} B"
+            note += "; uploads follow the data" if spec == "seeded" else ""
+            rows.append(MessageSize(label, None, (a + b) // 2, note))
+        return rows
 
     def __init__(self, params: FedSRDParams, ctx: MethodContext):
         super().__init__(params, ctx)
@@ -400,7 +430,9 @@ class FedSRD(CentralDP, PrivacyNotes, Method):
 
 
 class FedSRDe(FedSRD):
-    """FedSRD-e: no SVD; the alternating projection is applied to the full-rank W itself."""
+    """FedSRD-e: no SVD; the alternating projection is applied to the full-rank W itself. Its
+    messages are FedSRD's, so `fedsqueeze size` shows FedSRD's rows for both (rows are declared,
+    never inherited: mixins.MessageSizes)."""
 
     name = "fedsrd-e"
     truncate = False

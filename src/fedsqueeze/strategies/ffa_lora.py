@@ -10,11 +10,18 @@ from __future__ import annotations
 from ..tensors import Tensors
 from .base import ClientTurn
 from .fedavg import FedAvg
-from .lora_math import A_SUFFIX
+from .lora_math import A_SUFFIX, B_SUFFIX
+from .sizes import MessageSize, SizingContext
 
 
 class FFALoRA(FedAvg):
     name = "ffa-lora"
+
+    @classmethod
+    def message_sizes(cls, params, at: SizingContext) -> list[MessageSize]:
+        """B alone each way (not FedAvg's rows: A never travels)."""
+        b_only = at.blob("fp32", at.ending(B_SUFFIX))
+        return [MessageSize("ffa-lora", b_only, b_only, "B only, fp32")]
 
     def trainable(self, name: str) -> bool:
         return not name.endswith(A_SUFFIX)

@@ -13,11 +13,18 @@ import torch
 
 from . import lora_math as lm
 from .base import ClientUpdate, Method, MethodContext
-from .mixins import CentralDP
+from .mixins import CentralDP, MessageSizes
+from .sizes import MessageSize, SizingContext
 
 
-class FlexLoRA(CentralDP, Method):
+class FlexLoRA(CentralDP, MessageSizes, Method):
     name = "flexlora"
+
+    @classmethod
+    def message_sizes(cls, params, at: SizingContext) -> list[MessageSize]:
+        """As many bytes as the whole adapter each way."""
+        dense = at.blob("fp32", at.ones())
+        return [MessageSize("flexlora", dense, dense, "dense delta up, SVD-truncated adapter down")]
 
     def __init__(self, params, ctx: MethodContext):
         super().__init__(params, ctx)

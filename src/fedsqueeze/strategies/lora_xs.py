@@ -40,7 +40,8 @@ from ..errors import ConfigError
 from ..tensors import Tensors, clone, prefixed, unprefixed
 from .base import AdapterSpec, ClientTurn, ClientUpdate, Message, Method, MethodContext
 from .lora_math import A_SUFFIX, B_SUFFIX, R_SUFFIX
-from .mixins import CentralDP
+from .mixins import CentralDP, MessageSizes
+from .sizes import MessageSize, SizingContext
 
 HELD = "lora_xs/R/"
 """Client state: the R it holds (the global R as of the last message it got)."""
@@ -64,7 +65,7 @@ class LoraXSParams(BaseModel):
     )
 
 
-class LoraXS(CentralDP, Method):
+class LoraXS(CentralDP, MessageSizes, Method):
     name = "lora-xs"
     Params = LoraXSParams
     params: LoraXSParams
@@ -75,6 +76,25 @@ class LoraXS(CentralDP, Method):
         rank = params.rank or lora_r
         alpha = params.alpha if params.alpha is not None else lora_alpha * rank / lora_r
         return AdapterSpec(rank, alpha, core=True, basis=BASES[params.basis])
+
+    @classmethod
+    def message_sizes(cls, params: LoraXSParams, at: SizingContext) -> list[MessageSize]:
+        """R alone each way from round 1 (B and A from the base weights' SVD, never sent), in fp32
+        and with k-bit cores (uploads quantize(bits=k, rounding=stochastic), broadcast grid(bits=k))."""
+        spec = cls.adapter_spec(params, at.lora_r, at.lora_alpha)
+        layout = at.layout_at(spec.rank, spec.core)
+        cores = at.ending(R_SUFFIX, layout)
+        values = sum(t.numel() for t in cores.values())
+        rows = []
+        for bits in (None, 8, 4):
+            up = "fp32" if bits is None else f"quantize(bits={bits}, rounding=stochastic)"
+            down = "fp32" if bits is None else f"grid(bits={bits})"
+            label = f"lora-xs (rank {spec.rank})" + ("" if bits is None else f", {bits}-bit cores")
+            note = f"R only ({values:,} values), from round 1; B, A from the base weights' SVD, never sent"
+            note += "" if bits is None else f"; up {up}, down {down}"
+            on_grid = cores if bits is None else {n: snap(t * 0.5, bits) for n, t in cores.items()}
+            rows.append(MessageSize(label, at.blob(up, cores, layout), at.blob(down, on_grid, layout), note))
+        return rows
 
     @property
     def default_downlink(self) -> str:  # type: ignore[override]

@@ -69,13 +69,20 @@ def lock(out: Path, command: str) -> Iterator[None]:
                 out.rmdir()  # only if empty: a run that failed before writing leaves nothing behind
 
 
-def _holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
-        return f"pid {int(info['pid'])} on {info['host']}, `fedsqueeze {info['command']}` since {since}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
-        return "its lock file names no holder yet"
+def _holder(fd: int, patience: float = 2.0) -> str:
+    """Who holds the lock, from its file. The holder writes its name just after taking the flock, so
+    a writer started at the same moment may find the file still empty: it waits up to `patience`
+    seconds for the name."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode())
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+            return f"pid {int(info['pid'])} on {info['host']}, `fedsqueeze {info['command']}` since {since}"
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
+            if time.monotonic() >= deadline:
+                return "its lock file names no holder yet"
+            time.sleep(0.05)
 
 
 def _entries(out: Path) -> list[Path]:

@@ -297,3 +297,60 @@ def test_a_tracker_added_on_resume_catches_up_from_the_checkpoint(tmp_path, corp
     got = tensorboard_scalars(tmp_path / "run")
     assert sorted(got["eval/loss"]) == [0, 1, 2, 3] and sorted(got["bytes/total_cumulative"]) == [1, 2, 3]
     check_all(got, result.rounds, result.summary, rel=1e-6)
+
+
+def _transaction_log(records) -> bytes:
+    """A .wandb log as wandb-core lays it out: a 7-byte header, then 32 KiB blocks of
+    [crc 4][length 2][kind 1][data] pieces, a record longer than its block split FIRST/MIDDLE/LAST."""
+    import struct
+
+    from fedsqueeze.metrics.track.wandb import BLOCK, FIRST, FULL, LAST, MIDDLE
+
+    out = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
+    for record in records:
+        data, first = record.SerializeToString(), True
+        while True:
+            left = BLOCK - len(out) % BLOCK
+            if left < 7:
+                out += bytes(left)  # the block's tail is padding
+                continue
+            piece, data = data[: left - 7], data[left - 7 :]
+            kind = (FULL if first else LAST) if not data else (FIRST if first else MIDDLE)
+            out += struct.pack("<IHB", 0, len(piece), kind) + piece
+            first = False
+            if not data:
+                break
+    return bytes(out)
+
+
+def test_a_log_read_while_wandb_core_writes_it_gives_the_whole_records_before_the_cut(tmp_path):
+    """CI once read the log between two of wandb-core's writes and met half a record: the reader
+    must stop before a record cut short, at any byte, and still refuse a whole record that is garbage."""
+    pytest.importorskip("wandb", reason="the [track] extra is not installed")
+    from wandb.proto import wandb_internal_pb2
+
+    from fedsqueeze.metrics.track.wandb import read_records
+
+    records = []
+    for step in range(6):
+        record = wandb_internal_pb2.Record()
+        record.history.step.num = step
+        item = record.history.item.add()
+        item.key, item.value_json = "blob", json.dumps("x" * (40_000 if step == 2 else 40))  # one spans blocks
+        records.append(record)
+    exit_record = wandb_internal_pb2.Record()
+    exit_record.exit.exit_code = 0
+    records.append(exit_record)
+    log = _transaction_log(records)
+    assert len(log) > 32768
+    path = tmp_path / "run.wandb"
+    path.write_bytes(log)
+    assert list(read_records(path)) == records
+    cuts = sorted({*range(7, len(log), 211), *(b * 32768 + d for b in (1,) for d in range(-8, 9)), len(log) - 1})
+    for cut in cuts:
+        path.write_bytes(log[:cut])
+        got = list(read_records(path))
+        assert got == records[: len(got)] and len(got) < len(records), cut
+    path.write_bytes(log[:7] + log[7:11] + log[11:14] + b"\xff" * (len(records[0].SerializeToString())))
+    with pytest.raises(ValueError, match="does not parse"):
+        list(read_records(path))

@@ -89,7 +89,7 @@ def _wait_until_written(log: Path, timeout: float = 30.0) -> None:
         try:
             if any(r.WhichOneof("record_type") == "exit" for r in read_records(log)):
                 return
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # not there yet, or (never seen) unreadable: wait, then go on
             pass
         time.sleep(0.05)
 
@@ -116,7 +116,10 @@ def offline_runs(track_folder: Path) -> list[Path]:
 
 
 def read_records(path: Path):
-    """The protobuf Records of one .wandb transaction log, in order."""
+    """The protobuf Records of one .wandb transaction log, in order. A log that wandb-core is still
+    writing ends in a record cut short: reading stops before it (the records up to there are whole).
+    A record that is whole but does not parse is a corrupt log: ValueError."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -130,6 +133,8 @@ def read_records(path: Path):
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
+        if len(chunk) < length:
+            break  # the writer is in the middle of this record
         pos += 7 + length
         if kind == FULL:
             payload = chunk
@@ -144,7 +149,10 @@ def read_records(path: Path):
         else:
             break  # zero padding at the end of a file that was not closed
         record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
+        try:
+            record.ParseFromString(payload)
+        except DecodeError as err:
+            raise ValueError(f"{path}: a record at byte {pos - 7 - length} does not parse ({err})") from err
         yield record
 
 

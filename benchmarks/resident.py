@@ -58,6 +58,7 @@ eval_examples = 8
 rounds = {rounds}
 local_steps = 2
 batch_size = 4
+pad_to = "{pad_to}"
 lr = 3e-3
 precision = "fp32"
 device = "cpu"
@@ -341,6 +342,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--modes", nargs="+", default=["in-process", "trivial", "no-resident", "resident"])
     parser.add_argument("--threads", type=int, default=0, help="train.threads (0: cores / nodes)")
+    parser.add_argument(
+        "--pad-to", choices=["longest", "max_length"], default="longest", help="train.pad_to (max_length: one shape)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, run directories)")
     parser.add_argument("--table", type=Path, default=None, help="print the table of a saved --json file; run nothing")
@@ -353,8 +357,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fsq-resident-"))
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or cpu_name()}"}
     results["date"] = time.strftime("%Y-%m-%d")
+    results["pad_to"] = a.pad_to
     lines = [
-        f"{a.model}, fedavg (fp16 uplink), {a.rounds} rounds, loopback, insecure; "
+        f"{a.model}, fedavg (fp16 uplink), {a.rounds} rounds, train.pad_to = {a.pad_to}, loopback, insecure; "
         f"{results['machine']}, {results['date']}",
         "",
         "| nodes | run | round 1 (s) | rounds 2-R (s/round) | over in-process (s/round) | peak RSS per node (MB) "
@@ -366,7 +371,8 @@ def main() -> None:
         for nodes in a.nodes:
             threads = a.threads or max(1, (os.cpu_count() or 1) // nodes)
             config = tmp / f"config-{nodes}.toml"
-            config.write_text(CONFIG.format(model=a.model, nodes=nodes, rounds=a.rounds, threads=threads))
+            fields = dict(model=a.model, nodes=nodes, rounds=a.rounds, threads=threads, pad_to=a.pad_to)
+            config.write_text(CONFIG.format(**fields))
             base = None
             for mode in a.modes:
                 tag = f"{mode}-{nodes}"

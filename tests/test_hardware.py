@@ -130,6 +130,7 @@ def test_memory_knobs_accumulate_the_big_batch_gradient(tmp_path, corpus, knob):
         {"train.micro_batch_size": "4"},
         {"train.gradient_checkpointing": "true"},
         {"train.micro_batch_size": "3", "train.gradient_checkpointing": "true"},
+        {"train.pad_to": '"max_length"'},
     ],
 )
 def test_memory_knobs_train_the_same_adapter_as_one_big_batch(tmp_path, corpus, knob):
@@ -149,6 +150,25 @@ def test_memory_knobs_train_the_same_adapter_as_one_big_batch(tmp_path, corpus, 
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 0.02 * lr
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 2 * lr  # it did train
     assert la == pytest.approx(lb, abs=1e-6)
+
+
+@pytest.mark.parametrize("pad_to", ["longest", "max_length"])
+def test_pad_to_max_length_gives_every_step_one_shape(tmp_path, corpus, pad_to):
+    knobs = {"train.batch_size": "4", "train.local_steps": "6", "train.pad_to": f'"{pad_to}"'}
+    s = _session(tmp_path, corpus, **knobs)
+    widths = []
+    decoder = s.model.get_base_model().get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda _m, _a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        train_client(s, 1, 1, s.method.global_adapter())
+    finally:
+        hook.remove()
+    widths = widths[-6:]  # before them: the head's one-time probe (client/head.py)
+    assert all(w[0] == 4 for w in widths)
+    if pad_to == "max_length":
+        assert set(widths) == {torch.Size([4, s.cfg.data.max_length])}
+    else:
+        assert max(w[1] for w in widths) < s.cfg.data.max_length  # the tiny corpus is shorter
 
 
 def test_micro_batch_larger_than_the_batch_is_refused():

@@ -130,6 +130,10 @@ class TrainConfig(Section):
     """Recompute activations in the backward pass: less memory, ~30% more compute."""
     micro_batch_size: int | None = Field(None, ge=1)
     """Gradient accumulation: each step's batch runs in chunks of this many examples (same update)."""
+    pad_to: Literal["longest", "max_length"] = "longest"
+    """Training batches padded to their longest example, or always to data.max_length: every step
+    then has one shape, so a round's peak memory is set by the config, not by which examples the round
+    draws (the same update up to float rounding; more compute where examples are short)."""
     clients_per_round: int | None = Field(None, ge=1)
     """None: every client every round."""
     weighting: Literal["examples", "uniform"] = "examples"
@@ -417,6 +421,7 @@ RESUMABLE = (
     "train.precision",
     "train.gradient_checkpointing",
     "train.micro_batch_size",
+    "train.pad_to",
     "model.dtype",
     "runtime.",
     "track.",

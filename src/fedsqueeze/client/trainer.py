@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..hardware import Placement
+from .head import backward_loss, token_losses
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,10 @@ def _backward(model, batch: dict, settings: TrainSettings, placement: Placement,
 
     With micro-batches each chunk's loss is its token sum over the whole batch's token count, so
     the accumulated gradient is the one big batch's."""
-    chunks = micro_batches(batch, settings.micro_batch_size)
-    if len(chunks) == 1:
-        with placement.autocast():
-            loss = model(**placement.batch(batch)).loss
-        (scaler.scale(loss) if scaler else loss).backward()
-        return loss.detach()
-    tokens = (batch["labels"][:, 1:] != -100).sum()
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
     total = torch.zeros((), device=placement.device)
-    for chunk in chunks:
-        with placement.autocast():
-            loss = model(**placement.batch(chunk), num_items_in_batch=tokens).loss
-        (scaler.scale(loss) if scaler else loss).backward()
-        total += loss.detach()
+    for chunk in micro_batches(batch, settings.micro_batch_size):
+        total += backward_loss(model, placement.batch(chunk), placement, tokens, scaler)
     return total
 
 
@@ -105,26 +96,8 @@ def train_local(
 @torch.no_grad()
 def evaluate(model, batches: Iterable[dict], placement: Placement | None = None) -> float:
     """Mean cross-entropy over all response tokens (token-weighted, so batch size doesn't matter)."""
-    placement = placement or Placement.cpu_fp32()
-    total, count = 0.0, 0
-    model.eval()
-    for batch in batches:
-        batch = placement.batch(batch)
-        labels = batch["labels"]
-        with placement.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = labels[:, 1:]
-        total += float(
-            F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)),
-                shift_labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-        )
-        count += int((shift_labels != -100).sum())
-    return total / max(count, 1)
+    losses = example_losses(model, batches, placement)
+    return sum(s for s, _ in losses) / max(sum(c for _, c in losses), 1)
 
 
 @torch.no_grad()
@@ -135,11 +108,6 @@ def example_losses(model, batches: Iterable[dict], placement: Placement | None =
     out: list[tuple[float, int]] = []
     model.eval()
     for batch in batches:
-        batch = placement.batch(batch)
-        with placement.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-        per_token = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
-        sums, counts = per_token.sum(dim=1).tolist(), (shift_labels != -100).sum(dim=1).tolist()
-        out.extend((float(s), int(c)) for s, c in zip(sums, counts))
+        sums, counts = token_losses(model, placement.batch(batch), placement)
+        out.extend((float(s), int(c)) for s, c in zip(sums.tolist(), counts.tolist()))
     return out

@@ -42,7 +42,8 @@ def train_client(
     settings = TrainSettings(
         s.local_steps, t.lr, t.weight_decay, t.schedule, t.warmup_steps, t.grad_clip, t.micro_batch_size
     )
-    batches = (data.train.batch(ix, pad) for ix in plan)
+    width = s.cfg.data.max_length if t.pad_to == "max_length" else None
+    batches = (data.train.batch(ix, pad, width) for ix in plan)
     if seconds is not None:
         batches = within_seconds(batches, seconds)
     losses = train_local(s.model, params, batches, settings, on_step, s.placement)

@@ -22,11 +22,12 @@ class TokenizedSet:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def batch(self, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask, labels for these examples, right-padded to the longest of them."""
+    def batch(self, indices: list[int], pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, labels for these examples, right-padded to the longest of them
+        (or to `width`, where that is longer)."""
         if not indices:
             raise ValueError("batch() needs at least one index")
-        width = max(len(self.input_ids[i]) for i in indices)
+        width = max(width or 0, *(len(self.input_ids[i]) for i in indices))
         ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
         labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(indices), width), dtype=torch.long)

@@ -37,7 +37,7 @@ def _model_loss_and_grads(s, batch):
     loss.backward()
     grads = [p.grad.clone() for p in params]
     s.model.zero_grad(set_to_none=True)
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def _split_loss_and_grads(s, batch):

@@ -4,11 +4,11 @@ A causal LM's forward builds logits for every position of the padded batch (batc
 vocabulary, in fp32 for the loss) and keeps them, their softmax and their gradient alive until the
 backward pass: with SmolLM2's 49,152 words, leaving them out cut a training step's peak memory by 18%
 on average (benchmarks/step_memory.py), and with a 128k vocabulary at long contexts they are gigabytes.
-Only response tokens count in the loss, so here the
-decoder runs once, the head is applied to the response positions alone, in chunks of about
-CHUNK_BYTES of fp32 logits, and each chunk's gradient is taken at once and handed back to the
-decoder's hidden states, so no more than one chunk of logits is ever alive. The loss and gradient are
-the model's own (the mean token cross-entropy), up to the order of float sums.
+Only response tokens count in the loss, so here the decoder runs once, the head is applied to the
+response positions alone, in chunks of about CHUNK_BYTES of fp32 logits, and each chunk's gradient is
+taken at once and handed back to the decoder's hidden states, so no more than one chunk of logits is
+ever alive. The loss and gradient are the model's own (the mean token cross-entropy), up to the order
+of float sums.
 
 Models whose head is more than a linear layer on the last hidden state (a logit soft-cap or scale)
 fall back to the model's own forward: `split_head` checks the architecture once per model, on a

@@ -78,6 +78,19 @@ def _chunk_tokens(head) -> int:
     return max(1, CHUNK_BYTES // (4 * head.weight.shape[0]))
 
 
+def _chunked_cross_entropy(head, hidden, targets, placement: Placement, reduction: str):
+    """(slice, cross-entropy) of each chunk of response positions; the chunk's logits live only
+    inside its cross-entropy's graph."""
+    step = _chunk_tokens(head)
+    for i in range(0, len(targets), step):
+        chunk = slice(i, i + step)
+        with placement.autocast():
+            logits = head(hidden[chunk])
+        loss = F.cross_entropy(logits.float(), targets[chunk], reduction=reduction)
+        del logits
+        yield chunk, loss
+
+
 def _response(decoder, batch: dict, placement: Placement):
     """Hidden states at the positions that predict a response token, and those tokens."""
     with placement.autocast():
@@ -103,11 +116,8 @@ def backward_loss(model, batch: dict, placement: Placement, tokens: int, scaler=
     if targets.numel() == 0:
         return total
     cut = hidden.detach().requires_grad_()  # the chunks' gradients gather here
-    step = _chunk_tokens(head)
-    for i in range(0, len(targets), step):
-        with placement.autocast():
-            logits = head(cut[i : i + step])
-        loss = F.cross_entropy(logits.float(), targets[i : i + step], reduction="sum") / tokens
+    for _, chunk_sum in _chunked_cross_entropy(head, cut, targets, placement, "sum"):
+        loss = chunk_sum / tokens
         (scaler.scale(loss) if scaler else loss).backward()  # frees this chunk's logits before the next
         total += loss.detach()
     hidden.backward(cut.grad)
@@ -130,10 +140,6 @@ def token_losses(model, batch: dict, placement: Placement) -> tuple[torch.Tensor
     hidden, targets, keep = _response(decoder, batch, placement)
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(len(counts), dtype=torch.float64, device=hidden.device)
-    step = _chunk_tokens(head)
-    for i in range(0, len(targets), step):
-        with placement.autocast():
-            logits = head(hidden[i : i + step])
-        per_token = F.cross_entropy(logits.float(), targets[i : i + step], reduction="none")
-        sums.index_add_(0, rows[i : i + step], per_token.double())
+    for chunk, per_token in _chunked_cross_entropy(head, hidden, targets, placement, "none"):
+        sums.index_add_(0, rows[chunk], per_token.double())
     return sums, counts

@@ -15,8 +15,6 @@ for every position of the padded batch. Linux only (clear_refs, VmHWM). Run it a
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import sys
 import tempfile
@@ -30,6 +28,7 @@ import fedsqueeze  # noqa: E402
 import resident  # noqa: E402  (its CONFIG)
 from fedsqueeze import config as config_mod  # noqa: E402
 from fedsqueeze.client import head, trainer  # noqa: E402
+from fedsqueeze.runtime.flower.worker import release_memory  # noqa: E402
 
 
 def status_mb(key: str) -> float:
@@ -60,11 +59,9 @@ def main() -> None:
 
     steps: list[dict] = []
     loss_of = head.backward_loss if a.head == "split" else model_forward_loss
-    libc = ctypes.CDLL("libc.so.6")
 
     def measured(model, batch, placement, tokens, scaler=None):
-        gc.collect()
-        libc.malloc_trim(0)
+        release_memory()  # as the resident worker does after each message
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         before = status_mb("VmRSS:")
         out = loss_of(model, batch, placement, tokens, scaler)

@@ -20,7 +20,8 @@ query) cancel out; the fixed overhead is proxy(R1) minus R1 rounds' worth of mes
     python benchmarks/wire_proxy.py fedavg --rounds 2 --kill-node-after 2
     python benchmarks/wire_proxy.py fedavg --evaluate [--lora-r 64]
     (--evaluate: eval.at = "clients", 3 rounds with eval.every 3 and 1: the 2 x 4 evaluate messages
-    more, on the wire and in the ledger's eval_down, per message)
+    more, on the wire and in the ledger's eval_down, per message; then the same two with eval.ride:
+    the 2 x 4 judgements riding on train messages more)
     (default: fedavg fedsrd, 1 and 3 rounds; --kill-node-after N: one run, SuperNode 3 killed
     after its N-th reply, and the ledger's bill for it beside what its connections carried;
     --from-json FILE prints the tables of an earlier --json again)
@@ -48,13 +49,16 @@ CLIENTS = 4
 
 class HttpReader:
     """Splits one direction of an HTTP/1.1 connection into messages (start line, headers, body
-    length by Content-Length or chunked). `on_message(start_line, headers, wire_bytes)` is called
-    per complete message. Stops reading (and says so) on anything it does not understand; the raw
-    byte count does not depend on it."""
+    length by Content-Length or chunked). `on_message(start_line, headers, wire_bytes, body)` is
+    called per complete message; `body` is the (de-chunked) body where `want_body(start_line,
+    headers)` asked for it, else None. Stops reading (and says so) on anything it does not
+    understand; the raw byte count does not depend on it."""
 
-    def __init__(self, on_message):
+    def __init__(self, on_message, want_body=None):
         self.buf = bytearray()
         self.on_message = on_message
+        self.want_body = want_body or (lambda start, headers: False)
+        self.body: bytearray | None = None
         self.head: tuple[str, dict] | None = None
         self.head_len = 0
         self.body_left = 0
@@ -86,6 +90,7 @@ class HttpReader:
             self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             self.body_left = 0 if self.chunked else int(headers.get("content-length", "0"))
             self.body_len = 0
+            self.body = bytearray() if self.want_body(lines[0], headers) else None
         if self.chunked:
             while True:
                 end = self.buf.find(b"\r\n")
@@ -94,20 +99,44 @@ class HttpReader:
                 size = int(bytes(self.buf[:end]).split(b";")[0], 16)
                 if len(self.buf) < end + 2 + size + 2:
                     return False
+                if self.body is not None:
+                    self.body += self.buf[end + 2 : end + 2 + size]
                 del self.buf[: end + 2 + size + 2]
                 self.body_len += end + 2 + size + 2
                 if size == 0:  # no trailers from httpx / uvicorn
                     break
         else:
             take = min(self.body_left, len(self.buf))
+            if self.body is not None:
+                self.body += self.buf[:take]
             del self.buf[:take]
             self.body_left -= take
             self.body_len += take
             if self.body_left:
                 return False
         (start, headers), self.head = self.head, None
-        self.on_message(start, headers, self.head_len + self.body_len)
+        body = bytes(self.body) if self.body is not None else None
+        self.on_message(start, headers, self.head_len + self.body_len, body)
         return True
+
+
+PULL_MESSAGES = "/pull-messages"
+IDLE = " (idle: no message)"
+
+
+def idle_poll(body: bytes, headers: dict) -> bool:
+    """Whether a pull-messages response carried no message (a node's poll while it waits or works)."""
+    import zlib
+
+    from flwr.proto.fleet_pb2 import PullMessagesResponse
+
+    encoding = headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        return len(PullMessagesResponse.FromString(body).messages_list) == 0
+    except Exception:  # not a response we understand: counted as a message call
+        return False
 
 
 class Counter:
@@ -179,11 +208,11 @@ class WireProxy:
         except OSError:  # the SuperLink is down: the node sees a refused connection, as it would without us
             writer.close()
             return
-        pending: collections.deque = collections.deque()
+        pending: collections.deque = collections.deque()  # (path, request bytes) awaiting a response
 
-        def request(start: str, headers: dict, size: int) -> None:
+        def request(start: str, headers: dict, size: int, body: bytes | None) -> None:
             path = start.split(" ")[1] if " " in start else start
-            pending.append(path)
+            pending.append((path, size))
             counter.paths[path]["calls"] += 1
             counter.paths[path]["up"] += size
             for key in ("content-encoding", "transfer-encoding"):
@@ -192,8 +221,14 @@ class WireProxy:
             if "accept-encoding" in headers:
                 counter.encodings[f"request accept-encoding: {headers['accept-encoding']}"] += 1
 
-        def response(start: str, headers: dict, size: int) -> None:
-            path = pending.popleft() if pending else "(unmatched response)"
+        def response(start: str, headers: dict, size: int, body: bytes | None) -> None:
+            path, asked = pending.popleft() if pending else ("(unmatched response)", 0)
+            if body is not None and idle_poll(body, headers):  # follows time, not messages: apart
+                counter.paths[path]["calls"] -= 1
+                counter.paths[path]["up"] -= asked
+                path = path + IDLE
+                counter.paths[path]["calls"] += 1
+                counter.paths[path]["up"] += asked
             counter.paths[path]["down"] += size
             for key in ("content-encoding", "transfer-encoding"):
                 if key in headers:
@@ -202,7 +237,8 @@ class WireProxy:
 
         with counter.lock:
             counter.connections += 1
-        parsers = {"up": HttpReader(request), "down": HttpReader(response)}
+        polls = lambda start, headers: bool(pending) and pending[0][0].endswith(PULL_MESSAGES)  # noqa: E731
+        parsers = {"up": HttpReader(request), "down": HttpReader(response, polls)}
 
         async def pump(src, dst, direction: str) -> None:
             try:
@@ -305,22 +341,26 @@ def kill_node_after(proxy: WireProxy, procs: dict, replies: int, node: int = CLI
 
 
 def evaluate_messages(method: str, tmp: Path, r: int) -> None:
-    """The wire's bytes per evaluate message (eval.at = "clients") beside the ledger's: two runs of
-    3 rounds, evaluated after every round or only after the last; they differ by 2 evaluate messages
-    per SuperNode and nothing else."""
+    """The wire's bytes per evaluate message (eval.at = "clients", eval.ride off) beside the ledger's:
+    two runs of 3 rounds, evaluated after every round or only after the last; they differ by 2
+    evaluate messages per SuperNode and nothing else. The same two runs with eval.ride: what
+    judgements riding on the next train messages cost on the wire instead (`riding`)."""
     runs = {}
-    for every in (3, 1):
-        extra = f'[eval]\nat = "clients"\nevery = {every}\n'
-        runs[every] = measure(method, 3, tmp, r=r, extra=extra)
-        print(f"# {method}, eval.every {every}: {runs[every]['seconds']:.0f} s", flush=True)
+    for every, ride in ((3, "false"), (1, "false"), (3, "true"), (1, "true")):
+        extra = f'[eval]\nat = "clients"\nevery = {every}\nride = {ride}\n'
+        runs[every, ride] = measure(method, 3, tmp, r=r, extra=extra)
+        print(f"# {method}, eval.every {every}, ride {ride}: {runs[every, ride]['seconds']:.0f} s", flush=True)
+    riding(runs[3, "true"], runs[1, "true"])
     more = 2 * CLIENTS
-    a, b = runs[3], runs[1]
+    a, b = runs[3, "false"], runs[1, "false"]
     billed = [sum(sum(row.get("eval_down", {}).values()) for row in x["ledger"]["rows"]) for x in (a, b)]
     ledger_msg = (billed[1] - billed[0]) / more
     proxy_down = (b["proxy"]["down"] - a["proxy"]["down"]) / more
     proxy_up = (b["proxy"]["up"] - a["proxy"]["up"]) / more
     wire_down = (b["ledger"]["wire_down"] - a["ledger"]["wire_down"]) / more
     wire_up = (b["ledger"]["wire_up"] - a["ledger"]["wire_up"]) / more
+    calls_down = (message_calls(b, "down") - message_calls(a, "down")) / more
+    calls_up = (message_calls(b, "up") - message_calls(a, "up")) / more
     print(f"\nEvaluate messages, {method}, lora.r = {r}, 4 SuperNodes: {more} more in the second run")
     print(
         "| ledger blob per evaluate message (down) | proxy per message down | proxy / blob "
@@ -331,6 +371,16 @@ def evaluate_messages(method: str, tmp: Path, r: int) -> None:
         f"| {fmt(ledger_msg)} | {fmt(proxy_down)} | {proxy_down / max(ledger_msg, 1):.3f} | {fmt(wire_down)} | "
         f"{proxy_down / max(wire_down, 1):.3f} | {fmt(proxy_up)} | {fmt(wire_up)} | {proxy_up / max(wire_up, 1):.3f} |"
     )
+    print(
+        "\nThe message's own Fleet calls only (pull-messages that brought it, pull-object, confirm, "
+        "push-messages, push-object; without the idle polls and heartbeats the node sent while it scored):"
+    )
+    print("| proxy down | proxy / wire_down | proxy up | proxy / wire_up |")
+    print("|---:|---:|---:|---:|")
+    print(
+        f"| {fmt(calls_down)} | {calls_down / max(wire_down, 1):.3f} | {fmt(calls_up)} | "
+        f"{calls_up / max(wire_up, 1):.3f} |"
+    )
     print("\nPer evaluate message, by endpoint (second run minus first, over the extra messages):")
     print("| endpoint | calls | down | up |")
     print("|---|---:|---:|---:|")
@@ -340,7 +390,28 @@ def evaluate_messages(method: str, tmp: Path, r: int) -> None:
         print(f"| {path} | {d['calls']:.2f} | {fmt(d['down'])} | {fmt(d['up'])} |")
 
 
+def riding(a: dict, b: dict) -> None:
+    """Both runs ride (eval.ride): run b judged rounds 0-2 on the train messages of rounds 1-3, run a
+    only round 0 (on round 1's); both judged round 3 by evaluate messages. Per train message that
+    carried a judgement more: the ledger's blob bytes (nothing), its wire fields and the proxy's calls."""
+    more = 2 * CLIENTS
+    rows = [sum(len(row.get("eval_on_train", [])) for row in x["ledger"]["rows"]) for x in (a, b)]
+    print(f"\nJudgements riding on train messages (eval.ride): {rows[1] - rows[0]} more in the second run")
+    print("| | ledger down | ledger up | wire_down | wire_up | proxy message calls down | up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    cells = [(b["ledger"][k] - a["ledger"][k]) / more for k in ("down", "up", "wire_down", "wire_up")] + [
+        (message_calls(b, k) - message_calls(a, k)) / more for k in ("down", "up")
+    ]
+    print("| per judgement | " + " | ".join(fmt(c) for c in cells) + " |")
+
+
 MESSAGE_ENDPOINTS = ("pull-object", "push-object", "pull-messages", "push-messages", "confirm-message-received")
+
+
+def message_calls(run: dict, direction: str) -> int:
+    """A run's bytes in `direction` on the calls that move messages (idle polls and heartbeats apart)."""
+    paths = run["proxy"]["paths"]
+    return sum(paths.get(f"/v1/fleet/{e}", {}).get(direction, 0) for e in MESSAGE_ENDPOINTS)
 
 
 def fmt(x: float) -> str:
@@ -369,9 +440,9 @@ def report(results: list[dict]) -> None:
     print(
         "| method | rounds | ledger blob per message down / up | proxy per message down / up "
         "| overhead per message down / up | of which message endpoints down / up | fixed down / up "
-        "| wire per message down / up | proxy / wire down / up |"
+        "| wire per message down / up | proxy / wire down / up | message calls / wire down / up |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     by_method: dict = {}
     for r in plain:
         by_method.setdefault(r["method"], []).append(r)
@@ -383,22 +454,18 @@ def report(results: list[dict]) -> None:
             for k in ("down", "up"):
                 proxy = (b["proxy"][k] - a["proxy"][k]) / extra
                 blob = (b["ledger"][k] - a["ledger"][k]) / extra
-                endpoints = (
-                    sum(
-                        b["proxy"]["paths"].get(f"/v1/fleet/{e}", {}).get(k, 0)
-                        - a["proxy"]["paths"].get(f"/v1/fleet/{e}", {}).get(k, 0)
-                        for e in MESSAGE_ENDPOINTS
-                    )
-                    / extra
-                )
+                endpoints = (message_calls(b, k) - message_calls(a, k)) / extra
                 fixed = a["proxy"][k] - a["ledger"][k] - a["rounds"] * CLIENTS * (proxy - blob)
                 wire = (b["ledger"].get(f"wire_{k}", 0) - a["ledger"].get(f"wire_{k}", 0)) / extra
                 cells[k] = (blob, proxy, proxy - blob, endpoints - blob, fixed, wire)
             ratios = " / ".join(f"{cells[k][1] / cells[k][5]:.3f}" if cells[k][5] else "-" for k in ("down", "up"))
+            calls = " / ".join(
+                f"{(cells[k][3] + cells[k][0]) / cells[k][5]:.3f}" if cells[k][5] else "-" for k in ("down", "up")
+            )
             print(
                 f"| {method} | {a['rounds']} -> {b['rounds']} | "
                 + " | ".join(f"{fmt(cells['down'][i])} / {fmt(cells['up'][i])}" for i in range(6))
-                + f" | {ratios} |"
+                + f" | {ratios} | {calls} |"
             )
     for r in results:
         px = r["proxy"]

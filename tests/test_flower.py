@@ -108,6 +108,27 @@ def test_a_messages_wire_bytes_are_its_blob_and_a_fixed_envelope():
     assert up > wire.message_bytes(reply) > 0 and down > 0
 
 
+def test_a_train_message_asks_for_a_judgement_and_its_reply_carries_it_in_a_record_of_its_own():
+    """eval.ride over Flower: the flag in the train message's config, the sums in the reply's own
+    MetricRecord (counts stay ints), read back as Reply.eval; a reply without them has None, and
+    sums smuggled into the plain metrics are not taken for them."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsqueeze.runtime.reply import Reply
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    msg = wire.train_message(1234, 3, 2, b"xyz", judge=True)
+    assert msg.content.config_records[wire.INFO][wire.JUDGE] is True
+    assert wire.JUDGE not in wire.train_message(1234, 3, 2, b"xyz").content.config_records[wire.INFO]
+    sums = {"eval_loss_sum": 1.5, "eval_tokens": 3, "eval_examples": 1, "confusion_0_1": 1, "classify_n": 1}
+    reply = Reply(b"up", 10, 2, 0.5, eval=sums)
+    back = wire.reply_of(wire.train_reply(msg, 2, reply).content)
+    assert back == reply and all(type(back.eval[k]) is type(v) for k, v in sums.items())
+    plain = Reply(b"up", 10, 2, 0.5)
+    assert wire.reply_of(wire.train_reply(msg, 2, plain).content).eval is None
+    assert Reply.of_fields(b"up", reply.fields()) == reply  # the resident worker's channel form
+
+
 def test_client_state_round_trips_through_context_state():
     from flwr.app import RecordDict
 

@@ -147,7 +147,8 @@ def test_client_evaluation_equals_the_pooled_server_evaluation(tmp_path, corpus,
 
 def test_evaluate_messages_are_billed_as_downlink(tmp_path, corpus, owners):
     # An out-of-domain set: the coordinator judges it under eval.at = clients too, no bytes for it.
-    cfg = owners_config(tmp_path, corpus, owners, **{"data.ood_source": f'"jsonl:{corpus}"'})
+    more = {"data.ood_source": f'"jsonl:{corpus}"', "eval.ride": "false"}  # every evaluation by message
+    cfg = owners_config(tmp_path, corpus, owners, **more)
     local_run(cfg, tmp_path / "at-clients")
     local_run(cfg, tmp_path / "at-server", ["eval.at=server"])
     clients, server = rounds(tmp_path / "at-clients"), rounds(tmp_path / "at-server")
@@ -207,7 +208,9 @@ def test_a_classify_task_judged_at_the_owners_equals_the_pooled_server_figures(t
         n = sum(map(sum, total))
         assert x["eval_means"]["classify_n"] == n == sum(x["eval_examples"].values())
         assert x["eval_means"]["acc"] == sum(total[k][k] for k in range(3)) / n
-        assert (x["bytes_up"], x["per_client"], x["eval_down"]) == (z["bytes_up"], z["per_client"], z["eval_down"])
+        for key in ("bytes_up", "per_client", "eval_down"):
+            assert x.get(key) == z.get(key), key
+        assert x.get("eval_on_train") == z.get("eval_on_train")  # rode on the train messages over Flower too
     assert summary["eval_classify"] == json.loads((tmp_path / "clients" / "summary.json").read_text())["eval_classify"]
 
 
@@ -288,12 +291,12 @@ def test_owners_over_flower_messages_equal_the_in_process_run(tmp_path, corpus, 
     summary, _ = serve_owners(cfg, tmp_path / "grid", private_copies(tmp_path, owners))
     a, b = rounds(tmp_path / "local"), rounds(tmp_path / "grid")
     for x, y in zip(a, b):
-        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"], x["eval_down"]) == (
+        assert (x["clients"], x["bytes_up"], x["bytes_down"], x["per_client"], x.get("eval_down")) == (
             y["clients"],
             y["bytes_up"],
             y["bytes_down"],
             y["per_client"],
-            y["eval_down"],
+            y.get("eval_down"),
         )
         assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6)
         assert x["eval"] == pytest.approx(y["eval"], rel=1e-6) and x["eval_tokens"] == y["eval_tokens"]
@@ -556,3 +559,99 @@ def test_supernode_takes_the_owners_file_as_its_node_config(tmp_path, cli):
     assert res.exit_code == 2 and "--data FILE" in res.output
     res = cli("flower", "supernode", "--superlink", "127.0.0.1:9093", "--data", tmp_path / "nobody.csv")
     assert res.exit_code == 2 and "file not found" in res.output
+
+
+# ---- evaluation riding on the next train message (eval.ride) ------------------------------------
+FIGURES = ("eval_loss", "eval", "eval_tokens", "eval_examples", "eval_sets")
+
+
+def same_figures(x: dict, y: dict) -> None:
+    assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-6), x["round"]
+    assert x["eval"] == pytest.approx(y["eval"], rel=1e-6), x["round"]
+    assert [x[k] for k in FIGURES[2:]] == [y[k] for k in FIGURES[2:]], x["round"]
+
+
+def test_an_evaluation_riding_on_the_next_train_message_equals_evaluate_messages_and_costs_nothing(
+    tmp_path, corpus, owners
+):
+    """Round r's global adapter judged by its owners on round r + 1's train message gives the very
+    figures of evaluate messages after round r; the training is untouched (same bytes up, same
+    adapter); only the last round's evaluation (and nothing else) is billed."""
+    cfg = owners_config(tmp_path, corpus, owners, **{"train.rounds": "3"})
+    ride, lines = local_run(cfg, tmp_path / "ride")
+    sent, _ = local_run(cfg, tmp_path / "sent", ["eval.ride=false"])
+    a, b = rounds(tmp_path / "ride"), rounds(tmp_path / "sent")
+    for x, y in zip(a, b):
+        same_figures(x, y)
+        assert "eval_pending" not in x
+        assert x["bytes_up"] == y["bytes_up"] and x["train_loss"] == y["train_loss"]
+        if x["round"] < 3:  # judged on the next round's train messages: nothing sent for it
+            assert x["eval_on_train"] == [0, 1, 2] and "eval_down" not in x
+            # (round 1's evaluate messages also carried the base model's evaluation)
+            assert x["bytes_down"] == y["bytes_down"] - sum(y["eval_down"].values())
+        else:  # the last round has no train message after it
+            assert x["eval_down"] == y["eval_down"] and "eval_on_train" not in x
+    assert ride["base_eval_loss"] == pytest.approx(sent["base_eval_loss"], rel=1e-6)
+    assert ride["final_eval_loss"] == pytest.approx(sent["final_eval_loss"], rel=1e-6)
+    for name in ("ride", "sent"):  # the same adapter saved
+        assert (tmp_path / name / "adapter" / "adapter_model.safetensors").is_file()
+    saved = [(tmp_path / n / "adapter" / "adapter_model.safetensors").read_bytes() for n in ("ride", "sent")]
+    assert saved[0] == saved[1]
+    assert any("before training: eval loss" in line and "round 1's train messages" in line for line in lines)
+
+
+def test_owners_not_sampled_next_round_get_evaluate_messages(tmp_path, corpus, owners):
+    """Two of three owners per round: the owner left out of round r + 1 is judged by an evaluate
+    message (billed in round r + 1), the others on their train messages; the figures are those of
+    evaluate messages for all."""
+    cfg = owners_config(tmp_path, corpus, owners, **{"train.rounds": "3", "train.clients_per_round": "2"})
+    local_run(cfg, tmp_path / "ride")
+    local_run(cfg, tmp_path / "sent", ["eval.ride=false"])
+    a, b = rounds(tmp_path / "ride"), rounds(tmp_path / "sent")
+    for x, y in zip(a, b):
+        same_figures(x, y)
+        assert x["bytes_up"] == y["bytes_up"]
+    for x, nxt in zip(a, a[1:]):
+        assert sorted(x["eval_on_train"]) == nxt["clients"]
+        assert x["eval_billed_in"] == nxt["round"]
+        (left,) = {0, 1, 2} - set(nxt["clients"])
+        blob = b[-1]["eval_down"]["0"]  # one fp32 adapter
+        if nxt["round"] < 3:  # only the owner left out got an evaluate message
+            assert nxt["eval_down"] == {str(left): blob}
+        else:  # and the last round's own evaluation is by evaluate messages to all
+            assert nxt["eval_down"] == {str(c): blob * (2 if c == left else 1) for c in range(3)}
+
+
+def test_a_run_stopped_with_its_evaluation_pending_resumes_to_the_same_records(tmp_path, corpus, owners):
+    cfg_path = owners_config(tmp_path, corpus, owners, **{"train.rounds": "3"})
+    whole, _ = local_run(cfg_path, tmp_path / "whole")
+    cfg = config_mod.load(cfg_path)
+    out = tmp_path / "cut"
+    rundir.prepare(out, cfg, overwrite=True)
+    assert LocalRuntime(Session.build(cfg, log=lambda *_: None), out).run(until=2) is None
+    assert rounds(out)[-1]["eval_pending"] is True and "eval_loss" not in rounds(out)[-1]
+    runtime = LocalRuntime(Session.build(cfg, log=lambda *_: None), out)
+    runtime.restore()
+    summary = runtime.run()
+    for x, y in zip(rounds(out), rounds(tmp_path / "whole")):
+        same_figures(x, y)
+        assert (x["bytes_up"], x["bytes_down"]) == (y["bytes_up"], y["bytes_down"])
+    assert summary["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-6)
+
+
+def test_a_bad_judgement_on_a_train_reply_is_rejected_and_the_round_goes_on(tmp_path, corpus, owners, monkeypatch):
+    from fedsqueeze.runtime import roles
+
+    honest = roles.score
+
+    def score(s, client, adapter):
+        sums = honest(s, client, adapter)
+        return {**sums, "eval_loss_sum": float("nan")} if client == 1 else sums
+
+    monkeypatch.setattr(roles, "score", score)
+    cfg = owners_config(tmp_path, corpus, owners)
+    summary, lines = local_run(cfg, tmp_path / "run")
+    first = rounds(tmp_path / "run")[0]
+    assert first["eval_on_train"] == [0, 1, 2] and first["eval_sets"] == ["alice", "carol"]
+    assert any("client 1's evaluation rejected (eval_loss_sum is not a finite number" in line for line in lines)
+    assert summary["final_eval_loss"] == summary["final_eval_loss"]  # the last round's, by evaluate message

@@ -354,3 +354,20 @@ def test_a_log_read_while_wandb_core_writes_it_gives_the_whole_records_before_th
     path.write_bytes(log[:7] + log[7:11] + log[11:14] + b"\xff" * (len(records[0].SerializeToString())))
     with pytest.raises(ValueError, match="does not parse"):
         list(read_records(path))
+
+
+def test_evaluations_riding_on_train_messages_reach_the_trackers_in_round_order(tmp_path, corpus):
+    """Per-owner data (eval.ride): round r's figures come with round r + 1, and a run stopped while
+    one is pending resumes with it; TensorBoard still holds every round once, as rounds.jsonl says."""
+    from test_owners import owners_config, write_owners
+
+    owners = write_owners(tmp_path / "owners", corpus)
+    cfg = owners_config(tmp_path, corpus, owners, **{"train.rounds": "3", "track.to": '["tensorboard"]'})
+    fedsqueeze.run(cfg, out=tmp_path / "run", until=2, log=None)
+    got = tensorboard_scalars(tmp_path / "run")
+    assert sorted(got["eval/loss"]) == [0, 1] and sorted(got["train/loss"]) == [1]  # round 2's waits
+    result = fedsqueeze.resume(tmp_path / "run", log=None)
+    got = tensorboard_scalars(tmp_path / "run")
+    assert sorted(got["eval/loss"]) == [0, 1, 2, 3] and sorted(got["train/loss"]) == [1, 2, 3]
+    assert [r.get("eval_on_train") for r in result.rounds] == [[0, 1, 2], [0, 1, 2], None]
+    check_all(got, result.rounds, result.summary, rel=1e-6)

@@ -194,6 +194,12 @@ class EvalConfig(Section):
     """Who judges: the server on the held-out sets it holds, the clients each on its own (they reply
     sums and counts; the figure is their example-weighted mean), or both. None: "clients" for
     per-owner data (data.source = "owners:DIR"), else "server"."""
+    ride: bool = True
+    """eval.at = "clients": round r's evaluation rides on round r + 1's train message where it can (the
+    owner scores the adapter it has just received, before training; its sums come back with its
+    upload; no bytes more). Only for methods whose clients receive the global adapter exactly
+    (`Method.eval_rides`, a lossless downlink); owners not sampled in round r + 1, and the last
+    round, get evaluate messages. False: evaluate messages always (figures written with their round)."""
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -416,6 +422,7 @@ class Config(Section):
 RESUMABLE = (
     "train.rounds",
     "eval.every",
+    "eval.ride",
     "train.threads",
     "train.device",
     "train.precision",

@@ -47,7 +47,7 @@ class RichProgress:
 
     def round_end(self, r: dict) -> None:
         self.bar.advance(self.rounds)
-        ev = f"{r['eval_loss']:.4f}" if "eval_loss" in r else "-"
+        ev = f"{r['eval_loss']:.4f}" if "eval_loss" in r else ("next" if r.get("eval_pending") else "-")
         clients = ",".join(map(str, r["clients"]))
         self.console.print(
             f"{r['round']:>5}  {clients:<10} {mb(r['bytes_up']):>9} {mb(r['bytes_down']):>9}"

@@ -1,13 +1,18 @@
 """Evaluation where the data is (`eval.at = "clients" | "both"`).
 
-After an evaluated round (and for the base model, round 0) the server sends the global adapter to
-each owner of the round's eval sample in an evaluate message (Flower: its `evaluate` message type),
-billed as downlink like any other blob. Each owner judges it on its own held-out split only (its
-loss and every `eval.metrics`; choice distractors from its own examples) and replies sums and
-counts (`score`); the server's figure is the count-weighted mean (`combine`): for the loss the
-response tokens, so with every owner judged it equals a pooled evaluation of the same examples.
-Each owner's figures stay in the record beside it. Where the counts are claims (per-owner data)
-no owner's weight may exceed `server.max_client_weight` (runtime/claims.py).
+After an evaluated round (and for the base model, round 0) each owner of the round's eval sample judges
+the global adapter. Where it can, that rides on the next round's train message (`eval.ride`, `rides`):
+the message carries a flag, the owner scores the adapter it has just received before it trains, and its
+sums come back in its reply (`Reply.eval`): no byte more, and round r's figures are written into round
+r's record when round r + 1's replies are in (driver.py). Otherwise (the last round, owners not sampled
+in round r + 1, a method whose clients do not receive the global adapter exactly, eval.at = "both") the
+server sends the global adapter to the owner in an evaluate message (Flower: its `evaluate` message
+type), billed as downlink like any other blob. Each owner judges it on its own held-out split only (its
+loss and every `eval.metrics`; choice distractors from its own examples) and replies sums and counts
+(`score`); the server's figure is the count-weighted mean (`combine`): for the loss the response tokens,
+so with every owner judged it equals a pooled evaluation of the same examples. Each owner's figures stay
+in the record beside it. Where the counts are claims (per-owner data) no owner's weight may exceed
+`server.max_client_weight` (runtime/claims.py).
 
 A classify task's owner replies its confusion matrix as counts (`confusion_T_P`: items of true label
 T predicted as P, the non-zero cells) and `classify_n`; the server sums the matrices (a capped
@@ -127,13 +132,34 @@ def sums_problem(sums, n_labels: int = 0) -> str | None:
 
 
 # ---- the server's side -----------------------------------------------------------------------------
-def judge(driver, rnd: int) -> dict:
-    """The eval fields of round `rnd` (REFERENCE_ROUND: the base adapter), as `eval.at` says."""
+def rides(driver) -> bool:
+    """Whether owners judge round r's global adapter on round r + 1's train message (eval.ride): owners
+    judge (eval.at = "clients"), the adapter a client receives is exactly the global one (the method's
+    `eval_rides`, a lossless downlink) and the transport can carry the flag."""
+    s = driver.s
+    return (
+        eval_at(s.cfg) == "clients"
+        and s.cfg.eval.ride
+        and s.method.eval_rides
+        and s.method.mode.has_global_adapter
+        and getattr(driver.transport, "rides_eval", False)
+        and eval_spec(s) == s.downlink_spec
+    )
+
+
+def riders(driver, rnd: int, clients: list[int]) -> frozenset[int]:
+    """Of a round's `clients`, the owners of round `rnd`'s eval sample: they judge on the train message."""
+    return frozenset(sampled_sets(driver.s, rnd)) & frozenset(clients)
+
+
+def judge(driver, rnd: int, ridden: dict[int, dict] | None = None) -> dict:
+    """The eval fields of round `rnd` (REFERENCE_ROUND: the base adapter), as `eval.at` says. ridden:
+    owners' sums that came with train replies (eval.ride); the other owners get evaluate messages."""
     s = driver.s
     at = eval_at(s.cfg)
     if at == "server":
         return evaluate_round(s, driver.client_states, rnd)
-    fields = at_clients(driver, rnd)
+    fields = at_clients(driver, rnd, ridden or {})
     if at == "clients":  # the out-of-domain set is no owner's data: the coordinator judges it
         return {**fields, **ood_loss(s, driver.client_states)}
     server = evaluate_round(s, driver.client_states, rnd)
@@ -141,22 +167,29 @@ def judge(driver, rnd: int) -> dict:
     return {**server, "client_eval": fields, "eval_down": bill}
 
 
-def at_clients(driver, rnd: int) -> dict:
+def at_clients(driver, rnd: int, ridden: dict[int, dict]) -> dict:
     s = driver.s
     sets = sampled_sets(s, rnd)
     names = list(s.federation.eval_sets)
-    adapter = s.method.final_adapter(driver.client_states)
-    t0 = time.perf_counter()
-    blob = build_codec(eval_spec(s), s.adapter.layout).encode(adapter)
-    encode_s = time.perf_counter() - t0
-    transport = driver.transport
-    evaluate = getattr(transport, "evaluate", None)
-    if evaluate is None:  # clients in this process
-        reached = transport.reachable(sets) if transport.remote else sets
-        replies = {c: score_blob(s, c, blob) for c in reached}
-    else:
-        reached = transport.reachable(sets)
-        replies = evaluate(rnd, {c: blob for c in reached})
+    rode = sorted(c for c in ridden if c in sets)
+    replies: dict[int, dict | None] = {c: ridden[c] for c in rode}
+    rest = [c for c in sets if c not in ridden]
+    reached: list[int] = []
+    blob, encode_s, raw = b"", 0.0, 0
+    if rest:  # evaluate messages: the global adapter, judged as it is now
+        adapter = s.method.final_adapter(driver.client_states)
+        raw = fp32_bytes(adapter)
+        t0 = time.perf_counter()
+        blob = build_codec(eval_spec(s), s.adapter.layout).encode(adapter)
+        encode_s = time.perf_counter() - t0
+        transport = driver.transport
+        evaluate = getattr(transport, "evaluate", None)
+        if evaluate is None:  # clients in this process
+            reached = transport.reachable(rest) if transport.remote else rest
+            replies.update({c: score_blob(s, c, blob) for c in reached})
+        else:
+            reached = transport.reachable(rest)
+            replies.update(evaluate(rnd, {c: blob for c in reached}))
     labels = s.federation.labels
     for c, r in replies.items():
         why = sums_problem(r, len(labels)) if r is not None else None
@@ -166,15 +199,18 @@ def at_clients(driver, rnd: int) -> dict:
     missing = sorted(set(sets) - set(got))
     if missing:
         driver.progress.log(f"round {rnd}: no evaluation from clients {missing}: left out of the figure")
+    sent = {str(c): len(blob) for c in reached}  # billed: every blob sent
+    rode_field = {"eval_on_train": rode} if rode else {}  # judged on round rnd + 1's train messages, free
     if not got:
-        return {"eval_down": {str(c): len(blob) for c in reached}, "eval_at": "clients", "eval_sets": []}
+        return {"eval_down": sent, "eval_at": "clients", "eval_sets": [], **rode_field}
     share = s.cfg.server.max_client_weight if claims_counted(s) else 1.0
     fields = combine({names[c]: got[c] for c in sorted(got)}, share, labels)
     if "eval_capped" in fields:
         driver.progress.log(f"round {rnd}: " + cap_text(fields["eval_capped"], share, "evaluation weights capped"))
-    fields["eval_down"] = {str(c): len(blob) for c in reached}  # billed: every blob sent
-    fields["eval_raw_bytes"] = fp32_bytes(adapter)
-    fields["eval_encode_s"] = encode_s
+    fields["eval_down"] = sent
+    fields.update(rode_field)
+    if raw:
+        fields["eval_raw_bytes"], fields["eval_encode_s"] = raw, encode_s
     return fields
 
 

@@ -1,13 +1,15 @@
 """The one round loop of every runtime.
 
-Per round the driver samples clients (busy ones skipped), has the ServerRole encode their
-downlink blobs, sends them over a Transport and polls the replies until the round's close rule
-says it closes (`Driver.exchange`); the ServerRole receives them (checks, bills, decodes, screens,
-admits: `ServerRole.receive`) and aggregates; the driver evaluates (a seeded sample of the eval
-sets, `[eval]`), writes the record and the checkpoint. A record's `seconds` is the whole round,
-with `train_seconds` (the exchange), `aggregate_seconds` and `eval_seconds` beside it; summary.py
-writes adapter/ and summary.json at the end. A Transport only sends blobs and says when each reply
-arrived: the in-process simulation on its simulated clock (local.py), Flower's Grid on the real
+Per round the driver samples clients (busy ones skipped), has the ServerRole encode their downlink
+blobs, sends them over a Transport and polls the replies until the round's close rule says it closes
+(`Driver.exchange`); the ServerRole receives them (checks, bills, decodes, screens, admits:
+`ServerRole.receive`) and aggregates; the driver evaluates (a seeded sample of the eval sets, `[eval]`),
+writes the record and the checkpoint. Where owners judge on the next round's train message (`eval.ride`,
+client_eval.py), round r's record is written with `eval_pending` and completed in round r + 1, before
+that round aggregates (rounds.jsonl rewritten, trackers told in round order). A record's `seconds` is
+the whole round, with `train_seconds` (the exchange), `aggregate_seconds` and `eval_seconds` beside it;
+summary.py writes adapter/ and summary.json at the end. A Transport only sends blobs and says when each
+reply arrived: the in-process simulation on its simulated clock (local.py), Flower's Grid on the real
 one (flower/server.py), or anything registered in runtime/registry.py.
 """
 
@@ -100,9 +102,17 @@ class Transport(Protocol):
     def now(self) -> float:
         """The transport's clock, in seconds."""
 
-    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+    def send(
+        self,
+        rnd: int,
+        blobs: dict[int, bytes | None],
+        work_seconds: float | None,
+        progress,
+        judge: frozenset[int] = frozenset(),
+    ) -> None:
         """Delivers round `rnd`'s blobs (None: nothing for that client); the clients start training.
-        work_seconds: the partial-work budget of the round, or None."""
+        work_seconds: the partial-work budget of the round, or None. judge: clients that first score
+        what they received (eval.ride); passed only to a transport whose `rides_eval` is True."""
 
     def poll(self, until: float) -> list[Upload]:
         """Replies that arrived by `until` on its clock: waits at most until then, and returns all
@@ -143,6 +153,9 @@ class Driver:
         self.base_eval: dict | None = None  # held-out loss of the untrained adapter: the reference
         self.records: list[dict] = []  # every finished round's record, as in rounds.jsonl
         self.sent_at: dict[int, float] = {}  # round -> when its blobs were sent (transport clock)
+        self.rides = client_eval.rides(self)  # eval.ride: owners judge on the next train message
+        self.pending: int | None = None  # the round whose evaluation rides on the next train messages
+        self.judged: tuple[int, dict] | None = None  # (round, fields) the last round completed
 
     @property
     def client_states(self) -> Sequence[Tensors]:
@@ -164,8 +177,10 @@ class Driver:
         self.progress.round_start(rnd, sampled)
         reachable = self.transport.reachable(sampled)
         blobs = self.server.broadcast(rnd, reachable)
+        pending = self.pending if self.rides else None
+        judge = client_eval.riders(self, pending, list(blobs)) if pending is not None else frozenset()
         t_train = time.perf_counter()
-        uploads, sim_seconds = self.exchange(rnd, blobs)
+        uploads, sim_seconds = self.exchange(rnd, blobs, judge)
         train_seconds = time.perf_counter() - t_train
         late = sorted(self.transport.in_flight())
         got = self.server.receive(rnd, uploads, self.progress.log)
@@ -174,22 +189,37 @@ class Driver:
                 f"round {rnd}: no client answered; stopped after round {self.done} "
                 "(the last finished round is checkpointed)"
             )
+        t_pending = time.perf_counter()
+        earlier = None
+        if self.pending is not None:  # before aggregating: the global adapter is still the judged one
+            ridden = {
+                u.client: u.reply.eval
+                for u in uploads
+                if u.origin == rnd and u.client in judge and u.reply is not None and u.reply.eval is not None
+            }
+            earlier = self.complete_pending(rnd, ridden)
+        elif rnd == 1:
+            earlier = self.base_eval  # judged before the round: its evaluate messages go on round 1's bill
         t_aggregate = time.perf_counter()
         record = self.server.close_round(rnd)
         if "capped" in record:
             self.progress.log(f"round {rnd}: " + cap_text(record["capped"], self.s.cfg.server.max_client_weight))
         t_eval = time.perf_counter()
-        if rnd % self.s.cfg.eval.every == 0 or rnd == self.s.cfg.train.rounds:
-            record.update(client_eval.judge(self, rnd))  # eval.at: server, clients or both
-            client_eval.bill(record, record)  # evaluate messages are downlink
-        if rnd == 1:
-            client_eval.bill(record, self.base_eval)  # and so are the base model's
+        rounds = self.s.cfg.train.rounds
+        if rnd % self.s.cfg.eval.every == 0 or rnd == rounds:
+            if self.rides and rnd < rounds:
+                record["eval_pending"] = True  # judged on round rnd + 1's train messages
+                self.pending = rnd
+            else:
+                record.update(client_eval.judge(self, rnd))  # eval.at: server, clients or both
+                client_eval.bill(record, record)  # evaluate messages are downlink
+        client_eval.bill(record, earlier)  # an earlier evaluation's evaluate messages (the base model's)
         t_end = time.perf_counter()
         record.update(
             seconds=t_end - t0,
             train_seconds=train_seconds,
             aggregate_seconds=t_eval - t_aggregate,
-            eval_seconds=t_end - t_eval,
+            eval_seconds=t_end - t_eval + t_aggregate - t_pending,
         )
         record.update(self.server.round_peaks())
         record.update(self.server.placement_if_new())
@@ -207,7 +237,29 @@ class Driver:
             record["partial"] = got.partial
         return record
 
-    def exchange(self, rnd: int, blobs: dict[int, bytes | None]) -> tuple[list[Upload], float | None]:
+    def complete_pending(self, rnd: int, ridden: dict[int, dict]) -> dict:
+        """The pending round's evaluation: the owners' sums that rode on this round's train replies,
+        evaluate messages for the others. Written into that round's record (or base_eval) and handed
+        to `run` (`judged`); returns the fields, whose evaluate messages this round's record bills."""
+        p = self.pending
+        assert p is not None
+        fields = json.loads(json.dumps(client_eval.judge(self, p, ridden)))
+        self.pending = None
+        self.judged = (p, fields)
+        if p == REFERENCE_ROUND:
+            self.base_eval = fields
+            return fields
+        record = self.records[-1]
+        assert record["round"] == p and record.get("eval_pending"), "the pending round's record is the last"
+        del record["eval_pending"]
+        record.update({k: v for k, v in fields.items() if k != "eval_down"})
+        if fields.get("eval_down"):
+            record["eval_billed_in"] = rnd  # its evaluate messages are on that round's bill
+        return fields
+
+    def exchange(
+        self, rnd: int, blobs: dict[int, bytes | None], judge: frozenset[int] = frozenset()
+    ) -> tuple[list[Upload], float | None]:
         """Sends the round's blobs and takes replies until the close rule says the round closes:
         `need(sent)` of this round's clients replied, or the rule's deadline (or the transport's
         patience) passed, or nothing is in flight; with nobody sent to, the first reply closes it.
@@ -217,7 +269,10 @@ class Driver:
         when the rule keeps late uploads, until the transport's patience runs out."""
         t, rule = self.transport, self.rule
         start = t.now()
-        t.send(rnd, blobs, rule.work_seconds, self.progress)
+        if judge:  # owners of the pending evaluation score what they receive first (eval.ride)
+            t.send(rnd, blobs, rule.work_seconds, self.progress, judge=judge)
+        else:
+            t.send(rnd, blobs, rule.work_seconds, self.progress)
         self.sent_at[rnd] = start
         sent = sum(1 for origin in t.in_flight().values() if origin == rnd)
         need = rule.need(sent)
@@ -243,10 +298,16 @@ class Driver:
         last = min(rounds, until) if until else rounds
         if self.done < rounds:
             self.transport.start()
+        if self.records and self.records[-1].get("eval_pending"):  # a resume: the last round's evaluation
+            self.pending = self.records[-1]["round"]
+            if not self.rides or self.done >= rounds:  # no train message left to ride on
+                self._judge_now()
         if self.done == 0 and self.base_eval is None:
-            self.base_eval = client_eval.judge(self, REFERENCE_ROUND)
-            loss = self.base_eval["eval_loss"]
-            self.progress.log(f"before training: eval loss {loss:.4f}" + _means_text(self.base_eval))
+            if self.rides:
+                self.pending = REFERENCE_ROUND  # judged on round 1's train messages
+            else:
+                self.base_eval = client_eval.judge(self, REFERENCE_ROUND)
+                self._said(REFERENCE_ROUND, self.base_eval)
         self.progress.start(rounds, self.done, self.s.local_steps)
         tracking = Tracking.open(self.s.cfg, self.out, self.records, self.base_eval)  # [track]: same records
         try:
@@ -255,8 +316,20 @@ class Driver:
                 self.elapsed += record["seconds"]
                 self.done = rnd
                 self.save(record)
-                rundir.append_round(self.out, record)
-                tracking.log(record)  # [track]
+                if self.judged is not None:  # an earlier round's evaluation came in this round
+                    earlier, fields = self.judged
+                    self.judged = None
+                    self._said(earlier, fields, rnd)
+                    if earlier == REFERENCE_ROUND:
+                        tracking.log_base(fields)
+                        rundir.append_round(self.out, record)
+                    else:
+                        tracking.log(self.records[-2])
+                        rundir.write_rounds(self.out, self.records)  # that round's line completed
+                else:
+                    rundir.append_round(self.out, record)
+                if not record.get("eval_pending"):  # else told with its evaluation, in round order
+                    tracking.log(record)  # [track]
                 self.progress.round_end(record)
         finally:
             self.progress.stop()
@@ -267,6 +340,24 @@ class Driver:
         summary = finish(self.s, self.out, self.client_states, self.done, self.elapsed, self.base_eval, self.records)
         tracking.finish(summary)  # [track]
         return summary
+
+    def _judge_now(self) -> None:
+        """The pending round's evaluation by evaluate messages alone (a resume with eval.ride off, or
+        with no round left), written into its record and billed there."""
+        fields = self.complete_pending(self.done, {})
+        record = self.records[-1]
+        record.pop("eval_billed_in", None)
+        client_eval.bill(record, {"eval_down": fields.get("eval_down", {})})
+        self.judged = None
+        self._said(record["round"], fields)
+        rundir.write_rounds(self.out, self.records)
+
+    def _said(self, rnd: int, fields: dict, during: int | None = None) -> None:
+        if "eval_loss" not in fields:
+            return
+        when = "before training" if rnd == REFERENCE_ROUND else f"round {rnd}"
+        how = f" (judged by its owners with round {during}'s train messages)" if during is not None else ""
+        self.progress.log(f"{when}: eval loss {fields['eval_loss']:.4f}" + _means_text(fields) + how)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, record: dict) -> None:

@@ -59,6 +59,7 @@ class InProcessTransport:
     remote = False
     simulated = True
     patience = math.inf
+    rides_eval = True  # a client may judge what it received before training (eval.ride)
 
     def __init__(self, session: Session, store: StateStore):
         self.s = session
@@ -79,11 +80,11 @@ class InProcessTransport:
     def client_states(self) -> Sequence[Tensors]:
         return StoredStates(self.store, self.s.num_clients)
 
-    def _handle(self, rnd: int, client: int, blob: bytes | None, progress, steps: int):
+    def _handle(self, rnd: int, client: int, blob: bytes | None, progress, steps: int, judge: bool):
         role = ClientRole(self.s, client)
         role.load_state_dict(self.store.get(client))
         try:
-            return role.handle(rnd, blob, on_step=progress.step, steps=steps)
+            return role.handle(rnd, blob, on_step=progress.step, steps=steps, judge=judge)
         finally:  # also when a fault drops the reply: the client did train
             state = role.state_dict()
             if state or client in self.store:
@@ -92,9 +93,16 @@ class InProcessTransport:
     def now(self) -> float:
         return self.clock
 
-    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
-        """Each client trains as soon as its blob is delivered; its reply is in flight until the
-        simulated time its round trip ends."""
+    def send(
+        self,
+        rnd: int,
+        blobs: dict[int, bytes | None],
+        work_seconds: float | None,
+        progress,
+        judge: frozenset[int] = frozenset(),
+    ) -> None:
+        """Each client trains as soon as its blob is delivered (those in `judge` first score it);
+        its reply is in flight until the simulated time its round trip ends."""
         for c, blob in blobs.items():
             down = len(blob or b"")
             steps = self.s.local_steps
@@ -103,7 +111,7 @@ class InProcessTransport:
                 steps = self.network.steps_that_fit(c, work_seconds, down, self.last_up.get(c, down), steps)
             progress.client_start(rnd, c, steps)
             try:
-                reply = self._handle(rnd, c, blob, progress, steps)
+                reply = self._handle(rnd, c, blob, progress, steps, c in judge)
             except ClientDropped:
                 continue  # no reply will ever come: the driver counts it left out
             self.last_up[c] = len(reply.blob or b"")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PEAK_KEYS = ("peak_rss_mb", "peak_gpu_mb")
+EVAL = "eval"  # the judged sums, nested in the plain form (Flower: their own MetricRecord)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Reply:
     """The client's memory peaks of the round (PEAK_KEYS)."""
     delay_s: float = 0.0
     """Fault `slow`: how long the reply is held back (never sent; the transport applies it)."""
+    eval: dict[str, Any] | None = None
+    """The train message asked it to judge (eval.ride): the owner's sums and counts of the adapter it
+    received, on its own held-out split, before training (client_eval.score; checked by
+    client_eval.sums_problem, apart from this reply's other fields). None: not asked."""
 
     # ---- the server's check ------------------------------------------------------------------
     def problem(self, local_steps: int, loss_withheld: bool = False) -> str | None:
@@ -69,12 +74,14 @@ class Reply:
         """Every field but the blob, flat: peaks as their own keys; a withheld loss left out."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("blob", "peaks", "delay_s") or (f.name == "train_loss" and self.train_loss is None):
+            if f.name in ("blob", "peaks", "delay_s", "eval") or (f.name == "train_loss" and self.train_loss is None):
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(self.peaks)
         if self.delay_s:
             out["delay_s"] = self.delay_s
+        if self.eval is not None:
+            out[EVAL] = dict(self.eval)
         return out
 
     @classmethod
@@ -82,10 +89,10 @@ class Reply:
         """The reply these fields describe, values as they came (missing counts as None; `problem`
         says what is wrong). The inverse of `fields`."""
         peaks = {k: values[k] for k in PEAK_KEYS if k in values}
-        known = {f.name for f in fields(cls)} - {"blob", "peaks"}
+        known = {f.name for f in fields(cls)} - {"blob", "peaks", EVAL}
         kwargs: dict[str, Any] = {k: values.get(k) for k in ("num_examples", "steps", "train_loss")}
         kwargs.update({k: values[k] for k in known - set(kwargs) if k in values})
-        return cls(blob=blob, peaks=peaks, **kwargs)
+        return cls(blob=blob, peaks=peaks, eval=values.get(EVAL), **kwargs)
 
 
 def _count(name: str, value: Any, lo: int, hi: int | None) -> str | None:

@@ -23,6 +23,7 @@ from ..strategies.base import ClientTurn
 from ..tensors import Tensors, fp32_bytes, prefixed, relative_error, unnested, unprefixed
 from .admission import Candidate, admission_of, screen
 from .claims import cap_updates, claims_counted, weight_of
+from .client_eval import score
 from .filters import ClientRound, filters_for
 from .reply import Receipt, Reply, Upload
 from .session import Session
@@ -46,10 +47,17 @@ class ClientRole:
         self.filters = filters_for(session, client)
 
     def handle(
-        self, rnd: int, down_blob: bytes | None, on_step=None, steps: int | None = None, seconds: float | None = None
+        self,
+        rnd: int,
+        down_blob: bytes | None,
+        on_step=None,
+        steps: int | None = None,
+        seconds: float | None = None,
+        judge: bool = False,
     ) -> Reply:
         """This client's round: its reply to `down_blob` (None: nothing was sent to it). steps /
-        seconds: the partial-work limit of the round's close rule (client.train_client)."""
+        seconds: the partial-work limit of the round's close rule (client.train_client). judge: first
+        score the adapter received on this owner's held-out split (eval.ride); the sums go in `Reply.eval`."""
         s, method, filters = self.s, self.s.client_method, self.filters
         turn = ClientTurn(rnd, self.client)
         reset_peaks(s.placement.device)
@@ -57,6 +65,7 @@ class ClientRole:
         message = read_message(self.decoder.decode(down_blob)) if down_blob is not None else None
         decode_s = time.perf_counter() - t0
         start = method.client_receive(self.state, message, turn=turn)
+        judged = score(s, self.client, start) if judge else None  # before training: what it received
         up = ClientRound(s, self.client, turn, self.state, start, start, method.client_trainable(self.state))
         counter = itertools.count(1)
 
@@ -79,7 +88,7 @@ class ClientRole:
             upload = None if made is None else as_message(made)
             for f in filters:
                 upload = f.upload(up, upload)
-            reply = self._encode(upload, losses, decode_s)
+            reply = replace(self._encode(upload, losses, decode_s), eval=judged)
             for f in filters:
                 reply = f.reply(up, reply, upload)
             return reply

@@ -150,6 +150,9 @@ class Method:
     lossless_downlink: ClassVar[bool] = False
     """True: clients must decode exactly what the server holds (a lossy downlink is refused)."""
     default_error_feedback: ClassVar[bool] = False
+    eval_rides: ClassVar[bool] = False
+    """True: with a lossless downlink, the adapter a client starts round r + 1 from (client_receive)
+    is exactly the global adapter after round r, so owners may judge it there (eval.ride)."""
     """Uplink error feedback when the config leaves `uplink.error_feedback` unset."""
 
     def __init__(self, params: BaseModel, ctx: MethodContext):

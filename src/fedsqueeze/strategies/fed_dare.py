@@ -31,6 +31,7 @@ class FedDARE(MeanOfDeltas, MessageSizes, Method):
     Params = FedDAREParams
     params: FedDAREParams
     default_uplink = "seeded"
+    eval_rides = True  # the base broadcast / client_receive: the global adapter itself
 
     @classmethod
     def message_sizes(cls, params: FedDAREParams, at: SizingContext) -> list[MessageSize]:

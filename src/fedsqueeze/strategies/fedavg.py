@@ -21,6 +21,7 @@ class FedAvgParams(NoParams):
 class FedAvg(MeanOfDeltas, MessageSizes, Method):
     name = "fedavg"
     Params = FedAvgParams
+    eval_rides = True  # the base broadcast / client_receive: the global adapter itself
     params: FedAvgParams
 
     @classmethod

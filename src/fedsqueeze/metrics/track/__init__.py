@@ -80,9 +80,17 @@ class Tracking:
             if base_eval is not None and last < 0:
                 self._log(sink, base_scalars(base_eval), 0)
             for record in records:
+                if record.get("eval_pending"):  # told when its evaluation comes (the next round)
+                    break
                 scalars = record_scalars(record, totals)  # every record: the cumulative bytes need them
                 if record["round"] > last:
                     self._log(sink, scalars, record["round"])
+
+    def log_base(self, base_eval: dict) -> None:
+        """Step 0, where the base evaluation came after the run started (on round 1's train messages)."""
+        for sink in self.sinks:
+            if self.logged.get(sink.name, -1) < 0:
+                self._log(sink, base_scalars(base_eval), 0)
 
     def log(self, record: dict) -> None:
         for sink in self.sinks:

@@ -169,6 +169,7 @@ def send_job(conn: Connection, job: Job) -> None:
         "round": job.round,
         "seconds": job.seconds,
         "node_config": job.node_config,
+        "judge": job.judge,
     }
     send(conn, header, {"down": job.down, "state": job.state})
 
@@ -184,6 +185,7 @@ def job_of(header: dict, parts: dict[str, bytes]) -> Job:
         dict(header.get("node_config") or {}),
         header.get("data_file"),
         "evaluate" if header.get("op") == "evaluate" else "train",
+        header.get("judge") is True,
     )
 
 

@@ -72,6 +72,7 @@ def _job(msg: Message, context: Context, config_toml: str | None, op: str) -> cl
         dict(context.node_config),
         str(data_file) if data_file is not None else None,
         op,
+        info.get(wire.JUDGE) is True,
     )
 
 

@@ -1,7 +1,7 @@
 """One client round on a node, as plain data in and out: what the ClientApp runs in its own process
 (no resident worker, and Flower's simulation engine) and what the resident worker runs for it.
 
-    Job(config_toml, partition, round, down blob, seconds, state bytes, node config, data file, op)
+    Job(config_toml, partition, round, down blob, seconds, state bytes, node config, data file, op, judge)
       -> Outcome(up blob, metrics, state bytes, error)
 
 Bytes and plain numbers only (state: the safetensors bytes kept in `context.state`), so the same
@@ -36,6 +36,7 @@ class Job:
     node_config: dict = field(default_factory=dict)  # the SuperNode's node config (plain values)
     data_file: str | None = None  # per-owner data: the node's own file (node_data.py), else None
     op: str = "train"  # or "evaluate": score the received adapter on the owner's held-out split
+    judge: bool = False  # train: first score the received adapter (eval.ride; Reply.eval)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def run(session, job: Job) -> Outcome:
     role.load_state_dict(wire.state_from_bytes(job.state))
     up, metrics, error = None, {}, None
     try:
-        reply = role.handle(job.round, job.down, seconds=job.seconds)
+        reply = role.handle(job.round, job.down, seconds=job.seconds, judge=job.judge)
         up, metrics = reply.blob, reply.fields()  # plain data for the channel (Reply.of_fields reads it back)
     except Exception as exc:  # a fault that drops the reply, a broken config...: the message fails
         from ..filters.faults import ClientDropped

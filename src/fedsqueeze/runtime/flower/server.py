@@ -40,6 +40,7 @@ class Pending:
 class GridTransport:
     remote = True
     simulated = False
+    rides_eval = True  # a train message may ask its owner to judge what it received (eval.ride)
 
     def __init__(self, session: Session, grid: Grid, log=print):
         self.s, self.log = session, log
@@ -119,9 +120,16 @@ class GridTransport:
     def now(self) -> float:
         return time.monotonic()
 
-    def send(self, rnd: int, blobs: dict[int, bytes | None], work_seconds: float | None, progress) -> None:
+    def send(
+        self,
+        rnd: int,
+        blobs: dict[int, bytes | None],
+        work_seconds: float | None,
+        progress,
+        judge: frozenset[int] = frozenset(),
+    ) -> None:
         budget = WORK_SHARE * work_seconds if work_seconds is not None else None
-        messages = [wire.train_message(self.nodes[c], rnd, c, blob, budget) for c, blob in blobs.items()]
+        messages = [wire.train_message(self.nodes[c], rnd, c, blob, budget, c in judge) for c, blob in blobs.items()]
         now = time.monotonic()
         for client, mid in zip(blobs, push(self.grid, messages)):
             self.pending[mid] = Pending(client, rnd, now)

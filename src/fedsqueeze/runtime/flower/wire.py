@@ -26,6 +26,8 @@ QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 BLOB, INFO, METRICS = "blob", "info", "metrics"
 STATE = "fedsqueeze"  # key of the client's state in context.state
 TRAIN_SECONDS = "train-seconds"  # partial work: the wall-clock the client may train for
+JUDGE = "judge"  # a train message's flag: score the received adapter first (eval.ride)
+EVAL_SUMS = "eval"  # a train reply's record of those scores (Reply.eval)
 
 
 def pack(blob: bytes) -> ArrayRecord:
@@ -40,11 +42,18 @@ def unpack(content: RecordDict, key: str) -> bytes | None:
 
 
 def train_message(
-    node_id: int, rnd: int, client: int, down_blob: bytes | None, train_seconds: float | None = None
+    node_id: int,
+    rnd: int,
+    client: int,
+    down_blob: bytes | None,
+    train_seconds: float | None = None,
+    judge: bool = False,
 ) -> Message:
     info: dict[str, Any] = {"round": rnd, "partition-id": client}
     if train_seconds is not None:
         info[TRAIN_SECONDS] = float(train_seconds)
+    if judge:
+        info[JUDGE] = True
     content = RecordDict({INFO: ConfigRecord(info)})
     if down_blob is not None:
         content["down"] = pack(down_blob)
@@ -65,13 +74,12 @@ def evaluate_reply(msg: Message, client: int, sums: dict) -> Message:
 
 def train_reply(msg: Message, client: int, reply: Reply) -> Message:
     """The reply's Flower form: its blob as "up", its other fields as a MetricRecord (a withheld
-    train loss left out; `Reply.fields`)."""
-    content = RecordDict(
-        {
-            INFO: ConfigRecord({"partition-id": client}),
-            METRICS: MetricRecord({k: _number(v) for k, v in reply.fields().items() if k != "delay_s"}),
-        }
-    )
+    train loss left out; `Reply.fields`), the scores it was asked for (`Reply.eval`) as their own."""
+    plain = {k: v for k, v in reply.fields().items() if k not in ("delay_s", EVAL_SUMS)}
+    metrics = MetricRecord({k: _number(v) for k, v in plain.items()})
+    content = RecordDict({INFO: ConfigRecord({"partition-id": client}), METRICS: metrics})
+    if reply.eval is not None:
+        content[EVAL_SUMS] = MetricRecord({k: _number(v) for k, v in reply.eval.items()})
     if reply.blob is not None:
         content["up"] = pack(reply.blob)
     return Message(content=content, reply_to=msg)
@@ -80,8 +88,11 @@ def train_reply(msg: Message, client: int, reply: Reply) -> Message:
 def reply_of(content: RecordDict) -> Reply:
     """The Reply a train message's answer carries, its fields as they came: a remote client may send
     anything (a ConfigRecord of strings, missing keys); ServerRole.receive checks them."""
-    record = content.get(METRICS)
-    values = dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
+    record, judged = content.get(METRICS), content.get(EVAL_SUMS)
+    values: dict[str, Any] = dict(record) if isinstance(record, MetricRecord | ConfigRecord) else {}
+    values.pop(EVAL_SUMS, None)  # only from its own record
+    if isinstance(judged, MetricRecord | ConfigRecord):
+        values[EVAL_SUMS] = dict(judged)
     return Reply.of_fields(unpack(content, "up"), values)
 
 

@@ -356,7 +356,8 @@ class Driver:
         if "eval_loss" not in fields:
             return
         when = "before training" if rnd == REFERENCE_ROUND else f"round {rnd}"
-        how = f" (judged by its owners with round {during}'s train messages)" if during is not None else ""
+        rode = during is not None and fields.get("eval_on_train")
+        how = f" (judged by its owners with round {during}'s train messages)" if rode else ""
         self.progress.log(f"{when}: eval loss {fields['eval_loss']:.4f}" + _means_text(fields) + how)
 
     # ---- checkpoints ---------------------------------------------------------------------------

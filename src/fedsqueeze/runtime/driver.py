@@ -344,9 +344,8 @@ class Driver:
     def _judge_now(self) -> None:
         """The pending round's evaluation by evaluate messages alone (a resume with eval.ride off, or
         with no round left), written into its record and billed there."""
-        fields = self.complete_pending(self.done, {})
+        fields = self.complete_pending(self.done, {})  # billed in its own round, as it says
         record = self.records[-1]
-        record.pop("eval_billed_in", None)
         client_eval.bill(record, {"eval_down": fields.get("eval_down", {})})
         self.judged = None
         self._said(record["round"], fields)

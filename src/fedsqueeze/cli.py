@@ -244,12 +244,19 @@ def bench(
         "(implies --reuse); skip the others instead of training them.",
     ),
     fmt: str = typer.Option("markdown", "--format", help="markdown or json."),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Run the suite once per seed (e.g. 0,1 or 0-2) into OUT/seedN and write OUT/seeds.md: each row "
+        "against its own seed's FedAvg, the mean and spread over the seeds.",
+    ),
 ):
     """Run several methods on one workload with the same seed, partition and step budget."""
     import json
 
     from .bench import run_suite
-    from .bench.runner import markdown
+    from .bench import seeds as seeds_mod
+    from .bench.runner import markdown, run_seeds
     from .metrics.console import RichProgress
 
     _quiet_libraries()
@@ -259,20 +266,30 @@ def bench(
     log = (lambda *a, **k: None) if quiet else console.print
     try:
         rows = [m.strip() for m in methods.split(",")] if methods else None
-        results = run_suite(
-            suite,
-            rows,
-            rounds,
-            out,
-            set_,
-            None if quiet else (lambda: RichProgress(console)),
-            log=log,
-            reuse=reuse or no_train,
-            train=not no_train,
-        )
+        progress = None if quiet else (lambda: RichProgress(console))
+        if seeds is not None:
+            many = run_seeds(
+                suite,
+                seeds_mod.parse(seeds),
+                out,
+                set_,
+                rows=rows,
+                rounds=rounds,
+                progress_factory=progress,
+                log=log,
+                reuse=reuse or no_train,
+                train=not no_train,
+            )
+        else:
+            results = run_suite(
+                suite, rows, rounds, out, set_, progress, log=log, reuse=reuse or no_train, train=not no_train
+            )
     except UserError as exc:
         _fail(exc)
-    print(json.dumps(results, indent=1) if quiet else markdown(results))
+    if seeds is not None:
+        print(json.dumps({k: many[k] for k in ("per_seed", "seeds")}, indent=1) if quiet else many["markdown"])
+    else:
+        print(json.dumps(results, indent=1) if quiet else markdown(results))
 
 
 @app.command()

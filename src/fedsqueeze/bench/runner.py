@@ -20,7 +20,7 @@ from ..metrics.plots import plot, workload
 from ..metrics.report import Run, read_config
 from ..runtime import RUNTIMES, Launch
 from ..strategies import METHODS
-from . import frontier, gap
+from . import frontier, gap, seeds
 from .suites import SUITES
 
 MB = 1e6
@@ -101,6 +101,17 @@ def run_suite(
         text += "\n\n" + gaps
     (out / "bench.md").write_text(text + "\n\n" + provenance(reused) + "\n")
     return results
+
+
+def run_seeds(suite_name: str, seed_list: list[int], out: Path | None = None, sets: list[str] = (), **kw) -> dict:
+    """The suite once per seed, each into OUT/seedN, then OUT/seeds.md: each row against its own seed's
+    FedAvg, the mean and spread over seeds (bench/seeds.py). Returns {"per_seed": ..., "seeds": ...}."""
+    if any(item.split("=", 1)[0].strip() == "seed" for item in sets):
+        raise UserError("--seeds and --set seed=... both set the seed: give one of them")
+    out = out or Path("runs") / f"bench-{suite_name}"
+    per_seed = {s: run_suite(suite_name, out=out / f"seed{s}", sets=[*sets, f"seed={s}"], **kw) for s in seed_list}
+    text = seeds.write(per_seed, out, SUITES[suite_name].verdict)
+    return {"per_seed": per_seed, "seeds": json.loads((out / "seeds.json").read_text()), "markdown": text}
 
 
 def provenance(reused: list[str]) -> str:

@@ -110,8 +110,8 @@ def run_seeds(suite_name: str, seed_list: list[int], out: Path | None = None, se
         raise UserError("--seeds and --set seed=... both set the seed: give one of them")
     out = out or Path("runs") / f"bench-{suite_name}"
     per_seed = {s: run_suite(suite_name, out=out / f"seed{s}", sets=[*sets, f"seed={s}"], **kw) for s in seed_list}
-    text = seeds.write(per_seed, out, SUITES[suite_name].verdict)
-    return {"per_seed": per_seed, "seeds": json.loads((out / "seeds.json").read_text()), "markdown": text}
+    analysis, text = seeds.write(per_seed, out, SUITES[suite_name].verdict)
+    return {"per_seed": per_seed, "seeds": analysis, "markdown": text}
 
 
 def provenance(reused: list[str]) -> str:

@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .frontier import ACC_TOLERANCE, FAMILY, REFERENCE, REFERENCE_BF16, TOLERANCE
-
-MB = 1e6
+from ..errors import UserError
+from .frontier import ACC_TOLERANCE, FAMILY, MB, REFERENCE, REFERENCE_BF16, TOLERANCE
 
 
 def parse(text: str) -> list[int]:
     """ "0,1" or "0-2" -> [0, 1] / [0, 1, 2]."""
-    from ..errors import UserError
-
     try:
         if "-" in text.strip().lstrip("-"):
             lo, hi = text.split("-", 1)
@@ -137,10 +134,11 @@ def markdown(a: dict) -> str:
     return "\n".join(lines)
 
 
-def write(per_seed: dict[int, list[dict]], out: Path, verdict: str = "loss") -> str:
+def write(per_seed: dict[int, list[dict]], out: Path, verdict: str = "loss") -> tuple[dict, str]:
+    """seeds.json and seeds.md in `out`; returns the analysis and its markdown."""
     a = summarize(per_seed, verdict)
     out.mkdir(parents=True, exist_ok=True)
     (out / "seeds.json").write_text(json.dumps(a, indent=1))
     text = markdown(a)
     (out / "seeds.md").write_text(text + "\n")
-    return text
+    return a, text

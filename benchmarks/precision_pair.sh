@@ -11,7 +11,7 @@ BIN=${BIN:-.venv/bin}
 OUT=${OUT:-runs/precision-pair}
 CUT=(--set train.rounds=1 --set train.local_steps=2 --set data.eval_examples=4 --set data.max_examples=32)
 if [ "${EMULATE_AVX2:-0}" = 1 ]; then export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2; fi
-$BIN/python -c "import torch; print('cpu capability', torch.backends.cpu.get_cpu_capability(), '| native bf16', torch.ops.mkldnn._is_mkldnn_bf16_supported())"
+$BIN/python -c "from fedsqueeze.hardware import Capabilities as C; c = C.detect(); print('cpu capability', c.cpu_isa, '| native bf16', c.cpu_bf16)"
 run() {  # name, extra args...
   local name=$1; shift
   local t0; t0=$(date +%s.%N)

@@ -51,7 +51,7 @@ def test_json_contract_and_table(tiny_bench):
     table, _, gaps = text.partition("\n\nEval loss by round")
     assert table.count("\n| ") == 3 and "| fedsrd |" in table and "traffic vs fedavg" in table
     assert "| round | fedavg | centralized | fedsrd |" in gaps and (out / "gap.json").is_file()
-    assert "CPUs, torch" in text and "reused" not in text
+    assert "native bf16: " in text and "), torch" in text and "reused" not in text
     assert (out / "eval_loss_vs_round.png").stat().st_size > 0
     assert json.loads((out / "bench.json").read_text()) == results
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedsqueeze import config as config_mod
+from fedsqueeze import hardware
 from fedsqueeze.client import train_client
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.hardware import Capabilities, Placement
@@ -40,6 +41,23 @@ def test_auto_follows_the_hardware(caps, device, precision, weights):
     p = Placement.resolve(caps=caps)
     assert (str(p.device), p.precision, p.model_dtype) == (device, precision, weights)
     assert p.reason and p.reason != "as configured"
+
+
+@pytest.mark.parametrize(
+    "machine, onednn, instructions, native",
+    [
+        ("x86_64", True, True, True),  # AVX512_BF16 or AMX
+        ("x86_64", True, False, False),  # AVX-512 without BF16: oneDNN says yes, but it emulates
+        ("x86_64", False, True, False),  # oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA)
+        ("aarch64", True, False, True),  # elsewhere oneDNN's word stands
+        ("aarch64", False, False, False),
+    ],
+)
+def test_native_bf16_needs_the_instructions_on_x86(monkeypatch, machine, onednn, instructions, native):
+    monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
+    monkeypatch.setattr(hardware, "_onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(hardware, "_x86_bf16_instructions", lambda: instructions)
+    assert hardware.cpu_has_native_bf16() is native
 
 
 def test_explicit_choices_and_what_is_not_there():

@@ -16,6 +16,7 @@ import torch
 from .. import __version__, checks, rundir
 from .. import config as config_mod
 from ..errors import UserError
+from ..hardware import Capabilities
 from ..metrics.plots import plot, workload
 from ..metrics.report import Run, read_config
 from ..runtime import RUNTIMES, Launch
@@ -127,8 +128,10 @@ def provenance(reused: list[str]) -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    caps = Capabilities.detect()
     text = (
-        f"Made {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Made {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+        f"({caps.cpu_isa}, native bf16: {'yes' if caps.cpu_bf16 else 'no'}), "
         f"torch {torch.__version__}, fedsqueeze {__version__}"
         + (f" (git {commit})" if commit else "")
         + f"; command: `{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`."

@@ -51,8 +51,9 @@ class Capabilities:
 
 def cpu_has_native_bf16() -> bool:
     """oneDNN's own check is also true on AVX-512 *without* the BF16 extension, where it emulates
-    bf16 (measured 3.5x slower than fp32 on such a Xeon): on x86 the instructions themselves must be
-    there too. oneDNN's check stays, so `ONEDNN_MAX_CPU_ISA=AVX2` still says no."""
+    bf16 (2.3x slower than fp32 on such a Xeon, benchmarks/precision_pair.sh): on x86 the
+    instructions themselves must be there too. oneDNN's check stays, so `ONEDNN_MAX_CPU_ISA=AVX2`
+    still says no."""
     if platform.machine().lower() in ("x86_64", "amd64"):
         return _onednn_bf16() and _x86_bf16_instructions()
     return _onednn_bf16()

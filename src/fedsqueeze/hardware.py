@@ -1,7 +1,8 @@
 """Where training runs and in what precision, chosen from what the hardware itself reports.
 
 A bf16 matmul is ~5x faster than fp32 on a CPU with native bf16 (AVX-512 BF16 / AMX) and ~7x
-slower on one without (AVX2: emulated), so `auto` never assumes: it asks oneDNN (CPU) or CUDA.
+slower on one without (AVX2 or AVX-512 without BF16: emulated), so `auto` never assumes: it asks
+oneDNN and the CPU's own flags (`cpu_has_native_bf16`), or CUDA.
 `Capabilities` is a plain value so tests can inject any machine and cover every branch.
 """
 
